@@ -1,0 +1,262 @@
+//! The worker channel's messages and their kind tags.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode_body, encode_body, expect_empty};
+use crate::entry::WireEntry;
+use crate::RemoteError;
+
+/// Version carried in both hellos; a mismatch is fatal.
+pub const CHANNEL_PROTOCOL_VERSION: u32 = 1;
+
+/// Names one `run` call on a worker. Chosen by the parent.
+pub type CallId = u64;
+
+/// Where and why a worker panicked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicReport {
+    /// The panic message.
+    pub message: String,
+    /// `file:line:column`, when known.
+    pub location: Option<String>,
+    /// The captured backtrace, when `RUST_BACKTRACE` asked for one.
+    pub backtrace: Option<String>,
+}
+
+impl std::fmt::Display for PanicReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "panicked")?;
+        if let Some(location) = &self.location {
+            write!(f, " at {location}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// How a task or a call ended, its values already serialized by the adapter's codec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It returned a value.
+    Ok(Vec<u8>),
+    /// It returned the user's error value.
+    Err(Vec<u8>),
+    /// It panicked.
+    Panic(PanicReport),
+}
+
+/// Parent → worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToWorker {
+    /// First message: the parent's version.
+    Hello {
+        /// [`CHANNEL_PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Second message, exactly once: what to run.
+    Start {
+        /// The task function.
+        task: WireEntry,
+        /// Its serialized arguments.
+        args: Vec<u8>,
+    },
+    /// Stream data, carried raw as the frame's payload.
+    Data(Vec<u8>),
+    /// The parent sends nothing more (no data, no calls).
+    End,
+    /// A `run` call.
+    Call {
+        /// Matches the reply.
+        call: CallId,
+        /// Serialized arguments.
+        args: Vec<u8>,
+    },
+}
+
+/// Worker → parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromWorker {
+    /// First message: the worker's version and pid.
+    Hello {
+        /// [`CHANNEL_PROTOCOL_VERSION`].
+        version: u32,
+        /// The worker's process id.
+        pid: i32,
+    },
+    /// Stream data, carried raw as the frame's payload.
+    Data(Vec<u8>),
+    /// The worker sends no more data.
+    End,
+    /// The answer to a `run` call.
+    Reply {
+        /// The call answered.
+        call: CallId,
+        /// How it went.
+        outcome: Outcome,
+    },
+    /// The task function finished; the last message of the channel.
+    Return(Outcome),
+}
+
+#[derive(Serialize, Deserialize)]
+struct HelloBody {
+    version: u32,
+}
+#[derive(Serialize, Deserialize)]
+struct WorkerHelloBody {
+    version: u32,
+    pid: i32,
+}
+#[derive(Serialize, Deserialize)]
+struct StartBody {
+    task: WireEntry,
+    args: Vec<u8>,
+}
+#[derive(Serialize, Deserialize)]
+struct CallBody {
+    call: CallId,
+    args: Vec<u8>,
+}
+#[derive(Serialize, Deserialize)]
+struct ReplyBody {
+    call: CallId,
+    outcome: Outcome,
+}
+
+impl ToWorker {
+    /// Kind tag of the frame.
+    pub fn kind(&self) -> u8 {
+        match self {
+            ToWorker::Hello { .. } => 0x11,
+            ToWorker::Start { .. } => 0x12,
+            ToWorker::Data(_) => 0x13,
+            ToWorker::End => 0x14,
+            ToWorker::Call { .. } => 0x15,
+        }
+    }
+
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToWorker::Hello { .. } => "Hello",
+            ToWorker::Start { .. } => "Start",
+            ToWorker::Data(_) => "Data",
+            ToWorker::End => "End",
+            ToWorker::Call { .. } => "Call",
+        }
+    }
+
+    /// The frame payload (moves data payloads without copying).
+    pub fn into_payload(self) -> Vec<u8> {
+        match self {
+            ToWorker::Hello { version } => encode_body(&HelloBody { version }),
+            ToWorker::Start { task, args } => encode_body(&StartBody { task, args }),
+            ToWorker::Data(bytes) => bytes,
+            ToWorker::End => Vec::new(),
+            ToWorker::Call { call, args } => encode_body(&CallBody { call, args }),
+        }
+    }
+
+    /// Decodes a frame's kind and payload.
+    pub fn decode(kind: u8, payload: Vec<u8>) -> Result<ToWorker, RemoteError> {
+        Ok(match kind {
+            0x11 => {
+                let body: HelloBody = decode_body("Hello", &payload)?;
+                ToWorker::Hello {
+                    version: body.version,
+                }
+            }
+            0x12 => {
+                let body: StartBody = decode_body("Start", &payload)?;
+                ToWorker::Start {
+                    task: body.task,
+                    args: body.args,
+                }
+            }
+            0x13 => ToWorker::Data(payload),
+            0x14 => {
+                expect_empty("End", &payload)?;
+                ToWorker::End
+            }
+            0x15 => {
+                let body: CallBody = decode_body("Call", &payload)?;
+                ToWorker::Call {
+                    call: body.call,
+                    args: body.args,
+                }
+            }
+            kind => {
+                return Err(RemoteError::UnknownKind {
+                    protocol: "worker channel",
+                    kind,
+                })
+            }
+        })
+    }
+}
+
+impl FromWorker {
+    /// Kind tag of the frame.
+    pub fn kind(&self) -> u8 {
+        match self {
+            FromWorker::Hello { .. } => 0x91,
+            FromWorker::Data(_) => 0x93,
+            FromWorker::End => 0x94,
+            FromWorker::Reply { .. } => 0x95,
+            FromWorker::Return(_) => 0x96,
+        }
+    }
+
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FromWorker::Hello { .. } => "Hello",
+            FromWorker::Data(_) => "Data",
+            FromWorker::End => "End",
+            FromWorker::Reply { .. } => "Reply",
+            FromWorker::Return(_) => "Return",
+        }
+    }
+
+    /// The frame payload (moves data payloads without copying).
+    pub fn into_payload(self) -> Vec<u8> {
+        match self {
+            FromWorker::Hello { version, pid } => encode_body(&WorkerHelloBody { version, pid }),
+            FromWorker::Data(bytes) => bytes,
+            FromWorker::End => Vec::new(),
+            FromWorker::Reply { call, outcome } => encode_body(&ReplyBody { call, outcome }),
+            FromWorker::Return(outcome) => encode_body(&outcome),
+        }
+    }
+
+    /// Decodes a frame's kind and payload.
+    pub fn decode(kind: u8, payload: Vec<u8>) -> Result<FromWorker, RemoteError> {
+        Ok(match kind {
+            0x91 => {
+                let body: WorkerHelloBody = decode_body("Hello", &payload)?;
+                FromWorker::Hello {
+                    version: body.version,
+                    pid: body.pid,
+                }
+            }
+            0x93 => FromWorker::Data(payload),
+            0x94 => {
+                expect_empty("End", &payload)?;
+                FromWorker::End
+            }
+            0x95 => {
+                let body: ReplyBody = decode_body("Reply", &payload)?;
+                FromWorker::Reply {
+                    call: body.call,
+                    outcome: body.outcome,
+                }
+            }
+            0x96 => FromWorker::Return(decode_body("Return", &payload)?),
+            kind => {
+                return Err(RemoteError::UnknownKind {
+                    protocol: "worker channel",
+                    kind,
+                })
+            }
+        })
+    }
+}

@@ -1,0 +1,26 @@
+//! The worker channel protocol: parent ↔ one worker.
+//!
+//! ```text
+//! parent (ParentChannel)                    worker (WorkerChannel)
+//!   Hello{version}             ─────▶
+//!   Start{task, args}          ─────▶       (first event; a worker may be forked
+//!                                            before its task is known)
+//!                              ◀─────       Hello{version, pid}
+//!   Data / Call{call, args}    ─────▶
+//!                              ◀─────       Data / Reply{call, outcome}
+//!   End (half close)           ─────▶
+//!                              ◀─────       End (half close)
+//!                              ◀─────       Return(outcome)   (last message)
+//! ```
+//!
+//! The parent writes Hello and Start without waiting, so spawning costs no
+//! round trip. Data after End, a second Start, a reply to no call: each is a
+//! local error when this side tries it, a fatal remote error when the peer does.
+
+mod messages;
+mod parent;
+mod worker;
+
+pub use messages::*;
+pub use parent::{ParentChannel, ParentEvent};
+pub use worker::{WorkerChannel, WorkerEvent};

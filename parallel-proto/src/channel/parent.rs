@@ -1,0 +1,270 @@
+//! The parent's side of a worker channel.
+
+use std::collections::HashSet;
+
+use super::messages::*;
+use crate::entry::WireEntry;
+use crate::frame::FrameDecoder;
+use crate::transmit::{Transmit, TransmitQueue};
+use crate::{Error, Limits, LocalError, RemoteError};
+
+/// What the worker told the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParentEvent {
+    /// The worker's hello: it runs as `pid`.
+    Ready {
+        /// The worker's process id.
+        pid: i32,
+    },
+    /// Stream data, with `fds` descriptors that came along.
+    Data {
+        /// The bytes.
+        payload: Vec<u8>,
+        /// Descriptors to take from the transport's queue.
+        fds: u8,
+    },
+    /// The worker sends no more data.
+    End,
+    /// A `run` call finished.
+    Reply {
+        /// Which call.
+        call: CallId,
+        /// How it went.
+        outcome: Outcome,
+    },
+    /// The task function finished; nothing follows.
+    Returned(Outcome),
+}
+
+/// The parent's state machine for one worker channel.
+///
+/// Its hello is queued on creation; [`start`](Self::start) may follow at once,
+/// before the worker even exists.
+#[derive(Debug)]
+pub struct ParentChannel {
+    limits: Limits,
+    decoder: FrameDecoder,
+    out: TransmitQueue,
+    worker_pid: Option<i32>,
+    started: bool,
+    end_sent: bool,
+    end_received: bool,
+    returned: bool,
+    next_call: CallId,
+    calls: HashSet<CallId>,
+    failed: Option<RemoteError>,
+}
+
+impl ParentChannel {
+    /// A channel enforcing `limits`, with its hello queued.
+    pub fn new(limits: Limits) -> Self {
+        let mut channel = ParentChannel {
+            limits,
+            decoder: FrameDecoder::new(limits),
+            out: TransmitQueue::default(),
+            worker_pid: None,
+            started: false,
+            end_sent: false,
+            end_received: false,
+            returned: false,
+            next_call: 1,
+            calls: HashSet::new(),
+            failed: None,
+        };
+        channel
+            .queue(
+                ToWorker::Hello {
+                    version: CHANNEL_PROTOCOL_VERSION,
+                },
+                0,
+            )
+            .expect("a hello fits any limits");
+        channel
+    }
+
+    /// The worker's pid, once its hello arrived.
+    pub fn worker_pid(&self) -> Option<i32> {
+        self.worker_pid
+    }
+
+    /// Calls awaiting a reply.
+    pub fn calls_in_flight(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Ids of the calls awaiting a reply (to report which were lost when a worker dies).
+    pub fn pending_calls(&self) -> impl Iterator<Item = CallId> + '_ {
+        self.calls.iter().copied()
+    }
+
+    /// Whether the task function has returned (nothing more will come).
+    pub fn is_returned(&self) -> bool {
+        self.returned
+    }
+
+    /// Whether the worker ended its data stream (or returned).
+    pub fn is_end_received(&self) -> bool {
+        self.end_received
+    }
+
+    /// Bytes queued for the transport.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes()
+    }
+
+    /// Tells the worker what to run. Exactly once, before anything else.
+    pub fn start(&mut self, task: WireEntry, args: Vec<u8>) -> Result<(), Error> {
+        self.check_failed()?;
+        if self.started {
+            return Err(invalid("start the task", "it was already started").into());
+        }
+        self.queue(ToWorker::Start { task, args }, 0)?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Sends stream data, with `fds` descriptors the transport passes along.
+    pub fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), Error> {
+        self.check_sendable("send data")?;
+        self.queue(ToWorker::Data(payload), fds)?;
+        Ok(())
+    }
+
+    /// Starts a `run` call; the reply comes as [`ParentEvent::Reply`].
+    pub fn call(&mut self, args: Vec<u8>) -> Result<CallId, Error> {
+        self.check_sendable("start a call")?;
+        if self.calls.len() >= self.limits.max_in_flight {
+            return Err(LocalError::TooManyInFlight {
+                max: self.limits.max_in_flight,
+            }
+            .into());
+        }
+        let call = self.next_call;
+        self.queue(ToWorker::Call { call, args }, 0)?;
+        self.next_call += 1;
+        self.calls.insert(call);
+        Ok(call)
+    }
+
+    /// Ends the parent's stream: no more data or calls (half close).
+    pub fn end(&mut self) -> Result<(), Error> {
+        self.check_sendable("end the stream")?;
+        self.queue(ToWorker::End, 0)?;
+        self.end_sent = true;
+        Ok(())
+    }
+
+    /// Consumes bytes from `input` until one event is ready or `input` is empty.
+    pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ParentEvent>, Error> {
+        self.check_failed()?;
+        let frame = match self.decoder.decode(input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(self.fail(error.into())),
+        };
+        // Every message the worker sends is an event, so one frame is enough.
+        FromWorker::decode(frame.kind, frame.payload)
+            .and_then(|message| self.apply(message, frame.fds))
+            .map(Some)
+            .map_err(|error| self.fail(error))
+    }
+
+    /// The next bytes to write, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop()
+    }
+
+    /// The one table of what the worker may send when.
+    fn apply(&mut self, message: FromWorker, fds: u8) -> Result<ParentEvent, RemoteError> {
+        let name = message.name();
+        if fds != 0 && !matches!(message, FromWorker::Data(_)) {
+            return Err(RemoteError::WrongFdCount {
+                message: name,
+                got: fds,
+                expected: "none (only Data carries descriptors)",
+            });
+        }
+        let refuse = |reason| Err(RemoteError::Unexpected { message: name, reason });
+        match message {
+            FromWorker::Hello { version, pid } => {
+                if self.worker_pid.is_some() {
+                    return refuse("twice");
+                }
+                if version != CHANNEL_PROTOCOL_VERSION {
+                    return Err(RemoteError::VersionMismatch {
+                        protocol: "worker channel",
+                        ours: CHANNEL_PROTOCOL_VERSION,
+                        theirs: version,
+                    });
+                }
+                self.worker_pid = Some(pid);
+                Ok(ParentEvent::Ready { pid })
+            }
+            _ if self.worker_pid.is_none() => refuse("before the worker's hello"),
+            _ if self.returned => refuse("after the task returned"),
+            _ if !self.started => refuse("before the task was started"),
+            FromWorker::Data(payload) => {
+                if self.end_received {
+                    return refuse("after the worker ended its stream");
+                }
+                Ok(ParentEvent::Data { payload, fds })
+            }
+            FromWorker::End => {
+                if self.end_received {
+                    return refuse("twice");
+                }
+                self.end_received = true;
+                Ok(ParentEvent::End)
+            }
+            FromWorker::Reply { call, outcome } => {
+                if !self.calls.remove(&call) {
+                    return Err(RemoteError::UnknownId {
+                        message: name,
+                        what: "call",
+                        id: call,
+                    });
+                }
+                Ok(ParentEvent::Reply { call, outcome })
+            }
+            FromWorker::Return(outcome) => {
+                self.returned = true;
+                self.end_received = true;
+                Ok(ParentEvent::Returned(outcome))
+            }
+        }
+    }
+
+    fn check_sendable(&self, operation: &'static str) -> Result<(), Error> {
+        self.check_failed()?;
+        if !self.started {
+            return Err(invalid(operation, "the task has not been started; call start first").into());
+        }
+        if self.end_sent {
+            return Err(invalid(operation, "this side already sent end-of-stream").into());
+        }
+        Ok(())
+    }
+
+    fn check_failed(&self) -> Result<(), Error> {
+        match &self.failed {
+            Some(error) => Err(error.clone().into()),
+            None => Ok(()),
+        }
+    }
+
+    fn queue(&mut self, message: ToWorker, fds: usize) -> Result<(), LocalError> {
+        self.out
+            .push(&self.limits, message.kind(), fds, message.into_payload())
+    }
+
+    fn fail(&mut self, error: RemoteError) -> Error {
+        self.failed = Some(error.clone());
+        error.into()
+    }
+}
+
+fn invalid(operation: &'static str, reason: &'static str) -> LocalError {
+    LocalError::InvalidState { operation, reason }
+}

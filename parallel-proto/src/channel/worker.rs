@@ -1,0 +1,242 @@
+//! The worker's side of a worker channel.
+
+use std::collections::HashSet;
+
+use super::messages::*;
+use crate::entry::WireEntry;
+use crate::frame::FrameDecoder;
+use crate::transmit::{Transmit, TransmitQueue};
+use crate::{Error, Limits, LocalError, RemoteError};
+
+/// What the parent told the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerEvent {
+    /// What to run (always the first event).
+    Start {
+        /// The task function; verify it before calling it.
+        task: WireEntry,
+        /// Its serialized arguments.
+        args: Vec<u8>,
+    },
+    /// Stream data, with `fds` descriptors that came along.
+    Data {
+        /// The bytes.
+        payload: Vec<u8>,
+        /// Descriptors to take from the transport's queue.
+        fds: u8,
+    },
+    /// The parent sends nothing more.
+    End,
+    /// A `run` call to answer with [`WorkerChannel::reply`].
+    Call {
+        /// Names the reply.
+        call: CallId,
+        /// Serialized arguments.
+        args: Vec<u8>,
+    },
+}
+
+/// The worker's state machine for its channel.
+#[derive(Debug)]
+pub struct WorkerChannel {
+    limits: Limits,
+    decoder: FrameDecoder,
+    out: TransmitQueue,
+    hello_received: bool,
+    started: bool,
+    end_received: bool,
+    end_sent: bool,
+    returned: bool,
+    calls: HashSet<CallId>,
+    failed: Option<RemoteError>,
+}
+
+impl WorkerChannel {
+    /// A channel for the worker running as `pid`, with its hello queued.
+    pub fn new(limits: Limits, pid: i32) -> Self {
+        let mut channel = WorkerChannel {
+            limits,
+            decoder: FrameDecoder::new(limits),
+            out: TransmitQueue::default(),
+            hello_received: false,
+            started: false,
+            end_received: false,
+            end_sent: false,
+            returned: false,
+            calls: HashSet::new(),
+            failed: None,
+        };
+        channel
+            .queue(
+                FromWorker::Hello {
+                    version: CHANNEL_PROTOCOL_VERSION,
+                    pid,
+                },
+                0,
+            )
+            .expect("a hello fits any limits");
+        channel
+    }
+
+    /// Whether the parent ended its stream.
+    pub fn is_end_received(&self) -> bool {
+        self.end_received
+    }
+
+    /// Calls received and not yet answered.
+    pub fn calls_in_flight(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Bytes queued for the transport.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes()
+    }
+
+    /// Sends stream data, with `fds` descriptors the transport passes along.
+    pub fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), Error> {
+        self.check_sendable("send data")?;
+        if self.end_sent {
+            return Err(invalid("send data", "this side already sent end-of-stream").into());
+        }
+        self.queue(FromWorker::Data(payload), fds)?;
+        Ok(())
+    }
+
+    /// Ends the worker's data stream (half close); replies may still follow.
+    pub fn end(&mut self) -> Result<(), Error> {
+        self.check_sendable("end the stream")?;
+        if self.end_sent {
+            return Err(invalid("end the stream", "this side already sent end-of-stream").into());
+        }
+        self.queue(FromWorker::End, 0)?;
+        self.end_sent = true;
+        Ok(())
+    }
+
+    /// Answers a call received as [`WorkerEvent::Call`].
+    pub fn reply(&mut self, call: CallId, outcome: Outcome) -> Result<(), Error> {
+        self.check_sendable("reply to a call")?;
+        if !self.calls.contains(&call) {
+            return Err(LocalError::UnknownCall(call).into());
+        }
+        self.queue(FromWorker::Reply { call, outcome }, 0)?;
+        self.calls.remove(&call);
+        Ok(())
+    }
+
+    /// Reports that the task function finished. The channel's last message.
+    pub fn finish(&mut self, outcome: Outcome) -> Result<(), Error> {
+        self.check_sendable("return the task's outcome")?;
+        self.queue(FromWorker::Return(outcome), 0)?;
+        self.returned = true;
+        Ok(())
+    }
+
+    /// Consumes bytes from `input` until one event is ready or `input` is empty.
+    pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<WorkerEvent>, Error> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone().into());
+        }
+        loop {
+            let frame = match self.decoder.decode(input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(self.fail(error.into())),
+            };
+            let result = ToWorker::decode(frame.kind, frame.payload)
+                .and_then(|message| self.apply(message, frame.fds));
+            match result {
+                Ok(Some(event)) => return Ok(Some(event)),
+                Ok(None) => continue,
+                Err(error) => return Err(self.fail(error)),
+            }
+        }
+    }
+
+    /// The next bytes to write, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop()
+    }
+
+    /// The one table of what the parent may send when.
+    fn apply(&mut self, message: ToWorker, fds: u8) -> Result<Option<WorkerEvent>, RemoteError> {
+        let name = message.name();
+        if fds != 0 && !matches!(message, ToWorker::Data(_)) {
+            return Err(RemoteError::WrongFdCount {
+                message: name,
+                got: fds,
+                expected: "none (only Data carries descriptors)",
+            });
+        }
+        let refuse = |reason| Err(RemoteError::Unexpected { message: name, reason });
+        match message {
+            ToWorker::Hello { version } => {
+                if self.hello_received {
+                    return refuse("twice");
+                }
+                if version != CHANNEL_PROTOCOL_VERSION {
+                    return Err(RemoteError::VersionMismatch {
+                        protocol: "worker channel",
+                        ours: CHANNEL_PROTOCOL_VERSION,
+                        theirs: version,
+                    });
+                }
+                self.hello_received = true;
+                Ok(None)
+            }
+            _ if !self.hello_received => refuse("before the parent's hello"),
+            ToWorker::Start { task, args } => {
+                if self.started {
+                    return refuse("a second time: a worker runs one task");
+                }
+                self.started = true;
+                Ok(Some(WorkerEvent::Start { task, args }))
+            }
+            _ if !self.started => refuse("before Start"),
+            _ if self.end_received => refuse("after the parent ended its stream"),
+            ToWorker::Data(payload) => Ok(Some(WorkerEvent::Data { payload, fds })),
+            ToWorker::End => {
+                self.end_received = true;
+                Ok(Some(WorkerEvent::End))
+            }
+            ToWorker::Call { call, args } => {
+                if self.calls.len() >= self.limits.max_in_flight {
+                    return Err(RemoteError::TooManyInFlight {
+                        max: self.limits.max_in_flight,
+                    });
+                }
+                if !self.calls.insert(call) {
+                    return refuse("reusing the id of a call still in flight");
+                }
+                Ok(Some(WorkerEvent::Call { call, args }))
+            }
+        }
+    }
+
+    fn check_sendable(&self, operation: &'static str) -> Result<(), Error> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone().into());
+        }
+        if self.returned {
+            return Err(invalid(operation, "the task already returned its outcome").into());
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, message: FromWorker, fds: usize) -> Result<(), LocalError> {
+        self.out
+            .push(&self.limits, message.kind(), fds, message.into_payload())
+    }
+
+    fn fail(&mut self, error: RemoteError) -> Error {
+        self.failed = Some(error.clone());
+        error.into()
+    }
+}
+
+fn invalid(operation: &'static str, reason: &'static str) -> LocalError {
+    LocalError::InvalidState { operation, reason }
+}

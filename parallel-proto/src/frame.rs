@@ -1,0 +1,248 @@
+//! Framing: how messages are cut out of a byte stream.
+//!
+//! Every frame is an 8-byte header followed by `len` payload bytes:
+//!
+//! ```text
+//! byte 0     MAGIC (0xB7): catches a stream that lost sync at once
+//! byte 1     kind: which message this is (each protocol has its own table)
+//! byte 2     fds: how many file descriptors ride along with this frame
+//! byte 3     reserved, must be 0
+//! bytes 4..8 len: payload length, u32 little-endian
+//! ```
+//!
+//! The file descriptors themselves travel out of band (`SCM_RIGHTS`), sent
+//! together with the frame's first byte; this layer only counts them.
+
+use crate::limits::Limits;
+
+/// The first byte of every frame header.
+pub const MAGIC: u8 = 0xB7;
+
+/// Size of a frame header in bytes.
+pub const HEADER_LEN: usize = 8;
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Message kind tag.
+    pub kind: u8,
+    /// Number of file descriptors that ride along.
+    pub fds: u8,
+    /// Payload length in bytes.
+    pub len: u32,
+}
+
+impl FrameHeader {
+    /// The header's wire bytes.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let len = self.len.to_le_bytes();
+        [MAGIC, self.kind, self.fds, 0, len[0], len[1], len[2], len[3]]
+    }
+
+    /// Parses and checks a header against `limits`.
+    pub fn parse(bytes: [u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader, FrameError> {
+        if bytes[0] != MAGIC {
+            return Err(FrameError::BadMagic { found: bytes[0] });
+        }
+        if bytes[3] != 0 {
+            return Err(FrameError::ReservedByteSet { found: bytes[3] });
+        }
+        let header = FrameHeader {
+            kind: bytes[1],
+            fds: bytes[2],
+            len: u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        };
+        if header.len > limits.max_frame_len {
+            return Err(FrameError::TooLong {
+                len: header.len,
+                max: limits.max_frame_len,
+            });
+        }
+        if header.fds > limits.max_fds_per_frame {
+            return Err(FrameError::TooManyFds {
+                count: header.fds,
+                max: limits.max_fds_per_frame,
+            });
+        }
+        Ok(header)
+    }
+}
+
+/// A complete frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Message kind tag.
+    pub kind: u8,
+    /// Number of file descriptors that ride along.
+    pub fds: u8,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Why a byte stream is not a valid sequence of frames. Fatal and sticky.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A header did not start with [`MAGIC`].
+    #[error("frame header starts with {found:#04x}, not the magic byte 0xb7: the stream is out of sync or not ours")]
+    BadMagic {
+        /// The byte found.
+        found: u8,
+    },
+    /// The reserved header byte was not zero.
+    #[error("frame header's reserved byte is {found:#04x}, must be 0")]
+    ReservedByteSet {
+        /// The byte found.
+        found: u8,
+    },
+    /// The announced payload length exceeds the limit.
+    #[error("frame of {len} bytes exceeds max_frame_len ({max} bytes)")]
+    TooLong {
+        /// The announced length.
+        len: u32,
+        /// The configured limit.
+        max: u32,
+    },
+    /// The frame announces more fds than the limit.
+    #[error("frame carries {count} file descriptors, more than max_fds_per_frame ({max})")]
+    TooManyFds {
+        /// The announced count.
+        count: u8,
+        /// The configured limit.
+        max: u8,
+    },
+}
+
+/// Appends one frame to a buffer the caller owns.
+///
+/// Checks the payload and fd count against `limits` first; on error nothing is written.
+pub fn encode_frame(
+    kind: u8,
+    fds: usize,
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) -> Result<(), crate::LocalError> {
+    let header = checked_header(kind, fds, payload.len(), limits)?;
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Builds a header for a payload of `len` bytes after checking it against `limits`.
+pub fn checked_header(
+    kind: u8,
+    fds: usize,
+    len: usize,
+    limits: &Limits,
+) -> Result<FrameHeader, crate::LocalError> {
+    if len > limits.max_frame_len as usize {
+        return Err(crate::LocalError::MessageTooLong {
+            len,
+            max: limits.max_frame_len,
+        });
+    }
+    if fds > limits.max_fds_per_frame as usize {
+        return Err(crate::LocalError::TooManyFds {
+            count: fds,
+            max: limits.max_fds_per_frame,
+        });
+    }
+    Ok(FrameHeader {
+        kind,
+        fds: fds as u8,
+        len: len as u32,
+    })
+}
+
+/// Cuts frames out of a byte stream delivered in any chunking.
+///
+/// It buffers at most one frame: the header, then the payload, which grows as
+/// bytes arrive (never reserved up front from an announced length, so a lying
+/// header cannot make it allocate). A corrupt header makes it fail for good.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limits: Limits,
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    current: Option<(FrameHeader, Vec<u8>)>,
+    failed: Option<FrameError>,
+}
+
+impl FrameDecoder {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        FrameDecoder {
+            limits,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            current: None,
+            failed: None,
+        }
+    }
+
+    /// Consumes bytes from the front of `input` until one frame is complete
+    /// (returned) or `input` is empty (`Ok(None)`).
+    ///
+    /// Call it in a loop: `while let Some(frame) = decoder.decode(&mut input)? {}`;
+    /// when it returns `Ok(None)`, all of `input` has been consumed.
+    pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        loop {
+            match &mut self.current {
+                None => {
+                    let want = HEADER_LEN - self.header_filled;
+                    let take = want.min(input.len());
+                    self.header[self.header_filled..self.header_filled + take]
+                        .copy_from_slice(&input[..take]);
+                    self.header_filled += take;
+                    *input = &input[take..];
+                    if self.header_filled < HEADER_LEN {
+                        return Ok(None);
+                    }
+                    self.header_filled = 0;
+                    match FrameHeader::parse(self.header, &self.limits) {
+                        Ok(header) => self.current = Some((header, Vec::new())),
+                        Err(error) => {
+                            self.failed = Some(error);
+                            return Err(error);
+                        }
+                    }
+                }
+                Some((header, payload)) => {
+                    let want = header.len as usize - payload.len();
+                    let take = want.min(input.len());
+                    payload.extend_from_slice(&input[..take]);
+                    *input = &input[take..];
+                    if payload.len() < header.len as usize {
+                        return Ok(None);
+                    }
+                    let (header, payload) = self.current.take().expect("matched Some above");
+                    return Ok(Some(Frame {
+                        kind: header.kind,
+                        fds: header.fds,
+                        payload,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Bytes of an unfinished frame held right now (header and payload).
+    pub fn buffered(&self) -> usize {
+        self.header_filled + self.current.as_ref().map_or(0, |(_, p)| p.len())
+    }
+
+    /// True when no partial frame is held: the stream may end cleanly here.
+    pub fn is_at_boundary(&self) -> bool {
+        self.header_filled == 0 && self.current.is_none()
+    }
+
+    /// The sticky error, if the stream was corrupt.
+    pub fn error(&self) -> Option<FrameError> {
+        self.failed
+    }
+}

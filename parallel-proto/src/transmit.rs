@@ -1,0 +1,101 @@
+//! The outgoing side shared by every state machine: a queue of byte runs,
+//! each tagged with the file descriptors that must be sent with its first byte.
+
+use std::collections::VecDeque;
+
+use crate::frame::checked_header;
+use crate::{Limits, LocalError};
+
+/// Payloads at least this large are moved into their own [`Transmit`] rather
+/// than copied, so bulk data crosses this crate without a copy.
+const MOVE_THRESHOLD: usize = 16 * 1024;
+
+/// Bytes to write to the transport, in order.
+///
+/// Write `head` then `body` (a vectored write does both at once). When `fds`
+/// is not zero, the transport must pass that many descriptors (the next ones
+/// in the order the caller handed them over) with the first byte of `head`,
+/// e.g. as `SCM_RIGHTS` ancillary data of the `sendmsg` that writes it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Frame headers and small payloads, copied together.
+    pub head: Vec<u8>,
+    /// A large payload, moved in without a copy (empty for small frames).
+    pub body: Vec<u8>,
+    /// File descriptors to send with the first byte of `head`.
+    pub fds: usize,
+}
+
+impl Transmit {
+    /// Total bytes to write.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Queue of encoded frames awaiting the transport.
+#[derive(Debug, Default)]
+pub(crate) struct TransmitQueue {
+    queue: VecDeque<Transmit>,
+    queued: usize,
+}
+
+impl TransmitQueue {
+    /// Encodes one frame at the back of the queue, or fails with nothing queued.
+    pub(crate) fn push(
+        &mut self,
+        limits: &Limits,
+        kind: u8,
+        fds: usize,
+        payload: Vec<u8>,
+    ) -> Result<(), LocalError> {
+        let header = checked_header(kind, fds, payload.len(), limits)?;
+        let adding = crate::frame::HEADER_LEN + payload.len();
+        if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes {
+            return Err(LocalError::SendQueueFull {
+                queued: self.queued,
+                adding,
+                max: limits.max_buffered_bytes,
+            });
+        }
+        self.queued += adding;
+        // Coalesce small, fd-less frames into the previous run so that a burst of
+        // control messages becomes one write; fds must start a run of their own.
+        let coalesce = fds == 0
+            && payload.len() < MOVE_THRESHOLD
+            && self.queue.back().is_some_and(|last| last.body.is_empty());
+        if coalesce {
+            let last = self.queue.back_mut().expect("checked above");
+            last.head.extend_from_slice(&header.to_bytes());
+            last.head.extend_from_slice(&payload);
+            return Ok(());
+        }
+        let mut transmit = Transmit {
+            head: header.to_bytes().to_vec(),
+            body: Vec::new(),
+            fds,
+        };
+        if payload.len() < MOVE_THRESHOLD {
+            transmit.head.extend_from_slice(&payload);
+        } else {
+            transmit.body = payload;
+        }
+        self.queue.push_back(transmit);
+        Ok(())
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Transmit> {
+        let transmit = self.queue.pop_front()?;
+        self.queued -= transmit.len();
+        Some(transmit)
+    }
+
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+}

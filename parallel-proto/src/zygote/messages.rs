@@ -1,0 +1,404 @@
+//! The zygote protocol's messages and their kind tags.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode_body, encode_body, expect_empty};
+use crate::entry::WireEntry;
+use crate::RemoteError;
+
+/// Version carried in both hellos; a mismatch is fatal.
+pub const ZYGOTE_PROTOCOL_VERSION: u32 = 1;
+
+/// Names a spawn or snapshot request until its reply arrives. Chosen by the client.
+pub type RequestId = u64;
+/// Names a live worker (or derived snapshot). Chosen by the zygote.
+pub type WorkerId = u64;
+
+/// Options for a new worker or snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnOptions {
+    /// Process name shown by `ps` (Linux keeps the first 15 bytes).
+    pub name: Option<String>,
+    /// Resource limits applied in the child before its entry runs.
+    pub rlimits: Vec<ResourceLimit>,
+}
+
+/// One `setrlimit` to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimit {
+    /// Which resource.
+    pub resource: Resource,
+    /// Soft limit (`u64::MAX` means unlimited).
+    pub soft: u64,
+    /// Hard limit (`u64::MAX` means unlimited).
+    pub hard: u64,
+}
+
+/// The resources a spawn may limit (the portable subset of `RLIMIT_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Resource {
+    /// `RLIMIT_AS`: address space in bytes.
+    AddressSpace,
+    /// `RLIMIT_CPU`: CPU time in seconds.
+    CpuTime,
+    /// `RLIMIT_FSIZE`: largest file in bytes.
+    FileSize,
+    /// `RLIMIT_NOFILE`: open file descriptors.
+    OpenFiles,
+    /// `RLIMIT_CORE`: core file size in bytes.
+    CoreSize,
+    /// `RLIMIT_DATA`: data segment in bytes.
+    Data,
+    /// `RLIMIT_STACK`: stack in bytes.
+    Stack,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It called `exit` with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// True for `Exited(0)`.
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Exited(0))
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by signal {signal}")?;
+                if *core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why the zygote could not start a worker or snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnFailure {
+    /// The OS error number, when a system call failed.
+    pub errno: Option<i32>,
+    /// What failed, in words.
+    pub message: String,
+}
+
+impl std::fmt::Display for SpawnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(errno) = self.errno {
+            write!(f, " (errno {errno})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Ask the zygote for a worker. The frame carries at least one fd: the
+/// worker's end of its channel first, then any fds for the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Matches the reply.
+    pub request: RequestId,
+    /// The function the worker runs first, handed its channel.
+    pub boot: WireEntry,
+    /// Name and limits.
+    pub options: SpawnOptions,
+}
+
+/// Ask the zygote for a derived snapshot: a child zygote that runs `init`
+/// with `args`, then serves spawns on the one fd the frame carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// Matches the reply.
+    pub request: RequestId,
+    /// The init function.
+    pub init: WireEntry,
+    /// Its serialized arguments.
+    pub args: Vec<u8>,
+    /// Name and limits of the snapshot process.
+    pub options: SpawnOptions,
+}
+
+/// Parent → zygote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToZygote {
+    /// First message: the parent's protocol version.
+    Hello {
+        /// [`ZYGOTE_PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Start a worker.
+    Spawn(SpawnRequest),
+    /// Send a signal to a live worker.
+    Kill {
+        /// Which worker.
+        worker: WorkerId,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Start a derived snapshot.
+    Snapshot(SnapshotRequest),
+    /// Terminate every worker and exit.
+    Shutdown,
+}
+
+/// Zygote → parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromZygote {
+    /// First message: the zygote's version and pid.
+    Hello {
+        /// [`ZYGOTE_PROTOCOL_VERSION`].
+        version: u32,
+        /// The zygote's process id.
+        pid: i32,
+    },
+    /// A worker runs.
+    Spawned {
+        /// The request this answers.
+        request: RequestId,
+        /// Its id from now on.
+        worker: WorkerId,
+        /// Its process id.
+        pid: i32,
+    },
+    /// A derived snapshot runs (its init has not necessarily finished).
+    SnapshotReady {
+        /// The request this answers.
+        request: RequestId,
+        /// Its id (it is reaped like a worker).
+        worker: WorkerId,
+        /// Its process id.
+        pid: i32,
+    },
+    /// A spawn or snapshot request failed; nothing runs.
+    SpawnFailed {
+        /// The request this answers.
+        request: RequestId,
+        /// Why.
+        failure: SpawnFailure,
+    },
+    /// A worker or snapshot ended and was reaped.
+    Exited {
+        /// Which one.
+        worker: WorkerId,
+        /// How.
+        status: ExitStatus,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct HelloBody {
+    version: u32,
+}
+#[derive(Serialize, Deserialize)]
+struct ServerHelloBody {
+    version: u32,
+    pid: i32,
+}
+#[derive(Serialize, Deserialize)]
+struct KillBody {
+    worker: WorkerId,
+    signal: i32,
+}
+#[derive(Serialize, Deserialize)]
+struct StartedBody {
+    request: RequestId,
+    worker: WorkerId,
+    pid: i32,
+}
+#[derive(Serialize, Deserialize)]
+struct FailedBody {
+    request: RequestId,
+    failure: SpawnFailure,
+}
+#[derive(Serialize, Deserialize)]
+struct ExitedBody {
+    worker: WorkerId,
+    status: ExitStatus,
+}
+
+impl ToZygote {
+    /// Kind tag of the frame.
+    pub fn kind(&self) -> u8 {
+        match self {
+            ToZygote::Hello { .. } => 0x01,
+            ToZygote::Spawn(_) => 0x02,
+            ToZygote::Kill { .. } => 0x03,
+            ToZygote::Snapshot(_) => 0x04,
+            ToZygote::Shutdown => 0x05,
+        }
+    }
+
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToZygote::Hello { .. } => "Hello",
+            ToZygote::Spawn(_) => "Spawn",
+            ToZygote::Kill { .. } => "Kill",
+            ToZygote::Snapshot(_) => "Snapshot",
+            ToZygote::Shutdown => "Shutdown",
+        }
+    }
+
+    /// The frame payload.
+    pub fn encode_payload(&self) -> Vec<u8> {
+        match self {
+            ToZygote::Hello { version } => encode_body(&HelloBody { version: *version }),
+            ToZygote::Spawn(request) => encode_body(request),
+            ToZygote::Kill { worker, signal } => encode_body(&KillBody {
+                worker: *worker,
+                signal: *signal,
+            }),
+            ToZygote::Snapshot(request) => encode_body(request),
+            ToZygote::Shutdown => Vec::new(),
+        }
+    }
+
+    /// Decodes a frame's kind and payload.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<ToZygote, RemoteError> {
+        Ok(match kind {
+            0x01 => {
+                let body: HelloBody = decode_body("Hello", payload)?;
+                ToZygote::Hello {
+                    version: body.version,
+                }
+            }
+            0x02 => ToZygote::Spawn(decode_body("Spawn", payload)?),
+            0x03 => {
+                let body: KillBody = decode_body("Kill", payload)?;
+                ToZygote::Kill {
+                    worker: body.worker,
+                    signal: body.signal,
+                }
+            }
+            0x04 => ToZygote::Snapshot(decode_body("Snapshot", payload)?),
+            0x05 => {
+                expect_empty("Shutdown", payload)?;
+                ToZygote::Shutdown
+            }
+            kind => {
+                return Err(RemoteError::UnknownKind {
+                    protocol: "zygote",
+                    kind,
+                })
+            }
+        })
+    }
+}
+
+impl FromZygote {
+    /// Kind tag of the frame.
+    pub fn kind(&self) -> u8 {
+        match self {
+            FromZygote::Hello { .. } => 0x81,
+            FromZygote::Spawned { .. } => 0x82,
+            FromZygote::SnapshotReady { .. } => 0x83,
+            FromZygote::SpawnFailed { .. } => 0x84,
+            FromZygote::Exited { .. } => 0x85,
+        }
+    }
+
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FromZygote::Hello { .. } => "Hello",
+            FromZygote::Spawned { .. } => "Spawned",
+            FromZygote::SnapshotReady { .. } => "SnapshotReady",
+            FromZygote::SpawnFailed { .. } => "SpawnFailed",
+            FromZygote::Exited { .. } => "Exited",
+        }
+    }
+
+    /// The frame payload.
+    pub fn encode_payload(&self) -> Vec<u8> {
+        match self.clone() {
+            FromZygote::Hello { version, pid } => encode_body(&ServerHelloBody { version, pid }),
+            FromZygote::Spawned {
+                request,
+                worker,
+                pid,
+            }
+            | FromZygote::SnapshotReady {
+                request,
+                worker,
+                pid,
+            } => encode_body(&StartedBody {
+                request,
+                worker,
+                pid,
+            }),
+            FromZygote::SpawnFailed { request, failure } => {
+                encode_body(&FailedBody { request, failure })
+            }
+            FromZygote::Exited { worker, status } => encode_body(&ExitedBody { worker, status }),
+        }
+    }
+
+    /// Decodes a frame's kind and payload.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<FromZygote, RemoteError> {
+        Ok(match kind {
+            0x81 => {
+                let body: ServerHelloBody = decode_body("Hello", payload)?;
+                FromZygote::Hello {
+                    version: body.version,
+                    pid: body.pid,
+                }
+            }
+            0x82 => {
+                let body: StartedBody = decode_body("Spawned", payload)?;
+                FromZygote::Spawned {
+                    request: body.request,
+                    worker: body.worker,
+                    pid: body.pid,
+                }
+            }
+            0x83 => {
+                let body: StartedBody = decode_body("SnapshotReady", payload)?;
+                FromZygote::SnapshotReady {
+                    request: body.request,
+                    worker: body.worker,
+                    pid: body.pid,
+                }
+            }
+            0x84 => {
+                let body: FailedBody = decode_body("SpawnFailed", payload)?;
+                FromZygote::SpawnFailed {
+                    request: body.request,
+                    failure: body.failure,
+                }
+            }
+            0x85 => {
+                let body: ExitedBody = decode_body("Exited", payload)?;
+                FromZygote::Exited {
+                    worker: body.worker,
+                    status: body.status,
+                }
+            }
+            kind => {
+                return Err(RemoteError::UnknownKind {
+                    protocol: "zygote",
+                    kind,
+                })
+            }
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! The zygote's side of the zygote protocol.
+
+use std::collections::{HashMap, HashSet};
+
+use super::messages::*;
+use crate::entry::WireEntry;
+use crate::frame::FrameDecoder;
+use crate::transmit::{Transmit, TransmitQueue};
+use crate::{Error, Limits, LocalError, RemoteError};
+
+/// What the parent asked the zygote to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// Fork a worker. `fds` descriptors came with the frame: the worker's
+    /// channel end first, then the user's. Answer with
+    /// [`ZygoteServer::spawned`] or [`ZygoteServer::spawn_failed`].
+    Spawn {
+        /// Names the reply.
+        request: RequestId,
+        /// What the worker runs; verify it before running it.
+        boot: WireEntry,
+        /// Name and limits.
+        options: SpawnOptions,
+        /// Descriptors that came with the request (at least one).
+        fds: u8,
+    },
+    /// Fork a derived snapshot serving on the one descriptor that came with the frame.
+    /// Answer with [`ZygoteServer::snapshot_ready`] or [`ZygoteServer::spawn_failed`].
+    Snapshot {
+        /// Names the reply.
+        request: RequestId,
+        /// The init function; verify it before running it.
+        init: WireEntry,
+        /// Its serialized arguments.
+        args: Vec<u8>,
+        /// Name and limits.
+        options: SpawnOptions,
+    },
+    /// Signal a live, unreaped child. The pid cannot have been reused: the
+    /// zygote is its parent and has not reaped it. Kills of workers that
+    /// already exited are dropped here and never show up.
+    Kill {
+        /// The worker's id.
+        worker: WorkerId,
+        /// Its pid.
+        pid: i32,
+        /// The signal.
+        signal: i32,
+    },
+    /// Terminate every child and exit.
+    Shutdown,
+}
+
+/// The zygote's state machine for its control connection.
+///
+/// It owns the table of live children (id ↔ pid), so the OS layer only forks,
+/// reaps and signals.
+#[derive(Debug)]
+pub struct ZygoteServer {
+    limits: Limits,
+    decoder: FrameDecoder,
+    out: TransmitQueue,
+    hello_received: bool,
+    pending: HashSet<RequestId>,
+    pids: HashMap<WorkerId, i32>,
+    workers_by_pid: HashMap<i32, WorkerId>,
+    next_worker: WorkerId,
+    failed: Option<RemoteError>,
+}
+
+impl ZygoteServer {
+    /// A server for the zygote running as `pid`, with its hello queued.
+    pub fn new(limits: Limits, pid: i32) -> Self {
+        let mut server = ZygoteServer {
+            limits,
+            decoder: FrameDecoder::new(limits),
+            out: TransmitQueue::default(),
+            hello_received: false,
+            pending: HashSet::new(),
+            pids: HashMap::new(),
+            workers_by_pid: HashMap::new(),
+            next_worker: 1,
+            failed: None,
+        };
+        server
+            .queue(FromZygote::Hello {
+                version: ZYGOTE_PROTOCOL_VERSION,
+                pid,
+            })
+            .expect("a hello fits any limits");
+        server
+    }
+
+    /// Pids of every live child, for cleanup.
+    pub fn live_pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.pids.values().copied()
+    }
+
+    /// Consumes bytes from `input` until one event is ready or `input` is empty.
+    pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ServerEvent>, Error> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone().into());
+        }
+        loop {
+            let frame = match self.decoder.decode(input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(self.fail(error.into())),
+            };
+            let result = ToZygote::decode(frame.kind, &frame.payload)
+                .and_then(|message| self.apply(message, frame.fds));
+            match result {
+                Ok(Some(event)) => return Ok(Some(event)),
+                Ok(None) => continue,
+                Err(error) => return Err(self.fail(error)),
+            }
+        }
+    }
+
+    /// Reports that the worker for `request` runs as `pid`; returns its id.
+    pub fn spawned(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, Error> {
+        let worker = self.start_child(request, pid)?;
+        self.queue(FromZygote::Spawned {
+            request,
+            worker,
+            pid,
+        })?;
+        Ok(worker)
+    }
+
+    /// Reports that the snapshot for `request` runs as `pid`; returns its id.
+    pub fn snapshot_ready(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, Error> {
+        let worker = self.start_child(request, pid)?;
+        self.queue(FromZygote::SnapshotReady {
+            request,
+            worker,
+            pid,
+        })?;
+        Ok(worker)
+    }
+
+    /// Reports that `request` failed.
+    pub fn spawn_failed(&mut self, request: RequestId, failure: SpawnFailure) -> Result<(), Error> {
+        if !self.pending.remove(&request) {
+            return Err(LocalError::InvalidState {
+                operation: "report a failed spawn",
+                reason: "no such request awaits a reply",
+            }
+            .into());
+        }
+        self.queue(FromZygote::SpawnFailed { request, failure })?;
+        Ok(())
+    }
+
+    /// Reports a reaped child. Returns its worker id, or `None` for a pid
+    /// that is not one of ours (nothing is sent then).
+    pub fn reaped(&mut self, pid: i32, status: ExitStatus) -> Result<Option<WorkerId>, Error> {
+        let Some(worker) = self.workers_by_pid.remove(&pid) else {
+            return Ok(None);
+        };
+        self.pids.remove(&worker);
+        self.queue(FromZygote::Exited { worker, status })?;
+        Ok(Some(worker))
+    }
+
+    /// The next bytes to write, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop()
+    }
+
+    fn start_child(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, LocalError> {
+        if !self.pending.remove(&request) {
+            return Err(LocalError::InvalidState {
+                operation: "report a started child",
+                reason: "no such request awaits a reply",
+            });
+        }
+        let worker = self.next_worker;
+        self.next_worker += 1;
+        self.pids.insert(worker, pid);
+        self.workers_by_pid.insert(pid, worker);
+        Ok(worker)
+    }
+
+    fn apply(&mut self, message: ToZygote, fds: u8) -> Result<Option<ServerEvent>, RemoteError> {
+        let name = message.name();
+        let fds_ok = match &message {
+            ToZygote::Spawn(_) => fds >= 1,
+            ToZygote::Snapshot(_) => fds == 1,
+            _ => fds == 0,
+        };
+        if !fds_ok {
+            let expected = match &message {
+                ToZygote::Spawn(_) => "at least 1 (the worker's channel)",
+                ToZygote::Snapshot(_) => "exactly 1 (the snapshot's control socket)",
+                _ => "none",
+            };
+            return Err(RemoteError::WrongFdCount {
+                message: name,
+                got: fds,
+                expected,
+            });
+        }
+        if !self.hello_received {
+            return match message {
+                ToZygote::Hello { version } if version == ZYGOTE_PROTOCOL_VERSION => {
+                    self.hello_received = true;
+                    Ok(None)
+                }
+                ToZygote::Hello { version } => Err(RemoteError::VersionMismatch {
+                    protocol: "zygote",
+                    ours: ZYGOTE_PROTOCOL_VERSION,
+                    theirs: version,
+                }),
+                _ => Err(RemoteError::Unexpected {
+                    message: name,
+                    reason: "before the parent's hello",
+                }),
+            };
+        }
+        Ok(match message {
+            ToZygote::Hello { .. } => {
+                return Err(RemoteError::Unexpected {
+                    message: name,
+                    reason: "twice",
+                })
+            }
+            ToZygote::Spawn(SpawnRequest {
+                request,
+                boot,
+                options,
+            }) => {
+                self.admit(request, name)?;
+                Some(ServerEvent::Spawn {
+                    request,
+                    boot,
+                    options,
+                    fds,
+                })
+            }
+            ToZygote::Snapshot(SnapshotRequest {
+                request,
+                init,
+                args,
+                options,
+            }) => {
+                self.admit(request, name)?;
+                Some(ServerEvent::Snapshot {
+                    request,
+                    init,
+                    args,
+                    options,
+                })
+            }
+            ToZygote::Kill { worker, signal } => self.pids.get(&worker).map(|&pid| {
+                ServerEvent::Kill {
+                    worker,
+                    pid,
+                    signal,
+                }
+            }),
+            ToZygote::Shutdown => Some(ServerEvent::Shutdown),
+        })
+    }
+
+    fn admit(&mut self, request: RequestId, message: &'static str) -> Result<(), RemoteError> {
+        if self.pending.len() >= self.limits.max_in_flight {
+            return Err(RemoteError::TooManyInFlight {
+                max: self.limits.max_in_flight,
+            });
+        }
+        if !self.pending.insert(request) {
+            return Err(RemoteError::Unexpected {
+                message,
+                reason: "reusing the id of a request still awaiting its reply",
+            });
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, message: FromZygote) -> Result<(), LocalError> {
+        self.out
+            .push(&self.limits, message.kind(), 0, message.encode_payload())
+    }
+
+    fn fail(&mut self, error: RemoteError) -> Error {
+        self.failed = Some(error.clone());
+        error.into()
+    }
+}
