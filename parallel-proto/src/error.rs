@@ -8,8 +8,8 @@
 //! message, a reply to nothing). It is fatal and sticky: every later input or
 //! send on that state machine returns the same error.
 
-use crate::frame::FrameError;
 use crate::entry::EntryError;
+use crate::frame::FrameError;
 
 /// Any error a state machine returns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,7 +28,9 @@ pub enum Error {
 #[non_exhaustive]
 pub enum LocalError {
     /// The payload is larger than `Limits::max_frame_len`.
-    #[error("message of {len} bytes exceeds max_frame_len ({max} bytes); split it or raise the limit")]
+    #[error(
+        "message of {len} bytes exceeds max_frame_len ({max} bytes); split it or raise the limit"
+    )]
     MessageTooLong {
         /// Encoded length of the message.
         len: usize,

@@ -36,7 +36,9 @@ impl FrameHeader {
     /// The header's wire bytes.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let len = self.len.to_le_bytes();
-        [MAGIC, self.kind, self.fds, 0, len[0], len[1], len[2], len[3]]
+        [
+            MAGIC, self.kind, self.fds, 0, len[0], len[1], len[2], len[3],
+        ]
     }
 
     /// Parses and checks a header against `limits`.

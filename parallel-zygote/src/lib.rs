@@ -1,1 +1,84 @@
-//! placeholder
+//! The fork server of `parallel`: start it first thing in `main`, then fork
+//! workers from it whatever the parent has become.
+//!
+//! `fork()` from a big, multi-threaded async process is slow (page tables,
+//! copy-on-write) and unsafe (locks held by threads that do not exist in the
+//! child). So [`start`] forks **once**, while the process is still small and
+//! single-threaded; that child, the *zygote*, serves requests to fork workers
+//! from its clean snapshot. Spawn cost does not grow with the parent's heap.
+//!
+//! This crate holds the OS work (fork, descriptor passing, reaping, signals)
+//! and no async runtime. The protocol lives in `parallel-proto`; the async
+//! APIs in the adapters (`parallel-tokio`, ...), which build on [`Zygote`].
+//!
+//! # Start in main
+//!
+//! ```no_run
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // 1. First line: no threads exist yet.
+//!     let zygote = parallel_zygote::start()?;
+//!     // 2. Now anything goes: runtimes, threads, gigabytes of heap.
+//!     let worker = zygote.spawn(|ctx: parallel_zygote::WorkerContext| {
+//!         // Runs in a fresh process forked from the zygote.
+//!         drop(ctx);
+//!     })?;
+//!     assert!(worker.process.wait()?.success());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! [`start`] refuses with [`Error::MultiThreaded`] when other threads exist.
+//! Tests that fork need `harness = false` (the default test harness runs
+//! tests on threads): start the zygote in the test binary's own `main`, then
+//! hand over to a harness such as `libtest-mimic`.
+//!
+//! # The blocking client
+//!
+//! [`Zygote`] is cheap to clone and safe to share between threads.
+//! [`Zygote::spawn`] returns a [`Worker`]: a `std` [`UnixStream`] to talk to
+//! the worker and a [`WorkerProcess`] to kill it or wait for its exit. Every
+//! wait also exists as a `Future` ([`PendingSpawn`], [`WorkerProcess::exited`])
+//! that works on any runtime.
+//!
+//! # What the zygote guarantees
+//!
+//! - Workers close the zygote's descriptors, die with the zygote
+//!   (`PR_SET_PDEATHSIG`), and are reaped by it; their exit codes, signals and
+//!   core-dump flags come back as [`ExitStatus`].
+//! - The zygote dies with the parent: it sees its control socket hang up (and
+//!   `PR_SET_PDEATHSIG` is the backstop), sends SIGTERM to its workers, then
+//!   SIGKILL after 250 ms, and exits.
+//! - Dropping the last [`Zygote`] handle shuts it down the same way; dropping a
+//!   [`WorkerProcess`] kills its worker.
+//! - Functions are named on the wire by sealed [`Entry`] tags; a tampered or
+//!   foreign entry is refused before anything runs.
+//!
+//! [`UnixStream`]: std::os::unix::net::UnixStream
+
+mod child;
+mod client;
+mod completion;
+pub mod entry;
+mod error;
+pub mod io;
+mod server;
+mod start;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+pub use child::{PANIC_EXIT_CODE, SETUP_FAILED_EXIT_CODE};
+pub use client::{PendingSpawn, Worker, WorkerProcess, Zygote};
+pub use entry::Entry;
+pub use error::Error;
+pub use parallel_proto::zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
+pub use start::{count_threads, start, Builder};
+
+/// What a worker's boot function receives.
+#[derive(Debug)]
+pub struct WorkerContext {
+    /// The worker's end of its channel to the parent.
+    pub channel: UnixStream,
+    /// Descriptors the parent handed over with the spawn, in order.
+    pub fds: Vec<OwnedFd>,
+}

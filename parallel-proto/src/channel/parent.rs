@@ -186,7 +186,12 @@ impl ParentChannel {
                 expected: "none (only Data carries descriptors)",
             });
         }
-        let refuse = |reason| Err(RemoteError::Unexpected { message: name, reason });
+        let refuse = |reason| {
+            Err(RemoteError::Unexpected {
+                message: name,
+                reason,
+            })
+        };
         match message {
             FromWorker::Hello { version, pid } => {
                 if self.worker_pid.is_some() {
@@ -239,7 +244,9 @@ impl ParentChannel {
     fn check_sendable(&self, operation: &'static str) -> Result<(), Error> {
         self.check_failed()?;
         if !self.started {
-            return Err(invalid(operation, "the task has not been started; call start first").into());
+            return Err(
+                invalid(operation, "the task has not been started; call start first").into(),
+            );
         }
         if self.end_sent {
             return Err(invalid(operation, "this side already sent end-of-stream").into());

@@ -171,7 +171,12 @@ impl WorkerChannel {
                 expected: "none (only Data carries descriptors)",
             });
         }
-        let refuse = |reason| Err(RemoteError::Unexpected { message: name, reason });
+        let refuse = |reason| {
+            Err(RemoteError::Unexpected {
+                message: name,
+                reason,
+            })
+        };
         match message {
             ToWorker::Hello { version } => {
                 if self.hello_received {

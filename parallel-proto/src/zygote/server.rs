@@ -254,13 +254,13 @@ impl ZygoteServer {
                     options,
                 })
             }
-            ToZygote::Kill { worker, signal } => self.pids.get(&worker).map(|&pid| {
-                ServerEvent::Kill {
+            ToZygote::Kill { worker, signal } => {
+                self.pids.get(&worker).map(|&pid| ServerEvent::Kill {
                     worker,
                     pid,
                     signal,
-                }
-            }),
+                })
+            }
             ToZygote::Shutdown => Some(ServerEvent::Shutdown),
         })
     }

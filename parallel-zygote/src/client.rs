@@ -1,0 +1,588 @@
+//! The parent's handle on a zygote: a blocking client usable from any thread,
+//! whose waits are also `Future`s for async adapters.
+//!
+//! One background thread reads the control socket and completes waiters;
+//! writers serialize on a separate lock, so a slow write never stops replies
+//! from being read.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parallel_proto::zygote::{
+    ExitStatus, RequestId, SpawnFailure, SpawnOptions, WorkerId, ZygoteClient, ZygoteEvent,
+};
+use parallel_proto::{Limits, LocalError, WireEntry};
+
+use crate::completion::{lock, Completion};
+use crate::entry::Entry;
+use crate::io::{Inbox, Outbox};
+use crate::{Error, WorkerContext};
+
+/// Why a wait ended without its answer (cloneable, unlike [`Error`]).
+#[derive(Debug, Clone)]
+enum Failure {
+    Gone(String),
+    SpawnFailed(SpawnFailure),
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Error {
+        match failure {
+            Failure::Gone(reason) => Error::ZygoteGone { reason },
+            Failure::SpawnFailed(failure) => Error::SpawnFailed(failure),
+        }
+    }
+}
+
+type ExitSlot = Arc<Completion<Result<ExitStatus, Failure>>>;
+
+#[derive(Debug, Clone)]
+struct Started {
+    worker: WorkerId,
+    pid: i32,
+    /// Created with the reply, so an exit that follows at once is not missed.
+    exit: ExitSlot,
+}
+
+type StartSlot = Arc<Completion<Result<Started, Failure>>>;
+
+struct State {
+    client: ZygoteClient,
+    starts: HashMap<RequestId, StartSlot>,
+    exits: HashMap<WorkerId, ExitSlot>,
+    /// Requests whose waiter went away: their worker is killed on arrival.
+    abandoned: HashSet<RequestId>,
+    gone: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Taken after `state` and held while writing, so frames (and their
+    /// descriptors) reach the socket in the order the state machine made them.
+    writer: Mutex<Outbox>,
+    socket: UnixStream,
+}
+
+impl Shared {
+    /// Moves queued frames to the outbox (under both locks, keeping order),
+    /// then writes them after releasing the state lock.
+    fn send(
+        &self,
+        mut state: std::sync::MutexGuard<'_, State>,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<(), Error> {
+        let mut outbox = lock(&self.writer);
+        while let Some(transmit) = state.client.poll_transmit() {
+            let attached: Vec<OwnedFd> = fds.drain(..transmit.fds.min(fds.len())).collect();
+            outbox.push(transmit, attached);
+        }
+        drop(state);
+        if let Err(error) = outbox.flush(&self.socket) {
+            drop(outbox);
+            let reason = format!("writing to its control socket failed: {error}");
+            self.mark_gone(&mut lock(&self.state), reason.clone());
+            return Err(Error::ZygoteGone { reason });
+        }
+        Ok(())
+    }
+
+    fn mark_gone(&self, state: &mut State, reason: String) {
+        if state.gone.is_some() {
+            return;
+        }
+        for (_, slot) in state.starts.drain() {
+            slot.complete(Err(Failure::Gone(reason.clone())));
+        }
+        for (_, slot) in state.exits.drain() {
+            slot.complete(Err(Failure::Gone(reason.clone())));
+        }
+        state.gone = Some(reason);
+    }
+
+    fn check_alive(state: &State) -> Result<(), Error> {
+        match &state.gone {
+            Some(reason) => Err(Error::ZygoteGone {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn kill(&self, worker: WorkerId, signal: i32) -> Result<(), Error> {
+        let mut state = lock(&self.state);
+        Self::check_alive(&state)?;
+        match state.client.kill(worker, signal) {
+            Ok(()) => self.send(state, Vec::new()),
+            // Already reaped: nothing left to kill.
+            Err(parallel_proto::Error::Local(LocalError::UnknownWorker(_))) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The reader thread's loop.
+    fn read_loop(self: Arc<Self>, socket: UnixStream) {
+        let mut inbox = Inbox::new();
+        let mut buffer = vec![0u8; 16 * 1024];
+        let reason = loop {
+            let read = match inbox.read(&socket, &mut buffer) {
+                Ok(0) => {
+                    break "its control socket reached end of file (it exited or was killed)"
+                        .to_string()
+                }
+                Ok(read) => read,
+                Err(error) => break format!("reading its control socket failed: {error}"),
+            };
+            let mut state = lock(&self.state);
+            let mut input = &buffer[..read];
+            let mut kills = Vec::new();
+            let outcome = loop {
+                match state.client.handle_input(&mut input) {
+                    Ok(Some(event)) => {
+                        if let Some(worker) = Self::dispatch(&mut state, event) {
+                            kills.push(worker);
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(format!("it broke the protocol: {error}")),
+                }
+            };
+            if let Err(reason) = outcome {
+                self.mark_gone(&mut state, reason);
+                return;
+            }
+            if kills.is_empty() {
+                continue;
+            }
+            for worker in kills {
+                let _ = state.client.kill(worker, libc::SIGKILL);
+            }
+            let _ = self.send(state, Vec::new());
+        };
+        self.mark_gone(&mut lock(&self.state), reason);
+    }
+
+    /// Applies one event; returns a worker to kill because nobody waits for it.
+    fn dispatch(state: &mut State, event: ZygoteEvent) -> Option<WorkerId> {
+        match event {
+            ZygoteEvent::Spawned {
+                request,
+                worker,
+                pid,
+            }
+            | ZygoteEvent::SnapshotReady {
+                request,
+                worker,
+                pid,
+            } => {
+                let exit = Completion::new();
+                state.exits.insert(worker, Arc::clone(&exit));
+                if state.abandoned.remove(&request) {
+                    return Some(worker);
+                }
+                if let Some(slot) = state.starts.remove(&request) {
+                    slot.complete(Ok(Started { worker, pid, exit }));
+                }
+                None
+            }
+            ZygoteEvent::SpawnFailed { request, failure } => {
+                state.abandoned.remove(&request);
+                if let Some(slot) = state.starts.remove(&request) {
+                    slot.complete(Err(Failure::SpawnFailed(failure)));
+                }
+                None
+            }
+            ZygoteEvent::Exited { worker, status } => {
+                if let Some(slot) = state.exits.remove(&worker) {
+                    slot.complete(Ok(status));
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The last handle: asks the zygote to shut down (it terminates its workers)
+/// and hangs up, so nothing outlives the handles.
+struct Owner {
+    shared: Arc<Shared>,
+    pid: i32,
+    limits: Limits,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        if state.gone.is_none() && state.client.shutdown().is_ok() {
+            let _ = self.shared.send(state, Vec::new());
+        } else {
+            drop(state);
+        }
+        let _ = self.shared.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A handle on a running zygote. Cheap to clone; usable from many threads.
+///
+/// When the last clone (and the last [`WorkerProcess`] of this zygote) is
+/// dropped, the zygote terminates its workers and exits.
+#[derive(Clone)]
+pub struct Zygote {
+    owner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for Zygote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zygote")
+            .field("pid", &self.owner.pid)
+            .finish()
+    }
+}
+
+impl Zygote {
+    /// Connects to a zygote serving on `socket`, running as `pid`.
+    pub(crate) fn connect(socket: UnixStream, pid: i32, limits: Limits) -> Result<Zygote, Error> {
+        let reader_socket = socket
+            .try_clone()
+            .map_err(|e| Error::os("duplicating the control socket", e))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                client: ZygoteClient::new(limits),
+                starts: HashMap::new(),
+                exits: HashMap::new(),
+                abandoned: HashSet::new(),
+                gone: None,
+            }),
+            writer: Mutex::new(Outbox::new()),
+            socket,
+        });
+        let reader = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("parallel-zygote-reader".into())
+            .spawn(move || reader.read_loop(reader_socket))
+            .map_err(|e| Error::os("starting the zygote reader thread", e))?;
+        let state = lock(&shared.state);
+        shared.send(state, Vec::new())?;
+        Ok(Zygote {
+            owner: Arc::new(Owner {
+                shared,
+                pid,
+                limits,
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.owner.shared
+    }
+
+    /// The zygote's process id.
+    pub fn pid(&self) -> i32 {
+        self.owner.pid
+    }
+
+    /// Whether the zygote is still reachable as far as this handle knows.
+    pub fn is_alive(&self) -> bool {
+        lock(&self.shared().state).gone.is_none()
+    }
+
+    /// Spawns a worker that runs `boot` with its end of a fresh channel, and
+    /// waits until the zygote reports its pid.
+    ///
+    /// `boot` must capture nothing (a capturing closure does not compile).
+    ///
+    /// ```no_run
+    /// use std::io::{Read, Write};
+    /// let zygote = parallel_zygote::start()?;
+    /// let mut worker = zygote.spawn(|mut ctx: parallel_zygote::WorkerContext| {
+    ///     let mut byte = [0u8];
+    ///     ctx.channel.read_exact(&mut byte).unwrap();
+    ///     ctx.channel.write_all(&[byte[0] + 1]).unwrap();
+    /// })?;
+    /// worker.channel.write_all(&[41])?;
+    /// let mut answer = [0u8];
+    /// worker.channel.read_exact(&mut answer)?;
+    /// assert_eq!(answer[0], 42);
+    /// assert!(worker.process.wait()?.success());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn spawn<F>(&self, boot: F) -> Result<Worker, Error>
+    where
+        F: Fn(WorkerContext) + Copy + 'static,
+    {
+        self.spawn_with(boot, SpawnOptions::default(), Vec::new())
+    }
+
+    /// [`spawn`](Self::spawn) with a name, resource limits, and descriptors
+    /// handed to the worker (they arrive in [`WorkerContext::fds`]).
+    pub fn spawn_with<F>(
+        &self,
+        boot: F,
+        options: SpawnOptions,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Worker, Error>
+    where
+        F: Fn(WorkerContext) + Copy + 'static,
+    {
+        let boot = Entry::<WorkerContext>::new(boot)?;
+        let (channel, pending) = self.spawn_entry(boot.wire(), options, fds)?;
+        let process = pending.wait()?;
+        Ok(Worker { channel, process })
+    }
+
+    /// The zero-round-trip spawn the adapters build on: sends the request and
+    /// returns at once with the parent's end of the channel, which may be
+    /// written to immediately, and a [`PendingSpawn`] that resolves to the
+    /// process once the zygote has forked it.
+    ///
+    /// `boot` is an [`Entry<WorkerContext>`](Entry)'s wire form; the zygote
+    /// verifies it and answers [`Error::SpawnFailed`] for a bad one.
+    pub fn spawn_entry(
+        &self,
+        boot: WireEntry,
+        options: SpawnOptions,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(UnixStream, PendingSpawn), Error> {
+        let (parent_end, worker_end) =
+            UnixStream::pair().map_err(|e| Error::os("creating the worker's socketpair", e))?;
+        let user_fds = fds.len();
+        let mut all_fds = Vec::with_capacity(1 + user_fds);
+        all_fds.push(OwnedFd::from(worker_end));
+        all_fds.extend(fds);
+        let slot = self.request(all_fds, |client| client.spawn(boot, options, user_fds))?;
+        Ok((parent_end, PendingSpawn::new(self.clone(), slot.0, slot.1)))
+    }
+
+    /// Creates a derived snapshot: a child zygote that first runs
+    /// `init(args)` (load a table, warm a cache) and then serves spawns. Its
+    /// workers share what `init` built, copy-on-write. Spawns sent before
+    /// `init` finishes wait for it.
+    pub fn snapshot<F>(&self, init: F, args: Vec<u8>) -> Result<Zygote, Error>
+    where
+        F: Fn(Vec<u8>) + Copy + 'static,
+    {
+        self.snapshot_with(init, args, SpawnOptions::default())
+    }
+
+    /// [`snapshot`](Self::snapshot) with a name and resource limits.
+    pub fn snapshot_with<F>(
+        &self,
+        init: F,
+        args: Vec<u8>,
+        options: SpawnOptions,
+    ) -> Result<Zygote, Error>
+    where
+        F: Fn(Vec<u8>) + Copy + 'static,
+    {
+        let init = Entry::<Vec<u8>>::new(init)?;
+        let (parent_end, snapshot_end) =
+            UnixStream::pair().map_err(|e| Error::os("creating the snapshot's socketpair", e))?;
+        let (request, slot) = self.request(vec![OwnedFd::from(snapshot_end)], |client| {
+            client.snapshot(init.wire(), args, options)
+        })?;
+        let started = PendingSpawn::new(self.clone(), request, slot).wait()?;
+        // The snapshot's lifetime is its own handle's: dropping that hangs up
+        // its control socket and it exits; it also dies with this zygote.
+        let pid = started.detach().pid;
+        Zygote::connect(parent_end, pid, self.owner.limits)
+    }
+
+    fn request(
+        &self,
+        fds: Vec<OwnedFd>,
+        make: impl FnOnce(&mut ZygoteClient) -> Result<RequestId, parallel_proto::Error>,
+    ) -> Result<(RequestId, StartSlot), Error> {
+        let shared = self.shared();
+        let mut state = lock(&shared.state);
+        Shared::check_alive(&state)?;
+        let request = make(&mut state.client)?;
+        let slot = Completion::new();
+        state.starts.insert(request, Arc::clone(&slot));
+        shared.send(state, fds)?;
+        Ok((request, slot))
+    }
+
+    /// Asks the zygote to terminate every worker and exit. Later spawns fail
+    /// with [`Error::ZygoteGone`].
+    pub fn shutdown(&self) -> Result<(), Error> {
+        let shared = self.shared();
+        let mut state = lock(&shared.state);
+        Shared::check_alive(&state)?;
+        state.client.shutdown()?;
+        shared.send(state, Vec::new())
+    }
+}
+
+/// A spawn request on its way: resolves to the [`WorkerProcess`] once the
+/// zygote has forked it. Wait by blocking ([`wait`](Self::wait)) or `.await`.
+///
+/// Dropped before it resolves, it has the worker killed as soon as it exists.
+pub struct PendingSpawn {
+    zygote: Zygote,
+    request: RequestId,
+    slot: StartSlot,
+    resolved: bool,
+}
+
+impl PendingSpawn {
+    fn new(zygote: Zygote, request: RequestId, slot: StartSlot) -> Self {
+        PendingSpawn {
+            zygote,
+            request,
+            slot,
+            resolved: false,
+        }
+    }
+
+    fn finish(&mut self, result: Result<Started, Failure>) -> Result<WorkerProcess, Error> {
+        self.resolved = true;
+        let started = result?;
+        Ok(WorkerProcess {
+            zygote: self.zygote.clone(),
+            worker: started.worker,
+            pid: started.pid,
+            exit: started.exit,
+            kill_on_drop: true,
+        })
+    }
+
+    /// Blocks until the worker runs (or the spawn fails).
+    pub fn wait(mut self) -> Result<WorkerProcess, Error> {
+        let result = self.slot.wait();
+        self.finish(result)
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout` (the request stays
+    /// in flight; `None` gives it back).
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<WorkerProcess, Error>, Self> {
+        match self.slot.wait_timeout(timeout) {
+            Some(result) => Ok(self.finish(result)),
+            None => Err(self),
+        }
+    }
+}
+
+impl Future for PendingSpawn {
+    type Output = Result<WorkerProcess, Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.slot.poll_value(cx) {
+            Poll::Ready(result) => Poll::Ready(self.finish(result)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for PendingSpawn {
+    fn drop(&mut self) {
+        if self.resolved {
+            return;
+        }
+        let shared = self.zygote.shared();
+        let mut state = lock(&shared.state);
+        if state.starts.remove(&self.request).is_some() {
+            state.abandoned.insert(self.request);
+            return;
+        }
+        // Answered but never looked at: kill the worker if it started.
+        drop(state);
+        if let Some(Ok(started)) = self.slot.peek() {
+            let _ = shared.kill(started.worker, libc::SIGKILL);
+        }
+    }
+}
+
+/// A running worker process: its ids, a kill switch and its exit status.
+///
+/// Dropping it kills the worker (SIGKILL) unless it already exited or was
+/// [detached](Self::detach). Kills go through the zygote, the worker's
+/// parent, which never signals a pid it has reaped: no pid-reuse race.
+pub struct WorkerProcess {
+    zygote: Zygote,
+    worker: WorkerId,
+    pid: i32,
+    exit: ExitSlot,
+    kill_on_drop: bool,
+}
+
+impl std::fmt::Debug for WorkerProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerProcess")
+            .field("worker", &self.worker)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl WorkerProcess {
+    /// The worker's id in its zygote.
+    pub fn id(&self) -> WorkerId {
+        self.worker
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the worker. A worker that
+    /// already exited is not an error.
+    pub fn kill(&self, signal: i32) -> Result<(), Error> {
+        if self.exit.peek().is_some() {
+            return Ok(());
+        }
+        self.zygote.shared().kill(self.worker, signal)
+    }
+
+    /// Blocks until the worker has exited and been reaped.
+    pub fn wait(&self) -> Result<ExitStatus, Error> {
+        self.exit.wait().map_err(Error::from)
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout` with `None`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<ExitStatus, Error>> {
+        self.exit
+            .wait_timeout(timeout)
+            .map(|r| r.map_err(Error::from))
+    }
+
+    /// The exit status, if the worker has been reaped.
+    pub fn try_status(&self) -> Option<Result<ExitStatus, Error>> {
+        self.exit.peek().map(|r| r.map_err(Error::from))
+    }
+
+    /// A future of the exit status, for async code.
+    pub fn exited(&self) -> impl Future<Output = Result<ExitStatus, Error>> + Send + 'static {
+        let awaiting = crate::completion::Awaiting(Arc::clone(&self.exit));
+        async move { awaiting.await.map_err(Error::from) }
+    }
+
+    /// Lets the worker outlive this handle (it still dies with the zygote).
+    pub fn detach(mut self) -> Self {
+        self.kill_on_drop = false;
+        self
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if self.kill_on_drop && self.exit.peek().is_none() {
+            let _ = self.zygote.shared().kill(self.worker, libc::SIGKILL);
+        }
+    }
+}
+
+/// A worker spawned by the blocking client: its process and the parent's
+/// end of its channel.
+#[derive(Debug)]
+pub struct Worker {
+    /// The parent's end of the channel; the worker holds the other end.
+    pub channel: UnixStream,
+    /// The process: pid, kill, exit status.
+    pub process: WorkerProcess,
+}

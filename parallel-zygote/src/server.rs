@@ -1,0 +1,333 @@
+//! The zygote process: a single-threaded loop that forks workers on request,
+//! reaps them, signals them, and cleans up when its parent goes away.
+//!
+//! The zygote is forked while the parent is single-threaded, so it may
+//! allocate and take locks freely; so may its children, which it forks from
+//! its own single thread.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+use parallel_proto::zygote::{ExitStatus, ServerEvent, SpawnFailure, SpawnOptions, ZygoteServer};
+use parallel_proto::{Limits, WireEntry};
+
+use crate::child;
+use crate::entry::Entry;
+use crate::io::{Inbox, Outbox};
+use crate::WorkerContext;
+
+/// How long workers get between SIGTERM and SIGKILL when the zygote shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
+
+/// What a zygote process needs to run.
+pub(crate) struct ServeConfig {
+    pub(crate) control: UnixStream,
+    pub(crate) limits: Limits,
+    pub(crate) name: String,
+    /// The signal mask to restore in children (the zygote blocks SIGCHLD and SIGTERM).
+    pub(crate) child_mask: SigSet,
+}
+
+/// Runs the zygote loop, then exits the process. Never returns.
+pub(crate) fn serve(config: ServeConfig) -> ! {
+    child::set_process_name(&config.name);
+    let code = match Zygote::new(config) {
+        Ok(mut zygote) => {
+            zygote.run();
+            zygote.terminate_children();
+            0
+        }
+        Err(_) => 1,
+    };
+    // _exit: the zygote must not run the parent's atexit handlers or flush
+    // stdio buffers it inherited (they belong to the parent).
+    // SAFETY: _exit is always safe to call; it ends the process at once.
+    unsafe { libc::_exit(code) }
+}
+
+struct Zygote {
+    control: UnixStream,
+    signals: SignalFd,
+    server: ZygoteServer,
+    inbox: Inbox,
+    outbox: Outbox,
+    name: String,
+    child_mask: SigSet,
+    limits: Limits,
+}
+
+impl Zygote {
+    fn new(config: ServeConfig) -> nix::Result<Zygote> {
+        // Child exits and termination requests arrive as readable data on a
+        // signalfd, so the loop waits on one poll and needs no signal handlers.
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.add(Signal::SIGTERM);
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let pid = getpid().as_raw();
+        Ok(Zygote {
+            control: config.control,
+            signals,
+            server: ZygoteServer::new(config.limits, pid),
+            inbox: Inbox::new(),
+            outbox: Outbox::new(),
+            name: config.name,
+            child_mask: config.child_mask,
+            limits: config.limits,
+        })
+    }
+
+    /// Serves until the parent hangs up, asks to shut down, or SIGTERM arrives.
+    fn run(&mut self) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            if self.flush().is_err() {
+                return;
+            }
+            let (control_ready, signal_ready) = {
+                let mut fds = [
+                    PollFd::new(self.control.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return,
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if signal_ready && self.handle_signals() {
+                return;
+            }
+            if control_ready {
+                let read = match self.inbox.read(&self.control, &mut buffer) {
+                    Ok(0) | Err(_) => return, // the parent hung up or died
+                    Ok(read) => read,
+                };
+                let mut input = &buffer[..read];
+                loop {
+                    match self.server.handle_input(&mut input) {
+                        Ok(Some(event)) => {
+                            if self.handle(event) {
+                                let _ = self.flush();
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        // A parent that breaks the protocol gets no more service.
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns true when the zygote must stop.
+    fn handle(&mut self, event: ServerEvent) -> bool {
+        match event {
+            ServerEvent::Spawn {
+                request,
+                boot,
+                options,
+                fds,
+            } => {
+                let Some(mut fds) = self.inbox.take_fds(fds as usize) else {
+                    return true; // descriptors promised but not sent: protocol broken
+                };
+                let channel = fds.remove(0);
+                let result = self.spawn_worker(boot, &options, channel, fds);
+                let _ = match result {
+                    Ok(pid) => self.server.spawned(request, pid).map(drop),
+                    Err(failure) => self.server.spawn_failed(request, failure),
+                };
+                false
+            }
+            ServerEvent::Snapshot {
+                request,
+                init,
+                args,
+                options,
+            } => {
+                let Some(mut fds) = self.inbox.take_fds(1) else {
+                    return true;
+                };
+                let control = UnixStream::from(fds.remove(0));
+                let result = self.spawn_snapshot(init, args, &options, control);
+                let _ = match result {
+                    Ok(pid) => self.server.snapshot_ready(request, pid).map(drop),
+                    Err(failure) => self.server.spawn_failed(request, failure),
+                };
+                false
+            }
+            ServerEvent::Kill { pid, signal, .. } => {
+                // The pid is an unreaped child of ours, so it cannot have been reused.
+                if let Ok(signal) = Signal::try_from(signal) {
+                    let _ = kill(Pid::from_raw(pid), signal);
+                }
+                false
+            }
+            ServerEvent::Shutdown => true,
+            _ => false,
+        }
+    }
+
+    fn spawn_worker(
+        &mut self,
+        boot: WireEntry,
+        options: &SpawnOptions,
+        channel: OwnedFd,
+        fds: Vec<OwnedFd>,
+    ) -> Result<i32, SpawnFailure> {
+        // Verify before forking: a bad entry is refused and nothing runs.
+        let boot = Entry::<WorkerContext>::verify(boot).map_err(|error| SpawnFailure {
+            errno: None,
+            message: error.to_string(),
+        })?;
+        let zygote_pid = getpid();
+        // SAFETY: the zygote is single-threaded (forked from a process that
+        // `start` checked was single-threaded, and it starts no threads), so
+        // the child inherits no lock held by another thread and may run
+        // ordinary code.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                let context = WorkerContext {
+                    channel: UnixStream::from(channel),
+                    fds,
+                };
+                child::become_worker(
+                    zygote_pid,
+                    &[self.control.as_raw_fd(), self.signals.as_raw_fd()],
+                    &self.child_mask,
+                    options,
+                    &self.name,
+                    move || boot.resolve()(context),
+                )
+            }
+            Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+            Err(errno) => Err(SpawnFailure {
+                errno: Some(errno as i32),
+                message: format!("fork failed: {}", errno.desc()),
+            }),
+        }
+        // `channel` and `fds` were moved into the child branch; in the zygote
+        // they drop here, so it holds no worker's channel.
+    }
+
+    fn spawn_snapshot(
+        &mut self,
+        init: WireEntry,
+        args: Vec<u8>,
+        options: &SpawnOptions,
+        control: UnixStream,
+    ) -> Result<i32, SpawnFailure> {
+        let init = Entry::<Vec<u8>>::verify(init).map_err(|error| SpawnFailure {
+            errno: None,
+            message: error.to_string(),
+        })?;
+        let zygote_pid = getpid();
+        let name = options
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-snap", self.name));
+        let limits = self.limits;
+        let child_mask = self.child_mask;
+        // SAFETY: as in `spawn_worker`: the zygote is single-threaded.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => child::become_worker(
+                zygote_pid,
+                &[self.control.as_raw_fd(), self.signals.as_raw_fd()],
+                &self.child_mask,
+                options,
+                &name.clone(),
+                move || {
+                    init.resolve()(args);
+                    serve(ServeConfig {
+                        control,
+                        limits,
+                        name,
+                        child_mask,
+                    })
+                },
+            ),
+            Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+            Err(errno) => Err(SpawnFailure {
+                errno: Some(errno as i32),
+                message: format!("fork failed: {}", errno.desc()),
+            }),
+        }
+    }
+
+    /// Drains the signalfd and reaps; returns true on SIGTERM.
+    fn handle_signals(&mut self) -> bool {
+        let mut terminate = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            if info.ssi_signo == Signal::SIGTERM as u32 {
+                terminate = true;
+            }
+        }
+        self.reap();
+        terminate
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
+                    pid,
+                    ExitStatus::Signaled {
+                        signal: signal as i32,
+                        core_dumped,
+                    },
+                ),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue, // stopped or continued: not an exit
+            };
+            let _ = self.server.reaped(status.0.as_raw(), status.1);
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        while let Some(transmit) = self.server.poll_transmit() {
+            self.outbox.push(transmit, []);
+        }
+        self.outbox.flush(&self.control)
+    }
+
+    /// SIGTERM to every child, a short grace, then SIGKILL; reaps them all.
+    fn terminate_children(&mut self) {
+        let pids: Vec<i32> = self.server.live_pids().collect();
+        for &pid in &pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.server.live_pids().next().is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            let timeout =
+                PollTimeout::try_from(left.as_millis().max(1) as i32).unwrap_or(PollTimeout::ZERO);
+            let _ = poll(&mut fds, timeout);
+            while let Ok(Some(_)) = self.signals.read_signal() {}
+            self.reap();
+        }
+        let left: Vec<i32> = self.server.live_pids().collect();
+        for &pid in &left {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for &pid in &left {
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        let _ = self.flush();
+    }
+}
