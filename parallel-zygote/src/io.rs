@@ -153,6 +153,12 @@ impl Inbox {
         Ok(received)
     }
 
+    /// Raw numbers of the descriptors received and not yet taken (a forked
+    /// child closes them: they belong to other requests).
+    pub fn held_fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
     /// Takes the next `count` received descriptors, or `None` if fewer arrived
     /// (the peer broke the protocol).
     pub fn take_fds(&mut self, count: usize) -> Option<Vec<OwnedFd>> {

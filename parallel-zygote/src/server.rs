@@ -204,7 +204,7 @@ impl Zygote {
                 };
                 child::become_worker(
                     zygote_pid,
-                    &[self.control.as_raw_fd(), self.signals.as_raw_fd()],
+                    &self.fds_not_for_children(),
                     &self.child_mask,
                     options,
                     &self.name,
@@ -243,7 +243,7 @@ impl Zygote {
         match unsafe { fork() } {
             Ok(ForkResult::Child) => child::become_worker(
                 zygote_pid,
-                &[self.control.as_raw_fd(), self.signals.as_raw_fd()],
+                &self.fds_not_for_children(),
                 &self.child_mask,
                 options,
                 &name.clone(),
@@ -263,6 +263,14 @@ impl Zygote {
                 message: format!("fork failed: {}", errno.desc()),
             }),
         }
+    }
+
+    /// Descriptors a new child must close: the zygote's own, and those that
+    /// arrived for requests not served yet (other workers' channels).
+    fn fds_not_for_children(&self) -> Vec<std::os::fd::RawFd> {
+        let mut fds = vec![self.control.as_raw_fd(), self.signals.as_raw_fd()];
+        fds.extend(self.inbox.held_fds());
+        fds
     }
 
     /// Drains the signalfd and reaps; returns true on SIGTERM.

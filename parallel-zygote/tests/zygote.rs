@@ -32,6 +32,10 @@ fn main() {
             z(worker_echoes_over_its_channel),
         ),
         Trial::test(
+            "burst_spawned_workers_hold_only_their_own_channel",
+            z(burst_spawned_workers_hold_only_their_own_channel),
+        ),
+        Trial::test(
             "thousand_spawns_in_a_row_leak_no_fds_and_no_zombies",
             || {
                 // In a process of its own: other tests open and close descriptors
@@ -306,6 +310,39 @@ fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
             worker.process.wait()?.success(),
             "worker exits when its channel closes",
         )?;
+    }
+    Ok(())
+}
+
+fn burst_spawned_workers_hold_only_their_own_channel(zygote: &Zygote) -> Result<(), Failed> {
+    // Fifty requests sent back to back, so the zygote reads several (with
+    // their descriptors) before it forks the first worker. A worker that kept
+    // another's channel open would delay that one's EOF until it exits.
+    let entry = parallel_zygote::Entry::<WorkerContext>::new(|mut ctx: WorkerContext| {
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() - 1; // minus read_dir's own
+        ctx.channel.write_all(&(open as u32).to_le_bytes()).unwrap();
+        let mut rest = Vec::new();
+        let _ = ctx.channel.read_to_end(&mut rest);
+    })?;
+    let spawned: Vec<_> = (0..50)
+        .map(|_| zygote.spawn_entry(entry.wire(), SpawnOptions::default(), Vec::new()))
+        .collect::<Result<_, _>>()?;
+    let mut counts = Vec::new();
+    let mut workers = Vec::new();
+    for (mut channel, pending) in spawned {
+        let mut count = [0u8; 4];
+        channel.read_exact(&mut count)?;
+        counts.push(u32::from_le_bytes(count));
+        workers.push((channel, pending.wait()?));
+    }
+    let first = counts[0];
+    check(
+        counts.iter().all(|&c| c == first),
+        format!("open descriptors per worker differ: {counts:?}"),
+    )?;
+    for (channel, process) in workers {
+        drop(channel);
+        check(process.wait()?.success(), "worker exits at EOF")?;
     }
     Ok(())
 }

@@ -1,0 +1,69 @@
+//! `process`: a typed, bidirectional channel to a worker.
+
+use std::sync::Arc;
+
+use parallel_proto::channel::Outcome;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::codec::Codec;
+use crate::messages::{MessageSender, MessageStream};
+use crate::parent::{outcome_into, Killer, Link};
+use crate::Error;
+
+/// A worker with a typed channel, from [`Parallel::process`](crate::Parallel::process).
+pub struct Process<In, Out, C: Codec> {
+    /// Messages to the worker. Dropping every clone ends its input stream.
+    pub sender: MessageSender<In, C>,
+    /// Messages from the worker. Ends when the worker's function returns.
+    pub stream: MessageStream<Out, C>,
+    /// Kill the worker or wait for its function's end.
+    pub handle: ProcessHandle,
+}
+
+/// Controls a `process` worker.
+pub struct ProcessHandle {
+    killer: Arc<Killer>,
+    returned: oneshot::Receiver<Result<Outcome, Error>>,
+}
+
+impl<In: Serialize, Out: DeserializeOwned, C: Codec> Process<In, Out, C> {
+    pub(crate) fn new(link: Link) -> Self {
+        Process {
+            sender: MessageSender::new(link.outgoing),
+            stream: MessageStream::new(link.data),
+            handle: ProcessHandle {
+                killer: link.killer,
+                returned: link.returned,
+            },
+        }
+        // `link.commands` is dropped here: a process takes no calls, so only
+        // the sender keeps the worker's input open.
+    }
+}
+
+impl ProcessHandle {
+    /// The worker's pid, once the zygote reported it.
+    pub fn pid(&self) -> Option<i32> {
+        self.killer.pid()
+    }
+
+    /// Kills the worker (SIGKILL).
+    pub fn kill(&self) {
+        self.killer.kill();
+    }
+
+    /// Waits until the worker's function returned: `Ok(())`, or the panic /
+    /// death that ended it.
+    pub async fn wait(self) -> Result<(), Error> {
+        let outcome = self.returned.await;
+        let pid = self.killer.pid();
+        match outcome {
+            Ok(Ok(Outcome::Ok(_))) => Ok(()),
+            Ok(Ok(outcome)) => outcome_into::<(), crate::Postcard>(outcome, pid, None),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(self.killer.death(None)),
+        }
+    }
+}
