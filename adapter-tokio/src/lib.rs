@@ -57,6 +57,22 @@
 //! serde types, encoded with [`Postcard`] unless you choose another
 //! [`Codec`] with [`Parallel::with_codec`].
 //!
+//! ```compile_fail,E0080
+//! # fn main() {
+//! # let parallel = parallel_tokio::init().unwrap();
+//! let offset = 5u64;
+//! // error: "parallel: a function run in another process must not capture
+//! // anything. Use a fn item or a closure without captures, and pass data as
+//! // its arguments."
+//! let _handle = parallel.spawn(move |x: u64| async move { x + offset }, 1);
+//! # }
+//! ```
+//!
+//! Pass it instead: `parallel.spawn(|(x, offset): (u64, u64)| async move { x + offset }, (1, 5))`.
+//!
+//! The worker builds a current-thread tokio runtime for the function; pick a
+//! multi-thread one with [`Parallel::worker_runtime`].
+//!
 //! # Failures
 //!
 //! | what happens | what you get |
