@@ -71,6 +71,9 @@ pub enum Error {
     /// A socket operation failed.
     #[error("worker channel I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A worker was requested outside a tokio runtime.
+    #[error("parallel-tokio needs a tokio runtime: call spawn/run/process/Pool::new from within Runtime::block_on or a task")]
+    NoRuntime,
     /// The worker or channel was already closed.
     #[error("the worker channel is closed")]
     Closed,

@@ -177,6 +177,9 @@ impl<C: Codec> Parallel<C> {
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
     fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
         let (stream, pending) =
             self.zygote
                 .spawn_entry(worker::boot_entry()?, self.options.clone(), Vec::new())?;

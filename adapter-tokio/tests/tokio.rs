@@ -61,6 +61,16 @@ fn main() {
         trial!(pool_recycles_workers_after_max_calls),
         trial!(pool_map_unordered_reports_indices),
         trial!(snapshot_workers_see_init_state),
+        {
+            let parallel = parallel.clone();
+            Trial::test(
+                "outside_a_runtime_is_an_error_not_a_panic",
+                move || match parallel.run(|x: u8| async move { x }) {
+                    Err(Error::NoRuntime) => Ok(()),
+                    other => Err(format!("expected NoRuntime, got {other:?}").into()),
+                },
+            )
+        },
         Trial::test("zygote_gone_gives_a_clear_error_promptly", || {
             let output = std::process::Command::new(std::env::current_exe()?)
                 .env("PARALLEL_TOKIO_HELPER", "zygote-gone")

@@ -32,6 +32,10 @@ fn main() {
             z(worker_echoes_over_its_channel),
         ),
         Trial::test(
+            "abandoned_spawn_kills_its_worker",
+            z(abandoned_spawn_kills_its_worker),
+        ),
+        Trial::test(
             "burst_spawned_workers_hold_only_their_own_channel",
             z(burst_spawned_workers_hold_only_their_own_channel),
         ),
@@ -312,6 +316,24 @@ fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
         )?;
     }
     Ok(())
+}
+
+fn abandoned_spawn_kills_its_worker(zygote: &Zygote) -> Result<(), Failed> {
+    let entry = parallel_zygote::Entry::<WorkerContext>::new(|_ctx: WorkerContext| {
+        std::thread::sleep(Duration::from_secs(60))
+    })?;
+    let (mut channel, pending) =
+        zygote.spawn_entry(entry.wire(), SpawnOptions::default(), Vec::new())?;
+    // Nobody will ever wait for this worker: it must not outlive the request.
+    drop(pending);
+    channel.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut rest = Vec::new();
+    match channel.read_to_end(&mut rest) {
+        Ok(_) => Ok(()), // EOF: the worker is gone
+        Err(error) => {
+            Err(format!("worker of an abandoned spawn still holds its channel: {error}").into())
+        }
+    }
 }
 
 fn burst_spawned_workers_hold_only_their_own_channel(zygote: &Zygote) -> Result<(), Failed> {
