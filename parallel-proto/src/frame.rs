@@ -235,7 +235,10 @@ impl FrameDecoder {
 
     /// Bytes of an unfinished frame held right now (header and payload).
     pub fn buffered(&self) -> usize {
-        self.header_filled + self.current.as_ref().map_or(0, |(_, p)| p.len())
+        match &self.current {
+            Some((_, payload)) => HEADER_LEN + payload.len(),
+            None => self.header_filled,
+        }
     }
 
     /// True when no partial frame is held: the stream may end cleanly here.

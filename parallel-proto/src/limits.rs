@@ -10,6 +10,7 @@ pub struct Limits {
     /// length against this before it buffers a single byte of the payload.
     ///
     /// Default: 128 MiB, so a 64 MiB message plus its encoding fits in one frame.
+    /// Must be at least 64, so that every control message fits.
     pub max_frame_len: u32,
     /// Largest number of bytes a state machine queues for sending before the
     /// caller drains them with `poll_transmit`. Sends past it fail with

@@ -299,7 +299,13 @@ impl Zygote {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue, // stopped or continued: not an exit
             };
-            let _ = self.server.reaped(status.0.as_raw(), status.1);
+            let (pid, status) = (status.0.as_raw(), status.1);
+            if self.server.reaped(pid, status).is_err() {
+                // The reply queue is full (the parent reads slowly): write it
+                // out, then report again, so no exit is lost.
+                let _ = self.flush();
+                let _ = self.server.reaped(pid, status);
+            }
         }
     }
 

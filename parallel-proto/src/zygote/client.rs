@@ -141,7 +141,7 @@ impl ZygoteClient {
                 boot,
                 options,
             }),
-            1 + user_fds,
+            user_fds.saturating_add(1),
         )?;
         self.pending.insert(request, Pending::Spawn);
         self.next_request += 1;

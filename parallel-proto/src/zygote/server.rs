@@ -120,29 +120,31 @@ impl ZygoteServer {
 
     /// Reports that the worker for `request` runs as `pid`; returns its id.
     pub fn spawned(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, Error> {
-        let worker = self.start_child(request, pid)?;
+        let worker = self.next_child(request)?;
         self.queue(FromZygote::Spawned {
             request,
             worker,
             pid,
         })?;
+        self.start_child(request, worker, pid);
         Ok(worker)
     }
 
     /// Reports that the snapshot for `request` runs as `pid`; returns its id.
     pub fn snapshot_ready(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, Error> {
-        let worker = self.start_child(request, pid)?;
+        let worker = self.next_child(request)?;
         self.queue(FromZygote::SnapshotReady {
             request,
             worker,
             pid,
         })?;
+        self.start_child(request, worker, pid);
         Ok(worker)
     }
 
     /// Reports that `request` failed.
     pub fn spawn_failed(&mut self, request: RequestId, failure: SpawnFailure) -> Result<(), Error> {
-        if !self.pending.remove(&request) {
+        if !self.pending.contains(&request) {
             return Err(LocalError::InvalidState {
                 operation: "report a failed spawn",
                 reason: "no such request awaits a reply",
@@ -150,17 +152,19 @@ impl ZygoteServer {
             .into());
         }
         self.queue(FromZygote::SpawnFailed { request, failure })?;
+        self.pending.remove(&request);
         Ok(())
     }
 
     /// Reports a reaped child. Returns its worker id, or `None` for a pid
     /// that is not one of ours (nothing is sent then).
     pub fn reaped(&mut self, pid: i32, status: ExitStatus) -> Result<Option<WorkerId>, Error> {
-        let Some(worker) = self.workers_by_pid.remove(&pid) else {
+        let Some(&worker) = self.workers_by_pid.get(&pid) else {
             return Ok(None);
         };
-        self.pids.remove(&worker);
         self.queue(FromZygote::Exited { worker, status })?;
+        self.workers_by_pid.remove(&pid);
+        self.pids.remove(&worker);
         Ok(Some(worker))
     }
 
@@ -170,18 +174,24 @@ impl ZygoteServer {
         self.out.pop()
     }
 
-    fn start_child(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, LocalError> {
-        if !self.pending.remove(&request) {
+    /// The id the child for `request` will get; changes nothing, so that a
+    /// refused send (a full queue) leaves the request answerable.
+    fn next_child(&self, request: RequestId) -> Result<WorkerId, LocalError> {
+        if !self.pending.contains(&request) {
             return Err(LocalError::InvalidState {
                 operation: "report a started child",
                 reason: "no such request awaits a reply",
             });
         }
-        let worker = self.next_worker;
+        Ok(self.next_worker)
+    }
+
+    /// Records the child once its answer is queued.
+    fn start_child(&mut self, request: RequestId, worker: WorkerId, pid: i32) {
+        self.pending.remove(&request);
         self.next_worker += 1;
         self.pids.insert(worker, pid);
         self.workers_by_pid.insert(pid, worker);
-        Ok(worker)
     }
 
     fn apply(&mut self, message: ToZygote, fds: u8) -> Result<Option<ServerEvent>, RemoteError> {

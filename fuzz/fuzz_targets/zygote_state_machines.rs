@@ -1,0 +1,328 @@
+//! A `ZygoteClient` and a `ZygoteServer` joined by an in-memory transport,
+//! driven by arbitrary sequences of local API calls, partial deliveries of
+//! the real bytes (queued output is written only when the peer reads, so
+//! send queues fill up), and injected garbage or forged frames.
+//!
+//! Checked: nothing panics; `handle_input` errors are remote and sticky; a
+//! refused local call queues nothing; and as long as only the API was used
+//! (no injected bytes, requests answered in kind), neither side ever sees a
+//! protocol error: honest peers always agree.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use parallel_proto::zygote::{
+    ExitStatus, Resource, ResourceLimit, ServerEvent, SpawnFailure, SpawnOptions, ZygoteClient,
+    ZygoteEvent, ZygoteServer,
+};
+use parallel_proto::{EntryKey, Error, WireEntry};
+use parallel_proto_fuzz::{pick, pump, raw_frame, FuzzLimits, Side};
+
+#[derive(Debug, Arbitrary)]
+enum Pick {
+    /// One the other side told us about.
+    Seen(u8),
+    /// Any value at all.
+    Raw(u64),
+}
+
+#[derive(Debug, Arbitrary)]
+enum Op {
+    Spawn {
+        offset: i64,
+        name: Option<String>,
+        rlimits: Vec<(u8, u64, u64)>,
+        user_fds: usize,
+    },
+    Snapshot {
+        offset: i64,
+        args: Vec<u8>,
+    },
+    Kill {
+        worker: Pick,
+        signal: i32,
+    },
+    Shutdown,
+    Spawned {
+        request: Pick,
+        pid: i32,
+    },
+    SnapshotReady {
+        request: Pick,
+        pid: i32,
+    },
+    SpawnFailed {
+        request: Pick,
+        errno: Option<i32>,
+        message: String,
+    },
+    Reaped {
+        pid: Pick,
+        code: i32,
+        signal: Option<(i32, bool)>,
+    },
+    DeliverToServer(u16),
+    DeliverToClient(u16),
+    DeliverAll,
+    GarbageToServer(Vec<u8>),
+    GarbageToClient(Vec<u8>),
+    FrameToServer {
+        kind: u8,
+        fds: u8,
+        payload: Vec<u8>,
+    },
+    FrameToClient {
+        kind: u8,
+        fds: u8,
+        payload: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    limits: FuzzLimits,
+    ops: Vec<Op>,
+}
+
+fn entry(offset: i64) -> WireEntry {
+    EntryKey::from_bytes([0x42; 16]).seal(offset, 7)
+}
+
+fn resource(tag: u8) -> Resource {
+    match tag % 7 {
+        0 => Resource::AddressSpace,
+        1 => Resource::CpuTime,
+        2 => Resource::FileSize,
+        3 => Resource::OpenFiles,
+        4 => Resource::CoreSize,
+        5 => Resource::Data,
+        _ => Resource::Stack,
+    }
+}
+
+/// Requests the server has seen and not answered, by kind.
+#[derive(Default)]
+struct Pending {
+    spawns: Vec<u64>,
+    snapshots: Vec<u64>,
+    seen: usize,
+}
+
+impl Pending {
+    fn update(&mut self, events: &[ServerEvent]) {
+        for event in &events[self.seen..] {
+            match event {
+                ServerEvent::Spawn { request, .. } => self.spawns.push(*request),
+                ServerEvent::Snapshot { request, .. } => self.snapshots.push(*request),
+                _ => {}
+            }
+        }
+        self.seen = events.len();
+    }
+
+    fn answered(&mut self, request: u64) {
+        self.spawns.retain(|&r| r != request);
+        self.snapshots.retain(|&r| r != request);
+    }
+}
+
+/// `pid`, or another one if a live child has it: the OS never gives two
+/// unreaped children one pid, and the server relies on that.
+fn unique_pid(server: &ZygoteServer, pid: i32) -> i32 {
+    let live: Vec<i32> = server.live_pids().collect();
+    let mut pid = pid;
+    while live.contains(&pid) {
+        pid = pid.wrapping_add(1);
+    }
+    pid
+}
+
+fn live_workers(client: &Side<ZygoteClient>) -> Vec<u64> {
+    let mut live: Vec<u64> = client
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            ZygoteEvent::Spawned { worker, .. } | ZygoteEvent::SnapshotReady { worker, .. } => {
+                Some(*worker)
+            }
+            _ => None,
+        })
+        .filter(|&worker| client.machine.is_live(worker))
+        .collect();
+    live.sort_unstable();
+    live
+}
+
+fuzz_target!(|input: Input| {
+    let limits = input.limits.get();
+    let mut client = Side::new(ZygoteClient::new(limits));
+    let mut server = Side::new(ZygoteServer::new(limits, 1));
+    let mut pending = Pending::default();
+    let mut honest = true;
+
+    for op in input.ops {
+        let queued = client.machine.queued_bytes();
+        match op {
+            Op::Spawn {
+                offset,
+                name,
+                rlimits,
+                user_fds,
+            } => {
+                let options = SpawnOptions {
+                    name,
+                    rlimits: rlimits
+                        .into_iter()
+                        .map(|(tag, soft, hard)| ResourceLimit {
+                            resource: resource(tag),
+                            soft,
+                            hard,
+                        })
+                        .collect(),
+                };
+                let result = client.machine.spawn(entry(offset), options, user_fds);
+                if !client.local(&result) {
+                    assert_eq!(client.machine.queued_bytes(), queued);
+                }
+                assert!(client.machine.in_flight() <= limits.max_in_flight);
+            }
+            Op::Snapshot { offset, args } => {
+                let result = client
+                    .machine
+                    .snapshot(entry(offset), args, SpawnOptions::default());
+                if !client.local(&result) {
+                    assert_eq!(client.machine.queued_bytes(), queued);
+                }
+                assert!(client.machine.in_flight() <= limits.max_in_flight);
+            }
+            Op::Kill { worker, signal } => {
+                let worker = match worker {
+                    Pick::Seen(index) => pick(&live_workers(&client), index),
+                    Pick::Raw(raw) => Some(raw),
+                };
+                if let Some(worker) = worker {
+                    let result = client.machine.kill(worker, signal);
+                    if !client.local(&result) {
+                        assert_eq!(client.machine.queued_bytes(), queued);
+                    }
+                }
+            }
+            Op::Shutdown => {
+                let result = client.machine.shutdown();
+                if !client.local(&result) {
+                    assert_eq!(client.machine.queued_bytes(), queued);
+                }
+            }
+            Op::Spawned { request, pid } => {
+                let pid = unique_pid(&server.machine, pid);
+                let request = match request {
+                    Pick::Seen(index) => pick(&pending.spawns, index),
+                    Pick::Raw(raw) => Some(raw),
+                };
+                if let Some(request) = request {
+                    let seen = pending.spawns.contains(&request);
+                    let result = server.machine.spawned(request, pid);
+                    if server.local(&result) {
+                        honest &= seen;
+                        pending.answered(request);
+                    }
+                }
+            }
+            Op::SnapshotReady { request, pid } => {
+                let pid = unique_pid(&server.machine, pid);
+                let request = match request {
+                    Pick::Seen(index) => pick(&pending.snapshots, index),
+                    Pick::Raw(raw) => Some(raw),
+                };
+                if let Some(request) = request {
+                    let seen = pending.snapshots.contains(&request);
+                    let result = server.machine.snapshot_ready(request, pid);
+                    if server.local(&result) {
+                        honest &= seen;
+                        pending.answered(request);
+                    }
+                }
+            }
+            Op::SpawnFailed {
+                request,
+                errno,
+                message,
+            } => {
+                let all: Vec<u64> = pending
+                    .spawns
+                    .iter()
+                    .chain(&pending.snapshots)
+                    .copied()
+                    .collect();
+                let request = match request {
+                    Pick::Seen(index) => pick(&all, index),
+                    Pick::Raw(raw) => Some(raw),
+                };
+                if let Some(request) = request {
+                    let failure = SpawnFailure { errno, message };
+                    let result = server.machine.spawn_failed(request, failure);
+                    if server.local(&result) {
+                        pending.answered(request);
+                    }
+                }
+            }
+            Op::Reaped { pid, code, signal } => {
+                let mut pids: Vec<i32> = server.machine.live_pids().collect();
+                pids.sort_unstable();
+                let pid = match pid {
+                    Pick::Seen(index) => pick(&pids, index),
+                    Pick::Raw(raw) => Some(raw as i32),
+                };
+                let status = match signal {
+                    Some((signal, core_dumped)) => ExitStatus::Signaled {
+                        signal,
+                        core_dumped,
+                    },
+                    None => ExitStatus::Exited(code),
+                };
+                if let Some(pid) = pid {
+                    let known = pids.contains(&pid);
+                    let result = server.machine.reaped(pid, status);
+                    if server.local(&result) {
+                        assert_eq!(result.unwrap().is_some(), known);
+                    }
+                }
+            }
+            Op::DeliverToServer(max) => {
+                pump(&mut client.machine, &mut server, &limits);
+                server.deliver(max.into());
+            }
+            Op::DeliverToClient(max) => {
+                pump(&mut server.machine, &mut client, &limits);
+                client.deliver(max.into());
+            }
+            Op::DeliverAll => {
+                pump(&mut client.machine, &mut server, &limits);
+                server.deliver(usize::MAX);
+                pump(&mut server.machine, &mut client, &limits);
+                client.deliver(usize::MAX);
+            }
+            Op::GarbageToServer(bytes) => {
+                honest = false;
+                server.input(&bytes);
+            }
+            Op::GarbageToClient(bytes) => {
+                honest = false;
+                client.input(&bytes);
+            }
+            Op::FrameToServer { kind, fds, payload } => {
+                honest = false;
+                server.input(&raw_frame(kind, fds, &payload));
+            }
+            Op::FrameToClient { kind, fds, payload } => {
+                honest = false;
+                client.input(&raw_frame(kind, fds, &payload));
+            }
+        }
+        pending.update(&server.events);
+        if honest {
+            assert_eq!(client.failed, None::<Error>, "honest peers disagree");
+            assert_eq!(server.failed, None::<Error>, "honest peers disagree");
+        }
+    }
+});

@@ -1,0 +1,186 @@
+//! How queued frames are cut into `Transmit`s: small control frames share one
+//! write, descriptors start a write of their own, bulk data is moved, not copied.
+
+mod support;
+
+use parallel_proto::channel::{Outcome, ParentChannel, ToWorker, WorkerChannel};
+use parallel_proto::frame::{FrameHeader, HEADER_LEN, MAGIC};
+use parallel_proto::{EntryKey, Limits, Transmit, WireEntry};
+use support::{drain, frame, wire};
+
+const MOVE_THRESHOLD: usize = 16 * 1024;
+
+fn entry() -> WireEntry {
+    EntryKey::from_bytes([2; 16]).seal(0x10, 3)
+}
+
+fn started_parent() -> ParentChannel {
+    let mut parent = ParentChannel::new(Limits::default());
+    parent.start(entry(), Vec::new()).unwrap();
+    let _ = drain(&mut parent);
+    parent
+}
+
+#[test]
+fn small_frames_without_fds_coalesce_into_one_transmit() {
+    let mut parent = ParentChannel::new(Limits::default());
+    parent.start(entry(), b"a".to_vec()).unwrap();
+    parent.call(b"b".to_vec()).unwrap();
+    parent.send_data(b"c".to_vec(), 0).unwrap();
+    parent.end().unwrap();
+    let transmits = drain(&mut parent);
+    assert_eq!(transmits.len(), 1);
+    let expected = [
+        frame(0x11, 0, &ToWorker::Hello { version: 1 }.into_payload()),
+        frame(
+            0x12,
+            0,
+            &ToWorker::Start {
+                task: entry(),
+                args: b"a".to_vec(),
+            }
+            .into_payload(),
+        ),
+        frame(
+            0x15,
+            0,
+            &ToWorker::Call {
+                call: 1,
+                args: b"b".to_vec(),
+            }
+            .into_payload(),
+        ),
+        frame(0x13, 0, b"c"),
+        frame(0x14, 0, &[]),
+    ]
+    .concat();
+    assert_eq!(
+        transmits[0],
+        Transmit {
+            head: expected,
+            body: Vec::new(),
+            fds: 0
+        }
+    );
+}
+
+#[test]
+fn a_frame_with_fds_starts_a_new_transmit() {
+    let mut parent = started_parent();
+    parent.send_data(b"plain".to_vec(), 0).unwrap();
+    parent.send_data(b"with fds".to_vec(), 2).unwrap();
+    parent.send_data(b"more fds".to_vec(), 1).unwrap();
+    let transmits = drain(&mut parent);
+    let fds: Vec<usize> = transmits.iter().map(|t| t.fds).collect();
+    assert_eq!(fds, [0, 2, 1], "never merged into the previous transmit");
+    assert_eq!(transmits[1].head, frame(0x13, 2, b"with fds"));
+    for transmit in &transmits {
+        assert_eq!(transmit.head[0], MAGIC, "each transmit starts a frame");
+    }
+}
+
+#[test]
+fn frames_after_an_fd_frame_may_follow_in_its_transmit() {
+    // The descriptors ride with the transmit's first byte, which is still
+    // the fd-carrying frame's header.
+    let mut parent = started_parent();
+    parent.send_data(b"fd".to_vec(), 1).unwrap();
+    parent.send_data(b"after".to_vec(), 0).unwrap();
+    let transmits = drain(&mut parent);
+    assert_eq!(transmits.len(), 1);
+    assert_eq!(transmits[0].fds, 1);
+    assert_eq!(
+        transmits[0].head,
+        [frame(0x13, 1, b"fd"), frame(0x13, 0, b"after")].concat()
+    );
+}
+
+#[test]
+fn large_data_is_moved_into_body_without_a_copy() {
+    let mut parent = started_parent();
+    let payload = vec![7u8; MOVE_THRESHOLD];
+    let address = payload.as_ptr();
+    parent.send_data(payload, 0).unwrap();
+    let transmits = drain(&mut parent);
+    assert_eq!(transmits.len(), 1);
+    let transmit = &transmits[0];
+    let header = FrameHeader {
+        kind: 0x13,
+        fds: 0,
+        len: MOVE_THRESHOLD as u32,
+    };
+    assert_eq!(transmit.head, header.to_bytes(), "the header alone");
+    assert_eq!(transmit.body.len(), MOVE_THRESHOLD);
+    assert_eq!(
+        transmit.body.as_ptr(),
+        address,
+        "the caller's buffer, moved"
+    );
+    assert_eq!(transmit.len(), HEADER_LEN + MOVE_THRESHOLD);
+}
+
+#[test]
+fn data_just_under_16_kib_is_copied_into_head() {
+    let mut parent = started_parent();
+    parent.send_data(vec![7u8; MOVE_THRESHOLD - 1], 0).unwrap();
+    let transmits = drain(&mut parent);
+    assert_eq!(transmits.len(), 1);
+    assert_eq!(transmits[0].head.len(), HEADER_LEN + MOVE_THRESHOLD - 1);
+    assert!(transmits[0].body.is_empty());
+}
+
+#[test]
+fn large_data_gets_its_own_transmit_and_the_next_frame_a_new_one() {
+    let mut parent = ParentChannel::new(Limits::default());
+    parent.start(entry(), Vec::new()).unwrap();
+    parent.send_data(vec![1; 20_000], 3).unwrap();
+    parent.send_data(b"small".to_vec(), 0).unwrap();
+    parent.send_data(vec![2; 20_000], 0).unwrap();
+    let transmits = drain(&mut parent);
+    let shape: Vec<(usize, usize, usize)> = transmits
+        .iter()
+        .map(|t| (t.head.len(), t.body.len(), t.fds))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (wire(&transmits[..1]).len(), 0, 0), // hello + start
+            (HEADER_LEN, 20_000, 3),
+            (HEADER_LEN + 5, 0, 0),
+            (HEADER_LEN, 20_000, 0),
+        ]
+    );
+}
+
+#[test]
+fn large_encoded_messages_also_go_into_body() {
+    let mut worker = WorkerChannel::new(Limits::default(), 1);
+    worker.finish(Outcome::Ok(vec![9; 20_000])).unwrap();
+    let transmits = drain(&mut worker);
+    assert_eq!(transmits.len(), 2, "hello, then the large Return");
+    assert_eq!(transmits[1].head.len(), HEADER_LEN);
+    assert_eq!(transmits[1].head[1], 0x96);
+    assert!(transmits[1].body.len() > 20_000);
+}
+
+#[test]
+fn queued_bytes_counts_exactly_what_poll_transmit_hands_out() {
+    let mut parent = ParentChannel::new(Limits::default());
+    parent.start(entry(), vec![0; 100]).unwrap();
+    parent.send_data(vec![1; 30_000], 2).unwrap();
+    parent.call(vec![2; 10]).unwrap();
+    let queued = parent.queued_bytes();
+    let first = parent.poll_transmit().unwrap();
+    assert_eq!(parent.queued_bytes(), queued - first.len());
+    let rest = drain(&mut parent);
+    assert_eq!(first.len() + wire(&rest).len(), queued);
+    assert_eq!(parent.queued_bytes(), 0);
+    assert_eq!(parent.poll_transmit(), None);
+}
+
+#[test]
+fn an_empty_transmit_reports_empty() {
+    let transmit = Transmit::default();
+    assert!(transmit.is_empty());
+    assert_eq!(transmit.len(), 0);
+}
