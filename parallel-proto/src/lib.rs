@@ -129,6 +129,7 @@ mod error;
 pub mod frame;
 mod limits;
 mod transmit;
+mod wire;
 pub mod zygote;
 
 pub use entry::{EntryError, EntryKey, WireEntry};

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 struct State<T> {
     value: Option<T>,
-    taken: bool,
     wakers: Vec<Waker>,
 }
 
@@ -27,7 +26,6 @@ impl<T: Clone> Completion<T> {
         Arc::new(Completion {
             state: Mutex::new(State {
                 value: None,
-                taken: false,
                 wakers: Vec::new(),
             }),
             ready: Condvar::new(),
@@ -38,7 +36,7 @@ impl<T: Clone> Completion<T> {
     pub(crate) fn complete(&self, value: T) {
         let wakers = {
             let mut state = lock(&self.state);
-            if state.value.is_some() || state.taken {
+            if state.value.is_some() {
                 return;
             }
             state.value = Some(value);

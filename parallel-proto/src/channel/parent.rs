@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use super::messages::*;
 use crate::entry::WireEntry;
-use crate::frame::FrameDecoder;
-use crate::transmit::{Transmit, TransmitQueue};
+use crate::transmit::Transmit;
+use crate::wire::Wire;
 use crate::{Error, Limits, LocalError, RemoteError};
 
 /// What the worker told the parent.
@@ -43,9 +43,7 @@ pub enum ParentEvent {
 /// before the worker even exists.
 #[derive(Debug)]
 pub struct ParentChannel {
-    limits: Limits,
-    decoder: FrameDecoder,
-    out: TransmitQueue,
+    wire: Wire,
     worker_pid: Option<i32>,
     started: bool,
     end_sent: bool,
@@ -53,16 +51,13 @@ pub struct ParentChannel {
     returned: bool,
     next_call: CallId,
     calls: HashSet<CallId>,
-    failed: Option<RemoteError>,
 }
 
 impl ParentChannel {
     /// A channel enforcing `limits`, with its hello queued.
     pub fn new(limits: Limits) -> Self {
         let mut channel = ParentChannel {
-            limits,
-            decoder: FrameDecoder::new(limits),
-            out: TransmitQueue::default(),
+            wire: Wire::new(limits),
             worker_pid: None,
             started: false,
             end_sent: false,
@@ -70,7 +65,6 @@ impl ParentChannel {
             returned: false,
             next_call: 1,
             calls: HashSet::new(),
-            failed: None,
         };
         channel
             .queue(
@@ -110,12 +104,12 @@ impl ParentChannel {
 
     /// Bytes queued for the transport.
     pub fn queued_bytes(&self) -> usize {
-        self.out.queued_bytes()
+        self.wire.queued_bytes()
     }
 
     /// Tells the worker what to run. Exactly once, before anything else.
     pub fn start(&mut self, task: WireEntry, args: Vec<u8>) -> Result<(), Error> {
-        self.check_failed()?;
+        self.wire.check_failed()?;
         if self.started {
             return Err(invalid("start the task", "it was already started").into());
         }
@@ -134,9 +128,9 @@ impl ParentChannel {
     /// Starts a `run` call; the reply comes as [`ParentEvent::Reply`].
     pub fn call(&mut self, args: Vec<u8>) -> Result<CallId, Error> {
         self.check_sendable("start a call")?;
-        if self.calls.len() >= self.limits.max_in_flight {
+        if self.calls.len() >= self.wire.limits.max_in_flight {
             return Err(LocalError::TooManyInFlight {
-                max: self.limits.max_in_flight,
+                max: self.wire.limits.max_in_flight,
             }
             .into());
         }
@@ -157,23 +151,20 @@ impl ParentChannel {
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ParentEvent>, Error> {
-        self.check_failed()?;
-        let frame = match self.decoder.decode(input) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(None),
-            Err(error) => return Err(self.fail(error.into())),
+        let Some(frame) = self.wire.next_frame(input)? else {
+            return Ok(None);
         };
         // Every message the worker sends is an event, so one frame is enough.
-        FromWorker::decode(frame.kind, frame.payload)
+        let applied = FromWorker::decode(frame.kind, frame.payload)
             .and_then(|message| self.apply(message, frame.fds))
-            .map(Some)
-            .map_err(|error| self.fail(error))
+            .map(Some);
+        self.wire.settle(applied)
     }
 
     /// The next bytes to write, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop()
+        self.wire.poll_transmit()
     }
 
     /// The one table of what the worker may send when.
@@ -242,7 +233,7 @@ impl ParentChannel {
     }
 
     fn check_sendable(&self, operation: &'static str) -> Result<(), Error> {
-        self.check_failed()?;
+        self.wire.check_failed()?;
         if !self.started {
             return Err(
                 invalid(operation, "the task has not been started; call start first").into(),
@@ -254,21 +245,8 @@ impl ParentChannel {
         Ok(())
     }
 
-    fn check_failed(&self) -> Result<(), Error> {
-        match &self.failed {
-            Some(error) => Err(error.clone().into()),
-            None => Ok(()),
-        }
-    }
-
     fn queue(&mut self, message: ToWorker, fds: usize) -> Result<(), LocalError> {
-        self.out
-            .push(&self.limits, message.kind(), fds, message.into_payload())
-    }
-
-    fn fail(&mut self, error: RemoteError) -> Error {
-        self.failed = Some(error.clone());
-        error.into()
+        self.wire.queue(message.kind(), fds, message.into_payload())
     }
 }
 

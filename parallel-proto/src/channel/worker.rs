@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use super::messages::*;
 use crate::entry::WireEntry;
-use crate::frame::FrameDecoder;
-use crate::transmit::{Transmit, TransmitQueue};
+use crate::transmit::Transmit;
+use crate::wire::Wire;
 use crate::{Error, Limits, LocalError, RemoteError};
 
 /// What the parent told the worker.
@@ -40,32 +40,26 @@ pub enum WorkerEvent {
 /// The worker's state machine for its channel.
 #[derive(Debug)]
 pub struct WorkerChannel {
-    limits: Limits,
-    decoder: FrameDecoder,
-    out: TransmitQueue,
+    wire: Wire,
     hello_received: bool,
     started: bool,
     end_received: bool,
     end_sent: bool,
     returned: bool,
     calls: HashSet<CallId>,
-    failed: Option<RemoteError>,
 }
 
 impl WorkerChannel {
     /// A channel for the worker running as `pid`, with its hello queued.
     pub fn new(limits: Limits, pid: i32) -> Self {
         let mut channel = WorkerChannel {
-            limits,
-            decoder: FrameDecoder::new(limits),
-            out: TransmitQueue::default(),
+            wire: Wire::new(limits),
             hello_received: false,
             started: false,
             end_received: false,
             end_sent: false,
             returned: false,
             calls: HashSet::new(),
-            failed: None,
         };
         channel
             .queue(
@@ -91,7 +85,7 @@ impl WorkerChannel {
 
     /// Bytes queued for the transport.
     pub fn queued_bytes(&self) -> usize {
-        self.out.queued_bytes()
+        self.wire.queued_bytes()
     }
 
     /// Sends stream data, with `fds` descriptors the transport passes along.
@@ -136,29 +130,20 @@ impl WorkerChannel {
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<WorkerEvent>, Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone().into());
-        }
-        loop {
-            let frame = match self.decoder.decode(input) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(None),
-                Err(error) => return Err(self.fail(error.into())),
-            };
-            let result = ToWorker::decode(frame.kind, frame.payload)
+        while let Some(frame) = self.wire.next_frame(input)? {
+            let applied = ToWorker::decode(frame.kind, frame.payload)
                 .and_then(|message| self.apply(message, frame.fds));
-            match result {
-                Ok(Some(event)) => return Ok(Some(event)),
-                Ok(None) => continue,
-                Err(error) => return Err(self.fail(error)),
+            if let Some(event) = self.wire.settle(applied)? {
+                return Ok(Some(event));
             }
         }
+        Ok(None)
     }
 
     /// The next bytes to write, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop()
+        self.wire.poll_transmit()
     }
 
     /// The one table of what the parent may send when.
@@ -208,9 +193,9 @@ impl WorkerChannel {
                 Ok(Some(WorkerEvent::End))
             }
             ToWorker::Call { call, args } => {
-                if self.calls.len() >= self.limits.max_in_flight {
+                if self.calls.len() >= self.wire.limits.max_in_flight {
                     return Err(RemoteError::TooManyInFlight {
-                        max: self.limits.max_in_flight,
+                        max: self.wire.limits.max_in_flight,
                     });
                 }
                 if !self.calls.insert(call) {
@@ -222,9 +207,7 @@ impl WorkerChannel {
     }
 
     fn check_sendable(&self, operation: &'static str) -> Result<(), Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone().into());
-        }
+        self.wire.check_failed()?;
         if self.returned {
             return Err(invalid(operation, "the task already returned its outcome").into());
         }
@@ -232,13 +215,7 @@ impl WorkerChannel {
     }
 
     fn queue(&mut self, message: FromWorker, fds: usize) -> Result<(), LocalError> {
-        self.out
-            .push(&self.limits, message.kind(), fds, message.into_payload())
-    }
-
-    fn fail(&mut self, error: RemoteError) -> Error {
-        self.failed = Some(error.clone());
-        error.into()
+        self.wire.queue(message.kind(), fds, message.into_payload())
     }
 }
 

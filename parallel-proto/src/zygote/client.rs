@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::messages::*;
 use crate::entry::WireEntry;
-use crate::frame::FrameDecoder;
-use crate::transmit::{Transmit, TransmitQueue};
+use crate::transmit::Transmit;
+use crate::wire::Wire;
 use crate::{Error, Limits, LocalError, RemoteError};
 
 /// What the zygote told the parent.
@@ -63,30 +63,24 @@ enum Pending {
 /// waiting for the zygote's reply (zero round trips).
 #[derive(Debug)]
 pub struct ZygoteClient {
-    limits: Limits,
-    decoder: FrameDecoder,
-    out: TransmitQueue,
+    wire: Wire,
     zygote_pid: Option<i32>,
     next_request: RequestId,
     pending: HashMap<RequestId, Pending>,
     live: HashSet<WorkerId>,
     shut_down: bool,
-    failed: Option<RemoteError>,
 }
 
 impl ZygoteClient {
     /// A client enforcing `limits`, with its hello queued.
     pub fn new(limits: Limits) -> Self {
         let mut client = ZygoteClient {
-            limits,
-            decoder: FrameDecoder::new(limits),
-            out: TransmitQueue::default(),
+            wire: Wire::new(limits),
             zygote_pid: None,
             next_request: 1,
             pending: HashMap::new(),
             live: HashSet::new(),
             shut_down: false,
-            failed: None,
         };
         client
             .queue(
@@ -121,7 +115,7 @@ impl ZygoteClient {
 
     /// Bytes queued for the transport.
     pub fn queued_bytes(&self) -> usize {
-        self.out.queued_bytes()
+        self.wire.queued_bytes()
     }
 
     /// Asks for a worker that runs `boot`. The transport must send
@@ -192,29 +186,20 @@ impl ZygoteClient {
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ZygoteEvent>, Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone().into());
-        }
-        loop {
-            let frame = match self.decoder.decode(input) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(None),
-                Err(error) => return Err(self.fail(error.into())),
-            };
-            let result = FromZygote::decode(frame.kind, &frame.payload)
+        while let Some(frame) = self.wire.next_frame(input)? {
+            let applied = FromZygote::decode(frame.kind, &frame.payload)
                 .and_then(|message| self.apply(message, frame.fds));
-            match result {
-                Ok(Some(event)) => return Ok(Some(event)),
-                Ok(None) => continue,
-                Err(error) => return Err(self.fail(error)),
+            if let Some(event) = self.wire.settle(applied)? {
+                return Ok(Some(event));
             }
         }
+        Ok(None)
     }
 
     /// The next bytes to write, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop()
+        self.wire.poll_transmit()
     }
 
     fn apply(&mut self, message: FromZygote, fds: u8) -> Result<Option<ZygoteEvent>, RemoteError> {
@@ -321,18 +306,16 @@ impl ZygoteClient {
     }
 
     fn reserve_request(&self) -> Result<RequestId, LocalError> {
-        if self.pending.len() >= self.limits.max_in_flight {
+        if self.pending.len() >= self.wire.limits.max_in_flight {
             return Err(LocalError::TooManyInFlight {
-                max: self.limits.max_in_flight,
+                max: self.wire.limits.max_in_flight,
             });
         }
         Ok(self.next_request)
     }
 
     fn check_open(&self, operation: &'static str) -> Result<(), Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone().into());
-        }
+        self.wire.check_failed()?;
         if self.shut_down {
             return Err(LocalError::InvalidState {
                 operation,
@@ -344,13 +327,8 @@ impl ZygoteClient {
     }
 
     fn queue(&mut self, message: ToZygote, fds: usize) -> Result<(), LocalError> {
-        self.out
-            .push(&self.limits, message.kind(), fds, message.encode_payload())
-    }
-
-    fn fail(&mut self, error: RemoteError) -> Error {
-        self.failed = Some(error.clone());
-        error.into()
+        self.wire
+            .queue(message.kind(), fds, message.encode_payload())
     }
 }
 

@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::messages::*;
 use crate::entry::WireEntry;
-use crate::frame::FrameDecoder;
-use crate::transmit::{Transmit, TransmitQueue};
+use crate::transmit::Transmit;
+use crate::wire::Wire;
 use crate::{Error, Limits, LocalError, RemoteError};
 
 /// What the parent asked the zygote to do.
@@ -58,30 +58,24 @@ pub enum ServerEvent {
 /// reaps and signals.
 #[derive(Debug)]
 pub struct ZygoteServer {
-    limits: Limits,
-    decoder: FrameDecoder,
-    out: TransmitQueue,
+    wire: Wire,
     hello_received: bool,
     pending: HashSet<RequestId>,
     pids: HashMap<WorkerId, i32>,
     workers_by_pid: HashMap<i32, WorkerId>,
     next_worker: WorkerId,
-    failed: Option<RemoteError>,
 }
 
 impl ZygoteServer {
     /// A server for the zygote running as `pid`, with its hello queued.
     pub fn new(limits: Limits, pid: i32) -> Self {
         let mut server = ZygoteServer {
-            limits,
-            decoder: FrameDecoder::new(limits),
-            out: TransmitQueue::default(),
+            wire: Wire::new(limits),
             hello_received: false,
             pending: HashSet::new(),
             pids: HashMap::new(),
             workers_by_pid: HashMap::new(),
             next_worker: 1,
-            failed: None,
         };
         server
             .queue(FromZygote::Hello {
@@ -99,23 +93,14 @@ impl ZygoteServer {
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ServerEvent>, Error> {
-        if let Some(error) = &self.failed {
-            return Err(error.clone().into());
-        }
-        loop {
-            let frame = match self.decoder.decode(input) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(None),
-                Err(error) => return Err(self.fail(error.into())),
-            };
-            let result = ToZygote::decode(frame.kind, &frame.payload)
+        while let Some(frame) = self.wire.next_frame(input)? {
+            let applied = ToZygote::decode(frame.kind, &frame.payload)
                 .and_then(|message| self.apply(message, frame.fds));
-            match result {
-                Ok(Some(event)) => return Ok(Some(event)),
-                Ok(None) => continue,
-                Err(error) => return Err(self.fail(error)),
+            if let Some(event) = self.wire.settle(applied)? {
+                return Ok(Some(event));
             }
         }
+        Ok(None)
     }
 
     /// Reports that the worker for `request` runs as `pid`; returns its id.
@@ -171,7 +156,7 @@ impl ZygoteServer {
     /// The next bytes to write, if any.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop()
+        self.wire.poll_transmit()
     }
 
     /// The id the child for `request` will get; changes nothing, so that a
@@ -276,9 +261,9 @@ impl ZygoteServer {
     }
 
     fn admit(&mut self, request: RequestId, message: &'static str) -> Result<(), RemoteError> {
-        if self.pending.len() >= self.limits.max_in_flight {
+        if self.pending.len() >= self.wire.limits.max_in_flight {
             return Err(RemoteError::TooManyInFlight {
-                max: self.limits.max_in_flight,
+                max: self.wire.limits.max_in_flight,
             });
         }
         if !self.pending.insert(request) {
@@ -291,12 +276,6 @@ impl ZygoteServer {
     }
 
     fn queue(&mut self, message: FromZygote) -> Result<(), LocalError> {
-        self.out
-            .push(&self.limits, message.kind(), 0, message.encode_payload())
-    }
-
-    fn fail(&mut self, error: RemoteError) -> Error {
-        self.failed = Some(error.clone());
-        error.into()
+        self.wire.queue(message.kind(), 0, message.encode_payload())
     }
 }

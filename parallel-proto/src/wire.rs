@@ -1,0 +1,72 @@
+//! The plumbing every state machine shares: a frame decoder whose first
+//! error is final, and the queue of transmits waiting for the transport.
+
+use crate::frame::{Frame, FrameDecoder};
+use crate::transmit::{Transmit, TransmitQueue};
+use crate::{Error, Limits, LocalError, RemoteError};
+
+#[derive(Debug)]
+pub(crate) struct Wire {
+    pub(crate) limits: Limits,
+    decoder: FrameDecoder,
+    out: TransmitQueue,
+    failed: Option<RemoteError>,
+}
+
+impl Wire {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Wire {
+            limits,
+            decoder: FrameDecoder::new(limits),
+            out: TransmitQueue::default(),
+            failed: None,
+        }
+    }
+
+    /// The sticky remote error, if the peer broke the protocol.
+    pub(crate) fn check_failed(&self) -> Result<(), Error> {
+        match &self.failed {
+            Some(error) => Err(error.clone().into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The next whole frame from `input`, or `None` once `input` is used up.
+    pub(crate) fn next_frame(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, Error> {
+        self.check_failed()?;
+        match self.decoder.decode(input) {
+            Ok(frame) => Ok(frame),
+            Err(error) => Err(self.fail(error.into())),
+        }
+    }
+
+    /// Records a remote error from applying a frame, making it sticky.
+    pub(crate) fn settle<E>(
+        &mut self,
+        applied: Result<Option<E>, RemoteError>,
+    ) -> Result<Option<E>, Error> {
+        applied.map_err(|error| self.fail(error))
+    }
+
+    fn fail(&mut self, error: RemoteError) -> Error {
+        self.failed = Some(error.clone());
+        error.into()
+    }
+
+    pub(crate) fn queue(
+        &mut self,
+        kind: u8,
+        fds: usize,
+        payload: Vec<u8>,
+    ) -> Result<(), LocalError> {
+        self.out.push(&self.limits, kind, fds, payload)
+    }
+
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop()
+    }
+
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes()
+    }
+}
