@@ -32,6 +32,10 @@ fn main() {
             z(worker_echoes_over_its_channel),
         ),
         Trial::test(
+            "zygote_names_itself_after_the_program",
+            z(zygote_names_itself_after_the_program),
+        ),
+        Trial::test(
             "abandoned_spawn_kills_its_worker",
             z(abandoned_spawn_kills_its_worker),
         ),
@@ -316,6 +320,22 @@ fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
         )?;
     }
     Ok(())
+}
+
+fn zygote_names_itself_after_the_program(zygote: &Zygote) -> Result<(), Failed> {
+    let name = std::fs::read_to_string(format!("/proc/{}/comm", zygote.pid()))?;
+    let program = std::fs::read_to_string("/proc/self/comm")?;
+    let expected = format!(
+        "{}-zygote",
+        program.trim().chars().take(8).collect::<String>()
+    );
+    check(
+        name.trim() == expected,
+        format!(
+            "ps shows the zygote as {:?}, expected {expected:?}",
+            name.trim()
+        ),
+    )
 }
 
 fn abandoned_spawn_kills_its_worker(zygote: &Zygote) -> Result<(), Failed> {
