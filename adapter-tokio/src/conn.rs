@@ -10,8 +10,10 @@ use std::os::fd::OwnedFd;
 use parallel_proto::channel::{ParentChannel, ParentEvent, WorkerChannel, WorkerEvent};
 use parallel_proto::Transmit;
 use parallel_zygote::io::{Inbox, Outbox};
+use std::os::unix::net::UnixStream;
+
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UnixStream;
 
 use crate::Error;
 
@@ -70,7 +72,13 @@ const READ_CHUNK: usize = 256 * 1024;
 
 pub(crate) struct Conn<M: Machine> {
     pub(crate) machine: M,
-    stream: UnixStream,
+    /// Registered for readability only: a socket registered for writing
+    /// wakes the reactor every time the peer drains it, which on a
+    /// request/response channel is once per message, for nothing.
+    reader: AsyncFd<UnixStream>,
+    /// A second descriptor for the same socket, registered for writability
+    /// the first time a write would block (bulk transfers), then kept.
+    writer: Option<AsyncFd<UnixStream>>,
     inbox: Inbox,
     outbox: Outbox,
     /// Descriptors handed over with sends, waiting for their transmit.
@@ -83,18 +91,25 @@ pub(crate) struct Conn<M: Machine> {
 }
 
 impl<M: Machine> Conn<M> {
-    pub(crate) fn new(machine: M, stream: UnixStream) -> Self {
+    pub(crate) fn new(machine: M, stream: UnixStream) -> Result<Self, Error> {
         Self::resume(machine, stream, Inbox::new(), &[])
     }
 
     /// Takes over a socket that was read from already: `inbox` holds the
     /// descriptors and `unparsed` the bytes received but not yet parsed.
-    pub(crate) fn resume(machine: M, stream: UnixStream, inbox: Inbox, unparsed: &[u8]) -> Self {
+    pub(crate) fn resume(
+        machine: M,
+        stream: UnixStream,
+        inbox: Inbox,
+        unparsed: &[u8],
+    ) -> Result<Self, Error> {
+        stream.set_nonblocking(true)?;
         let mut read_buffer = vec![0; READ_CHUNK.max(unparsed.len())];
         read_buffer[..unparsed.len()].copy_from_slice(unparsed);
-        Conn {
+        Ok(Conn {
             machine,
-            stream,
+            reader: register(stream, Interest::READABLE)?,
+            writer: None,
             inbox,
             outbox: Outbox::new(),
             send_fds: Vec::new(),
@@ -102,7 +117,7 @@ impl<M: Machine> Conn<M> {
             parsed: 0,
             filled: unparsed.len(),
             eof: false,
-        }
+        })
     }
 
     /// Queues descriptors for the next transmit that declares them.
@@ -135,19 +150,29 @@ impl<M: Machine> Conn<M> {
             }
             self.parsed = 0;
             self.filled = 0;
-            self.stream.readable().await?;
             let Conn {
-                stream,
+                reader,
                 inbox,
                 read_buffer,
                 ..
             } = self;
-            match stream.try_io(Interest::READABLE, || inbox.read(&*stream, read_buffer)) {
-                Ok(0) => self.eof = true,
-                Ok(read) => self.filled = read,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) if error.kind() == io::ErrorKind::ConnectionReset => self.eof = true,
-                Err(error) => return Err(error.into()),
+            let mut ready = reader.readable().await?;
+            let fds_before = inbox.pending_fds();
+            match ready.try_io(|socket| inbox.read(socket.get_ref(), read_buffer)) {
+                Ok(Ok(0)) => self.eof = true,
+                Ok(Ok(read)) => {
+                    // A short read without descriptors drained the socket
+                    // (recvmsg on a stream socket stops early only after a
+                    // message carrying descriptors): skip the read that
+                    // would only say EAGAIN.
+                    if read < read_buffer.len() && inbox.pending_fds() == fds_before {
+                        ready.clear_ready();
+                    }
+                    self.filled = read;
+                }
+                Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionReset => self.eof = true,
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_would_block) => {}
             }
         }
     }
@@ -161,21 +186,38 @@ impl<M: Machine> Conn<M> {
                 .collect();
             self.outbox.push(transmit, fds);
         }
-        while !self.outbox.is_empty() {
-            self.stream.writable().await?;
-            let Conn { stream, outbox, .. } = self;
-            match stream.try_io(Interest::WRITABLE, || outbox.flush(&*stream)) {
-                Ok(()) => {}
+        loop {
+            match self.outbox.flush(self.reader.get_ref()) {
+                Ok(()) => return Ok(()),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Err(error.into()),
             }
+            if self.writer.is_none() {
+                let copy = self.reader.get_ref().try_clone()?;
+                self.writer = Some(register(copy, Interest::WRITABLE)?);
+            }
+            let writer = self.writer.as_ref().expect("set above");
+            let mut ready = writer.writable().await?;
+            // Clears readiness only if the write would still block.
+            let outbox = &mut self.outbox;
+            match ready.try_io(|socket| outbox.flush(socket.get_ref())) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_would_block) => {}
+            }
         }
-        Ok(())
     }
 }
 
-/// A std socket from the zygote, made ready for tokio.
-pub(crate) fn to_tokio(stream: std::os::unix::net::UnixStream) -> Result<UnixStream, Error> {
-    stream.set_nonblocking(true)?;
-    Ok(UnixStream::from_std(stream)?)
+/// Registers a socket with the reactor for `interest` only.
+///
+/// `AsyncFd::with_interest` is deprecated because it cannot stop a caller
+/// from closing a borrowed descriptor while it is registered. Here the
+/// `AsyncFd` owns the socket, so the descriptor lives exactly as long as
+/// the registration, which is the property the replacement (an `unsafe fn`)
+/// asks its caller to promise.
+#[allow(deprecated)]
+fn register(socket: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
+    AsyncFd::with_interest(socket, interest)
 }

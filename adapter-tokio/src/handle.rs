@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{Codec, Postcard};
-use crate::conn::{to_tokio, Conn};
+use crate::conn::Conn;
 use crate::messages::{MessageSender, MessageStream};
 use crate::parent::{launch, Link};
 use crate::process::Process;
@@ -185,7 +185,7 @@ impl<C: Codec> Parallel<C> {
                 .spawn_entry(worker::boot_entry()?, self.options.clone(), Vec::new())?;
         let mut machine = ParentChannel::new(Limits::default());
         machine.start(task, worker::start_args(self.runtime, args))?;
-        let conn = Conn::new(machine, to_tokio(stream)?);
+        let conn = Conn::new(machine, stream)?;
         Ok(launch(conn, pending))
     }
 }

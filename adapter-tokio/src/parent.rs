@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parallel_proto::channel::{CallId, Outcome, ParentChannel, ParentEvent};
 use parallel_zygote::{ExitStatus, PendingSpawn, WorkerProcess};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::conn::Conn;
 use crate::messages::{RawMessage, QUEUE_DEPTH};
@@ -18,45 +18,121 @@ use crate::Error;
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
 
 /// Kills the worker from any task, without going through the driver (which
-/// may be stuck writing to a worker that stopped reading).
+/// may be stuck writing to a worker that stopped reading), and knows its pid.
+///
+/// It holds the spawn's [`PendingSpawn`] and looks at it only when someone
+/// asks (`pid`, `kill`): nobody is woken when the zygote's "spawned" reply
+/// arrives, which on a small machine would compete for a CPU with the worker
+/// that is just starting.
 #[derive(Default)]
 pub(crate) struct Killer {
     state: Mutex<KillState>,
+    /// Wakes the driver when a kill needs the process the zygote has not
+    /// reported yet.
+    resolve: Notify,
 }
 
 #[derive(Default)]
 struct KillState {
+    pending: Option<PendingSpawn>,
     process: Option<Arc<WorkerProcess>>,
     requested: bool,
+    /// Why the zygote could not start the worker.
+    spawn_error: Option<String>,
     /// How the worker ended, once the driver knows it broke.
     death: Option<(Option<i32>, Option<ExitStatus>, Option<String>)>,
 }
 
+impl KillState {
+    /// Takes the zygote's answer if it has arrived.
+    fn refresh(&mut self) {
+        if self.process.is_some() {
+            return;
+        }
+        let Some(answer) = self.pending.as_mut().and_then(PendingSpawn::try_wait) else {
+            return;
+        };
+        self.pending = None;
+        self.settle(answer);
+    }
+
+    fn settle(&mut self, answer: Result<WorkerProcess, parallel_zygote::Error>) {
+        match answer {
+            Ok(process) => {
+                if self.requested {
+                    let _ = process.kill(libc::SIGKILL);
+                }
+                self.process = Some(Arc::new(process));
+            }
+            Err(error) => self.spawn_error = Some(error.to_string()),
+        }
+    }
+}
+
 impl Killer {
-    pub(crate) fn kill(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.requested = true;
-        if let Some(process) = &state.process {
-            let _ = process.kill(libc::SIGKILL);
+    fn new(pending: PendingSpawn) -> Self {
+        Killer {
+            state: Mutex::new(KillState {
+                pending: Some(pending),
+                ..KillState::default()
+            }),
+            resolve: Notify::new(),
         }
     }
 
-    fn set_process(&self, process: Arc<WorkerProcess>) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KillState> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.requested {
-            let _ = process.kill(libc::SIGKILL);
+        state.refresh();
+        state
+    }
+
+    pub(crate) fn kill(&self) {
+        let mut state = self.lock();
+        state.requested = true;
+        match &state.process {
+            Some(process) => {
+                let _ = process.kill(libc::SIGKILL);
+            }
+            // Not reported yet: the driver waits for it and kills then.
+            None if state.pending.is_some() => self.resolve.notify_one(),
+            None => {}
         }
-        state.process = Some(process);
     }
 
     pub(crate) fn pid(&self) -> Option<i32> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.process.as_ref().map(|p| p.pid())
+        self.lock().process.as_ref().map(|p| p.pid())
+    }
+
+    fn process(&self) -> Option<Arc<WorkerProcess>> {
+        self.lock().process.clone()
+    }
+
+    fn is_pending(&self) -> bool {
+        self.lock().pending.is_some()
+    }
+
+    /// Waits (bounded) for the zygote's answer, unless it is known already.
+    async fn resolve_spawn(&self) {
+        let Some(pending) = self.lock().pending.take() else {
+            return;
+        };
+        let answer = tokio::time::timeout(EXIT_STATUS_WAIT, pending).await;
+        let mut state = self.lock();
+        match answer {
+            Ok(answer) => state.settle(answer),
+            Err(_) => {
+                state.spawn_error = Some("the zygote did not answer the spawn request".into());
+            }
+        }
+    }
+
+    fn spawn_error(&self) -> Option<String> {
+        self.lock().spawn_error.clone()
     }
 
     /// The error for a handle that finds the driver gone.
     pub(crate) fn death(&self, call: Option<CallId>) -> Error {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.lock();
         match &state.death {
             Some((_, _, Some(message))) => Error::SpawnFailed {
                 message: message.clone(),
@@ -76,13 +152,7 @@ impl Killer {
         status: Option<ExitStatus>,
         spawn_error: Option<String>,
     ) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.death = Some((pid, status, spawn_error));
-    }
-
-    fn process(&self) -> Option<Arc<WorkerProcess>> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.process.clone()
+        self.lock().death = Some((pid, status, spawn_error));
     }
 }
 
@@ -138,10 +208,9 @@ pub(crate) fn launch(conn: Conn<ParentChannel>, pending: PendingSpawn) -> Link {
     let (outgoing, outgoing_rx) = mpsc::channel(QUEUE_DEPTH);
     let (data_tx, data) = mpsc::channel(QUEUE_DEPTH);
     let (returned_tx, returned) = oneshot::channel();
-    let killer = Arc::new(Killer::default());
+    let killer = Arc::new(Killer::new(pending));
     let driver = Driver {
         conn,
-        pending: Some(pending),
         killer: Arc::clone(&killer),
         commands: command_rx,
         commands_open: true,
@@ -151,7 +220,7 @@ pub(crate) fn launch(conn: Conn<ParentChannel>, pending: PendingSpawn) -> Link {
         data: Some(data_tx),
         held: None,
         returned: Some(returned_tx),
-        spawn_error: None,
+        outcome: None,
         write_broken: false,
     };
     tokio::spawn(driver.run());
@@ -165,7 +234,7 @@ pub(crate) fn launch(conn: Conn<ParentChannel>, pending: PendingSpawn) -> Link {
 }
 
 enum Step {
-    Spawned(Result<WorkerProcess, parallel_zygote::Error>),
+    Resolve,
     Room(Option<mpsc::OwnedPermit<Result<RawMessage, Error>>>),
     Command(Option<Command>),
     Outgoing(Option<RawMessage>),
@@ -174,7 +243,6 @@ enum Step {
 
 struct Driver {
     conn: Conn<ParentChannel>,
-    pending: Option<PendingSpawn>,
     killer: Arc<Killer>,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
@@ -186,7 +254,8 @@ struct Driver {
     /// waits, the driver reads no more from the socket (back-pressure).
     held: Option<RawMessage>,
     returned: Option<oneshot::Sender<Result<Outcome, Error>>>,
-    spawn_error: Option<parallel_zygote::Error>,
+    /// The task's outcome, between its arrival and its delivery.
+    outcome: Option<Outcome>,
     write_broken: bool,
 }
 
@@ -196,8 +265,15 @@ impl Driver {
         if !clean {
             self.report_death().await;
         } else {
-            // Returned: let the worker exit by itself so nothing it flushes
-            // on the way out is cut short, then reap the handle.
+            if let (Some(returned), Some(outcome)) = (self.returned.take(), self.outcome.take()) {
+                let _ = returned.send(Ok(outcome));
+            }
+            // The result can overtake the zygote's "spawned" reply. Wait for
+            // it rather than drop it, which would have the worker killed as
+            // an abandoned spawn while it exits.
+            self.killer.resolve_spawn().await;
+            // Let the worker exit by itself so nothing it flushes on the way
+            // out is cut short, then reap the handle.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.drain_to_eof()).await;
         }
     }
@@ -208,7 +284,7 @@ impl Driver {
         loop {
             let step = {
                 let Driver {
-                    pending,
+                    killer,
                     data,
                     held,
                     commands,
@@ -221,7 +297,7 @@ impl Driver {
                 let holding = held.is_some();
                 let data_sender = data.clone();
                 tokio::select! {
-                    spawned = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => Step::Spawned(spawned),
+                    _ = killer.resolve.notified(), if killer.is_pending() => Step::Resolve,
                     permit = async { data_sender.expect("guarded").reserve_owned().await }, if holding && data.is_some() => Step::Room(permit.ok()),
                     command = commands.recv(), if *commands_open => Step::Command(command),
                     message = outgoing.recv(), if *outgoing_open => Step::Outgoing(message),
@@ -229,16 +305,8 @@ impl Driver {
                 }
             };
             match step {
-                Step::Spawned(spawned) => {
-                    self.pending = None;
-                    match spawned {
-                        Ok(process) => self.killer.set_process(Arc::new(process)),
-                        Err(error) => {
-                            self.spawn_error = Some(error);
-                            return false;
-                        }
-                    }
-                }
+                // A kill is waiting for the pid: get it (the kill follows).
+                Step::Resolve => self.killer.resolve_spawn().await,
                 Step::Room(Some(permit)) => {
                     permit.send(Ok(self.held.take().expect("guarded")));
                 }
@@ -335,9 +403,7 @@ impl Driver {
             }
             ParentEvent::Returned(outcome) => {
                 self.data = None;
-                if let Some(returned) = self.returned.take() {
-                    let _ = returned.send(Ok(outcome));
-                }
+                self.outcome = Some(outcome);
                 return true;
             }
             _ => {}
@@ -355,13 +421,7 @@ impl Driver {
     /// The channel broke before the task returned: find out why and tell
     /// every waiter, naming the call each one was waiting for.
     async fn report_death(&mut self) {
-        if let Some(pending) = self.pending.take() {
-            match tokio::time::timeout(EXIT_STATUS_WAIT, pending).await {
-                Ok(Ok(process)) => self.killer.set_process(Arc::new(process)),
-                Ok(Err(error)) => self.spawn_error = Some(error),
-                Err(_) => {}
-            }
-        }
+        self.killer.resolve_spawn().await;
         let process = self.killer.process();
         let pid = process.as_ref().map(|p| p.pid());
         let mut status: Option<ExitStatus> = None;
@@ -380,7 +440,7 @@ impl Driver {
                 }
             }
         }
-        let spawn_error = self.spawn_error.take().map(|e| e.to_string());
+        let spawn_error = self.killer.spawn_error();
         self.killer.record_death(pid, status, spawn_error.clone());
         let death = |call: Option<CallId>| match &spawn_error {
             Some(message) => Error::SpawnFailed {

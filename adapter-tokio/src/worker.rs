@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::codec::Codec;
-use crate::conn::{to_tokio, Conn};
+use crate::conn::Conn;
 use crate::messages::{MessageSender, MessageStream, RawMessage, QUEUE_DEPTH};
 
 /// The runtime a worker builds before it runs its task.
@@ -100,7 +100,9 @@ pub(crate) fn boot(context: WorkerContext) {
     let stream = context.channel;
     let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
     let mut inbox = Inbox::new();
-    let mut buffer = vec![0u8; 64 * 1024];
+    // Small: Hello and Start are a few dozen bytes, and anything read past
+    // them moves on to the connection's own buffer.
+    let mut buffer = vec![0u8; 4096];
     // Block (no runtime yet) until Start arrives: a warm worker idles here.
     let (task, start_args, unparsed) = loop {
         let read = match inbox.read(&stream, &mut buffer) {
@@ -144,10 +146,16 @@ pub(crate) fn boot(context: WorkerContext) {
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let Ok(stream) = to_tokio(stream) else { return };
-        let conn = Conn::resume(machine, stream, inbox, &unparsed);
+        let Ok(conn) = Conn::resume(machine, stream, inbox, &unparsed) else {
+            return;
+        };
         run_task(task, conn, start.args).await;
     });
+    // The outcome is flushed: the process is done. Exiting here skips tearing
+    // the runtime down, which the parent would otherwise wait through.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
 }
 
 /// Tells the parent why the task cannot run, with plain blocking writes
@@ -381,7 +389,12 @@ fn send(conn: &mut Conn<WorkerChannel>, (bytes, fds): RawMessage) -> Result<(), 
 
 /// The sealed boot entry of tokio workers.
 pub(crate) fn boot_entry() -> Result<WireEntry, parallel_zygote::Error> {
-    Ok(Entry::<WorkerContext>::new(boot)?.wire())
+    static BOOT: std::sync::OnceLock<WireEntry> = std::sync::OnceLock::new();
+    if let Some(entry) = BOOT.get() {
+        return Ok(*entry);
+    }
+    let entry = Entry::<WorkerContext>::new(boot)?.wire();
+    Ok(*BOOT.get_or_init(|| entry))
 }
 
 /// Seals a task entry from a zero-sized driver closure.

@@ -284,9 +284,23 @@ async fn spawn_abort_kills_the_worker(parallel: Parallel) -> Result<(), Failed> 
     handle.abort();
     match tokio::time::timeout(Duration::from_secs(2), handle).await? {
         Err(error @ Error::WorkerDied { .. }) => {
+            check(error.signal() == Some(libc::SIGKILL), error.to_string())?
+        }
+        other => return Err(format!("expected WorkerDied, got {other:?}").into()),
+    }
+    // Aborted at once, before the zygote even reported the pid.
+    let handle = parallel.spawn(
+        |_: ()| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        },
+        (),
+    );
+    handle.abort();
+    match tokio::time::timeout(Duration::from_secs(2), handle).await? {
+        Err(error @ Error::WorkerDied { .. }) => {
             check(error.signal() == Some(libc::SIGKILL), error.to_string())
         }
-        other => Err(format!("expected WorkerDied, got {other:?}").into()),
+        other => Err(format!("expected WorkerDied after an immediate abort, got {other:?}").into()),
     }
 }
 

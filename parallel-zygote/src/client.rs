@@ -458,6 +458,17 @@ impl PendingSpawn {
         self.finish(result)
     }
 
+    /// The process if the zygote has answered already, without waiting (and
+    /// without registering for a wake-up). `None` while unanswered, and
+    /// after it resolved once.
+    pub fn try_wait(&mut self) -> Option<Result<WorkerProcess, Error>> {
+        if self.resolved {
+            return None;
+        }
+        let result = self.slot.peek()?;
+        Some(self.finish(result))
+    }
+
     /// Like [`wait`](Self::wait), giving up after `timeout` (the request stays
     /// in flight; `None` gives it back).
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<WorkerProcess, Error>, Self> {

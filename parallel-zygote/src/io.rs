@@ -153,6 +153,11 @@ impl Inbox {
         Ok(received)
     }
 
+    /// How many received descriptors wait to be taken.
+    pub fn pending_fds(&self) -> usize {
+        self.fds.len()
+    }
+
     /// Raw numbers of the descriptors received and not yet taken (a forked
     /// child closes them: they belong to other requests).
     pub fn held_fds(&self) -> Vec<RawFd> {

@@ -1,0 +1,108 @@
+//! What the harness asks of each async adapter. Adding an adapter is one
+//! impl of [`Adapter`] and one line in `adapters()` in `benches/spawn.rs`;
+//! every table then gets its rows, each beside a raw baseline measured on the
+//! same runtime.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::{RawKind, RawZygote};
+use super::stats::Budget;
+
+/// How a `process` message of bytes is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `#[serde(with = "serde_bytes")] Vec<u8>`: one length, then the bytes.
+    Bytes,
+    /// A plain `Vec<u8>`: serde's sequence of `u8`, one element at a time.
+    Seq,
+}
+
+/// One cold spawn cut at the moment the worker is ready (worker and parent
+/// read the same monotonic clock).
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    /// The spawn call itself, until it returns to the caller.
+    pub submit: Duration,
+    /// From the request to the worker being ready.
+    pub to_ready: Duration,
+    /// From the worker being ready to its answer in the parent's task.
+    pub back: Duration,
+    /// Minor page faults (copy-on-write included) the worker took until ready.
+    pub faults: u64,
+    /// From the answer in the parent's task to the worker's exit (pidfd):
+    /// what the worker still runs after answering.
+    pub tail: Duration,
+}
+
+/// Workers held alive for the scaling and memory figures.
+pub struct IdleWorkers {
+    pub pids: Vec<i32>,
+    /// Whatever keeps them alive; dropping it lets them exit.
+    pub holder: Box<dyn Any>,
+}
+
+/// One async adapter on one parent runtime. Each method takes samples per
+/// [`Budget`]; every sample times exactly the operation named and lets any
+/// worker it started exit before the next one.
+pub trait Adapter {
+    /// Shown in row labels, e.g. `tokio (multi-thread parent)`.
+    fn name(&self) -> &str;
+    /// Short, for row keys, e.g. `tokio-mt`.
+    fn key(&self) -> &str;
+
+    /// Raw floor on this runtime: the raw zygote forks a worker that builds a
+    /// current-thread runtime of this adapter's kind and writes one byte,
+    /// awaited here.
+    fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
+    /// Cold spawn: a trivial function in a new worker, to its result.
+    fn cold_spawn(&self, budget: Budget) -> Vec<Duration>;
+    /// Cold spawn in phases (see [`Phases`]); `ready` is the user's function
+    /// running in the worker.
+    fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases>;
+    /// The raw floor in phases; `ready` is the raw worker's runtime built.
+    /// `kind` is one of the `RuntimeClock*` kinds: how the worker ends.
+    fn raw_floor_phases(&self, raw: &Arc<RawZygote>, kind: RawKind, budget: Budget) -> Vec<Phases>;
+    /// Warm spawn: one call on a pool of pre-forked workers.
+    fn pool_call(&self, budget: Budget) -> Vec<Duration>;
+
+    /// Raw socketpair ping-pong (8 bytes) with a raw echo worker running the
+    /// same runtime.
+    fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
+    /// One call with tiny arguments (`u64 -> u64`) on a persistent worker.
+    fn run_round_trip(&self, budget: Budget) -> Vec<Duration>;
+    /// Time for `calls` raw 8-byte ping-pongs with `in_flight` outstanding.
+    fn raw_pipelined(
+        &self,
+        raw: &Arc<RawZygote>,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration>;
+    /// Time for `calls` persistent-worker calls with `in_flight` outstanding.
+    fn run_pipelined(&self, calls: usize, in_flight: usize, budget: Budget) -> Vec<Duration>;
+
+    /// Time to write `count` buffers of `size` bytes to a raw sink worker
+    /// (one write call each) and get its 8-byte acknowledgement.
+    fn raw_throughput(
+        &self,
+        raw: &Arc<RawZygote>,
+        size: usize,
+        count: usize,
+        budget: Budget,
+    ) -> Vec<Duration>;
+    /// Time to send `count` messages of `size` bytes through a `process`
+    /// channel and get the worker's count back.
+    fn process_throughput(
+        &self,
+        size: usize,
+        count: usize,
+        encoding: Encoding,
+        budget: Budget,
+    ) -> Vec<Duration>;
+
+    /// Starts `count` persistent workers, each answered one call (so each
+    /// built its runtime), and keeps them alive.
+    fn idle_workers(&self, count: usize) -> IdleWorkers;
+}

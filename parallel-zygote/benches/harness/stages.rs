@@ -1,0 +1,162 @@
+//! The messages of the throughput figures, and the CPU cost of each stage a
+//! `process` message goes through, measured in this one process (no socket,
+//! no fork): what explains the gap between `process` and raw writes.
+//!
+//! Per message, the library's path adds to the two kernel copies that raw
+//! writes also pay: the sender's encode into a fresh buffer, the receiver's
+//! frame decoder copying the payload out of its 256 KiB read buffer into a
+//! growing `Vec`, and the decode into the message's own `Vec`.
+
+use std::time::{Duration, Instant};
+
+use parallel_proto::{FrameDecoder, Limits};
+use serde::{Deserialize, Serialize};
+
+use super::stats::{Budget, Sampler};
+
+/// A `process` message of bytes, in either encoding.
+pub trait Chunk: Serialize + serde::de::DeserializeOwned + Send + 'static {
+    fn data(bytes: Vec<u8>) -> Self;
+    fn flush() -> Self;
+    /// The payload's length, or `None` for a flush.
+    fn payload(&self) -> Option<usize>;
+}
+
+/// Bytes as `#[serde(with = "serde_bytes")]`: a length, then the bytes.
+#[derive(Serialize, Deserialize)]
+pub enum ByteChunk {
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    Flush,
+}
+
+/// Bytes as a plain `Vec<u8>`: serde's sequence, one `u8` at a time.
+#[derive(Serialize, Deserialize)]
+pub enum SeqChunk {
+    Data(Vec<u8>),
+    Flush,
+}
+
+macro_rules! chunk {
+    ($type:ident) => {
+        impl Chunk for $type {
+            fn data(bytes: Vec<u8>) -> Self {
+                $type::Data(bytes)
+            }
+            fn flush() -> Self {
+                $type::Flush
+            }
+            fn payload(&self) -> Option<usize> {
+                match self {
+                    $type::Data(bytes) => Some(bytes.len()),
+                    $type::Flush => None,
+                }
+            }
+        }
+    };
+}
+chunk!(ByteChunk);
+chunk!(SeqChunk);
+
+/// The read size of `parallel-tokio`'s connections.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// One stage's samples: (key suffix, label, time per message).
+pub type Stage = (&'static str, &'static str, Vec<Duration>);
+
+fn timed(budget: Budget, mut once: impl FnMut() -> Duration) -> Vec<Duration> {
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        sampler.record(once());
+    }
+    sampler.finish()
+}
+
+/// The CPU cost of each stage for one message of `size` bytes.
+pub fn stages(size: usize, budget: Budget) -> Vec<Stage> {
+    let source = vec![7u8; size];
+    let mut reused = vec![0u8; size];
+    let bytes_message = ByteChunk::data(source.clone());
+    let seq_message = SeqChunk::data(source.clone());
+    let bytes_encoded = postcard::to_stdvec(&bytes_message).expect("encode");
+    let seq_encoded = postcard::to_stdvec(&seq_message).expect("encode");
+    let limits = Limits::default();
+    let mut wire = Vec::new();
+    parallel_proto::frame::encode_frame(0x13, 0, &bytes_encoded, &limits, &mut wire)
+        .expect("frame");
+    vec![
+        (
+            "memcpy",
+            "memcpy into a reused buffer",
+            timed(budget, || {
+                let start = Instant::now();
+                reused.copy_from_slice(&source);
+                std::hint::black_box(&mut reused);
+                start.elapsed()
+            }),
+        ),
+        (
+            "fresh",
+            "copy into a new `Vec` (malloc, page faults, free)",
+            timed(budget, || {
+                let start = Instant::now();
+                drop(std::hint::black_box(source.to_vec()));
+                start.elapsed()
+            }),
+        ),
+        (
+            "encode-bytes",
+            "postcard encode, serde_bytes (into a new `Vec`)",
+            timed(budget, || {
+                let start = Instant::now();
+                drop(std::hint::black_box(postcard::to_stdvec(&bytes_message)));
+                start.elapsed()
+            }),
+        ),
+        (
+            "frame-in",
+            "frame decoder: 256 KiB reads → payload `Vec`",
+            timed(budget, || {
+                let start = Instant::now();
+                let mut decoder = FrameDecoder::new(limits);
+                let mut frame = None;
+                for chunk in wire.chunks(READ_CHUNK) {
+                    let mut input = chunk;
+                    if let Some(done) = decoder.decode(&mut input).expect("decode") {
+                        frame = Some(done);
+                    }
+                }
+                drop(std::hint::black_box(frame.expect("a frame")));
+                start.elapsed()
+            }),
+        ),
+        (
+            "decode-bytes",
+            "postcard decode, serde_bytes (into a new `Vec`)",
+            timed(budget, || {
+                let start = Instant::now();
+                let decoded: ByteChunk = postcard::from_bytes(&bytes_encoded).expect("decode");
+                drop(std::hint::black_box(decoded));
+                start.elapsed()
+            }),
+        ),
+        (
+            "encode-seq",
+            "postcard encode, plain `Vec<u8>`",
+            timed(budget, || {
+                let start = Instant::now();
+                drop(std::hint::black_box(postcard::to_stdvec(&seq_message)));
+                start.elapsed()
+            }),
+        ),
+        (
+            "decode-seq",
+            "postcard decode, plain `Vec<u8>`",
+            timed(budget, || {
+                let start = Instant::now();
+                let decoded: SeqChunk = postcard::from_bytes(&seq_encoded).expect("decode");
+                drop(std::hint::black_box(decoded));
+                start.elapsed()
+            }),
+        ),
+    ]
+}

@@ -1,0 +1,443 @@
+//! [`Adapter`] for `parallel-tokio`, on a multi-thread or a current-thread
+//! parent runtime. Raw baselines use tokio on both sides too.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use parallel_tokio::{MessageSender, MessageStream, Parallel, Pool, PoolConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+
+use super::adapter::{Adapter, Encoding, IdleWorkers, Phases};
+use super::os::{minor_faults, monotonic_ns, wait_exit};
+use super::raw::{RawKind, RawZygote};
+use super::stages::{ByteChunk, Chunk, SeqChunk};
+use super::stats::{Budget, Sampler};
+
+/// The trivial worker function: its argument back.
+async fn echo(x: u64) -> u64 {
+    x
+}
+
+/// The trivial function of cold spawns: its argument back, and the worker's
+/// pid, so the harness can wait for the worker's exit between samples.
+async fn echo_pid(x: u64) -> (u64, u32) {
+    (x, std::process::id())
+}
+
+/// The `process` worker: counts payload bytes; answers the count at a flush.
+async fn sink<T: Chunk>(mut input: MessageStream<T>, output: MessageSender<u64>) {
+    let mut total = 0u64;
+    while let Some(Ok(chunk)) = input.recv().await {
+        match chunk.payload() {
+            Some(length) => total += length as u64,
+            None => {
+                if output.send(total).await.is_err() {
+                    return;
+                }
+                total = 0;
+            }
+        }
+    }
+}
+
+/// The function of the phase breakdown: when it ran, on the shared clock,
+/// its pid, and the page faults its process took until then.
+async fn clock(_: ()) -> (u64, u32, u64) {
+    // Faults first, so reading /proc lands before the clock (as in the raw worker).
+    let faults = minor_faults();
+    (monotonic_ns(), std::process::id(), faults)
+}
+
+fn nanos(from: u64, to: u64) -> Duration {
+    Duration::from_nanos(to.saturating_sub(from))
+}
+
+/// `parallel-tokio` with its parent runtime.
+pub struct TokioAdapter {
+    name: String,
+    key: String,
+    parallel: Parallel,
+    runtime: Runtime,
+    multi_thread: bool,
+}
+
+impl TokioAdapter {
+    /// On `Runtime::new()`, the multi-thread runtime most programs use.
+    pub fn multi_thread(parallel: &Parallel) -> TokioAdapter {
+        TokioAdapter {
+            name: "tokio (multi-thread parent)".into(),
+            key: "tokio-mt".into(),
+            parallel: parallel.clone(),
+            runtime: Runtime::new().expect("runtime"),
+            multi_thread: true,
+        }
+    }
+
+    /// On a current-thread parent runtime: no cross-thread wake-ups.
+    pub fn current_thread(parallel: &Parallel) -> TokioAdapter {
+        TokioAdapter {
+            name: "tokio (current-thread parent)".into(),
+            key: "tokio-ct".into(),
+            parallel: parallel.clone(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            multi_thread: false,
+        }
+    }
+
+    /// Runs a measurement as a task, where user code runs: on a worker thread
+    /// of the multi-thread runtime, on the only thread of the other.
+    fn on_runtime<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
+        if self.multi_thread {
+            let task = self.runtime.spawn(future);
+            self.runtime.block_on(task).expect("measurement task")
+        } else {
+            self.runtime.block_on(future)
+        }
+    }
+}
+
+fn tokio_stream(stream: std::os::unix::net::UnixStream) -> UnixStream {
+    stream.set_nonblocking(true).expect("nonblocking");
+    UnixStream::from_std(stream).expect("tokio stream")
+}
+
+impl Adapter for TokioAdapter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let raw = Arc::clone(raw);
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let mut stream = tokio_stream(raw.spawn(RawKind::RuntimeByte));
+                let mut byte = [0u8];
+                stream.read_exact(&mut byte).await.expect("first byte");
+                let elapsed = start.elapsed();
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await; // the worker exited
+                sampler.record(elapsed);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn cold_spawn(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let (mut spawns, mut without_pid) = (0, 0);
+            while sampler.next() {
+                let start = Instant::now();
+                let mut handle = parallel.spawn(echo_pid, 7);
+                let (value, pid) = (&mut handle).await.expect("spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                spawns += 1;
+                if handle.pid().is_none() {
+                    without_pid += 1;
+                }
+                drop(handle);
+                // Outside the clock: let the worker exit before the next one.
+                wait_exit(pid as i32, Duration::from_secs(5));
+                sampler.record(elapsed);
+            }
+            if without_pid > 0 {
+                eprintln!(
+                    "  note: JoinHandle::pid() was still None after the result in \
+                     {without_pid} of {spawns} cold spawns"
+                );
+            }
+            sampler.finish()
+        })
+    }
+
+    fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let mut phases = Vec::new();
+            while sampler.next() {
+                let start = monotonic_ns();
+                let mut handle = parallel.spawn(clock, ());
+                let submitted = monotonic_ns();
+                let (ready, pid, faults) = (&mut handle).await.expect("spawn");
+                let done = monotonic_ns();
+                drop(handle);
+                wait_exit(pid as i32, Duration::from_secs(5));
+                phases.push(Phases {
+                    submit: nanos(start, submitted),
+                    to_ready: nanos(start, ready),
+                    back: nanos(ready, done),
+                    faults,
+                    tail: nanos(done, monotonic_ns()),
+                });
+                sampler.record(nanos(start, done));
+            }
+            let skip = phases.len() - sampler.finish().len();
+            phases.split_off(skip)
+        })
+    }
+
+    fn raw_floor_phases(&self, raw: &Arc<RawZygote>, kind: RawKind, budget: Budget) -> Vec<Phases> {
+        let raw = Arc::clone(raw);
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let mut phases = Vec::new();
+            while sampler.next() {
+                let start = monotonic_ns();
+                let mut stream = tokio_stream(raw.spawn(kind));
+                let mut message = [0u8; 24];
+                stream.read_exact(&mut message).await.expect("clock");
+                let done = monotonic_ns();
+                let field = |i: usize| {
+                    u64::from_le_bytes(message[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+                };
+                wait_exit(field(2) as i32, Duration::from_secs(5));
+                phases.push(Phases {
+                    submit: Duration::ZERO,
+                    to_ready: nanos(start, field(0)),
+                    back: nanos(field(0), done),
+                    faults: field(1),
+                    tail: nanos(done, monotonic_ns()),
+                });
+                sampler.record(nanos(start, done));
+            }
+            let skip = phases.len() - sampler.finish().len();
+            phases.split_off(skip)
+        })
+    }
+
+    fn pool_call(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
+            for x in 0..4 {
+                pool.call(x).await.expect("warm-up call");
+            }
+            let mut sampler = Sampler::new(budget);
+            let mut x = 0;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                let value = pool.call(x).await.expect("pool call");
+                sampler.record(start.elapsed());
+                assert_eq!(value, x);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
+        self.on_runtime(async move {
+            let mut stream = tokio_stream(stream);
+            let mut sampler = Sampler::new(budget);
+            let mut reply = [0u8; 8];
+            let mut x = 0u64;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                stream.write_all(&x.to_le_bytes()).await.expect("write");
+                stream.read_exact(&mut reply).await.expect("read");
+                sampler.record(start.elapsed());
+            }
+            sampler.finish()
+        })
+    }
+
+    fn run_round_trip(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let run = parallel.run(echo).expect("run");
+            run.call(0).await.expect("first call");
+            let mut sampler = Sampler::new(budget);
+            let mut x = 0;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                let value = run.call(x).await.expect("call");
+                sampler.record(start.elapsed());
+                assert_eq!(value, x);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_pipelined(
+        &self,
+        raw: &Arc<RawZygote>,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
+        self.on_runtime(async move {
+            let (mut reader, mut writer) = tokio_stream(stream).into_split();
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let permits = Semaphore::new(in_flight);
+                let write = async {
+                    for x in 0..calls as u64 {
+                        permits.acquire().await.expect("permit").forget();
+                        writer.write_all(&x.to_le_bytes()).await.expect("write");
+                    }
+                };
+                let read = async {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    let mut received = 0;
+                    while received < calls * 8 {
+                        let read = reader.read(&mut buffer).await.expect("read");
+                        assert!(read > 0, "echo worker hung up");
+                        let replies_before = received / 8;
+                        received += read;
+                        permits.add_permits(received / 8 - replies_before);
+                    }
+                };
+                tokio::join!(write, read);
+                sampler.record(start.elapsed());
+            }
+            sampler.finish()
+        })
+    }
+
+    fn run_pipelined(&self, calls: usize, in_flight: usize, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let run = parallel.run(echo).expect("run");
+            run.call(0).await.expect("first call");
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let answered = futures_util::stream::iter(0..calls as u64)
+                    .map(|x| run.call(x))
+                    .buffer_unordered(in_flight)
+                    .filter(|result| std::future::ready(result.is_ok()))
+                    .count()
+                    .await;
+                sampler.record(start.elapsed());
+                assert_eq!(answered, calls);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_throughput(
+        &self,
+        raw: &Arc<RawZygote>,
+        size: usize,
+        count: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::Sink);
+        self.on_runtime(async move {
+            let mut stream = tokio_stream(stream);
+            let buffer = vec![1u8; size];
+            let total = (size * count) as u64;
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                stream.write_all(&total.to_le_bytes()).await.expect("write");
+                for _ in 0..count {
+                    stream.write_all(&buffer).await.expect("write");
+                }
+                let mut ack = [0u8; 8];
+                stream.read_exact(&mut ack).await.expect("ack");
+                sampler.record(start.elapsed());
+                assert_eq!(u64::from_le_bytes(ack), total);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn process_throughput(
+        &self,
+        size: usize,
+        count: usize,
+        encoding: Encoding,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        match encoding {
+            Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, budget),
+            Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, budget),
+        }
+    }
+
+    fn idle_workers(&self, count: usize) -> IdleWorkers {
+        let parallel = self.parallel.clone();
+        let (runs, pids) = self.on_runtime(async move {
+            let runs: Vec<_> = (0..count)
+                .map(|_| parallel.run(echo).expect("run"))
+                .collect();
+            // The spawns are all in flight already: waiting in turn costs
+            // no more than the slowest.
+            for run in &runs {
+                run.call(1).await.expect("first call");
+            }
+            let mut pids = Vec::with_capacity(count);
+            for run in &runs {
+                // The pid comes from the zygote, the answer from the worker:
+                // the answer may arrive first.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let pid = loop {
+                    match run.pid() {
+                        Some(pid) => break pid,
+                        None if Instant::now() < deadline => tokio::task::yield_now().await,
+                        None => panic!("no pid for a worker after 5 s"),
+                    }
+                };
+                pids.push(pid);
+            }
+            (runs, pids)
+        });
+        IdleWorkers {
+            pids,
+            holder: Box::new(runs),
+        }
+    }
+}
+
+impl TokioAdapter {
+    fn process_throughput_of<T: Chunk>(
+        &self,
+        size: usize,
+        count: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let mut process = parallel.process(sink::<T>).expect("process");
+            let template = vec![1u8; size];
+            let total = (size * count) as u64;
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                // Built outside the clock: only the transfer is timed.
+                let messages: Vec<T> = (0..count).map(|_| T::data(template.clone())).collect();
+                let start = Instant::now();
+                for message in messages {
+                    process.sender.send(message).await.expect("send");
+                }
+                process.sender.send(T::flush()).await.expect("send");
+                let received = process.stream.recv().await.expect("count").expect("count");
+                sampler.record(start.elapsed());
+                assert_eq!(received, total);
+            }
+            sampler.finish()
+        })
+    }
+}

@@ -1,0 +1,917 @@
+//! The benchmark harness of issue 5: spawn, call and throughput of
+//! `parallel`, each figure beside its baseline measured in the same run.
+//!
+//! ```text
+//! cargo bench -p parallel-zygote --bench spawn -- --quick   # < 1 min, 1 GiB heap
+//! cargo bench -p parallel-zygote --bench spawn              # full, 4 GiB heap
+//! ```
+//!
+//! Options: `--quick`, `--heap-gib N` (the big parent's heap). The report
+//! (Markdown tables: median, p10, p90, ratio to baseline, and the targets) goes
+//! to stdout; progress goes to stderr.
+//!
+//! `main` starts, in this order, before any thread exists:
+//! 1. the exec baselines' exit: this binary run with `PARALLEL_BENCH_EXIT_AT_ONCE`
+//!    exits here, so fork+exec and posix_spawn measure exec, not our setup;
+//! 2. `procspawn::init()`: in procspawn's children it runs their function and
+//!    exits; in this process it only sets a flag (no thread, no fork);
+//! 3. the raw mini zygote (the floor, no library code);
+//! 4. `parallel_tokio::init()`, the library's zygote.
+//!
+//! Only then are runtimes built and the parent's heap grown.
+
+mod harness;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::adapter::{Adapter, Encoding, Phases};
+use harness::os::{self, ExecTarget, Heap};
+use harness::raw::{RawKind, RawZygote};
+use harness::stats::{Budget, Group, Measure, Report, Summary, Unit};
+use harness::tokio_adapter::TokioAdapter;
+use harness::{blocking, peers};
+use parallel_tokio::Parallel;
+
+const GIB: usize = 1 << 30;
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+
+/// Calls in flight for the pipelined figures.
+const IN_FLIGHT: usize = 64;
+
+/// Live-worker counts for the scaling figures.
+const LIVE_WORKERS: [usize; 5] = [0, 1, 10, 100, 500];
+
+/// Idle workers whose PSS is averaged.
+const MEMORY_WORKERS: usize = 100;
+
+/// The adapters measured: one line each.
+fn adapters(parallel: &Parallel) -> Vec<Box<dyn Adapter>> {
+    vec![
+        Box::new(TokioAdapter::multi_thread(parallel)),
+        Box::new(TokioAdapter::current_thread(parallel)),
+    ]
+}
+
+struct Config {
+    quick: bool,
+    heap_gib: usize,
+    /// Interleaved rounds per group of figures.
+    rounds: usize,
+    /// Hold `/dev/cpu_dma_latency` at 0 while measuring (see `main`).
+    poll_idle: bool,
+    /// `--profile WHAT`: repeat one operation for a few seconds, report
+    /// nothing (for `perf record` / `perf trace`), then exit.
+    profile: Option<String>,
+    /// Operations of a few µs.
+    fast: Budget,
+    /// Spawns: 100 µs to a few ms.
+    spawn: Budget,
+    /// Forks of a big parent: up to ~100 ms.
+    slow: Budget,
+    /// Bulk transfers and pipelined batches.
+    bulk: Budget,
+    pipelined_calls: usize,
+    /// Bytes moved per throughput sample.
+    throughput_bytes: usize,
+}
+
+impl Config {
+    fn from_args() -> Config {
+        let mut quick = false;
+        let mut heap_gib = None;
+        let mut poll_idle = true;
+        let mut profile = None;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--heap-gib" => {
+                    heap_gib = args.next().and_then(|n| n.parse().ok());
+                    assert!(heap_gib.is_some(), "--heap-gib takes a number");
+                }
+                "--no-poll-idle" => poll_idle = false,
+                "--profile" => profile = args.next(),
+                "--bench" => {} // added by `cargo bench`
+                other => eprintln!("ignoring unknown argument {other:?}"),
+            }
+        }
+        let budget = |warmup, min, max, millis| Budget {
+            warmup,
+            min,
+            max,
+            time: Duration::from_millis(millis),
+        };
+        if quick {
+            Config {
+                quick,
+                heap_gib: heap_gib.unwrap_or(1),
+                rounds: 3,
+                poll_idle,
+                profile,
+                fast: budget(20, 100, 5_000, 200),
+                spawn: budget(3, 20, 300, 250),
+                slow: budget(1, 5, 20, 300),
+                bulk: budget(1, 3, 20, 250),
+                pipelined_calls: 20 * IN_FLIGHT,
+                throughput_bytes: 64 * MIB,
+            }
+        } else {
+            Config {
+                quick,
+                heap_gib: heap_gib.unwrap_or(4),
+                rounds: 8,
+                poll_idle,
+                profile,
+                fast: budget(100, 500, 50_000, 2_000),
+                spawn: budget(10, 100, 3_000, 2_000),
+                slow: budget(2, 15, 200, 3_000),
+                bulk: budget(2, 10, 200, 2_000),
+                pipelined_calls: 100 * IN_FLIGHT,
+                throughput_bytes: 256 * MIB,
+            }
+        }
+    }
+}
+
+fn main() {
+    // 1. The exec baselines' children end here.
+    os::exit_if_exec_child();
+    // 2. procspawn's children run their function and exit inside init().
+    procspawn::init();
+    // 3. The raw floor's mini zygote, while single-threaded.
+    let raw = Arc::new(RawZygote::start());
+    // 4. The library's zygote, still single-threaded.
+    let parallel = parallel_tokio::init().expect("starting the zygote");
+
+    let config = Config::from_args();
+    let started = Instant::now();
+    // This VM idles its vCPUs by halting them (haltpoll with polling off), so
+    // a wake-up that crosses to an idle vCPU costs ~30-40 µs, at random: every
+    // latency becomes bimodal. Holding a PM QoS request of 0 µs makes idle
+    // vCPUs poll instead, for this process's lifetime only (the kernel drops
+    // the request when the descriptor closes). `--no-poll-idle` measures the
+    // machine as it is.
+    let _poll_idle = config.poll_idle.then(os::hold_poll_idle).flatten();
+    let machine_before = os::machine();
+    eprintln!("machine: {machine_before}");
+    let exec = ExecTarget::this_binary();
+    let adapters = adapters(&parallel);
+    if let Some(what) = &config.profile {
+        profile(what, &raw, &adapters);
+        return;
+    }
+    let mut report = Report::default();
+    let big = format!("{} GiB", config.heap_gib);
+
+    spawn_section(
+        &mut report,
+        &config,
+        &raw,
+        &parallel,
+        &adapters,
+        &exec,
+        "0 GiB",
+    );
+    phases_section(&mut report, &config, &raw, &adapters);
+    round_trip_section(&mut report, &config, &raw, &adapters);
+    throughput_section(&mut report, &config, &raw, &adapters);
+    stages_section(&mut report, &config);
+    peers_section(&mut report, &config, &adapters, &big);
+    scaling_section(&mut report, &config, &raw, &parallel, &adapters);
+    {
+        eprintln!("touching a {big} heap in the parent ...");
+        let touch = Instant::now();
+        let heap = Heap::touch(config.heap_gib * GIB);
+        eprintln!(
+            "  {} bytes touched in {:.1} s; parent RSS now {} MiB",
+            heap.len(),
+            touch.elapsed().as_secs_f64(),
+            os::own_rss_kib() / 1024
+        );
+        spawn_section(
+            &mut report,
+            &config,
+            &raw,
+            &parallel,
+            &adapters,
+            &exec,
+            &big,
+        );
+        drop(heap);
+    }
+    targets(&mut report, &adapters, &big);
+
+    println!("## Results\n");
+    println!(
+        "- mode: {}; parent heap for the big-parent figures: {big} (4 KiB pages, MADV_NOHUGEPAGE)",
+        if config.quick { "--quick" } else { "full" }
+    );
+    println!(
+        "- command: `cargo bench -p parallel-zygote --bench spawn{}` (binary args: {:?})",
+        if config.quick { " -- --quick" } else { "" },
+        std::env::args().skip(1).collect::<Vec<_>>()
+    );
+    println!(
+        "- idle vCPUs: {}",
+        if _poll_idle.is_some() {
+            "poll (/dev/cpu_dma_latency held at 0 by the harness)"
+        } else {
+            "as configured (halt)"
+        }
+    );
+    println!("- interleaved rounds per group: {}", config.rounds);
+    println!("- machine at start: {machine_before}");
+    println!("- machine at end: {}", os::machine());
+    println!("- wall time: {:.1} s", started.elapsed().as_secs_f64());
+    println!("{}", report.markdown());
+}
+
+/// 1. Spawn → first reply, cold and warm, from a parent holding `heap`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_section(
+    report: &mut Report,
+    config: &Config,
+    raw: &Arc<RawZygote>,
+    parallel: &Parallel,
+    adapters: &[Box<dyn Adapter>],
+    exec: &ExecTarget,
+    heap: &str,
+) {
+    eprintln!("\n1. spawn → first reply, parent holding {heap}");
+    report.table(
+        format!("1. Spawn → first reply, parent holding {heap} of touched heap"),
+        "Cold: a new worker forked from the zygote, timed from the request to the \
+         first byte or result back. Warm: one call on a `Pool` of pre-forked workers. \
+         Raw floor: the hand-written mini zygote (no library code) forks a worker that \
+         writes one byte, with or without building a tokio current-thread runtime \
+         first. OS baselines fork this (big, multi-threaded) parent directly.",
+    );
+    let key = |name: &str| format!("{heap}/{name}");
+    let spawn = config.spawn;
+    let fork_budget = if heap.starts_with("0 ") {
+        config.spawn
+    } else {
+        config.slow
+    };
+    let zygote = parallel.zygote();
+    let raw_byte = key("raw-byte");
+    let raw_rt = key("raw-rt");
+    let mut group = Group::new();
+    group.add(
+        &raw_byte,
+        format!("raw floor: fork + 1 byte ({heap}, blocking parent)"),
+        None,
+        spawn,
+        Measure::Time,
+        |budget| blocking::raw_floor(raw, RawKind::Byte, budget),
+    );
+    group.add(
+        &raw_rt,
+        format!("raw floor: fork + tokio rt + 1 byte ({heap}, blocking parent)"),
+        None,
+        spawn,
+        Measure::Time,
+        |budget| blocking::raw_floor(raw, RawKind::RuntimeByte, budget),
+    );
+    group.add(
+        key("zygote-spawn"),
+        format!("parallel-zygote: `spawn()` (waits for pid) + 1 byte ({heap})"),
+        Some(raw_byte.clone()),
+        spawn,
+        Measure::Time,
+        |budget| blocking::spawn_first_byte(zygote, budget),
+    );
+    group.add(
+        key("zygote-entry"),
+        format!("parallel-zygote: `spawn_entry()` + 1 byte ({heap})"),
+        Some(raw_byte.clone()),
+        spawn,
+        Measure::Time,
+        |budget| blocking::spawn_entry_first_byte(zygote, false, budget),
+    );
+    group.add(
+        key("zygote-entry-rt"),
+        format!("parallel-zygote: `spawn_entry()` + tokio rt + 1 byte ({heap})"),
+        Some(raw_rt.clone()),
+        spawn,
+        Measure::Time,
+        |budget| blocking::spawn_entry_first_byte(zygote, true, budget),
+    );
+    for adapter in adapters {
+        let adapter: &dyn Adapter = adapter.as_ref();
+        let (a, name) = (adapter.key(), adapter.name());
+        let floor = key(&format!("{a}/raw-floor"));
+        let ping_pong = key(&format!("{a}/raw-ping-pong"));
+        group.add(
+            &floor,
+            format!("{name}: raw floor, fork + rt + 1 byte, awaited ({heap})"),
+            None,
+            spawn,
+            Measure::Time,
+            move |budget| adapter.raw_floor(raw, budget),
+        );
+        group.add(
+            key(&format!("{a}/spawn")),
+            format!("{name}: `spawn(f, x)` → result, cold ({heap})"),
+            Some(floor),
+            spawn,
+            Measure::Time,
+            move |budget| adapter.cold_spawn(budget),
+        );
+        group.add(
+            &ping_pong,
+            format!("{name}: raw ping-pong round trip ({heap})"),
+            None,
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.raw_ping_pong(raw, budget),
+        );
+        group.add(
+            key(&format!("{a}/pool")),
+            format!("{name}: `Pool::call(x)`, warm ({heap})"),
+            Some(ping_pong),
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.pool_call(budget),
+        );
+    }
+    group.add(
+        key("fork"),
+        format!("plain fork() + _exit + waitpid ({heap})"),
+        Some(raw_byte.clone()),
+        fork_budget,
+        Measure::Time,
+        |budget| sample(budget, os::plain_fork),
+    );
+    group.add(
+        key("fork-exec"),
+        format!("fork() + exec of this binary + waitpid ({heap})"),
+        Some(raw_byte.clone()),
+        fork_budget,
+        Measure::Time,
+        |budget| sample(budget, || exec.fork_exec()),
+    );
+    group.add(
+        key("posix-spawn"),
+        format!("posix_spawn of this binary + waitpid ({heap})"),
+        Some(raw_byte.clone()),
+        spawn,
+        Measure::Time,
+        |budget| sample(budget, || exec.posix_spawn()),
+    );
+    group.add(
+        key("procspawn-spawn"),
+        format!("procspawn: `spawn(x, f).join()` ({heap})"),
+        Some(key(&format!("{}/spawn", adapters[0].key()))),
+        spawn,
+        Measure::Time,
+        peers::spawn_join,
+    );
+    group.run(report, config.rounds);
+}
+
+/// 1c. The cold spawn in phases, to see where it differs from the floor.
+fn phases_section(
+    report: &mut Report,
+    config: &Config,
+    raw: &Arc<RawZygote>,
+    adapters: &[Box<dyn Adapter>],
+) {
+    eprintln!("\n1c. cold spawn phases");
+    report.table(
+        "1c. Where a cold spawn's time goes (0 GiB parent)",
+        "Parent and worker read the same CLOCK_MONOTONIC. Library: `spawn()` \
+         returning; request → the user's function running in the worker (fork, \
+         boot, Start frame, runtime, task); function → its result in the parent's \
+         task. Raw: request → the raw worker's runtime built; that → its 8 bytes \
+         read by the parent. Medians of each phase (they need not add up).",
+    );
+    for adapter in adapters {
+        let (a, name) = (adapter.key(), adapter.name());
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        let (mut teardown, mut busy) = (Vec::new(), Vec::new());
+        let budget = config.spawn.split(config.rounds);
+        for _ in 0..config.rounds {
+            floor.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget));
+            teardown.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClockTeardown, budget));
+            busy.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClockBusy, budget));
+            ours.extend(adapter.cold_spawn_phases(budget));
+        }
+        let times = |rows: &[Phases], phase: fn(&Phases) -> Duration| {
+            Summary::times(&rows.iter().map(phase).collect::<Vec<_>>())
+        };
+        let faults =
+            |rows: &[Phases]| Summary::of(rows.iter().map(|p| p.faults as f64), Unit::Count);
+        let key = |name: &str| format!("phase/{a}/{name}");
+        report.add(
+            &key("raw/to-ready"),
+            &format!("{name}: raw: request → runtime ready in worker"),
+            None,
+            times(&floor, |p| p.to_ready),
+        );
+        report.add(
+            &key("raw/faults"),
+            &format!("{name}: raw: page faults in worker until ready"),
+            None,
+            faults(&floor),
+        );
+        report.add(
+            &key("raw/back"),
+            &format!("{name}: raw: ready → reply in parent, then `_exit`"),
+            None,
+            times(&floor, |p| p.back),
+        );
+        report.add(
+            &key("raw/tail"),
+            &format!("{name}: raw: reply in parent → worker exited (`_exit`)"),
+            None,
+            times(&floor, |p| p.tail),
+        );
+        report.add(
+            &key("raw-teardown/tail"),
+            &format!("{name}: raw: reply in parent → worker exited (rt drop + `exit`)"),
+            Some(&key("raw/tail")),
+            times(&teardown, |p| p.tail),
+        );
+        report.add(
+            &key("raw-teardown/back"),
+            &format!("{name}: raw: ready → reply in parent, then rt drop + `exit`"),
+            Some(&key("raw/back")),
+            times(&teardown, |p| p.back),
+        );
+        report.add(
+            &key("raw-busy/back"),
+            &format!("{name}: raw: ready → reply in parent, then 200 µs busy"),
+            Some(&key("raw/back")),
+            times(&busy, |p| p.back),
+        );
+        report.add(
+            &key("submit"),
+            &format!("{name}: `spawn()` call returns"),
+            None,
+            times(&ours, |p| p.submit),
+        );
+        report.add(
+            &key("to-fn"),
+            &format!("{name}: request → function running in worker"),
+            Some(&key("raw/to-ready")),
+            times(&ours, |p| p.to_ready),
+        );
+        report.add(
+            &key("faults"),
+            &format!("{name}: page faults in worker until function runs"),
+            Some(&key("raw/faults")),
+            faults(&ours),
+        );
+        report.add(
+            &key("back"),
+            &format!("{name}: function running → result in parent task"),
+            Some(&key("raw/back")),
+            times(&ours, |p| p.back),
+        );
+        report.add(
+            &key("tail"),
+            &format!("{name}: result in parent → worker exited"),
+            Some(&key("raw/tail")),
+            times(&ours, |p| p.tail),
+        );
+    }
+}
+
+/// 2. Call round trip and pipelined calls on a persistent worker.
+fn round_trip_section(
+    report: &mut Report,
+    config: &Config,
+    raw: &Arc<RawZygote>,
+    adapters: &[Box<dyn Adapter>],
+) {
+    eprintln!("\n2. call round trip");
+    report.table(
+        "2. Call round trip, tiny arguments (`u64 → u64`)",
+        "Raw: 8 bytes to a raw echo worker (forked by the mini zygote, tokio \
+         current-thread) and back, on the same parent runtime. `Run::call` goes \
+         through the library's driver task, framing and postcard. Parent holds 0 GiB.",
+    );
+    let mut group = Group::new();
+    group.add(
+        "rt/raw-blocking",
+        "raw ping-pong, blocking std parent",
+        None,
+        config.fast,
+        Measure::Time,
+        |budget| blocking::raw_ping_pong(raw, budget),
+    );
+    for adapter in adapters {
+        let adapter: &dyn Adapter = adapter.as_ref();
+        let (a, name) = (adapter.key(), adapter.name());
+        let raw_key = format!("rt/{a}/raw");
+        group.add(
+            &raw_key,
+            format!("{name}: raw ping-pong"),
+            None,
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.raw_ping_pong(raw, budget),
+        );
+        group.add(
+            format!("rt/{a}/run"),
+            format!("{name}: `Run::call(x)`"),
+            Some(raw_key),
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.run_round_trip(budget),
+        );
+    }
+    group.run(report, config.rounds);
+
+    eprintln!("\n2b. pipelined calls");
+    let calls = config.pipelined_calls;
+    report.table(
+        format!("2b. Pipelined calls, {IN_FLIGHT} in flight"),
+        format!(
+            "{calls} calls per sample, at most {IN_FLIGHT} outstanding. Raw: 8-byte \
+             messages written one by one to the raw echo worker while the same task \
+             counts the replies. `Run::call`: `buffer_unordered({IN_FLIGHT})` over calls."
+        ),
+    );
+    let rate = Measure::Rate {
+        amount: calls as f64,
+        unit: Unit::OpsPerSec,
+    };
+    let mut group = Group::new();
+    for adapter in adapters {
+        let adapter: &dyn Adapter = adapter.as_ref();
+        let (a, name) = (adapter.key(), adapter.name());
+        let raw_key = format!("pipe/{a}/raw");
+        group.add(
+            &raw_key,
+            format!("{name}: raw, {IN_FLIGHT} in flight"),
+            None,
+            config.bulk,
+            rate,
+            move |budget| adapter.raw_pipelined(raw, calls, IN_FLIGHT, budget),
+        );
+        group.add(
+            format!("pipe/{a}/run"),
+            format!("{name}: `Run::call`, {IN_FLIGHT} in flight"),
+            Some(raw_key),
+            config.bulk,
+            rate,
+            move |budget| adapter.run_pipelined(calls, IN_FLIGHT, budget),
+        );
+    }
+    group.run(report, config.rounds);
+}
+
+/// 3. Bulk throughput: `process` channel vs raw socket writes.
+fn throughput_section(
+    report: &mut Report,
+    config: &Config,
+    raw: &Arc<RawZygote>,
+    adapters: &[Box<dyn Adapter>],
+) {
+    eprintln!("\n3. throughput");
+    report.table(
+        "3. Throughput, parent → worker",
+        format!(
+            "{} MiB per sample, in messages of the given size, until the worker \
+             acknowledges the total. Raw: one `write_all` per message to a raw sink \
+             worker reading 256 KiB at a time. `process`: `MessageSender::send` of an \
+             enum whose data variant is a `Vec<u8>`, either `#[serde(with = \
+             \"serde_bytes\")]` or plain (serde's sequence of u8); messages are built \
+             before the clock starts.",
+            config.throughput_bytes / MIB
+        ),
+    );
+    for (size, label) in [(64 * KIB, "64 KiB"), (MIB, "1 MiB"), (64 * MIB, "64 MiB")] {
+        let count = (config.throughput_bytes / size).max(1);
+        let rate = Measure::Rate {
+            amount: (size * count) as f64,
+            unit: Unit::BytesPerSec,
+        };
+        let mut group = Group::new();
+        for adapter in adapters {
+            let adapter: &dyn Adapter = adapter.as_ref();
+            let (a, name) = (adapter.key(), adapter.name());
+            let raw_key = format!("tp/{a}/{label}/raw");
+            group.add(
+                &raw_key,
+                format!("{name}: raw writes of {label}"),
+                None,
+                config.bulk,
+                rate,
+                move |budget| adapter.raw_throughput(raw, size, count, budget),
+            );
+            group.add(
+                format!("tp/{a}/{label}/bytes"),
+                format!("{name}: `process`, {label} serde_bytes"),
+                Some(raw_key.clone()),
+                config.bulk,
+                rate,
+                move |budget| adapter.process_throughput(size, count, Encoding::Bytes, budget),
+            );
+            group.add(
+                format!("tp/{a}/{label}/seq"),
+                format!("{name}: `process`, {label} plain Vec<u8>"),
+                Some(raw_key),
+                config.bulk,
+                rate,
+                move |budget| adapter.process_throughput(size, count, Encoding::Seq, budget),
+            );
+        }
+        group.run(report, config.rounds);
+    }
+}
+
+/// 3b. Each stage of a `process` message, in-process.
+fn stages_section(report: &mut Report, config: &Config) {
+    eprintln!("\n3b. message stages");
+    report.table(
+        "3b. CPU cost of each stage of a `process` message, in one process",
+        "No socket, no fork: each stage alone, one message per sample, as bytes \
+         of payload per second. Raw writes pay neither of these stages, only the \
+         kernel's two copies (into and out of the socket buffer); the library adds \
+         an encode on the sender, and the frame decoder plus the decode on the \
+         receiver, each into fresh memory.",
+    );
+    for (size, label) in [(64 * KIB, "64 KiB"), (MIB, "1 MiB"), (64 * MIB, "64 MiB")] {
+        let memcpy = format!("stage/{label}/memcpy");
+        let budget = if size > MIB { config.bulk } else { config.fast };
+        for (key, stage, samples) in harness::stages::stages(size, budget) {
+            let key = format!("stage/{label}/{key}");
+            report.add(
+                &key,
+                &format!("{label}: {stage}"),
+                (key != memcpy).then_some(memcpy.as_str()),
+                Summary::rates(&samples, size as f64, Unit::BytesPerSec),
+            );
+        }
+    }
+}
+
+/// 4. procspawn beside our figures.
+fn peers_section(report: &mut Report, config: &Config, adapters: &[Box<dyn Adapter>], big: &str) {
+    eprintln!("\n4. peers");
+    report.table(
+        "4. Peers: procspawn 1.0",
+        "Ratio: procspawn's median over ours (above 1: procspawn is slower). \
+         procspawn's `join` also waits for its process to exit. The spawn rows \
+         come from table 1, the pool rows are measured here, interleaved.",
+    );
+    let adapter: &dyn Adapter = adapters[0].as_ref();
+    let (a, name) = (adapter.key(), adapter.name());
+    for heap in ["0 GiB", big] {
+        report.show(
+            &format!("{heap}/{a}/spawn"),
+            &format!("{name}: `spawn(f, x)` → result ({heap})"),
+            None,
+        );
+        report.show(
+            &format!("{heap}/procspawn-spawn"),
+            &format!("procspawn: `spawn(x, f).join()` ({heap})"),
+            Some(&format!("{heap}/{a}/spawn")),
+        );
+    }
+    let ours = format!("peer/{a}/pool");
+    let mut group = Group::new();
+    group.add(
+        &ours,
+        format!("{name}: `Pool::call(x)`, warm"),
+        None,
+        config.fast,
+        Measure::Time,
+        move |budget| adapter.pool_call(budget),
+    );
+    group.add(
+        "peer/procspawn-pool",
+        "procspawn: `Pool::spawn(x, f).join()`, pool of 1",
+        Some(ours.clone()),
+        config.fast,
+        Measure::Time,
+        peers::pool_round_trip,
+    );
+    group.run(report, config.rounds);
+}
+
+/// 5. Spawn latency with live workers, and memory per idle worker.
+fn scaling_section(
+    report: &mut Report,
+    config: &Config,
+    raw: &Arc<RawZygote>,
+    parallel: &Parallel,
+    adapters: &[Box<dyn Adapter>],
+) {
+    eprintln!("\n5. scaling");
+    report.table(
+        "5. Cold spawn with N live workers",
+        "N idle persistent workers of the library and N idle raw echo workers are \
+         kept alive (each answered once, so each built its runtime), then cold \
+         spawns are timed: the library's `spawn` and the raw floor (fork + rt + 1 \
+         byte, awaited on the same runtime), interleaved.",
+    );
+    let adapter: &dyn Adapter = adapters[0].as_ref();
+    let (a, name) = (adapter.key(), adapter.name());
+    let mut memory = None;
+    let mut raw_memory = None;
+    for live in LIVE_WORKERS {
+        let idle = adapter.idle_workers(live);
+        let raw_idle: Vec<_> = (0..live).map(|_| raw.spawn_ready(RawKind::Echo)).collect();
+        let raw_pids: Vec<i32> = raw_idle.iter().map(|(_, pid)| *pid).collect();
+        if live == MEMORY_WORKERS {
+            memory = Some(pss_of(&idle.pids));
+            raw_memory = Some(pss_of(&raw_pids));
+        }
+        let raw_key = format!("scale/raw/{live}");
+        let mut group = Group::new();
+        group.add(
+            &raw_key,
+            format!("{name}: raw floor, {live} live raw workers"),
+            (live > 0).then(|| "scale/raw/0".to_string()),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.raw_floor(raw, budget),
+        );
+        group.add(
+            format!("scale/{a}/{live}"),
+            format!("{name}: `spawn` → result, {live} live workers"),
+            Some(if live > 0 {
+                format!("scale/{a}/0")
+            } else {
+                raw_key.clone()
+            }),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.cold_spawn(budget),
+        );
+        group.run(report, config.rounds);
+        drop(idle.holder);
+        drop(raw_idle);
+        wait_all(&idle.pids);
+        wait_all(&raw_pids);
+    }
+
+    report.table(
+        "5b. Memory per idle worker",
+        format!(
+            "PSS and RSS from /proc/<pid>/smaps_rollup, over {MEMORY_WORKERS} idle \
+             workers of each kind alive at once (PSS splits shared pages among the \
+             processes sharing them). Raw: the mini zygote's echo worker with a tokio \
+             current-thread runtime."
+        ),
+    );
+    if let (Some((raw_pss, raw_rss)), Some((pss, rss))) = (raw_memory, memory) {
+        report.add("mem/raw/pss", "raw idle worker: PSS", None, raw_pss);
+        report.add(
+            &format!("mem/{a}/pss"),
+            &format!("{name}: idle `run` worker: PSS"),
+            Some("mem/raw/pss"),
+            pss,
+        );
+        report.add("mem/raw/rss", "raw idle worker: RSS", None, raw_rss);
+        report.add(
+            &format!("mem/{a}/rss"),
+            &format!("{name}: idle `run` worker: RSS"),
+            Some("mem/raw/rss"),
+            rss,
+        );
+    }
+    if let Some((pss, rss)) = os::pss_rss_kib(parallel.zygote().pid()) {
+        report.add(
+            "mem/zygote/pss",
+            "the zygote process: PSS",
+            None,
+            Summary::of([pss as f64], Unit::KiB),
+        );
+        report.add(
+            "mem/zygote/rss",
+            "the zygote process: RSS",
+            None,
+            Summary::of([rss as f64], Unit::KiB),
+        );
+    }
+}
+
+/// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
+/// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
+/// `spawn`, `raw-floor`, `call`, `ping-pong`, `pool`, `process-1mib`, `raw-1mib`.
+fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
+    let (key, operation) = what.split_once('/').unwrap_or((what, "spawn"));
+    let adapter = adapters
+        .iter()
+        .find(|adapter| adapter.key() == key)
+        .unwrap_or_else(|| panic!("no adapter {key:?}"));
+    let budget = Budget {
+        warmup: 0,
+        min: 1,
+        max: usize::MAX,
+        time: Duration::from_secs(5),
+    };
+    eprintln!("profiling {what} for 5 s (pid {})", std::process::id());
+    let samples = match operation {
+        "spawn" => adapter.cold_spawn(budget),
+        "raw-floor" => adapter.raw_floor(raw, budget),
+        "call" => adapter.run_round_trip(budget),
+        "ping-pong" => adapter.raw_ping_pong(raw, budget),
+        "pool" => adapter.pool_call(budget),
+        "process-1mib" => adapter.process_throughput(MIB, 64, Encoding::Bytes, budget),
+        "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
+        other => panic!("unknown operation {other:?}"),
+    };
+    let summary = Summary::times(&samples);
+    eprintln!(
+        "{} samples, median {:.1} µs, p10 {:.1} µs, p90 {:.1} µs",
+        summary.samples,
+        summary.median * 1e6,
+        summary.p10 * 1e6,
+        summary.p90 * 1e6
+    );
+}
+
+/// PSS and RSS summaries over processes.
+fn pss_of(pids: &[i32]) -> (Summary, Summary) {
+    let readings: Vec<(u64, u64)> = pids
+        .iter()
+        .filter_map(|&pid| os::pss_rss_kib(pid))
+        .collect();
+    (
+        Summary::of(readings.iter().map(|r| r.0 as f64), Unit::KiB),
+        Summary::of(readings.iter().map(|r| r.1 as f64), Unit::KiB),
+    )
+}
+
+fn wait_all(pids: &[i32]) {
+    for &pid in pids {
+        os::wait_exit(pid, Duration::from_secs(5));
+    }
+}
+
+/// Samples a blocking operation that times itself.
+fn sample(budget: Budget, mut once: impl FnMut() -> Duration) -> Vec<Duration> {
+    let mut sampler = harness::stats::Sampler::new(budget);
+    while sampler.next() {
+        sampler.record(once());
+    }
+    sampler.finish()
+}
+
+/// The issue's targets, as ratios of medians from this run.
+fn targets(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
+    for adapter in adapters {
+        let a = adapter.key();
+        for heap in ["0 GiB", big] {
+            report.target(
+                &format!("{a}: cold spawn ≤ 1.25 × raw floor ({heap})"),
+                &format!("{heap}/{a}/spawn"),
+                &format!("{heap}/{a}/raw-floor"),
+                false,
+                1.25,
+            );
+        }
+        report.target(
+            &format!("{a}: cold spawn, {big} parent / 0 GiB parent ≤ 1.2"),
+            &format!("{big}/{a}/spawn"),
+            &format!("0 GiB/{a}/spawn"),
+            false,
+            1.2,
+        );
+        report.target(
+            &format!("{a}: plain fork from {big} / cold spawn from {big} ≥ 100"),
+            &format!("{big}/fork"),
+            &format!("{big}/{a}/spawn"),
+            true,
+            100.0,
+        );
+        for heap in ["0 GiB", big] {
+            report.target(
+                &format!("{a}: warm spawn (`Pool::call`) ≤ 4 × raw round trip ({heap})"),
+                &format!("{heap}/{a}/pool"),
+                &format!("{heap}/{a}/raw-ping-pong"),
+                false,
+                4.0,
+            );
+        }
+        report.target(
+            &format!("{a}: `Run::call` round trip ≤ 1.5 × raw ping-pong"),
+            &format!("rt/{a}/run"),
+            &format!("rt/{a}/raw"),
+            false,
+            1.5,
+        );
+        report.target(
+            &format!("{a}: 1 MiB `process` throughput ≥ 0.8 × raw"),
+            &format!("tp/{a}/1 MiB/bytes"),
+            &format!("tp/{a}/1 MiB/raw"),
+            true,
+            0.8,
+        );
+    }
+    report.target(
+        "parallel-zygote alone: `spawn_entry` + rt + byte ≤ 1.25 × raw floor (0 GiB)",
+        "0 GiB/zygote-entry-rt",
+        "0 GiB/raw-rt",
+        false,
+        1.25,
+    );
+}
