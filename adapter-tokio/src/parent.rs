@@ -220,7 +220,6 @@ pub(crate) fn launch(conn: Conn<ParentChannel>, pending: PendingSpawn) -> Link {
         data: Some(data_tx),
         held: None,
         returned: Some(returned_tx),
-        outcome: None,
         write_broken: false,
     };
     tokio::spawn(driver.run());
@@ -254,8 +253,6 @@ struct Driver {
     /// waits, the driver reads no more from the socket (back-pressure).
     held: Option<RawMessage>,
     returned: Option<oneshot::Sender<Result<Outcome, Error>>>,
-    /// The task's outcome, between its arrival and its delivery.
-    outcome: Option<Outcome>,
     write_broken: bool,
 }
 
@@ -265,9 +262,6 @@ impl Driver {
         if !clean {
             self.report_death().await;
         } else {
-            if let (Some(returned), Some(outcome)) = (self.returned.take(), self.outcome.take()) {
-                let _ = returned.send(Ok(outcome));
-            }
             // The result can overtake the zygote's "spawned" reply. Wait for
             // it rather than drop it, which would have the worker killed as
             // an abandoned spawn while it exits.
@@ -403,7 +397,9 @@ impl Driver {
             }
             ParentEvent::Returned(outcome) => {
                 self.data = None;
-                self.outcome = Some(outcome);
+                if let Some(returned) = self.returned.take() {
+                    let _ = returned.send(Ok(outcome));
+                }
                 return true;
             }
             _ => {}

@@ -465,6 +465,17 @@ fn tampered_entry_is_refused_and_not_run(zygote: &Zygote) -> Result<(), Failed> 
 
 static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
+/// Spawns a worker of `zygote` that reports the length of `TABLE` it sees.
+fn table_len_seen_by_a_worker_of(zygote: &Zygote) -> Result<u32, Failed> {
+    let mut worker = zygote.spawn(|mut ctx: WorkerContext| {
+        let table = TABLE.get().map_or(0, |t| t.len()) as u32;
+        ctx.channel.write_all(&table.to_le_bytes()).unwrap();
+    })?;
+    let mut len = [0u8; 4];
+    worker.channel.read_exact(&mut len)?;
+    Ok(u32::from_le_bytes(len))
+}
+
 fn derived_snapshot_workers_see_init_state(zygote: &Zygote) -> Result<(), Failed> {
     let snapshot = zygote.snapshot(
         |args: Vec<u8>| {
@@ -477,26 +488,12 @@ fn derived_snapshot_workers_see_init_state(zygote: &Zygote) -> Result<(), Failed
         "the snapshot is a process of its own",
     )?;
     for _ in 0..3 {
-        let mut worker = snapshot.spawn(|mut ctx: WorkerContext| {
-            let table = TABLE.get().map(|t| t.len()).unwrap_or(0) as u32;
-            ctx.channel.write_all(&table.to_le_bytes()).unwrap();
-        })?;
-        let mut len = [0u8; 4];
-        worker.channel.read_exact(&mut len)?;
-        check(
-            u32::from_le_bytes(len) == 4000,
-            format!("worker saw a table of {} bytes", u32::from_le_bytes(len)),
-        )?;
+        let seen = table_len_seen_by_a_worker_of(&snapshot)?;
+        check(seen == 4000, format!("worker saw a table of {seen} bytes"))?;
     }
     // The main zygote never ran init.
-    let mut worker = zygote.spawn(|mut ctx: WorkerContext| {
-        let table = TABLE.get().map(|t| t.len()).unwrap_or(0) as u32;
-        ctx.channel.write_all(&table.to_le_bytes()).unwrap();
-    })?;
-    let mut len = [0u8; 4];
-    worker.channel.read_exact(&mut len)?;
     check(
-        u32::from_le_bytes(len) == 0,
+        table_len_seen_by_a_worker_of(zygote)? == 0,
         "main zygote's workers do not see the snapshot's state",
     )?;
     // Two snapshots coexist.
