@@ -124,6 +124,7 @@
 
 pub mod channel;
 mod codec;
+mod endpoint;
 pub mod entry;
 mod error;
 pub mod frame;
@@ -132,6 +133,7 @@ mod transmit;
 mod wire;
 pub mod zygote;
 
+pub use endpoint::Endpoint;
 pub use entry::{EntryError, EntryKey, WireEntry};
 pub use error::{Error, LocalError, RemoteError};
 pub use frame::{Frame, FrameDecoder, FrameError};

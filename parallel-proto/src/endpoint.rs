@@ -1,0 +1,120 @@
+//! The one shape shared by the four state machines, for code that drives any
+//! of them over a transport: the adapters' connection, a custom transport,
+//! the fuzz targets and the in-memory test harness.
+
+use crate::channel::{ParentChannel, ParentEvent, WorkerChannel, WorkerEvent};
+use crate::zygote::{ServerEvent, ZygoteClient, ZygoteEvent, ZygoteServer};
+use crate::{Error, Transmit};
+
+/// A sans-IO state machine as a transport sees it: bytes in, events and
+/// transmits out.
+///
+/// The run-loop contract is the same for all four machines: after every
+/// input (and after every method that queues a message), drain
+/// [`poll_transmit`](Self::poll_transmit) until it returns `None` and write
+/// what it gives, in order; call [`handle_input`](Self::handle_input) with the
+/// bytes read until it returns `Ok(None)` with bytes left (it needs more).
+///
+/// ```
+/// use parallel_proto::channel::{ParentChannel, WorkerChannel};
+/// use parallel_proto::{Endpoint, Limits};
+///
+/// /// Moves everything `from` wants to send into `wire`.
+/// fn pump(from: &mut impl Endpoint, wire: &mut Vec<u8>) {
+///     while let Some(transmit) = from.poll_transmit() {
+///         wire.extend_from_slice(&transmit.head);
+///         wire.extend_from_slice(&transmit.body);
+///     }
+/// }
+///
+/// let mut parent = ParentChannel::new(Limits::default());
+/// let mut worker = WorkerChannel::new(Limits::default(), 42);
+/// let mut wire = Vec::new();
+/// pump(&mut worker, &mut wire);
+/// let mut input = wire.as_slice();
+/// let event = Endpoint::handle_input(&mut parent, &mut input).unwrap();
+/// assert!(matches!(event, Some(parallel_proto::channel::ParentEvent::Ready { pid: 42 })));
+/// ```
+pub trait Endpoint {
+    /// What [`handle_input`](Self::handle_input) yields.
+    type Event: std::fmt::Debug;
+
+    /// Consumes bytes from the front of `input` and yields at most one event.
+    ///
+    /// # Errors
+    /// The peer broke the protocol or a limit; the machine is failed for
+    /// good and every later call returns the same error.
+    fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<Self::Event>, Error>;
+
+    /// The next bytes (and descriptor count) to write, in order.
+    #[must_use]
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+
+    /// How many descriptors came along with `event`, to take from the
+    /// transport's queue of received descriptors, in order.
+    fn event_fds(event: &Self::Event) -> usize;
+}
+
+impl Endpoint for ParentChannel {
+    type Event = ParentEvent;
+    fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ParentEvent>, Error> {
+        ParentChannel::handle_input(self, input)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        ParentChannel::poll_transmit(self)
+    }
+    fn event_fds(event: &ParentEvent) -> usize {
+        match event {
+            ParentEvent::Data { fds, .. } => usize::from(*fds),
+            _ => 0,
+        }
+    }
+}
+
+impl Endpoint for WorkerChannel {
+    type Event = WorkerEvent;
+    fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<WorkerEvent>, Error> {
+        WorkerChannel::handle_input(self, input)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        WorkerChannel::poll_transmit(self)
+    }
+    fn event_fds(event: &WorkerEvent) -> usize {
+        match event {
+            WorkerEvent::Data { fds, .. } => usize::from(*fds),
+            _ => 0,
+        }
+    }
+}
+
+impl Endpoint for ZygoteClient {
+    type Event = ZygoteEvent;
+    fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ZygoteEvent>, Error> {
+        ZygoteClient::handle_input(self, input)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        ZygoteClient::poll_transmit(self)
+    }
+    fn event_fds(_event: &ZygoteEvent) -> usize {
+        // The zygote sends no descriptors to its client.
+        0
+    }
+}
+
+impl Endpoint for ZygoteServer {
+    type Event = ServerEvent;
+    fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ServerEvent>, Error> {
+        ZygoteServer::handle_input(self, input)
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        ZygoteServer::poll_transmit(self)
+    }
+    fn event_fds(event: &ServerEvent) -> usize {
+        match event {
+            ServerEvent::Spawn { fds, .. } => usize::from(*fds),
+            // A snapshot request carries the derived zygote's socket.
+            ServerEvent::Snapshot { .. } => 1,
+            _ => 0,
+        }
+    }
+}
