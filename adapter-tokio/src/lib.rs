@@ -71,7 +71,9 @@
 //! Pass it instead: `parallel.spawn(|(x, offset): (u64, u64)| async move { x + offset }, (1, 5))`.
 //!
 //! The worker builds a current-thread tokio runtime for the function; pick a
-//! multi-thread one with [`Parallel::worker_runtime`].
+//! multi-thread one with [`Parallel::worker_runtime`] and a
+//! [`WorkerRuntime`], or another adapter's worker runtime (the wire is the
+//! same: a tokio parent can run smol or glommio workers).
 //!
 //! # Failures
 //!
@@ -89,28 +91,33 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod codec;
-mod conn;
-mod error;
-mod fd;
-mod handle;
-mod messages;
-mod parent;
-mod pool;
-mod process;
-mod run;
-mod spawn;
-mod worker;
+mod runtime;
 
-pub use codec::{Codec, Postcard};
-pub use error::Error;
-pub use fd::Fd;
-pub use handle::{init, Parallel};
-pub use messages::{MessageSender, MessageStream};
-pub use parallel_proto::channel::PanicReport;
+use parallel_zygote::async_core as core;
+
+pub use core::{
+    Codec, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard, Process,
+    ProcessHandle,
+};
 pub use parallel_zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
-pub use pool::{Pool, PoolConfig};
-pub use process::{Process, ProcessHandle};
-pub use run::Run;
-pub use spawn::JoinHandle;
-pub use worker::WorkerRuntime;
+pub use runtime::{Tokio, TokioSocket, WorkerRuntime};
+
+/// The entry point: spawns workers and runs functions in them (see
+/// [`core::Parallel`]).
+pub type Parallel<C = Postcard> = core::Parallel<Tokio, C>;
+/// The result of [`Parallel::spawn`], a future (see [`core::JoinHandle`]).
+pub type JoinHandle<T, C = Postcard> = core::JoinHandle<T, C, Tokio>;
+/// A function in a persistent worker, from [`Parallel::run`] (see [`core::Run`]).
+pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Tokio>;
+/// N warm workers running one function (see [`core::Pool`]).
+pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Tokio>;
+
+/// Starts the zygote and returns a handle on it. **Call it first thing in
+/// `main`, before building the tokio runtime** (see [`parallel_zygote::start`]).
+///
+/// # Errors
+/// [`Error::Zygote`] when the process already has other threads, or the
+/// fork failed.
+pub fn init() -> Result<Parallel, Error> {
+    Ok(Parallel::new(parallel_zygote::start()?))
+}

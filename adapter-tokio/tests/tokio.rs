@@ -66,7 +66,7 @@ fn main() {
             Trial::test(
                 "outside_a_runtime_is_an_error_not_a_panic",
                 move || match parallel.run(|x: u8| async move { x }) {
-                    Err(Error::NoRuntime) => Ok(()),
+                    Err(Error::NoRuntime { .. }) => Ok(()),
                     other => Err(format!("expected NoRuntime, got {other:?}").into()),
                 },
             )

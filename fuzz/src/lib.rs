@@ -2,38 +2,7 @@
 //! an in-memory transport that checks the run-loop contract as it feeds bytes.
 
 use arbitrary::Arbitrary;
-use parallel_proto::channel::{ParentChannel, ParentEvent, WorkerChannel, WorkerEvent};
-use parallel_proto::zygote::{ServerEvent, ZygoteClient, ZygoteEvent, ZygoteServer};
-use parallel_proto::{Error, Limits, Transmit};
-
-/// The common shape of the four state machines.
-pub trait Endpoint {
-    /// What `handle_input` yields.
-    type Event: std::fmt::Debug;
-    /// One `handle_input` call.
-    fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<Self::Event>, Error>;
-    /// One `poll_transmit` call.
-    fn poll_transmit(&mut self) -> Option<Transmit>;
-}
-
-macro_rules! endpoint {
-    ($machine:ty, $event:ty) => {
-        impl Endpoint for $machine {
-            type Event = $event;
-            fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<$event>, Error> {
-                <$machine>::handle_input(self, input)
-            }
-            fn poll_transmit(&mut self) -> Option<Transmit> {
-                <$machine>::poll_transmit(self)
-            }
-        }
-    };
-}
-
-endpoint!(ParentChannel, ParentEvent);
-endpoint!(WorkerChannel, WorkerEvent);
-endpoint!(ZygoteClient, ZygoteEvent);
-endpoint!(ZygoteServer, ServerEvent);
+use parallel_proto::{Endpoint, Error, Limits};
 
 /// Limits drawn from fuzz input, small enough to be hit.
 ///

@@ -12,14 +12,14 @@ use parallel_proto::channel::{FromWorker, ParentChannel, ToWorker, WorkerChannel
 use parallel_proto::zygote::{
     FromZygote, SnapshotRequest, SpawnOptions, SpawnRequest, ToZygote, ZygoteClient, ZygoteServer,
 };
-use parallel_proto::{EntryKey, Error, Limits};
+use parallel_proto::{Endpoint, EntryKey, Error, Limits};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use support::strategies::{
     bulk_bytes, chunk_sizes, exit_status, outcome, small_bytes, spawn_failure, spawn_options,
     wire_entry,
 };
-use support::{feed, raw_frame, Endpoint};
+use support::{feed, raw_frame};
 
 type Frame = (u8, u8, Vec<u8>);
 
@@ -116,7 +116,10 @@ fn outcome_of<E: Endpoint>(
     mut machine: E,
     bytes: &[u8],
     sizes: &[usize],
-) -> (Vec<E::Event>, Option<Error>) {
+) -> (Vec<E::Event>, Option<Error>)
+where
+    E::Event: PartialEq,
+{
     let mut events = Vec::new();
     match feed(&mut machine, bytes, sizes, &mut events) {
         Ok(()) => (events, None),
@@ -127,7 +130,10 @@ fn outcome_of<E: Endpoint>(
     }
 }
 
-fn check<E: Endpoint>(new: impl Fn() -> E, prefix: &[u8], bytes: &[u8], sizes: &[usize]) {
+fn check<E: Endpoint>(new: impl Fn() -> E, prefix: &[u8], bytes: &[u8], sizes: &[usize])
+where
+    E::Event: PartialEq,
+{
     let stream = [prefix, bytes].concat();
     let whole = outcome_of(new(), &stream, &[]);
     let chunked = outcome_of(new(), &stream, sizes);

@@ -573,6 +573,12 @@ impl WorkerProcess {
         async move { awaiting.await.map_err(Error::from) }
     }
 
+    /// Polls for the exit status: the poll form of [`exited`](Self::exited),
+    /// for hand-written futures.
+    pub fn poll_exited(&self, cx: &mut Context<'_>) -> Poll<Result<ExitStatus, Error>> {
+        self.exit.poll_value(cx).map(|r| r.map_err(Error::from))
+    }
+
     /// Lets the worker outlive this handle (it still dies with the zygote).
     pub fn detach(mut self) -> Self {
         self.kill_on_drop = false;

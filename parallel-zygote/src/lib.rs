@@ -55,6 +55,7 @@
 //!
 //! [`UnixStream`]: std::os::unix::net::UnixStream
 
+pub mod async_core;
 mod child;
 mod client;
 mod completion;

@@ -6,43 +6,14 @@
 
 pub mod strategies;
 
-use parallel_proto::channel::{ParentChannel, ParentEvent, WorkerChannel, WorkerEvent};
+use parallel_proto::channel::{ParentChannel, WorkerChannel};
 use parallel_proto::frame::encode_frame;
-use parallel_proto::zygote::{ServerEvent, ZygoteClient, ZygoteEvent, ZygoteServer};
-use parallel_proto::{Error, Limits, Transmit};
+use parallel_proto::zygote::{ZygoteClient, ZygoteServer};
+use parallel_proto::{Endpoint, Error, Limits, Transmit};
 
 /// The pair loop gives up (and fails the test) after this many rounds
 /// without settling: two correct state machines never ping-pong forever.
 pub const MAX_STEPS: usize = 64;
-
-/// The common shape of every state machine, so one harness drives them all.
-pub trait Endpoint {
-    /// What `handle_input` yields.
-    type Event: std::fmt::Debug + Clone + PartialEq;
-    /// One `handle_input` call.
-    fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<Self::Event>, Error>;
-    /// One `poll_transmit` call.
-    fn poll_transmit(&mut self) -> Option<Transmit>;
-}
-
-macro_rules! endpoint {
-    ($machine:ty, $event:ty) => {
-        impl Endpoint for $machine {
-            type Event = $event;
-            fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<$event>, Error> {
-                <$machine>::handle_input(self, input)
-            }
-            fn poll_transmit(&mut self) -> Option<Transmit> {
-                <$machine>::poll_transmit(self)
-            }
-        }
-    };
-}
-
-endpoint!(ParentChannel, ParentEvent);
-endpoint!(WorkerChannel, WorkerEvent);
-endpoint!(ZygoteClient, ZygoteEvent);
-endpoint!(ZygoteServer, ServerEvent);
 
 /// How the transport cuts the bytes it delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,7 +267,10 @@ pub fn first_error<E: Endpoint>(machine: &mut E, bytes: &[u8]) -> Error {
 
 /// Asserts that `machine` keeps returning `expected` on every later input:
 /// none, valid-looking, or garbage.
-pub fn assert_sticky<E: Endpoint>(machine: &mut E, expected: &Error) {
+pub fn assert_sticky<E: Endpoint>(machine: &mut E, expected: &Error)
+where
+    E::Event: PartialEq,
+{
     let inputs: [&[u8]; 3] = [&[], &frame(0x01, 0, &[1]), &[0xff; 9]];
     for bytes in inputs {
         let mut input = bytes;

@@ -7,23 +7,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_channel::oneshot;
 use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
 
-use crate::codec::Codec;
-use crate::parent::{outcome_into, Killer, Link};
-use crate::Error;
+use super::codec::Codec;
+use super::driver::Link;
+use super::kill::Killer;
+use super::run::outcome_into;
+use super::runtime::{timeout, Runtime};
+use super::Error;
 
-/// The result of [`Parallel::spawn`](crate::Parallel::spawn): a future of
+/// The result of [`Parallel::spawn`](super::Parallel::spawn): a future of
 /// the function's return value.
 ///
-/// Unlike `tokio::task::JoinHandle`, dropping it before it resolves kills
-/// the worker (cancellation means the work stops); call
-/// [`detach`](Self::detach) to let it run on.
-pub struct JoinHandle<R, C: Codec> {
+/// Unlike a runtime's task handle, dropping it before it resolves kills the
+/// worker (cancellation means the work stops); call [`detach`](Self::detach)
+/// to let it run on.
+#[must_use = "dropping a JoinHandle kills its worker at once: await it, or call .detach()"]
+pub struct JoinHandle<T, C: Codec, R: Runtime> {
     state: Result<Running, Option<Error>>,
-    _types: PhantomData<fn() -> (R, C)>,
+    _types: PhantomData<fn() -> T>,
+    _codec: PhantomData<fn() -> (C, R)>,
 }
 
 struct Running {
@@ -32,7 +37,7 @@ struct Running {
     detached: bool,
 }
 
-impl<R: DeserializeOwned, C: Codec> JoinHandle<R, C> {
+impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
     pub(crate) fn new(started: Result<Link, Error>) -> Self {
         JoinHandle {
             state: match started {
@@ -44,6 +49,7 @@ impl<R: DeserializeOwned, C: Codec> JoinHandle<R, C> {
                 Err(error) => Err(Some(error)),
             },
             _types: PhantomData,
+            _codec: PhantomData,
         }
     }
 
@@ -60,7 +66,7 @@ impl<R: DeserializeOwned, C: Codec> JoinHandle<R, C> {
         self.state.as_ref().ok().and_then(|r| r.killer.pid())
     }
 
-    /// Lets the worker finish even if this handle is dropped.
+    /// Lets the worker finish even though this handle is dropped.
     pub fn detach(mut self) {
         if let Ok(running) = &mut self.state {
             running.detached = true;
@@ -69,21 +75,24 @@ impl<R: DeserializeOwned, C: Codec> JoinHandle<R, C> {
 
     /// Waits at most `limit`; on timeout the worker is killed and
     /// [`Error::Timeout`] returned.
-    pub async fn timeout(self, limit: Duration) -> Result<R, Error> {
+    ///
+    /// # Errors
+    /// As awaiting the handle, plus [`Error::Timeout`].
+    pub async fn timeout(self, limit: Duration) -> Result<T, Error> {
         let pid = self.pid();
-        match tokio::time::timeout(limit, self).await {
-            Ok(result) => result,
+        match timeout::<R, _>(limit, self).await {
+            Some(result) => result,
             // Dropping the handle killed the worker.
-            Err(_) => Err(Error::Timeout { after: limit, pid }),
+            None => Err(Error::Timeout { after: limit, pid }),
         }
     }
 }
 
-impl<R: DeserializeOwned, C: Codec> Future for JoinHandle<R, C> {
-    type Output = Result<R, Error>;
+impl<T: DeserializeOwned, C: Codec, R: Runtime> Future for JoinHandle<T, C, R> {
+    type Output = Result<T, Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let running = match &mut self.state {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let running = match &mut self.get_mut().state {
             Ok(running) => running,
             Err(error) => return Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
         };
@@ -94,11 +103,11 @@ impl<R: DeserializeOwned, C: Codec> Future for JoinHandle<R, C> {
         };
         running.detached = true; // finished: nothing left to kill
         let pid = running.killer.pid();
-        Poll::Ready(outcome.and_then(|outcome| outcome_into::<R, C>(outcome, pid, None)))
+        Poll::Ready(outcome.and_then(|outcome| outcome_into::<T, C>(outcome, pid, None)))
     }
 }
 
-impl<R, C: Codec> Drop for JoinHandle<R, C> {
+impl<T, C: Codec, R: Runtime> Drop for JoinHandle<T, C, R> {
     fn drop(&mut self) {
         if let Ok(running) = &self.state {
             if !running.detached {

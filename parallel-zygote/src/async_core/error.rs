@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use crate::ExitStatus;
 use parallel_proto::channel::PanicReport;
-use parallel_zygote::ExitStatus;
 
-/// Errors of `parallel-tokio`.
+/// Errors of the async API, the same for every adapter.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -64,16 +64,19 @@ pub enum Error {
     },
     /// The zygote refused or is gone.
     #[error(transparent)]
-    Zygote(#[from] parallel_zygote::Error),
+    Zygote(#[from] crate::Error),
     /// The worker broke the protocol (or a limit was hit).
-    #[error("protocol error on the worker channel: {0}")]
+    #[error("protocol error on the worker channel")]
     Protocol(#[from] parallel_proto::Error),
     /// A socket operation failed.
-    #[error("worker channel I/O failed: {0}")]
+    #[error("worker channel I/O failed")]
     Io(#[from] std::io::Error),
-    /// A worker was requested outside a tokio runtime.
-    #[error("parallel-tokio needs a tokio runtime: call spawn/run/process/Pool::new from within Runtime::block_on or a task")]
-    NoRuntime,
+    /// A worker was requested outside the adapter's runtime.
+    #[error("parallel needs a {runtime} runtime here: call spawn, run, process and Pool::new from within it")]
+    NoRuntime {
+        /// The runtime the adapter binds to ("tokio").
+        runtime: &'static str,
+    },
     /// The worker or channel was already closed.
     #[error("the worker channel is closed")]
     Closed,

@@ -4,36 +4,41 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_channel::oneshot;
+use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::Codec;
-use crate::parent::{outcome_into, Command, KillOnDrop, Killer, Link};
-use crate::Error;
+use super::codec::Codec;
+use super::driver::{Command, Link};
+use super::kill::{KillOnDrop, Killer};
+use super::runtime::{timeout, Runtime};
+use super::Error;
 
 /// A function running in a persistent worker process, from
-/// [`Parallel::run`](crate::Parallel::run).
+/// [`Parallel::run`](super::Parallel::run).
 ///
 /// Cheap to clone. When the last clone is dropped the worker finishes the
 /// calls in flight and exits.
-pub struct Run<A, R, C: Codec> {
-    commands: mpsc::Sender<Command>,
+pub struct Run<A, T, C: Codec, R: Runtime> {
+    commands: async_channel::Sender<Command>,
     killer: Arc<Killer>,
-    _types: PhantomData<fn(A) -> (R, C)>,
+    _types: PhantomData<fn(A) -> T>,
+    _codec: PhantomData<fn() -> (C, R)>,
 }
 
-impl<A, R, C: Codec> Clone for Run<A, R, C> {
+impl<A, T, C: Codec, R: Runtime> Clone for Run<A, T, C, R> {
     fn clone(&self) -> Self {
         Run {
             commands: self.commands.clone(),
             killer: Arc::clone(&self.killer),
             _types: PhantomData,
+            _codec: PhantomData,
         }
     }
 }
 
-impl<A, R, C: Codec> std::fmt::Debug for Run<A, R, C> {
+impl<A, T, C: Codec, R: Runtime> std::fmt::Debug for Run<A, T, C, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Run")
             .field("pid", &self.killer.pid())
@@ -41,7 +46,7 @@ impl<A, R, C: Codec> std::fmt::Debug for Run<A, R, C> {
     }
 }
 
-impl<A: Serialize, R: DeserializeOwned, C: Codec> Run<A, R, C> {
+impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     pub(crate) fn new(link: Link) -> Self {
         // `run` sends no stream data: close that direction now, so that
         // dropping the last `Run` is what ends the worker's input.
@@ -50,6 +55,7 @@ impl<A: Serialize, R: DeserializeOwned, C: Codec> Run<A, R, C> {
             commands: link.commands,
             killer: link.killer,
             _types: PhantomData,
+            _codec: PhantomData,
         }
     }
 
@@ -58,7 +64,12 @@ impl<A: Serialize, R: DeserializeOwned, C: Codec> Run<A, R, C> {
     /// Dropping the returned future before it completes (cancellation, a
     /// `select!` that lost, a timeout) kills the worker: its other calls then
     /// fail with [`Error::WorkerDied`].
-    pub async fn call(&self, argument: A) -> Result<R, Error> {
+    ///
+    /// # Errors
+    /// [`Error::Panicked`] when the function panicked (the worker survives),
+    /// [`Error::WorkerDied`] when the worker died, [`Error::Codec`] when the
+    /// argument or result could not be encoded or decoded.
+    pub async fn call(&self, argument: A) -> Result<T, Error> {
         let args = C::encode(&argument).map_err(Error::encode::<A>)?;
         let (reply, answer) = oneshot::channel();
         let mut guard = KillOnDrop::new(Arc::clone(&self.killer));
@@ -75,7 +86,7 @@ impl<A: Serialize, R: DeserializeOwned, C: Codec> Run<A, R, C> {
         guard.disarm();
         let pid = self.killer.pid();
         match outcome {
-            Ok(Ok(outcome)) => outcome_into::<R, C>(outcome, pid, None),
+            Ok(Ok(outcome)) => outcome_into::<T, C>(outcome, pid, None),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(self.killer.death(None)),
         }
@@ -83,10 +94,13 @@ impl<A: Serialize, R: DeserializeOwned, C: Codec> Run<A, R, C> {
 
     /// [`call`](Self::call) with a time limit; on timeout the worker is
     /// killed and [`Error::Timeout`] returned.
-    pub async fn call_timeout(&self, argument: A, limit: Duration) -> Result<R, Error> {
-        match tokio::time::timeout(limit, self.call(argument)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
+    ///
+    /// # Errors
+    /// As [`call`](Self::call), plus [`Error::Timeout`].
+    pub async fn call_timeout(&self, argument: A, limit: Duration) -> Result<T, Error> {
+        match timeout::<R, _>(limit, self.call(argument)).await {
+            Some(result) => result,
+            None => Err(Error::Timeout {
                 after: limit,
                 pid: self.killer.pid(),
             }),
@@ -106,5 +120,28 @@ impl<A: Serialize, R: DeserializeOwned, C: Codec> Run<A, R, C> {
     /// Whether the worker is known to be dead (its channel broke).
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
+    }
+}
+
+/// Turns a worker's outcome into the caller's value.
+pub(crate) fn outcome_into<T, C: Codec>(
+    outcome: Outcome,
+    pid: Option<i32>,
+    call: Option<u64>,
+) -> Result<T, Error>
+where
+    T: DeserializeOwned,
+{
+    match outcome {
+        Outcome::Ok(bytes) => C::decode::<T>(&bytes).map_err(Error::decode::<T>),
+        Outcome::Err(bytes) => Err(Error::InWorker {
+            pid: pid.unwrap_or(0),
+            message: String::from_utf8_lossy(&bytes).into_owned(),
+        }),
+        Outcome::Panic(report) => Err(Error::Panicked {
+            pid: pid.unwrap_or(0),
+            call,
+            report,
+        }),
     }
 }

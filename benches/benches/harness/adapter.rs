@@ -1,5 +1,6 @@
 //! What the harness asks of each async adapter. Adding an adapter is one
-//! impl of [`Adapter`] and one line in `adapters()` in `benches/spawn.rs`;
+//! impl of [`Adapter`] (a file beside this one, declared in `mod.rs`) and one
+//! line in `adapters()` in `benches/spawn.rs` of the `parallel-benches` package;
 //! every table then gets its rows, each beside a raw baseline measured on the
 //! same runtime.
 

@@ -6,17 +6,18 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_lock::Semaphore;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use parallel_proto::WireEntry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
-use crate::codec::Codec;
-use crate::handle::run_entry;
-use crate::run::Run;
-use crate::{Error, Parallel};
+use super::codec::Codec;
+use super::parallel::{run_entry, Parallel};
+use super::run::Run;
+use super::runtime::Runtime;
+use super::Error;
 
 /// How a [`Pool`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,30 +42,32 @@ impl Default for PoolConfig {
     }
 }
 
-struct Slot<A, R, C: Codec> {
-    run: Run<A, R, C>,
+struct Slot<A, R, C: Codec, Rt: Runtime> {
+    run: Run<A, R, C, Rt>,
     calls: usize,
 }
 
-struct Inner<A, R, C: Codec> {
-    parallel: Parallel<C>,
+struct Inner<A, R, C: Codec, Rt: Runtime> {
+    parallel: Parallel<Rt, C>,
     task: WireEntry,
     config: PoolConfig,
-    idle: Mutex<Vec<Slot<A, R, C>>>,
+    idle: Mutex<Vec<Slot<A, R, C, Rt>>>,
     permits: Semaphore,
 }
 
 /// A pool of workers running one function, from [`Pool::new`].
 ///
+/// Dropping the last clone ends the idle workers.
+///
 /// Each worker serves one call at a time, so a crash takes down only the
 /// call that caused it; the worker is replaced at once (the spawn is sent
 /// without waiting), so the pool stays warm and usable.
-pub struct Pool<A, R, C: Codec> {
-    inner: Arc<Inner<A, R, C>>,
+pub struct Pool<A, R, C: Codec, Rt: Runtime> {
+    inner: Arc<Inner<A, R, C, Rt>>,
     _types: PhantomData<fn(A) -> R>,
 }
 
-impl<A, R, C: Codec> Clone for Pool<A, R, C> {
+impl<A, R, C: Codec, Rt: Runtime> Clone for Pool<A, R, C, Rt> {
     fn clone(&self) -> Self {
         Pool {
             inner: Arc::clone(&self.inner),
@@ -73,15 +76,20 @@ impl<A, R, C: Codec> Clone for Pool<A, R, C> {
     }
 }
 
-impl<A, R, C> Pool<A, R, C>
+impl<A, R, C, Rt> Pool<A, R, C, Rt>
 where
+    Rt: Runtime,
     A: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
     C: Codec,
 {
     /// Starts `config.size` workers running `function`.
+    ///
+    /// # Errors
+    /// As [`Parallel::run`]: the zygote is gone, or the call is made outside
+    /// the adapter's runtime.
     pub fn new<F, Fut>(
-        parallel: &Parallel<C>,
+        parallel: &Parallel<Rt, C>,
         function: F,
         config: PoolConfig,
     ) -> Result<Self, Error>
@@ -120,11 +128,11 @@ where
         self.lock_idle().iter().map(|slot| slot.run.pid()).collect()
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Slot<A, R, C>>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Slot<A, R, C, Rt>>> {
         self.inner.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fresh_slot(&self) -> Result<Slot<A, R, C>, Error> {
+    fn fresh_slot(&self) -> Result<Slot<A, R, C, Rt>, Error> {
         Ok(Slot {
             run: self.inner.parallel.run_entry(self.inner.task)?,
             calls: 0,
@@ -132,13 +140,12 @@ where
     }
 
     /// Runs one call on an idle worker, waiting for one if all are busy.
+    ///
+    /// # Errors
+    /// As [`Run::call`], plus [`Error::Timeout`] when `call_timeout` is set;
+    /// a worker lost to the error is replaced at once.
     pub async fn call(&self, argument: A) -> Result<R, Error> {
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Closed)?;
+        let _permit = self.inner.permits.acquire().await;
         let slot = match self.lock_idle().pop() {
             Some(slot) if !slot.run.is_closed() => slot,
             _ => self.fresh_slot()?,

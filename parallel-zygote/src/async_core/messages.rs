@@ -5,14 +5,14 @@ use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_channel::mpsc;
 use futures_core::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::codec::Codec;
-use crate::fd::{decode_with_fds, encode_with_fds};
-use crate::{Error, Postcard};
+use super::codec::{Codec, Postcard};
+use super::fd::{decode_with_fds, encode_with_fds};
+use super::Error;
 
 /// A message's bytes and the descriptors that ride with it.
 pub(crate) type RawMessage = (Vec<u8>, Vec<OwnedFd>);
@@ -25,6 +25,7 @@ pub(crate) const QUEUE_DEPTH: usize = 16;
 ///
 /// A [`Stream`] of `Result<T, Error>`; it ends when the other side ends its
 /// half (or returns), and yields one `Err` first if the worker died.
+#[must_use = "dropping the stream discards every message the other side sends"]
 pub struct MessageStream<T, C: Codec = Postcard> {
     receiver: mpsc::Receiver<Result<RawMessage, Error>>,
     _types: PhantomData<fn() -> (T, C)>,
@@ -39,12 +40,16 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
     }
 
     /// The next message; `None` once the stream ended.
+    ///
+    /// # Errors
+    /// An item is `Err` when the message could not be decoded as `T`
+    /// ([`Error::Codec`]) or, as the last item, when the other side died.
     pub async fn recv(&mut self) -> Option<Result<T, Error>> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
-        self.receiver.poll_recv(cx).map(|item| {
+        Pin::new(&mut self.receiver).poll_next(cx).map(|item| {
             item.map(|raw| {
                 let (bytes, fds) = raw?;
                 decode_with_fds(fds, || C::decode::<T>(&bytes)).map_err(Error::decode::<T>)
@@ -63,7 +68,7 @@ impl<T: DeserializeOwned, C: Codec> Stream for MessageStream<T, C> {
 /// The sending half of a typed channel to or from a worker. Cheap to clone;
 /// the other side's stream ends when every clone is dropped.
 pub struct MessageSender<T, C: Codec = Postcard> {
-    sender: mpsc::Sender<RawMessage>,
+    sender: async_channel::Sender<RawMessage>,
     _types: PhantomData<fn(T, C)>,
 }
 
@@ -77,7 +82,7 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
 }
 
 impl<T: Serialize, C: Codec> MessageSender<T, C> {
-    pub(crate) fn new(sender: mpsc::Sender<RawMessage>) -> Self {
+    pub(crate) fn new(sender: async_channel::Sender<RawMessage>) -> Self {
         MessageSender {
             sender,
             _types: PhantomData,
@@ -85,7 +90,11 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     }
 
     /// Sends one message, waiting while the queue is full (back-pressure).
-    /// Any [`Fd`](crate::Fd) inside travels as a real descriptor.
+    /// Any [`Fd`](super::Fd) inside travels as a real descriptor.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] when the message cannot be encoded, and
+    /// [`Error::Closed`] when the other side is gone.
     pub async fn send(&self, message: T) -> Result<(), Error> {
         let raw = encode_with_fds(|| C::encode(&message)).map_err(Error::encode::<T>)?;
         self.sender.send(raw).await.map_err(|_| Error::Closed)

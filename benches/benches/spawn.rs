@@ -2,8 +2,8 @@
 //! `parallel`, each figure beside its baseline measured in the same run.
 //!
 //! ```text
-//! cargo bench -p parallel-zygote --bench spawn -- --quick   # < 1 min, 1 GiB heap
-//! cargo bench -p parallel-zygote --bench spawn              # full, 4 GiB heap
+//! cargo bench -p parallel-benches --bench spawn -- --quick   # < 1 min, 1 GiB heap
+//! cargo bench -p parallel-benches --bench spawn              # full, 4 GiB heap
 //! ```
 //!
 //! Options: `--quick`, `--heap-gib N` (the big parent's heap). The report
@@ -16,7 +16,8 @@
 //! 2. `procspawn::init()`: in procspawn's children it runs their function and
 //!    exits; in this process it only sets a flag (no thread, no fork);
 //! 3. the raw mini zygote (the floor, no library code);
-//! 4. `parallel_tokio::init()`, the library's zygote.
+//! 4. `parallel_zygote::start()`, the library's zygote, which every adapter
+//!    then shares (see [`adapters`]).
 //!
 //! Only then are runtimes built and the parent's heap grown.
 
@@ -31,7 +32,7 @@ use harness::raw::{RawKind, RawZygote};
 use harness::stats::{Budget, Group, Measure, Report, Summary, Unit};
 use harness::tokio_adapter::TokioAdapter;
 use harness::{blocking, peers};
-use parallel_tokio::Parallel;
+use parallel_zygote::Zygote;
 
 const GIB: usize = 1 << 30;
 const KIB: usize = 1 << 10;
@@ -46,11 +47,18 @@ const LIVE_WORKERS: [usize; 5] = [0, 1, 10, 100, 500];
 /// Idle workers whose PSS is averaged.
 const MEMORY_WORKERS: usize = 100;
 
-/// The adapters measured: one line each.
-fn adapters(parallel: &Parallel) -> Vec<Box<dyn Adapter>> {
+/// The adapters measured: one line each, all on the one zygote `main`
+/// started. To add one (e.g. smol): write `harness/smol_adapter.rs` with an
+/// `impl Adapter` (see `harness/adapter.rs`, and `harness/tokio_adapter.rs` as
+/// the model), declare it in `harness/mod.rs`, add the adapter crate to
+/// `benches/Cargo.toml`, and push it here, built on a handle of its crate over
+/// `zygote.clone()`. Every table then gets its rows. The first adapter is the
+/// reference: the peers and scaling tables measure it alone.
+fn adapters(zygote: &Zygote) -> Vec<Box<dyn Adapter>> {
+    let tokio = parallel_tokio::Parallel::new(zygote.clone());
     vec![
-        Box::new(TokioAdapter::multi_thread(parallel)),
-        Box::new(TokioAdapter::current_thread(parallel)),
+        Box::new(TokioAdapter::multi_thread(&tokio)),
+        Box::new(TokioAdapter::current_thread(&tokio)),
     ]
 }
 
@@ -143,7 +151,7 @@ fn main() {
     // 3. The raw floor's mini zygote, while single-threaded.
     let raw = Arc::new(RawZygote::start());
     // 4. The library's zygote, still single-threaded.
-    let parallel = parallel_tokio::init().expect("starting the zygote");
+    let zygote = parallel_zygote::start().expect("starting the zygote");
 
     let config = Config::from_args();
     let started = Instant::now();
@@ -157,7 +165,7 @@ fn main() {
     let machine_before = os::machine();
     eprintln!("machine: {machine_before}");
     let exec = ExecTarget::this_binary();
-    let adapters = adapters(&parallel);
+    let adapters = adapters(&zygote);
     if let Some(what) = &config.profile {
         profile(what, &raw, &adapters);
         return;
@@ -169,7 +177,7 @@ fn main() {
         &mut report,
         &config,
         &raw,
-        &parallel,
+        &zygote,
         &adapters,
         &exec,
         "0 GiB",
@@ -179,7 +187,7 @@ fn main() {
     throughput_section(&mut report, &config, &raw, &adapters);
     stages_section(&mut report, &config);
     peers_section(&mut report, &config, &adapters, &big);
-    scaling_section(&mut report, &config, &raw, &parallel, &adapters);
+    scaling_section(&mut report, &config, &raw, &zygote, &adapters);
     {
         eprintln!("touching a {big} heap in the parent ...");
         let touch = Instant::now();
@@ -190,15 +198,7 @@ fn main() {
             touch.elapsed().as_secs_f64(),
             os::own_rss_kib() / 1024
         );
-        spawn_section(
-            &mut report,
-            &config,
-            &raw,
-            &parallel,
-            &adapters,
-            &exec,
-            &big,
-        );
+        spawn_section(&mut report, &config, &raw, &zygote, &adapters, &exec, &big);
         drop(heap);
     }
     targets(&mut report, &adapters, &big);
@@ -209,7 +209,7 @@ fn main() {
         if config.quick { "--quick" } else { "full" }
     );
     println!(
-        "- command: `cargo bench -p parallel-zygote --bench spawn{}` (binary args: {:?})",
+        "- command: `cargo bench -p parallel-benches --bench spawn{}` (binary args: {:?})",
         if config.quick { " -- --quick" } else { "" },
         std::env::args().skip(1).collect::<Vec<_>>()
     );
@@ -234,7 +234,7 @@ fn spawn_section(
     report: &mut Report,
     config: &Config,
     raw: &Arc<RawZygote>,
-    parallel: &Parallel,
+    zygote: &Zygote,
     adapters: &[Box<dyn Adapter>],
     exec: &ExecTarget,
     heap: &str,
@@ -255,7 +255,6 @@ fn spawn_section(
     } else {
         config.slow
     };
-    let zygote = parallel.zygote();
     let raw_byte = key("raw-byte");
     let raw_rt = key("raw-rt");
     let mut group = Group::new();
@@ -700,7 +699,7 @@ fn scaling_section(
     report: &mut Report,
     config: &Config,
     raw: &Arc<RawZygote>,
-    parallel: &Parallel,
+    zygote: &Zygote,
     adapters: &[Box<dyn Adapter>],
 ) {
     eprintln!("\n5. scaling");
@@ -777,7 +776,7 @@ fn scaling_section(
             rss,
         );
     }
-    if let Some((pss, rss)) = os::pss_rss_kib(parallel.zygote().pid()) {
+    if let Some((pss, rss)) = os::pss_rss_kib(zygote.pid()) {
         report.add(
             "mem/zygote/pss",
             "the zygote process: PSS",

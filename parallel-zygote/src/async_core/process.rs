@@ -2,17 +2,19 @@
 
 use std::sync::Arc;
 
+use futures_channel::oneshot;
 use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
-use crate::codec::Codec;
-use crate::messages::{MessageSender, MessageStream};
-use crate::parent::{outcome_into, Killer, Link};
-use crate::Error;
+use super::codec::{Codec, Postcard};
+use super::driver::Link;
+use super::kill::Killer;
+use super::messages::{MessageSender, MessageStream};
+use super::run::outcome_into;
+use super::Error;
 
-/// A worker with a typed channel, from [`Parallel::process`](crate::Parallel::process).
+/// A worker with a typed channel, from [`Parallel::process`](super::Parallel::process).
 pub struct Process<In, Out, C: Codec> {
     /// Messages to the worker. Dropping every clone ends its input stream.
     pub sender: MessageSender<In, C>,
@@ -22,7 +24,8 @@ pub struct Process<In, Out, C: Codec> {
     pub handle: ProcessHandle,
 }
 
-/// Controls a `process` worker.
+/// Controls a `process` worker. Dropping it leaves the worker running
+/// until its function returns.
 pub struct ProcessHandle {
     killer: Arc<Killer>,
     returned: oneshot::Receiver<Result<Outcome, Error>>,
@@ -54,14 +57,16 @@ impl ProcessHandle {
         self.killer.kill();
     }
 
-    /// Waits until the worker's function returned: `Ok(())`, or the panic /
-    /// death that ended it.
+    /// Waits until the worker's function returned.
+    ///
+    /// # Errors
+    /// [`Error::Panicked`] or [`Error::WorkerDied`]: what ended it.
     pub async fn wait(self) -> Result<(), Error> {
         let outcome = self.returned.await;
         let pid = self.killer.pid();
         match outcome {
             Ok(Ok(Outcome::Ok(_))) => Ok(()),
-            Ok(Ok(outcome)) => outcome_into::<(), crate::Postcard>(outcome, pid, None),
+            Ok(Ok(outcome)) => outcome_into::<(), Postcard>(outcome, pid, None),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(self.killer.death(None)),
         }

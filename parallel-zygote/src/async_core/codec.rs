@@ -10,7 +10,7 @@ use serde::Serialize;
 /// without being told: it is part of the function's type.
 ///
 /// ```
-/// use parallel_tokio::Codec;
+/// use parallel_zygote::async_core::Codec;
 ///
 /// /// JSON-ish text codec, for the example: debug-friendly, slower.
 /// struct Text;

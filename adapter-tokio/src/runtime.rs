@@ -1,0 +1,161 @@
+//! The binding itself: tokio's reactor, timer and spawn for the parent, and
+//! the runtime a worker builds after its fork.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use parallel_zygote::async_core::{self as core, AsyncSocket, Driver, LocalTask, ReadOutcome};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// The tokio runtime, as the core sees it. You rarely name it: the aliases
+/// of this crate ([`Parallel`](crate::Parallel), [`Run`](crate::Run), ...)
+/// fill it in.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokio;
+
+impl core::Runtime for Tokio {
+    const NAME: &'static str = "tokio";
+    const INIT: &'static str = "parallel_tokio::init()";
+    type Socket = TokioSocket;
+    type Sleep = tokio::time::Sleep;
+    type Worker = WorkerRuntime;
+
+    fn register(socket: UnixStream) -> io::Result<TokioSocket> {
+        TokioSocket::new(socket)
+    }
+
+    fn sleep(duration: Duration) -> tokio::time::Sleep {
+        tokio::time::sleep(duration)
+    }
+
+    fn is_current() -> bool {
+        tokio::runtime::Handle::try_current().is_ok()
+    }
+
+    fn spawn_driver(driver: Driver<Self>) {
+        tokio::spawn(driver);
+    }
+}
+
+/// A worker channel on tokio's reactor.
+#[derive(Debug)]
+pub struct TokioSocket {
+    /// Registered for readability only: a socket registered for writing
+    /// wakes the reactor every time the peer drains it, which on a
+    /// request/response channel is once per message, for nothing.
+    reader: AsyncFd<UnixStream>,
+    /// A second descriptor for the same socket, registered for writability
+    /// the first time a write would block (bulk transfers), then kept.
+    writer: Option<AsyncFd<UnixStream>>,
+}
+
+impl TokioSocket {
+    fn new(socket: UnixStream) -> io::Result<Self> {
+        Ok(TokioSocket {
+            reader: register(socket, Interest::READABLE)?,
+            writer: None,
+        })
+    }
+}
+
+impl AsyncSocket for TokioSocket {
+    fn get_ref(&self) -> &UnixStream {
+        self.reader.get_ref()
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut dyn FnMut(&UnixStream) -> io::Result<ReadOutcome>,
+    ) -> Poll<io::Result<ReadOutcome>> {
+        loop {
+            let mut guard = ready!(self.reader.poll_read_ready(cx))?;
+            // `try_io` clears the readiness it was tried under on WouldBlock.
+            if let Ok(result) = guard.try_io(|socket| io(socket.get_ref())) {
+                if matches!(result, Ok(ReadOutcome { drained: true, .. })) {
+                    guard.clear_ready();
+                }
+                return Poll::Ready(result);
+            }
+        }
+    }
+
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut dyn FnMut(&UnixStream) -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        if self.writer.is_none() {
+            // Not registered for writing yet: most writes fit at once.
+            match io(self.reader.get_ref()) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    let copy = self.reader.get_ref().try_clone()?;
+                    self.writer = Some(register(copy, Interest::WRITABLE)?);
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+        let writer = self.writer.as_ref().expect("registered above");
+        loop {
+            let mut guard = ready!(writer.poll_write_ready(cx))?;
+            if let Ok(result) = guard.try_io(|socket| io(socket.get_ref())) {
+                return Poll::Ready(result);
+            }
+        }
+    }
+}
+
+/// Registers a socket with the reactor for `interest` only.
+///
+/// `AsyncFd::with_interest` is deprecated because it cannot stop a caller
+/// from closing a borrowed descriptor while it is registered. Here the
+/// `AsyncFd` owns the socket, so the descriptor lives exactly as long as
+/// the registration, which is the property the replacement (an `unsafe fn`)
+/// asks its caller to promise.
+#[allow(deprecated)]
+fn register(socket: UnixStream, interest: Interest) -> io::Result<AsyncFd<UnixStream>> {
+    AsyncFd::with_interest(socket, interest)
+}
+
+/// The runtime a worker builds before it runs its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WorkerRuntime {
+    /// A current-thread runtime (the default): cheapest to build, and the
+    /// worker is a process of its own anyway.
+    #[default]
+    CurrentThread,
+    /// A multi-thread runtime with this many worker threads (the function
+    /// itself is polled on the main thread; what it spawns runs on these).
+    MultiThread {
+        /// Worker threads.
+        threads: usize,
+    },
+}
+
+impl core::WorkerRuntime for WorkerRuntime {
+    const NAME: &'static str = "tokio";
+
+    fn block_on(self, task: LocalTask) -> Result<(), String> {
+        let runtime = match self {
+            WorkerRuntime::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            WorkerRuntime::MultiThread { threads } => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .enable_all()
+                .build(),
+        }
+        .map_err(|error| error.to_string())?;
+        // A LocalSet, so that the function may `spawn_local`.
+        tokio::task::LocalSet::new().block_on(&runtime, task);
+        Ok(())
+    }
+
+    fn register(socket: UnixStream) -> io::Result<Box<dyn AsyncSocket>> {
+        Ok(Box::new(TokioSocket::new(socket)?))
+    }
+}

@@ -1,0 +1,391 @@
+//! The parent's side of one worker: a hand-written, poll-based future that
+//! owns the socket and the channel state machine, shared by `spawn`, `run`
+//! and `process`.
+//!
+//! It serves until the worker's task returns or the channel breaks, then
+//! settles: on a clean end it lets the worker exit by itself; on a broken
+//! channel it finds out how the worker died and tells every waiter.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_channel::{mpsc, oneshot};
+use futures_core::Stream;
+use parallel_proto::channel::{CallId, Outcome, ParentChannel, ParentEvent};
+
+use super::conn::Conn;
+use super::kill::{Death, Killer};
+use super::messages::{RawMessage, QUEUE_DEPTH};
+use super::runtime::Runtime;
+use super::Error;
+use crate::{ExitStatus, PendingSpawn};
+
+/// How long a driver waits for the zygote to answer a spawn, or to report a
+/// killed worker's exit status, before going on without it.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
+/// How long a worker whose channel broke may take to exit by itself before
+/// it is killed.
+const GRACE: Duration = Duration::from_millis(200);
+/// How long a worker that returned may take to close its channel and exit.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// What handles ask of the driver.
+pub(crate) enum Command {
+    Call {
+        args: Vec<u8>,
+        reply: oneshot::Sender<Result<Outcome, Error>>,
+    },
+}
+
+/// The handles' view of a driver. The parent's half close (End) goes out
+/// once both `commands` and `outgoing` (and all their clones) are dropped.
+pub(crate) struct Link {
+    pub(crate) commands: async_channel::Sender<Command>,
+    pub(crate) outgoing: async_channel::Sender<RawMessage>,
+    pub(crate) killer: Arc<Killer>,
+    pub(crate) data: mpsc::Receiver<Result<RawMessage, Error>>,
+    pub(crate) returned: oneshot::Receiver<Result<Outcome, Error>>,
+}
+
+/// Starts the driver for a worker whose spawn was just sent.
+///
+/// `conn.machine` already holds the Start frame (and anything else to send
+/// first).
+pub(crate) fn launch<R: Runtime>(
+    conn: Conn<ParentChannel, R::Socket>,
+    pending: PendingSpawn,
+) -> Link {
+    let (commands, command_rx) = async_channel::bounded(QUEUE_DEPTH);
+    let (outgoing, outgoing_rx) = async_channel::bounded(QUEUE_DEPTH);
+    let (data_tx, data) = mpsc::channel(QUEUE_DEPTH);
+    let (returned_tx, returned) = oneshot::channel();
+    let killer = Arc::new(Killer::new(pending));
+    R::spawn_driver(Driver {
+        conn,
+        killer: Arc::clone(&killer),
+        commands: Some(Box::pin(command_rx)),
+        outgoing: Some(Box::pin(outgoing_rx)),
+        calls: HashMap::new(),
+        data: Some(data_tx),
+        held: None,
+        returned: Some(returned_tx),
+        write_broken: false,
+        phase: Phase::Serve,
+    });
+    Link {
+        commands,
+        outgoing,
+        killer,
+        data,
+        returned,
+    }
+}
+
+/// The driver of one worker channel: a future the adapter runs as a task of
+/// its own (see [`Runtime::spawn_driver`]). It completes once the worker is
+/// gone and every waiter has its answer.
+#[must_use = "a driver does nothing unless polled: run it to completion"]
+pub struct Driver<R: Runtime> {
+    conn: Conn<ParentChannel, R::Socket>,
+    killer: Arc<Killer>,
+    /// `None` once every handle that could call is gone.
+    commands: Option<Pin<Box<async_channel::Receiver<Command>>>>,
+    /// `None` once every sender of stream data is gone.
+    outgoing: Option<Pin<Box<async_channel::Receiver<RawMessage>>>>,
+    calls: HashMap<CallId, oneshot::Sender<Result<Outcome, Error>>>,
+    data: Option<mpsc::Sender<Result<RawMessage, Error>>>,
+    /// A data message waiting for room in the stream's queue: while it
+    /// waits, the driver reads no more from the socket (back-pressure).
+    held: Option<RawMessage>,
+    returned: Option<oneshot::Sender<Result<Outcome, Error>>>,
+    /// The worker closed its end: stop writing, keep reading, because what
+    /// it sent before closing (its result) may still be in our buffer.
+    write_broken: bool,
+    phase: Phase<R>,
+}
+
+// No field is structurally pinned: every future the driver polls is boxed
+// or `Unpin`, so moving a `Driver` is fine.
+impl<R: Runtime> Unpin for Driver<R> {}
+
+enum Phase<R: Runtime> {
+    Serve,
+    /// The task returned: wait (bounded) for the zygote's answer, which the
+    /// result can overtake; dropping it unanswered would have the worker
+    /// killed as an abandoned spawn while it exits.
+    Settle(Pin<Box<R::Sleep>>),
+    /// Then let the worker exit by itself, so that nothing it flushes on the
+    /// way out is cut short.
+    Drain(Pin<Box<R::Sleep>>),
+    /// The channel broke: wait (bounded) for the zygote's answer.
+    Resolve(Pin<Box<R::Sleep>>),
+    /// Then wait for the exit status, killing the worker if it lingers.
+    Exit {
+        deadline: Pin<Box<R::Sleep>>,
+        killed: bool,
+    },
+    Done,
+}
+
+fn sleep<R: Runtime>(duration: Duration) -> Pin<Box<R::Sleep>> {
+    Box::pin(R::sleep(duration))
+}
+
+impl<R: Runtime> Future for Driver<R> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.phase {
+                Phase::Serve => {
+                    this.phase = match this.poll_serve(cx) {
+                        Poll::Ready(true) => Phase::Settle(sleep::<R>(EXIT_STATUS_WAIT)),
+                        Poll::Ready(false) => Phase::Resolve(sleep::<R>(EXIT_STATUS_WAIT)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Phase::Settle(deadline) => {
+                    if this.killer.poll_resolve(cx).is_pending() {
+                        if deadline.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        this.killer.abandon_spawn();
+                    }
+                    this.phase = Phase::Drain(sleep::<R>(DRAIN));
+                }
+                Phase::Drain(deadline) => {
+                    if deadline.as_mut().poll(cx).is_ready() || this.poll_drained(cx).is_ready() {
+                        this.phase = Phase::Done;
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
+                Phase::Resolve(deadline) => {
+                    if this.killer.poll_resolve(cx).is_pending() {
+                        if deadline.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        this.killer.abandon_spawn();
+                    }
+                    this.phase = Phase::Exit {
+                        deadline: sleep::<R>(GRACE),
+                        killed: false,
+                    };
+                }
+                Phase::Exit { deadline, killed } => {
+                    let process = this.killer.process();
+                    let status = match &process {
+                        None => None,
+                        Some(process) => match process.poll_exited(cx) {
+                            Poll::Ready(status) => status.ok(),
+                            Poll::Pending => {
+                                if deadline.as_mut().poll(cx).is_pending() {
+                                    return Poll::Pending;
+                                }
+                                if !*killed {
+                                    // The channel can break while the worker
+                                    // still runs (it closed its socket, or
+                                    // broke the protocol): make sure it ends.
+                                    let _ = process.kill(libc::SIGKILL);
+                                    *deadline = sleep::<R>(EXIT_STATUS_WAIT);
+                                    *killed = true;
+                                    continue;
+                                }
+                                None
+                            }
+                        },
+                    };
+                    this.report_death(process.map(|p| p.pid()), status);
+                    this.phase = Phase::Done;
+                }
+                Phase::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl<R: Runtime> Driver<R> {
+    /// Serves until the task returns (true) or the channel breaks (false).
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            let mut progress = false;
+            // A kill is waiting for the pid: get it (the kill follows).
+            if self.killer.kill_waits(cx) {
+                let _ = self.killer.poll_resolve(cx);
+            }
+            if !self.write_broken {
+                if let Poll::Ready(Err(_)) = self.conn.poll_flush(cx) {
+                    self.write_broken = true;
+                }
+            }
+            // Take more to send only once what is queued went out: the
+            // bounded queues behind `commands` and `outgoing` then hold
+            // senders back (back-pressure towards the parent's tasks).
+            if self.write_broken || self.conn.is_flushed() {
+                if let Some(commands) = &mut self.commands {
+                    match commands.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(command)) => {
+                            self.command(command);
+                            progress = true;
+                        }
+                        Poll::Ready(None) => {
+                            self.commands = None;
+                            if self.end_if_closed().is_err() {
+                                return Poll::Ready(false);
+                            }
+                            progress = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if let Some(outgoing) = &mut self.outgoing {
+                    match outgoing.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(message)) => {
+                            if self.outgoing(message).is_err() {
+                                return Poll::Ready(false);
+                            }
+                            progress = true;
+                        }
+                        Poll::Ready(None) => {
+                            self.outgoing = None;
+                            if self.end_if_closed().is_err() {
+                                return Poll::Ready(false);
+                            }
+                            progress = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if let (true, Some(data)) = (self.held.is_some(), &mut self.data) {
+                match data.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let message = self.held.take().expect("checked above");
+                        let _ = data.start_send(Ok(message));
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        // Nobody reads the stream any more: drop what comes.
+                        self.data = None;
+                        self.held = None;
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.held.is_none() {
+                match self.conn.poll_event(cx) {
+                    Poll::Ready(Ok(Some((event, fds)))) => {
+                        if self.handle(event, fds) {
+                            return Poll::Ready(true);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let Command::Call { args, reply } = command;
+        match self.conn.machine.call(args) {
+            Ok(call) => {
+                self.calls.insert(call, reply);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error.into()));
+            }
+        }
+    }
+
+    fn outgoing(&mut self, (bytes, fds): RawMessage) -> Result<(), Error> {
+        let count = fds.len();
+        self.conn.attach_fds(fds);
+        Ok(self.conn.machine.send_data(bytes, count)?)
+    }
+
+    /// Every handle that could send is gone: half close.
+    fn end_if_closed(&mut self) -> Result<(), Error> {
+        if self.commands.is_none() && self.outgoing.is_none() && !self.conn.machine.is_returned() {
+            self.conn.machine.end()?;
+        }
+        Ok(())
+    }
+
+    /// Applies one event; true when the task returned.
+    fn handle(&mut self, event: ParentEvent, fds: Vec<OwnedFd>) -> bool {
+        match event {
+            ParentEvent::Data { payload, .. } if self.data.is_some() => {
+                self.held = Some((payload, fds));
+            }
+            ParentEvent::End => self.data = None,
+            ParentEvent::Reply { call, outcome } => {
+                if let Some(reply) = self.calls.remove(&call) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            ParentEvent::Returned(outcome) => {
+                self.data = None;
+                if let Some(returned) = self.returned.take() {
+                    let _ = returned.send(Ok(outcome));
+                }
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// Reads to the end of the stream, then waits for the worker's exit.
+    fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.conn.poll_event(cx) {
+                Poll::Ready(Ok(Some(_))) => continue,
+                Poll::Ready(_) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.killer.process() {
+            Some(process) => process.poll_exited(cx).map(|_| ()),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// The channel broke before the task returned: tell every waiter why,
+    /// naming the call each one was waiting for.
+    fn report_death(&mut self, pid: Option<i32>, status: Option<ExitStatus>) {
+        let death = Death {
+            pid,
+            status,
+            spawn_error: self.killer.spawn_error(),
+        };
+        self.killer.record_death(death.clone());
+        for (call, reply) in self.calls.drain() {
+            let _ = reply.send(Err(death.error(Some(call))));
+        }
+        if let Some(mut data) = self.data.take() {
+            let _ = data.try_send(Err(death.error(None)));
+        }
+        if let Some(returned) = self.returned.take() {
+            let _ = returned.send(Err(death.error(None)));
+        }
+        // Commands that raced with the death get the same answer.
+        if let Some(commands) = self.commands.take() {
+            commands.close();
+            while let Ok(Command::Call { reply, .. }) = commands.try_recv() {
+                let _ = reply.send(Err(death.error(None)));
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Kill and pid bookkeeping for one worker, shared by its handles and its
+//! driver.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+use parallel_proto::channel::CallId;
+
+use super::Error;
+use crate::{ExitStatus, PendingSpawn, WorkerProcess};
+
+/// Kills the worker from any task, without going through the driver (which
+/// may be stuck writing to a worker that stopped reading), and knows its pid.
+///
+/// It holds the spawn's [`PendingSpawn`] and looks at it only when someone
+/// asks (`pid`, `kill`): nobody is woken when the zygote's "spawned" reply
+/// arrives, which on a small machine would compete for a CPU with the worker
+/// that is just starting.
+pub(crate) struct Killer {
+    state: Mutex<KillState>,
+    /// Wakes the driver when a kill needs the process the zygote has not
+    /// reported yet.
+    driver: AtomicWaker,
+}
+
+#[derive(Default)]
+struct KillState {
+    pending: Option<PendingSpawn>,
+    process: Option<Arc<WorkerProcess>>,
+    requested: bool,
+    /// Why the zygote could not start the worker.
+    spawn_error: Option<String>,
+    /// How the worker ended, once the driver knows it broke.
+    death: Option<Death>,
+}
+
+/// How a worker ended, as the driver found out.
+#[derive(Clone)]
+pub(crate) struct Death {
+    pub(crate) pid: Option<i32>,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) spawn_error: Option<String>,
+}
+
+impl Death {
+    /// The error for a waiter, naming its call.
+    pub(crate) fn error(&self, call: Option<CallId>) -> Error {
+        match &self.spawn_error {
+            Some(message) => Error::SpawnFailed {
+                message: message.clone(),
+            },
+            None => Error::WorkerDied {
+                pid: self.pid,
+                status: self.status,
+                call,
+            },
+        }
+    }
+}
+
+impl KillState {
+    /// Takes the zygote's answer if it has arrived.
+    fn refresh(&mut self) {
+        if self.process.is_some() {
+            return;
+        }
+        let Some(answer) = self.pending.as_mut().and_then(PendingSpawn::try_wait) else {
+            return;
+        };
+        self.pending = None;
+        self.settle(answer);
+    }
+
+    fn settle(&mut self, answer: Result<WorkerProcess, crate::Error>) {
+        match answer {
+            Ok(process) => {
+                if self.requested {
+                    let _ = process.kill(libc::SIGKILL);
+                }
+                self.process = Some(Arc::new(process));
+            }
+            Err(error) => self.spawn_error = Some(error.to_string()),
+        }
+    }
+}
+
+impl Killer {
+    pub(crate) fn new(pending: PendingSpawn) -> Self {
+        Killer {
+            state: Mutex::new(KillState {
+                pending: Some(pending),
+                ..KillState::default()
+            }),
+            driver: AtomicWaker::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, KillState> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.refresh();
+        state
+    }
+
+    pub(crate) fn kill(&self) {
+        let mut state = self.lock();
+        state.requested = true;
+        match &state.process {
+            Some(process) => {
+                let _ = process.kill(libc::SIGKILL);
+            }
+            // Not reported yet: the driver waits for it and kills then.
+            None if state.pending.is_some() => self.driver.wake(),
+            None => {}
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Option<i32> {
+        self.lock().process.as_ref().map(|p| p.pid())
+    }
+
+    pub(crate) fn process(&self) -> Option<Arc<WorkerProcess>> {
+        self.lock().process.clone()
+    }
+
+    /// Whether a kill waits for the zygote's answer; registers the driver to
+    /// be woken when one is requested.
+    pub(crate) fn kill_waits(&self, cx: &mut Context<'_>) -> bool {
+        self.driver.register(cx.waker());
+        let state = self.lock();
+        state.requested && state.pending.is_some()
+    }
+
+    /// Polls for the zygote's answer, unless it is known already.
+    pub(crate) fn poll_resolve(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        let Some(pending) = state.pending.as_mut() else {
+            return Poll::Ready(());
+        };
+        match Pin::new(pending).poll(cx) {
+            Poll::Ready(answer) => {
+                state.pending = None;
+                state.settle(answer);
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Gives up on the zygote's answer.
+    pub(crate) fn abandon_spawn(&self) {
+        let mut state = self.lock();
+        if state.pending.take().is_some() {
+            state.spawn_error = Some("the zygote did not answer the spawn request".into());
+        }
+    }
+
+    pub(crate) fn spawn_error(&self) -> Option<String> {
+        self.lock().spawn_error.clone()
+    }
+
+    /// The error for a handle that finds the driver gone.
+    pub(crate) fn death(&self, call: Option<CallId>) -> Error {
+        match &self.lock().death {
+            Some(death) => death.error(call),
+            None => Error::Closed,
+        }
+    }
+
+    pub(crate) fn record_death(&self, death: Death) {
+        self.lock().death = Some(death);
+    }
+}
+
+/// Kills the worker when dropped before being disarmed: what makes a
+/// cancelled (dropped) call or a timed-out one end its worker.
+pub(crate) struct KillOnDrop {
+    killer: Option<Arc<Killer>>,
+}
+
+impl KillOnDrop {
+    pub(crate) fn new(killer: Arc<Killer>) -> Self {
+        KillOnDrop {
+            killer: Some(killer),
+        }
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.killer = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(killer) = self.killer.take() {
+            killer.kill();
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The runtime-agnostic async layer that every adapter shares.
+//!
+//! Everything a user of `parallel-tokio`, `parallel-smol` or
+//! `parallel-glommio` holds lives here: [`Parallel`], [`JoinHandle`], [`Run`],
+//! [`Process`], [`MessageStream`]/[`MessageSender`], [`Pool`], [`Codec`],
+//! [`Fd`] and [`Error`], plus the parent's per-worker [`Driver`] and the
+//! worker's boot and task loops. It names no runtime: an adapter implements
+//! [`Runtime`] (a readiness socket, a timer, a way to run the driver) and
+//! [`WorkerRuntime`] (build a runtime after the fork and poll the task), and
+//! re-exports these types with its runtime filled in.
+//!
+//! No `Send` bound is imposed: the driver is `Send` exactly when the
+//! adapter's socket and timer are, so tokio can move it between threads and
+//! glommio can keep its `!Send` sockets.
+//!
+//! # Writing an adapter
+//!
+//! 1. A socket type implementing [`AsyncSocket`] over a non-blocking
+//!    `UnixStream`: "call `io` when the socket may be ready; on
+//!    `WouldBlock`, forget that readiness and wait for the next".
+//! 2. A zero-sized marker implementing [`Runtime`] (`register`, `sleep`,
+//!    `is_current`, `spawn_driver`) and naming the default worker runtime.
+//! 3. A serde options type implementing [`WorkerRuntime`]: `block_on` builds
+//!    the runtime in the worker, after the fork, never in a zygote.
+//! 4. Type aliases (`type Parallel<C = Postcard> = Parallel<MyRuntime, C>`),
+//!    `init()`, and re-exports.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod conn;
+mod driver;
+mod error;
+mod fd;
+mod kill;
+mod messages;
+mod parallel;
+mod pool;
+mod process;
+mod run;
+mod runtime;
+mod spawn;
+mod worker;
+
+pub use codec::{Codec, Postcard};
+pub use driver::Driver;
+pub use error::Error;
+pub use fd::Fd;
+pub use messages::{MessageSender, MessageStream};
+pub use parallel::Parallel;
+pub use parallel_proto::channel::PanicReport;
+pub use pool::{Pool, PoolConfig};
+pub use process::{Process, ProcessHandle};
+pub use run::Run;
+pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
+pub use spawn::JoinHandle;

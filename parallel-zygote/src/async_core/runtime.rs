@@ -1,0 +1,163 @@
+//! The small trait an adapter implements to bind the core to one runtime,
+//! on each side of the channel: [`Runtime`] for the parent (a readiness
+//! socket, a timer, somewhere to run the driver) and [`WorkerRuntime`] for
+//! the worker (build a runtime after the fork and run the task on it).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::driver::Driver;
+
+/// A task as a worker runs it: one future, polled on the worker's thread.
+pub type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
+
+/// What one read under readiness found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Bytes read; 0 at end of stream.
+    pub len: usize,
+    /// The read was short and brought no descriptors: the socket is known to
+    /// be empty, so a runtime that caches readiness may forget it now and
+    /// skip the read that would only say `EAGAIN`.
+    pub drained: bool,
+}
+
+/// A non-blocking AF_UNIX stream socket registered with a runtime's reactor.
+///
+/// The core does its own `recvmsg`/`sendmsg` (descriptor passing) on
+/// [`get_ref`](Self::get_ref); the runtime only says when to try. Both polls
+/// follow one contract: call `io` when the socket may be ready; when `io`
+/// fails with [`io::ErrorKind::WouldBlock`], forget the readiness that `io`
+/// was tried under and wait for the next; any other result is returned.
+pub trait AsyncSocket: 'static {
+    /// The socket itself (non-blocking).
+    fn get_ref(&self) -> &UnixStream;
+
+    /// Reads under read readiness, as the trait's docs say.
+    ///
+    /// # Errors
+    /// Whatever `io` or the reactor returned other than `WouldBlock`.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut dyn FnMut(&UnixStream) -> io::Result<ReadOutcome>,
+    ) -> Poll<io::Result<ReadOutcome>>;
+
+    /// Writes under write readiness, as the trait's docs say.
+    ///
+    /// # Errors
+    /// Whatever `io` or the reactor returned other than `WouldBlock`.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut dyn FnMut(&UnixStream) -> io::Result<()>,
+    ) -> Poll<io::Result<()>>;
+}
+
+impl AsyncSocket for Box<dyn AsyncSocket> {
+    fn get_ref(&self) -> &UnixStream {
+        (**self).get_ref()
+    }
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut dyn FnMut(&UnixStream) -> io::Result<ReadOutcome>,
+    ) -> Poll<io::Result<ReadOutcome>> {
+        (**self).poll_read(cx, io)
+    }
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut dyn FnMut(&UnixStream) -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        (**self).poll_write(cx, io)
+    }
+}
+
+/// The parent's runtime: what the handles and each worker's driver need.
+///
+/// Implemented by a zero-sized marker type in each adapter. The core adds no
+/// `Send` bound: a runtime whose sockets are `!Send` (glommio) works, and a
+/// runtime that needs `Send` futures (tokio) gets them wherever its socket
+/// and timer are `Send`, checked where the adapter spawns [`Driver<Self>`].
+pub trait Runtime: Sized + 'static {
+    /// The runtime's name, for messages ("tokio").
+    const NAME: &'static str;
+    /// What a user of this adapter calls to start, for messages
+    /// ("parallel_tokio::init()").
+    const INIT: &'static str;
+
+    /// The parent's end of a worker channel.
+    type Socket: AsyncSocket;
+    /// A timer.
+    type Sleep: Future<Output = ()>;
+    /// The workers' runtime unless the user picks another.
+    type Worker: WorkerRuntime + Default;
+
+    /// Registers a non-blocking socket with the current runtime.
+    ///
+    /// # Errors
+    /// The reactor refused the descriptor.
+    fn register(socket: UnixStream) -> io::Result<Self::Socket>;
+
+    /// A future that completes after `duration`.
+    fn sleep(duration: Duration) -> Self::Sleep;
+
+    /// Whether the calling thread is inside this runtime, so that
+    /// [`register`](Self::register) and [`spawn_driver`](Self::spawn_driver)
+    /// may be called.
+    fn is_current() -> bool;
+
+    /// Runs a worker channel's driver as a task of its own until it completes.
+    fn spawn_driver(driver: Driver<Self>);
+}
+
+/// How a worker builds its runtime after the fork, and runs its task there.
+///
+/// The value is the runtime's options (thread count, io memory...): it
+/// travels to the worker in the Start frame, so it is a serde type. Nothing
+/// of it runs in the zygote: only the worker, after the fork, builds it.
+pub trait WorkerRuntime:
+    Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static
+{
+    /// The runtime's name, for messages ("tokio").
+    const NAME: &'static str;
+
+    /// Builds the runtime `self` describes and runs `task` to completion.
+    ///
+    /// # Errors
+    /// The runtime could not be built: the message, in words a user can act
+    /// on, reaches the parent as the call's error.
+    fn block_on(self, task: LocalTask) -> Result<(), String>;
+
+    /// Registers the worker's channel with the runtime `block_on` built;
+    /// called from within the task.
+    ///
+    /// # Errors
+    /// The reactor refused the descriptor.
+    fn register(socket: UnixStream) -> io::Result<Box<dyn AsyncSocket>>;
+}
+
+/// `future`, or `None` once `limit` passed first.
+pub(crate) async fn timeout<R: Runtime, F: Future>(
+    limit: Duration,
+    future: F,
+) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut sleep = std::pin::pin!(R::sleep(limit));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}

@@ -1,0 +1,443 @@
+//! The worker's side: the boot function the zygote runs in every worker,
+//! and the loops that run the user's function for `spawn`, `run` and
+//! `process`. Runtime-free: the adapter's [`WorkerRuntime`] builds the
+//! runtime after the fork and polls the task.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::task::Poll;
+
+use futures_channel::mpsc;
+use futures_core::Stream;
+use futures_util::stream::FuturesUnordered;
+use futures_util::FutureExt;
+use parallel_proto::channel::{Outcome, PanicReport, WorkerChannel, WorkerEvent};
+use parallel_proto::{Limits, WireEntry};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::codec::Codec;
+use super::conn::Conn;
+use super::messages::{MessageSender, MessageStream, RawMessage, QUEUE_DEPTH};
+use super::runtime::{AsyncSocket, LocalTask, WorkerRuntime};
+use crate::io::{Inbox, Outbox};
+use crate::{Entry, WorkerContext};
+
+/// What the Start frame's arguments carry.
+#[derive(Serialize, Deserialize)]
+struct StartArgs {
+    /// The [`WorkerRuntime`] value, encoded.
+    runtime: Vec<u8>,
+    /// The task's arguments, encoded by the codec.
+    args: Vec<u8>,
+}
+
+/// Encodes a Start frame's arguments.
+pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>) -> Vec<u8> {
+    postcard::to_stdvec(&StartArgs {
+        runtime: runtime.to_vec(),
+        args,
+    })
+    .expect("postcard encodes a plain struct")
+}
+
+/// What a task entry receives.
+pub(crate) struct TaskContext {
+    conn: Conn<WorkerChannel, Box<dyn AsyncSocket>>,
+    args: Vec<u8>,
+}
+
+/// The entry type of every task function.
+type TaskEntry = Entry<TaskContext, LocalTask>;
+
+/// The last panic's report, filled by the hook the worker installs.
+static LAST_PANIC: Mutex<Option<PanicReport>> = Mutex::new(None);
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+            _ => None,
+        };
+        let report = PanicReport {
+            message: panic_message(info.payload()).unwrap_or_else(|| "Box<dyn Any>".into()),
+            location: info.location().map(|l| l.to_string()),
+            backtrace,
+        };
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+    }));
+}
+
+fn take_panic(payload: Box<dyn std::any::Any + Send>) -> PanicReport {
+    LAST_PANIC
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_else(|| PanicReport {
+            message: panic_message(&*payload).unwrap_or_else(|| "panic".into()),
+            location: None,
+            backtrace: None,
+        })
+}
+
+/// What boot read before the runtime exists, handed to the task once the
+/// runtime polls it (and taken back to report a runtime that failed).
+struct Booted {
+    machine: WorkerChannel,
+    stream: UnixStream,
+    inbox: Inbox,
+    unparsed: Vec<u8>,
+}
+
+/// The boot function of every worker on `W`: waits for its Start frame,
+/// builds the runtime it asks for, and runs the task it names.
+fn boot<W: WorkerRuntime>(context: WorkerContext) {
+    install_panic_hook();
+    let stream = context.channel;
+    let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
+    let mut inbox = Inbox::new();
+    // Small: Hello and Start are a few dozen bytes, and anything read past
+    // them moves on to the connection's own buffer.
+    let mut buffer = vec![0u8; 4096];
+    // Block (no runtime yet) until Start arrives: a warm worker idles here.
+    let (task, start_args, unparsed) = loop {
+        let read = match inbox.read(&stream, &mut buffer) {
+            // The parent went away before starting us: nothing to do.
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let mut input = &buffer[..read];
+        match machine.handle_input(&mut input) {
+            Ok(Some(WorkerEvent::Start { task, args })) => break (task, args, input.to_vec()),
+            Ok(None) => continue,
+            // The state machine only lets Start come first; anything else is
+            // a broken parent, which gets nothing more from us.
+            Ok(Some(_)) | Err(_) => return,
+        }
+    };
+    let decoded = postcard::from_bytes::<StartArgs>(&start_args).and_then(|start| {
+        postcard::from_bytes::<W>(&start.runtime).map(|runtime| (runtime, start.args))
+    });
+    let (runtime, args) = match decoded {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            let message = format!("bad start arguments for a {} worker: {error}", W::NAME);
+            return fail_before_runtime(stream, machine, message);
+        }
+    };
+    if let Err(error) = stream.set_nonblocking(true) {
+        return fail_before_runtime(stream, machine, error.to_string());
+    }
+    let booted = Rc::new(RefCell::new(Some(Booted {
+        machine,
+        stream,
+        inbox,
+        unparsed,
+    })));
+    let handed = Rc::clone(&booted);
+    let result = runtime.block_on(Box::pin(async move {
+        let Some(booted) = handed.borrow_mut().take() else {
+            return;
+        };
+        let socket = match W::register(booted.stream) {
+            Ok(socket) => socket,
+            Err(_) => return,
+        };
+        let conn = Conn::resume(booted.machine, socket, booted.inbox, &booted.unparsed);
+        run_task(task, conn, args).await;
+    }));
+    if let Err(message) = result {
+        if let Some(booted) = booted.borrow_mut().take() {
+            let message = format!("building the {} runtime failed: {message}", W::NAME);
+            fail_before_runtime(booted.stream, booted.machine, message);
+        }
+    }
+    // The outcome is flushed: the process is done. Exiting here skips tearing
+    // the runtime down, which the parent would otherwise wait through.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+/// Tells the parent why the task cannot run, with plain blocking writes
+/// (there is no runtime to use).
+fn fail_before_runtime(stream: UnixStream, mut machine: WorkerChannel, message: String) {
+    if machine.finish(Outcome::Err(message.into_bytes())).is_err() {
+        return;
+    }
+    let _ = stream.set_nonblocking(false);
+    let mut outbox = Outbox::new();
+    while let Some(transmit) = machine.poll_transmit() {
+        outbox.push(transmit, []);
+    }
+    let _ = outbox.flush(&stream);
+}
+
+async fn run_task(
+    task: WireEntry,
+    mut conn: Conn<WorkerChannel, Box<dyn AsyncSocket>>,
+    args: Vec<u8>,
+) {
+    match TaskEntry::verify(task) {
+        Ok(entry) => entry.resolve()(TaskContext { conn, args }).await,
+        Err(error) => {
+            let _ = conn
+                .machine
+                .finish(Outcome::Err(error.to_string().into_bytes()));
+            let _ = conn.flush().await;
+        }
+    }
+}
+
+/// Runs `future`, turning a panic into a report.
+async fn catching<T>(future: impl Future<Output = T>) -> Result<T, PanicReport> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(take_panic)
+}
+
+/// Calls `function` on encoded arguments; the outcome, encoded.
+async fn call_once<F, A, Fut, T, C>(function: F, args: Vec<u8>) -> Outcome
+where
+    F: Fn(A) -> Fut + Copy + 'static,
+    A: DeserializeOwned + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Serialize + 'static,
+    C: Codec,
+{
+    let argument = match C::decode::<A>(&args) {
+        Ok(argument) => argument,
+        Err(message) => {
+            return Outcome::Err(
+                format!(
+                    "could not decode the arguments as {}: {message}",
+                    std::any::type_name::<A>()
+                )
+                .into_bytes(),
+            )
+        }
+    };
+    match catching(function(argument)).await {
+        Ok(result) => match C::encode(&result) {
+            Ok(bytes) => Outcome::Ok(bytes),
+            Err(message) => Outcome::Err(
+                format!(
+                    "could not encode the result {}: {message}",
+                    std::any::type_name::<T>()
+                )
+                .into_bytes(),
+            ),
+        },
+        Err(report) => Outcome::Panic(report),
+    }
+}
+
+/// The task of `spawn`: one call, one outcome, exit.
+pub(crate) fn spawn_task<F, A, Fut, T, C>(function: F, context: TaskContext) -> LocalTask
+where
+    F: Fn(A) -> Fut + Copy + 'static,
+    A: DeserializeOwned + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Serialize + 'static,
+    C: Codec,
+{
+    Box::pin(async move {
+        let TaskContext { mut conn, args } = context;
+        let outcome = call_once::<F, A, Fut, T, C>(function, args).await;
+        let _ = conn.machine.finish(outcome);
+        let _ = conn.flush().await;
+    })
+}
+
+/// The task of `run`: answers calls, concurrently, until the parent ends.
+pub(crate) fn run_task_loop<F, A, Fut, T, C>(function: F, context: TaskContext) -> LocalTask
+where
+    F: Fn(A) -> Fut + Copy + 'static,
+    A: DeserializeOwned + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Serialize + 'static,
+    C: Codec,
+{
+    Box::pin(async move {
+        let TaskContext { mut conn, .. } = context;
+        let mut running = FuturesUnordered::new();
+        let mut input_open = true;
+        let finished = std::future::poll_fn(|cx| loop {
+            let mut progress = false;
+            while let Poll::Ready(Some((call, outcome))) = Pin::new(&mut running).poll_next(cx) {
+                if conn.machine.reply(call, outcome).is_err() {
+                    return Poll::Ready(false);
+                }
+                progress = true;
+            }
+            if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+                return Poll::Ready(false);
+            }
+            if input_open {
+                match conn.poll_event(cx) {
+                    Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
+                        running.push(async move {
+                            (call, call_once::<F, A, Fut, T, C>(function, args).await)
+                        });
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(Some((WorkerEvent::End, _)))) => {
+                        input_open = false;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(Some(_))) => progress = true,
+                    // The parent is gone: nobody to answer.
+                    Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => {}
+                }
+            }
+            if !input_open && running.is_empty() {
+                return Poll::Ready(true);
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        })
+        .await;
+        if finished {
+            let _ = conn.machine.finish(Outcome::Ok(Vec::new()));
+            let _ = conn.flush().await;
+        }
+    })
+}
+
+/// The task of `process`: pumps messages both ways around the user's function.
+pub(crate) fn process_task<F, In, Out, Fut, C>(function: F, context: TaskContext) -> LocalTask
+where
+    F: Fn(MessageStream<In, C>, MessageSender<Out, C>) -> Fut + Copy + 'static,
+    In: DeserializeOwned + 'static,
+    Out: Serialize + 'static,
+    Fut: Future<Output = ()> + 'static,
+    C: Codec,
+{
+    Box::pin(async move {
+        let TaskContext { mut conn, .. } = context;
+        let (in_tx, in_rx) = mpsc::channel::<Result<RawMessage, super::Error>>(QUEUE_DEPTH);
+        let (out_tx, out_rx) = async_channel::bounded::<RawMessage>(QUEUE_DEPTH);
+        let mut task = Box::pin(catching(function(
+            MessageStream::new(in_rx),
+            MessageSender::new(out_tx),
+        )));
+        let mut out_rx = Box::pin(out_rx);
+        let mut input = Some(in_tx);
+        let mut held: Option<RawMessage> = None;
+        let mut output_open = true;
+        let outcome = std::future::poll_fn(|cx| loop {
+            let mut progress = false;
+            if let Poll::Ready(result) = task.as_mut().poll(cx) {
+                // Send what the function queued before it returned.
+                while let Ok(message) = out_rx.try_recv() {
+                    if send(&mut conn, message).is_err() {
+                        return Poll::Ready(None);
+                    }
+                }
+                return Poll::Ready(Some(match result {
+                    Ok(()) => Outcome::Ok(Vec::new()),
+                    Err(report) => Outcome::Panic(report),
+                }));
+            }
+            if let (true, Some(sender)) = (held.is_some(), &mut input) {
+                match sender.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let _ = sender.start_send(Ok(held.take().expect("checked above")));
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        // The function dropped its input stream.
+                        input = None;
+                        held = None;
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if held.is_none() && input.is_some() {
+                match conn.poll_event(cx) {
+                    Poll::Ready(Ok(Some((WorkerEvent::Data { payload, .. }, fds)))) => {
+                        held = Some((payload, fds));
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(Some((WorkerEvent::End, _)) | None) | Err(_)) => {
+                        input = None;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(Some(_))) => progress = true,
+                    Poll::Pending => {}
+                }
+            }
+            let flushed = match conn.poll_flush(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Pending => false,
+            };
+            if output_open && flushed {
+                match out_rx.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(message)) => {
+                        if send(&mut conn, message).is_err() {
+                            return Poll::Ready(None);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        output_open = false;
+                        if conn.machine.end().is_err() {
+                            return Poll::Ready(None);
+                        }
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        })
+        .await;
+        if let Some(outcome) = outcome {
+            let _ = conn.machine.finish(outcome);
+            let _ = conn.flush().await;
+        }
+    })
+}
+
+fn send(
+    conn: &mut Conn<WorkerChannel, Box<dyn AsyncSocket>>,
+    (bytes, fds): RawMessage,
+) -> Result<(), super::Error> {
+    let count = fds.len();
+    conn.attach_fds(fds);
+    conn.machine.send_data(bytes, count)?;
+    Ok(())
+}
+
+/// The sealed boot entry of workers on `W`.
+pub(crate) fn boot_entry<W: WorkerRuntime>() -> Result<WireEntry, crate::Error> {
+    Ok(Entry::<WorkerContext>::new(boot::<W>)?.wire())
+}
+
+/// Seals a task entry from a zero-sized driver closure.
+pub(crate) fn task_entry<G>(driver: G) -> Result<WireEntry, crate::Error>
+where
+    G: Fn(TaskContext) -> LocalTask + Copy + 'static,
+{
+    Ok(TaskEntry::new(driver)?.wire())
+}
