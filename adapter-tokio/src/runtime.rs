@@ -2,6 +2,7 @@
 //! the runtime a worker builds after its fork.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -63,19 +64,15 @@ impl TokioSocket {
 }
 
 impl AsyncSocket for TokioSocket {
-    fn get_ref(&self) -> &UnixStream {
-        self.reader.get_ref()
-    }
-
     fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut dyn FnMut(&UnixStream) -> io::Result<ReadOutcome>,
+        io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<ReadOutcome>,
     ) -> Poll<io::Result<ReadOutcome>> {
         loop {
             let mut guard = ready!(self.reader.poll_read_ready(cx))?;
             // `try_io` clears the readiness it was tried under on WouldBlock.
-            if let Ok(result) = guard.try_io(|socket| io(socket.get_ref())) {
+            if let Ok(result) = guard.try_io(|socket| io(socket.get_ref().as_fd())) {
                 if matches!(result, Ok(ReadOutcome { drained: true, .. })) {
                     guard.clear_ready();
                 }
@@ -87,11 +84,11 @@ impl AsyncSocket for TokioSocket {
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut dyn FnMut(&UnixStream) -> io::Result<()>,
+        io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
         if self.writer.is_none() {
             // Not registered for writing yet: most writes fit at once.
-            match io(self.reader.get_ref()) {
+            match io(self.reader.get_ref().as_fd()) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     let copy = self.reader.get_ref().try_clone()?;
                     self.writer = Some(register(copy, Interest::WRITABLE)?);
@@ -102,7 +99,7 @@ impl AsyncSocket for TokioSocket {
         let writer = self.writer.as_ref().expect("registered above");
         loop {
             let mut guard = ready!(writer.poll_write_ready(cx))?;
-            if let Ok(result) = guard.try_io(|socket| io(socket.get_ref())) {
+            if let Ok(result) = guard.try_io(|socket| io(socket.get_ref().as_fd())) {
                 return Poll::Ready(result);
             }
         }

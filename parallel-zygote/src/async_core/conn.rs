@@ -5,8 +5,7 @@
 //! point and resume later without losing bytes.
 
 use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::task::{ready, Context, Poll};
 
 use parallel_proto::Endpoint;
@@ -97,9 +96,9 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
                 read_buffer,
                 ..
             } = self;
-            let read = ready!(socket.poll_read(cx, &mut |stream: &UnixStream| {
+            let read = ready!(socket.poll_read(cx, &mut |stream: BorrowedFd<'_>| {
                 let fds_before = inbox.pending_fds();
-                let len = inbox.read(stream, read_buffer)?;
+                let len = inbox.read(&stream, read_buffer)?;
                 // A short read without descriptors drained the socket
                 // (recvmsg on a stream socket stops early only after a
                 // message carrying descriptors).
@@ -139,7 +138,7 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
             return Poll::Ready(Ok(()));
         }
         let Conn { socket, outbox, .. } = self;
-        ready!(socket.poll_write(cx, &mut |stream: &UnixStream| outbox.flush(stream)))?;
+        ready!(socket.poll_write(cx, &mut |stream: BorrowedFd<'_>| outbox.flush(&stream)))?;
         Poll::Ready(Ok(()))
     }
 

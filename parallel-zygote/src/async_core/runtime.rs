@@ -6,6 +6,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -30,17 +31,18 @@ pub struct ReadOutcome {
     pub drained: bool,
 }
 
-/// A non-blocking AF_UNIX stream socket registered with a runtime's reactor.
+/// A non-blocking stream socket registered with a runtime's reactor.
 ///
-/// The core does its own `recvmsg`/`sendmsg` (descriptor passing) on
-/// [`get_ref`](Self::get_ref); the runtime only says when to try. Both polls
+/// The core does its own `recvmsg`/`sendmsg` on the descriptor handed to
+/// `io`; the runtime only says when to try. Workers' channels are AF_UNIX
+/// sockets, which also carry descriptors; nothing else in the connection
+/// layer needs AF_UNIX, so a plain byte stream (a TCP socket to a worker on
+/// another host) works the same way as long as no message carries an `Fd`.
+/// Both polls
 /// follow one contract: call `io` when the socket may be ready; when `io`
 /// fails with [`io::ErrorKind::WouldBlock`], forget the readiness that `io`
 /// was tried under and wait for the next; any other result is returned.
 pub trait AsyncSocket: 'static {
-    /// The socket itself (non-blocking).
-    fn get_ref(&self) -> &UnixStream;
-
     /// Reads under read readiness, as the trait's docs say.
     ///
     /// # Errors
@@ -48,7 +50,7 @@ pub trait AsyncSocket: 'static {
     fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut dyn FnMut(&UnixStream) -> io::Result<ReadOutcome>,
+        io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<ReadOutcome>,
     ) -> Poll<io::Result<ReadOutcome>>;
 
     /// Writes under write readiness, as the trait's docs say.
@@ -58,25 +60,22 @@ pub trait AsyncSocket: 'static {
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut dyn FnMut(&UnixStream) -> io::Result<()>,
+        io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>>;
 }
 
 impl AsyncSocket for Box<dyn AsyncSocket> {
-    fn get_ref(&self) -> &UnixStream {
-        (**self).get_ref()
-    }
     fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut dyn FnMut(&UnixStream) -> io::Result<ReadOutcome>,
+        io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<ReadOutcome>,
     ) -> Poll<io::Result<ReadOutcome>> {
         (**self).poll_read(cx, io)
     }
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut dyn FnMut(&UnixStream) -> io::Result<()>,
+        io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
         (**self).poll_write(cx, io)
     }
