@@ -135,6 +135,7 @@ fn zygote_spawn_every_resource_golden() {
         Resource::CoreSize,
         Resource::Data,
         Resource::Stack,
+        Resource::LockedMemory,
     ];
     let message = ToZygote::Spawn(SpawnRequest {
         request: 1,
@@ -156,13 +157,13 @@ fn zygote_spawn_every_resource_golden() {
     });
     #[rustfmt::skip]
     let golden = [
-        0xb7, 0x02, 0x01, 0x00, 0x29, 0x00, 0x00, 0x00,
+        0xb7, 0x02, 0x01, 0x00, 0x2c, 0x00, 0x00, 0x00,
         0x01, // request
         0x00, // offset
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // tag
         0x00, // name None
-        0x07, // seven rlimits: resource tag, soft, hard
+        0x08, // eight rlimits: resource tag, soft, hard
         0x00, 0x00, 0x01, // AddressSpace
         0x01, 0x00, 0x01, // CpuTime
         0x02, 0x00, 0x01, // FileSize
@@ -170,6 +171,7 @@ fn zygote_spawn_every_resource_golden() {
         0x04, 0x00, 0x01, // CoreSize
         0x05, 0x00, 0x01, // Data
         0x06, 0x00, 0x01, // Stack
+        0x07, 0x00, 0x01, // LockedMemory
     ];
     to_zygote(message, 1, &golden);
 }

@@ -52,8 +52,13 @@ struct Started {
 
 type StartSlot = Arc<Completion<Result<Started, Failure>>>;
 
+/// Filled by the zygote's hello (`Ok`), or by the connection's end (`Err`).
+type ReadySlot = Arc<Completion<Result<(), Failure>>>;
+
 struct State {
     client: ZygoteClient,
+    /// The zygote serves: for a derived snapshot, its `init` finished.
+    ready: ReadySlot,
     starts: HashMap<RequestId, StartSlot>,
     exits: HashMap<WorkerId, ExitSlot>,
     /// Requests whose waiter went away: their worker is killed on arrival.
@@ -96,6 +101,7 @@ impl Shared {
         if state.gone.is_some() {
             return;
         }
+        state.ready.complete(Err(Failure::Gone(reason.clone())));
         for (_, slot) in state.starts.drain() {
             slot.complete(Err(Failure::Gone(reason.clone())));
         }
@@ -170,6 +176,10 @@ impl Shared {
     /// Applies one event; returns a worker to kill because nobody waits for it.
     fn dispatch(state: &mut State, event: ZygoteEvent) -> Option<WorkerId> {
         match event {
+            ZygoteEvent::Ready { .. } => {
+                state.ready.complete(Ok(()));
+                None
+            }
             ZygoteEvent::Spawned {
                 request,
                 worker,
@@ -254,6 +264,7 @@ impl Zygote {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 client: ZygoteClient::new(limits),
+                ready: Completion::new(),
                 starts: HashMap::new(),
                 exits: HashMap::new(),
                 abandoned: HashSet::new(),
@@ -361,8 +372,25 @@ impl Zygote {
 
     /// Creates a derived snapshot: a child zygote that first runs
     /// `init(args)` (load a table, warm a cache) and then serves spawns. Its
-    /// workers share what `init` built, copy-on-write. Spawns sent before
-    /// `init` finishes wait for it.
+    /// workers share what `init` built, copy-on-write.
+    ///
+    /// **Blocks until `init` has finished** and the snapshot serves, so an
+    /// `Ok` means it is ready; a slow `init` makes a slow call.
+    ///
+    /// `init` must leave the process single-threaded: every worker is forked
+    /// from the snapshot, and a fork from a multi-threaded process can leave
+    /// the child holding locks no thread will ever release. So do not start
+    /// a runtime, a logger with a background thread, or async-io's reactor in
+    /// `init` (threads it joins before returning are fine). A snapshot whose
+    /// `init` left threads running exits without serving
+    /// ([`SNAPSHOT_THREADS_EXIT_CODE`](crate::SNAPSHOT_THREADS_EXIT_CODE)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SnapshotFailed`] when the snapshot ended before it served:
+    /// `init` left threads running, panicked, or exited; its exit status
+    /// tells which. [`Error::SpawnFailed`] when the zygote refused the
+    /// request or could not fork, [`Error::ZygoteGone`] when it is gone.
     pub fn snapshot<F>(&self, init: F, args: Vec<u8>) -> Result<Zygote, Error>
     where
         F: Fn(Vec<u8>) + Copy + 'static,
@@ -370,7 +398,8 @@ impl Zygote {
         self.snapshot_with(init, args, SpawnOptions::default())
     }
 
-    /// [`snapshot`](Self::snapshot) with a name and resource limits.
+    /// [`snapshot`](Self::snapshot) with a name and resource limits. Blocks
+    /// until `init` has finished, as `snapshot` does.
     pub fn snapshot_with<F>(
         &self,
         init: F,
@@ -386,11 +415,35 @@ impl Zygote {
         let (request, slot) = self.request(vec![OwnedFd::from(snapshot_end)], |client| {
             client.snapshot(init.wire(), args, options)
         })?;
-        let started = PendingSpawn::new(self.clone(), request, slot).wait()?;
-        // The snapshot's lifetime is its own handle's: dropping that hangs up
-        // its control socket and it exits; it also dies with this zygote.
-        let pid = started.detach().pid;
-        Zygote::connect(parent_end, pid, self.owner.limits)
+        // Kept (and killed if dropped) until the snapshot proves it serves.
+        let process = PendingSpawn::new(self.clone(), request, slot).wait()?;
+        let snapshot = Zygote::connect(parent_end, process.pid(), self.owner.limits)?;
+        // The snapshot says hello once `init` returned and it found itself
+        // single-threaded; if it exits instead, its socket closes first.
+        let ready = lock(&snapshot.shared().state).ready.clone();
+        if ready.wait().is_ok() {
+            // The snapshot's lifetime is its own handle's: dropping that hangs
+            // up its control socket and it exits; it also dies with this zygote.
+            process.detach();
+            return Ok(snapshot);
+        }
+        // Hanging up makes a snapshot that is somehow still running exit.
+        drop(snapshot);
+        let (status, reason) = match process.wait_timeout(SNAPSHOT_EXIT_WAIT) {
+            Some(status) => {
+                let status = status?;
+                (status, snapshot_failure_reason(status))
+            }
+            None => {
+                // It closed its control socket but lives on: end it.
+                process.kill(libc::SIGKILL)?;
+                let status = process.wait()?;
+                let reason = "the snapshot closed its control socket before it was ready \
+                              and did not exit; it was killed";
+                (status, reason.to_string())
+            }
+        };
+        Err(Error::SnapshotFailed { status, reason })
     }
 
     fn request(
@@ -416,6 +469,33 @@ impl Zygote {
         Shared::check_alive(&state)?;
         state.client.shutdown()?;
         shared.send(state, Vec::new())
+    }
+}
+
+/// How long a snapshot whose control socket closed before its hello gets to
+/// show its exit status before it is killed.
+const SNAPSHOT_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// What a snapshot's exit status before its hello means, in words a user can act on.
+fn snapshot_failure_reason(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Exited(crate::SNAPSHOT_THREADS_EXIT_CODE) => {
+            "the snapshot's init left threads running; a snapshot must stay single-threaded \
+             to fork workers safely: do not start runtimes, loggers or async-io in init"
+                .into()
+        }
+        ExitStatus::Exited(crate::PANIC_EXIT_CODE) => "the snapshot's init panicked".into(),
+        ExitStatus::Exited(crate::SETUP_FAILED_EXIT_CODE) => {
+            "the snapshot process failed its setup (a resource limit could not be \
+             applied, or its threads could not be counted after init)"
+                .into()
+        }
+        ExitStatus::Exited(code) => {
+            format!("the snapshot process exited with code {code} before it was ready")
+        }
+        ExitStatus::Signaled { .. } => {
+            format!("the snapshot process was {status} before it was ready")
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Every failure a user of this crate can meet.
 
-use parallel_proto::zygote::SpawnFailure;
+use parallel_proto::zygote::{ExitStatus, SpawnFailure};
 use parallel_proto::EntryError;
 
 /// Errors of the zygote and its blocking client.
@@ -32,6 +32,19 @@ pub enum Error {
     /// The zygote refused or failed a spawn.
     #[error("the zygote could not start the worker: {0}")]
     SpawnFailed(SpawnFailure),
+    /// A derived snapshot ended before it served: its `init` left threads
+    /// running, panicked, or exited. It was forked, so the zygote accepted
+    /// the request; nothing was left running.
+    #[error("could not create the snapshot: {reason}")]
+    SnapshotFailed {
+        /// How the snapshot process ended:
+        /// `Exited(`[`SNAPSHOT_THREADS_EXIT_CODE`](crate::SNAPSHOT_THREADS_EXIT_CODE)`)`
+        /// when init left threads running,
+        /// `Exited(`[`PANIC_EXIT_CODE`](crate::PANIC_EXIT_CODE)`)` when it panicked.
+        status: ExitStatus,
+        /// What happened, in words (also the whole of the message).
+        reason: String,
+    },
     /// An entry failed verification; it was not run.
     #[error(transparent)]
     BadEntry(#[from] EntryError),

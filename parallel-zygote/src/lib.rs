@@ -51,7 +51,11 @@
 //! - Dropping the last [`Zygote`] handle shuts it down the same way; dropping a
 //!   [`WorkerProcess`] kills its worker.
 //! - Functions are named on the wire by sealed [`Entry`] tags; a tampered or
-//!   foreign entry is refused before anything runs.
+//!   foreign entry is refused before anything runs, and so is a resource
+//!   limit the zygote cannot apply.
+//! - A derived snapshot ([`Zygote::snapshot`]) serves only once its `init`
+//!   has returned and left the process single-threaded; otherwise it exits
+//!   and the call fails with [`Error::SnapshotFailed`].
 //!
 //! [`UnixStream`]: std::os::unix::net::UnixStream
 
@@ -64,11 +68,12 @@ mod error;
 pub mod io;
 mod server;
 mod start;
+pub mod sys;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
-pub use child::{PANIC_EXIT_CODE, SETUP_FAILED_EXIT_CODE};
+pub use child::{PANIC_EXIT_CODE, SETUP_FAILED_EXIT_CODE, SNAPSHOT_THREADS_EXIT_CODE};
 pub use client::{PendingSpawn, Worker, WorkerProcess, Zygote};
 pub use entry::Entry;
 pub use error::Error;

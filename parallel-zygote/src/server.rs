@@ -191,6 +191,9 @@ impl Zygote {
             errno: None,
             message: error.to_string(),
         })?;
+        // So is a resource limit this zygote cannot apply.
+        let limits = child::os_limits(&options.rlimits)?;
+        let name = options.name.as_deref().unwrap_or(&self.name);
         let zygote_pid = getpid();
         // SAFETY: the zygote is single-threaded (forked from a process that
         // `start` checked was single-threaded, and it starts no threads), so
@@ -206,8 +209,8 @@ impl Zygote {
                     zygote_pid,
                     &self.fds_not_for_children(),
                     &self.child_mask,
-                    options,
-                    &self.name,
+                    &limits,
+                    name,
                     move || boot.resolve()(context),
                 )
             }
@@ -232,6 +235,7 @@ impl Zygote {
             errno: None,
             message: error.to_string(),
         })?;
+        let rlimits = child::os_limits(&options.rlimits)?;
         let zygote_pid = getpid();
         let name = options
             .name
@@ -245,10 +249,15 @@ impl Zygote {
                 zygote_pid,
                 &self.fds_not_for_children(),
                 &self.child_mask,
-                options,
+                &rlimits,
                 &name.clone(),
                 move || {
                     init.resolve()(args);
+                    // Workers are forked from this process from now on: it
+                    // must be single-threaded again, or it does not serve.
+                    // Its hello (sent first thing by `serve`) tells the
+                    // parent that init finished and this check passed.
+                    child::exit_unless_single_threaded();
                     serve(ServeConfig {
                         control,
                         limits,

@@ -87,10 +87,26 @@ fn main() {
             "derived_snapshot_workers_see_init_state",
             z(derived_snapshot_workers_see_init_state),
         ),
+        Trial::test(
+            "snapshot_whose_init_leaves_a_thread_running_fails",
+            z(snapshot_whose_init_leaves_a_thread_running_fails),
+        ),
+        Trial::test(
+            "snapshot_whose_init_joins_its_thread_serves",
+            z(snapshot_whose_init_joins_its_thread_serves),
+        ),
+        Trial::test(
+            "snapshot_whose_init_panics_fails",
+            z(snapshot_whose_init_panics_fails),
+        ),
         Trial::test("user_fds_reach_the_worker", z(user_fds_reach_the_worker)),
         Trial::test(
             "rlimits_and_name_apply_in_the_worker",
             z(rlimits_and_name_apply_in_the_worker),
+        ),
+        Trial::test(
+            "locked_memory_limit_applies_in_the_worker",
+            z(locked_memory_limit_applies_in_the_worker),
         ),
         Trial::test(
             "spawn_is_usable_from_many_threads",
@@ -509,6 +525,77 @@ fn derived_snapshot_workers_see_init_state(zygote: &Zygote) -> Result<(), Failed
     Ok(())
 }
 
+fn snapshot_whose_init_leaves_a_thread_running_fails(zygote: &Zygote) -> Result<(), Failed> {
+    let result = zygote.snapshot(
+        |_args: Vec<u8>| {
+            // What a runtime, a logger or async-io's reactor would leave behind.
+            std::thread::spawn(|| loop {
+                std::thread::sleep(Duration::from_secs(1));
+            });
+        },
+        Vec::new(),
+    );
+    match result {
+        Err(error @ Error::SnapshotFailed { status, .. }) => {
+            check(
+                status == ExitStatus::Exited(parallel_zygote::SNAPSHOT_THREADS_EXIT_CODE),
+                format!("the snapshot {status}"),
+            )?;
+            let message = error.to_string();
+            check(
+                message.contains("left threads running")
+                    && message.contains("single-threaded")
+                    && message.contains("do not start runtimes"),
+                format!("message says what to do: {message}"),
+            )
+        }
+        Err(other) => Err(format!("wrong error: {other}").into()),
+        Ok(snapshot) => Err(format!(
+            "a snapshot with a thread left running serves as pid {}",
+            snapshot.pid()
+        )
+        .into()),
+    }
+}
+
+fn snapshot_whose_init_joins_its_thread_serves(zygote: &Zygote) -> Result<(), Failed> {
+    // A thread that init joins is gone when init returns: not a reason to fail.
+    let snapshot = zygote.snapshot(
+        |args: Vec<u8>| {
+            let table = std::thread::spawn(move || args.repeat(10)).join().unwrap();
+            TABLE.set(table).unwrap();
+        },
+        b"joined".to_vec(),
+    )?;
+    let seen = table_len_seen_by_a_worker_of(&snapshot)?;
+    check(seen == 60, format!("worker saw a table of {seen} bytes"))
+}
+
+fn snapshot_whose_init_panics_fails(zygote: &Zygote) -> Result<(), Failed> {
+    match zygote.snapshot(
+        |_args: Vec<u8>| panic!("init boom (expected by the test)"),
+        Vec::new(),
+    ) {
+        Err(error @ Error::SnapshotFailed { status, .. }) => {
+            check(
+                status == ExitStatus::Exited(parallel_zygote::PANIC_EXIT_CODE),
+                format!("the snapshot {status}"),
+            )?;
+            let message = error.to_string();
+            check(
+                message.contains("init panicked"),
+                format!("message says what happened: {message}"),
+            )
+        }
+        Err(other) => Err(format!("wrong error: {other}").into()),
+        Ok(snapshot) => Err(format!(
+            "a snapshot whose init panicked serves as pid {}",
+            snapshot.pid()
+        )
+        .into()),
+    }
+}
+
 fn user_fds_reach_the_worker(zygote: &Zygote) -> Result<(), Failed> {
     let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let path = std::env::temp_dir().join(format!("parallel-zygote-fd-{}", std::process::id()));
@@ -560,6 +647,58 @@ fn rlimits_and_name_apply_in_the_worker(zygote: &Zygote) -> Result<(), Failed> {
     check(
         text == "77 pz-test-worker",
         format!("worker reported {text:?}"),
+    )
+}
+
+fn locked_memory_limit_applies_in_the_worker(zygote: &Zygote) -> Result<(), Failed> {
+    const MIB: u64 = 1 << 20;
+    // Lowering is always allowed; raising the hard limit needs root, so stay
+    // at or under the hard limit this process (and so the zygote) has.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)?;
+    let limit = MIB.min(hard);
+    let mut worker = zygote.spawn_with(
+        |mut ctx: WorkerContext| {
+            let (soft, hard) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+                    .unwrap();
+            write!(ctx.channel, "{soft} {hard}").unwrap();
+        },
+        SpawnOptions {
+            rlimits: vec![ResourceLimit {
+                resource: Resource::LockedMemory,
+                soft: limit,
+                hard: limit,
+            }],
+            ..Default::default()
+        },
+        Vec::new(),
+    )?;
+    let mut text = String::new();
+    worker.channel.read_to_string(&mut text)?;
+    check(
+        text == format!("{limit} {limit}"),
+        format!("worker reported RLIMIT_MEMLOCK {text:?}, expected {limit} for both"),
+    )?;
+    check(worker.process.wait()?.success(), "clean exit")?;
+
+    // A limit setrlimit refuses (here a soft limit above the hard one) fails
+    // the spawn in the child, before its entry runs.
+    let worker = zygote.spawn_with(
+        |_ctx: WorkerContext| exit_with(0),
+        SpawnOptions {
+            rlimits: vec![ResourceLimit {
+                resource: Resource::LockedMemory,
+                soft: 2 * limit + 1,
+                hard: limit,
+            }],
+            ..Default::default()
+        },
+        Vec::new(),
+    )?;
+    let status = worker.process.wait()?;
+    check(
+        status == ExitStatus::Exited(parallel_zygote::SETUP_FAILED_EXIT_CODE),
+        format!("a refused RLIMIT_MEMLOCK reported as {status}"),
     )
 }
 

@@ -52,6 +52,19 @@ pub enum Resource {
     Data,
     /// `RLIMIT_STACK`: stack in bytes.
     Stack,
+    /// `RLIMIT_MEMLOCK`: memory locked into RAM (`mlock`, `io_uring`
+    /// rings), in bytes. glommio, for one, refuses to start with less than
+    /// 512 KiB, so its workers may need to raise it.
+    ///
+    /// Lowering the limits is always allowed, and so is raising the soft
+    /// limit up to the current hard one. Raising the hard limit (which a soft
+    /// limit above the current hard one requires) needs `CAP_SYS_RESOURCE`,
+    /// as root has. Without it `setrlimit` fails in the child, which exits
+    /// with `parallel_zygote::SETUP_FAILED_EXIT_CODE` (126) before its entry
+    /// runs: the spawn fails that way, as it does for a soft limit above the
+    /// hard one in the same request.
+    // Appended last: postcard names variants by index, so the others keep theirs.
+    LockedMemory,
 }
 
 /// How a worker ended.

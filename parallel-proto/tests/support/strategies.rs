@@ -38,6 +38,7 @@ pub fn resource() -> impl Strategy<Value = Resource> {
         Just(Resource::CoreSize),
         Just(Resource::Data),
         Just(Resource::Stack),
+        Just(Resource::LockedMemory),
     ]
 }
 

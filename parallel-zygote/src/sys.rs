@@ -1,0 +1,41 @@
+//! Small OS operations the adapters need and may not do themselves (the
+//! adapters forbid `unsafe`; it lives here, each use with its reason).
+
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+/// Hands an owned descriptor to a type that takes raw descriptors only
+/// (a runtime's socket type without `From<OwnedFd>`), which owns it from
+/// then on and closes it when dropped.
+pub fn adopt_fd<T: FromRawFd>(fd: OwnedFd) -> T {
+    // SAFETY: `fd` is open and owned by us (an `OwnedFd`); `into_raw_fd`
+    // gives that ownership up, and `from_raw_fd` takes it over, which is
+    // exactly the contract of `FromRawFd`. Nothing else refers to it.
+    unsafe { T::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Registers the process for `MEMBARRIER_CMD_PRIVATE_EXPEDITED`.
+///
+/// glommio registers lazily on its executor's first sleep, which is slow
+/// (tens of milliseconds) once the process has threads; a worker calls this
+/// first, while it still has one thread, and the registration is then cheap.
+/// Registering twice is harmless.
+///
+/// # Errors
+/// The kernel refused (older than 4.14, or membarrier disabled).
+pub fn register_membarrier() -> io::Result<()> {
+    const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+    // SAFETY: membarrier takes two integers and touches no memory of ours;
+    // a failure is reported through the return value and errno.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+            0,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
