@@ -89,14 +89,15 @@ fn entry(offset: i64) -> WireEntry {
 }
 
 fn resource(tag: u8) -> Resource {
-    match tag % 7 {
+    match tag % 8 {
         0 => Resource::AddressSpace,
         1 => Resource::CpuTime,
         2 => Resource::FileSize,
         3 => Resource::OpenFiles,
         4 => Resource::CoreSize,
         5 => Resource::Data,
-        _ => Resource::Stack,
+        6 => Resource::Stack,
+        _ => Resource::LockedMemory,
     }
 }
 
