@@ -36,10 +36,30 @@ const DRAIN: Duration = Duration::from_secs(1);
 
 /// What handles ask of the driver.
 pub(crate) enum Command {
-    Call {
-        args: Vec<u8>,
-        reply: oneshot::Sender<Result<Outcome, Error>>,
-    },
+    Call { args: Vec<u8>, reply: Reply },
+}
+
+/// Where a call's answer goes: the call's id with the worker's outcome, or
+/// why there is none.
+pub(crate) type Reply = oneshot::Sender<Result<(CallId, Outcome), CallFailed>>;
+
+/// A call that got no outcome.
+#[derive(Debug)]
+pub(crate) struct CallFailed {
+    pub(crate) error: Error,
+    /// Whether the call's frame reached the worker's socket whole. A call
+    /// that did not can never have run, so retrying it elsewhere keeps
+    /// "at most once".
+    pub(crate) delivered: bool,
+}
+
+impl CallFailed {
+    pub(crate) fn undelivered(error: Error) -> Self {
+        CallFailed {
+            error,
+            delivered: false,
+        }
+    }
 }
 
 /// The handles' view of a driver. The parent's half close (End) goes out
@@ -71,6 +91,7 @@ pub(crate) fn launch<R: Runtime>(
         commands: Some(Box::pin(command_rx)),
         outgoing: Some(Box::pin(outgoing_rx)),
         calls: HashMap::new(),
+        unsent: Vec::new(),
         data: Some(data_tx),
         held: None,
         returned: Some(returned_tx),
@@ -97,7 +118,9 @@ pub struct Driver<R: Runtime> {
     commands: Option<Pin<Box<async_channel::Receiver<Command>>>>,
     /// `None` once every sender of stream data is gone.
     outgoing: Option<Pin<Box<async_channel::Receiver<RawMessage>>>>,
-    calls: HashMap<CallId, oneshot::Sender<Result<Outcome, Error>>>,
+    calls: HashMap<CallId, Reply>,
+    /// Calls whose frames are not wholly written yet.
+    unsent: Vec<CallId>,
     data: Option<mpsc::Sender<Result<RawMessage, Error>>>,
     /// A data message waiting for room in the stream's queue: while it
     /// waits, the driver reads no more from the socket (back-pressure).
@@ -201,7 +224,8 @@ impl<R: Runtime> Future for Driver<R> {
                             }
                         },
                     };
-                    this.report_death(process.map(|p| p.pid()), status);
+                    let pid = process.map(|p| p.pid()).or_else(|| this.killer.pid());
+                    this.report_death(pid, status);
                     this.phase = Phase::Done;
                 }
                 Phase::Done => return Poll::Ready(()),
@@ -220,8 +244,10 @@ impl<R: Runtime> Driver<R> {
                 let _ = self.killer.poll_resolve(cx);
             }
             if !self.write_broken {
-                if let Poll::Ready(Err(_)) = self.conn.poll_flush(cx) {
-                    self.write_broken = true;
+                match self.conn.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unsent.clear(),
+                    Poll::Ready(Err(_)) => self.write_broken = true,
+                    Poll::Pending => {}
                 }
             }
             // Take more to send only once what is queued went out: the
@@ -302,9 +328,10 @@ impl<R: Runtime> Driver<R> {
         match self.conn.machine.call(args) {
             Ok(call) => {
                 self.calls.insert(call, reply);
+                self.unsent.push(call);
             }
             Err(error) => {
-                let _ = reply.send(Err(error.into()));
+                let _ = reply.send(Err(CallFailed::undelivered(error.into())));
             }
         }
     }
@@ -329,10 +356,11 @@ impl<R: Runtime> Driver<R> {
             ParentEvent::Data { payload, .. } if self.data.is_some() => {
                 self.held = Some((payload, fds));
             }
+            ParentEvent::Ready { pid } => self.killer.hello(pid),
             ParentEvent::End => self.data = None,
             ParentEvent::Reply { call, outcome } => {
                 if let Some(reply) = self.calls.remove(&call) {
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(Ok((call, outcome)));
                 }
             }
             ParentEvent::Returned(outcome) => {
@@ -372,7 +400,10 @@ impl<R: Runtime> Driver<R> {
         };
         self.killer.record_death(death.clone());
         for (call, reply) in self.calls.drain() {
-            let _ = reply.send(Err(death.error(Some(call))));
+            let _ = reply.send(Err(CallFailed {
+                error: death.error(Some(call)),
+                delivered: !self.unsent.contains(&call),
+            }));
         }
         if let Some(mut data) = self.data.take() {
             let _ = data.try_send(Err(death.error(None)));
@@ -384,7 +415,7 @@ impl<R: Runtime> Driver<R> {
         if let Some(commands) = self.commands.take() {
             commands.close();
             while let Ok(Command::Call { reply, .. }) = commands.try_recv() {
-                let _ = reply.send(Err(death.error(None)));
+                let _ = reply.send(Err(CallFailed::undelivered(death.error(None))));
             }
         }
     }

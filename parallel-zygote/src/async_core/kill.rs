@@ -30,6 +30,9 @@ pub(crate) struct Killer {
 struct KillState {
     pending: Option<PendingSpawn>,
     process: Option<Arc<WorkerProcess>>,
+    /// The pid the worker said in its hello, which can arrive before the
+    /// zygote's answer.
+    hello_pid: Option<i32>,
     requested: bool,
     /// Why the zygote could not start the worker.
     spawn_error: Option<String>,
@@ -117,8 +120,27 @@ impl Killer {
         }
     }
 
+    /// The worker's pid: from the zygote's answer, or from the worker's own
+    /// hello, whichever came first (a worker that answered has said hello).
     pub(crate) fn pid(&self) -> Option<i32> {
-        self.lock().process.as_ref().map(|p| p.pid())
+        let state = self.lock();
+        state.process.as_ref().map(|p| p.pid()).or(state.hello_pid)
+    }
+
+    /// Whether the worker was killed or is known to have exited.
+    pub(crate) fn is_dead(&self) -> bool {
+        let state = self.lock();
+        state.requested
+            || state.death.is_some()
+            || state
+                .process
+                .as_ref()
+                .is_some_and(|process| process.try_status().is_some())
+    }
+
+    /// Records the pid the worker announced.
+    pub(crate) fn hello(&self, pid: i32) {
+        self.lock().hello_pid = Some(pid);
     }
 
     pub(crate) fn process(&self) -> Option<Arc<WorkerProcess>> {

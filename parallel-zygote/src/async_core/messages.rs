@@ -1,8 +1,10 @@
 //! Typed message streams and senders, used on both sides of a `process`.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use futures_channel::mpsc;
@@ -65,10 +67,21 @@ impl<T: DeserializeOwned, C: Codec> Stream for MessageStream<T, C> {
     }
 }
 
+/// A send the [`Sink`](futures_sink::Sink) side started and has not finished.
+type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
 /// The sending half of a typed channel to or from a worker. Cheap to clone;
 /// the other side's stream ends when every clone is dropped.
+///
+/// Send with [`send`](Self::send) from `&self`, or use it as a
+/// [`Sink`](futures_sink::Sink) (`SinkExt::send`, `forward`). Either way at
+/// most 16 messages wait in the queue: a full queue makes the sender wait.
 pub struct MessageSender<T, C: Codec = Postcard> {
     sender: async_channel::Sender<RawMessage>,
+    /// The Sink's message on its way into the queue. In a `Mutex` only so
+    /// that the sender stays `Sync`; the Sink methods reach it through
+    /// `&mut self` and never lock.
+    sink: Mutex<Option<PendingSend>>,
     _types: PhantomData<fn(T, C)>,
 }
 
@@ -76,6 +89,7 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
     fn clone(&self) -> Self {
         MessageSender {
             sender: self.sender.clone(),
+            sink: Mutex::new(None),
             _types: PhantomData,
         }
     }
@@ -85,6 +99,7 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     pub(crate) fn new(sender: async_channel::Sender<RawMessage>) -> Self {
         MessageSender {
             sender,
+            sink: Mutex::new(None),
             _types: PhantomData,
         }
     }
@@ -98,6 +113,46 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     pub async fn send(&self, message: T) -> Result<(), Error> {
         let raw = encode_with_fds(|| C::encode(&message)).map_err(Error::encode::<T>)?;
         self.sender.send(raw).await.map_err(|_| Error::Closed)
+    }
+}
+
+impl<T, C: Codec> MessageSender<T, C> {
+    /// Polls the Sink's message in flight to the queue, if any.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let pending = self.sink.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(send) = pending.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = std::task::ready!(send.as_mut().poll(cx));
+        *pending = None;
+        Poll::Ready(result)
+    }
+}
+
+impl<T: Serialize, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_pending(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: T) -> Result<(), Error> {
+        let this = self.get_mut();
+        let raw = encode_with_fds(|| C::encode(&message)).map_err(Error::encode::<T>)?;
+        let sender = this.sender.clone();
+        let send: PendingSend =
+            Box::pin(async move { sender.send(raw).await.map_err(|_| Error::Closed) });
+        *this.sink.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(send);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_pending(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // The other side sees the end once every clone is dropped.
+        self.get_mut().poll_pending(cx)
     }
 }
 

@@ -48,7 +48,7 @@ pub use fd::Fd;
 pub use messages::{MessageSender, MessageStream};
 pub use parallel::Parallel;
 pub use parallel_proto::channel::PanicReport;
-pub use pool::{Pool, PoolConfig};
+pub use pool::{Pool, PoolConfig, PoolStats};
 pub use process::{Process, ProcessHandle};
 pub use run::Run;
 pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};

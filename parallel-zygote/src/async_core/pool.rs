@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +17,8 @@ use serde::Serialize;
 
 use super::codec::Codec;
 use super::parallel::{run_entry, Parallel};
-use super::run::Run;
-use super::runtime::Runtime;
+use super::run::{outcome_into, Run};
+use super::runtime::{timeout, Runtime};
 use super::Error;
 
 /// How a [`Pool`] behaves.
@@ -47,12 +49,43 @@ struct Slot<A, R, C: Codec, Rt: Runtime> {
     calls: usize,
 }
 
+/// What a [`Pool`] has been through, from [`Pool::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Workers started to replace one that died, timed out or was recycled.
+    pub replacements: u64,
+    /// Workers found dead: killed, crashed, or exited.
+    pub deaths: u64,
+    /// Calls that ran over `call_timeout` (their workers were killed).
+    pub timeouts: u64,
+    /// Calls sent again to a fresh worker because they provably never
+    /// reached the dead one (a call that may have run is never retried).
+    pub retries: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    replacements: AtomicU64,
+    deaths: AtomicU64,
+    timeouts: AtomicU64,
+    retries: AtomicU64,
+    next_busy: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 struct Inner<A, R, C: Codec, Rt: Runtime> {
     parallel: Parallel<Rt, C>,
     task: WireEntry,
     config: PoolConfig,
     idle: Mutex<Vec<Slot<A, R, C, Rt>>>,
+    /// Workers serving a call, by a key of the call's own.
+    busy: Mutex<HashMap<u64, Run<A, R, C, Rt>>>,
     permits: Semaphore,
+    counters: Counters,
 }
 
 /// A pool of workers running one function, from [`Pool::new`].
@@ -112,7 +145,9 @@ where
                 task,
                 config: PoolConfig { size, ..config },
                 idle: Mutex::new(idle),
+                busy: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(size),
+                counters: Counters::default(),
             }),
             _types: PhantomData,
         })
@@ -123,9 +158,29 @@ where
         self.inner.config
     }
 
-    /// Pids of the idle workers (for inspection and tests).
+    /// Pids of the idle workers (for inspection and tests); `None` for one
+    /// whose pid is not known yet.
     pub fn idle_pids(&self) -> Vec<Option<i32>> {
         self.lock_idle().iter().map(|slot| slot.run.pid()).collect()
+    }
+
+    /// Pids of all the pool's workers, idle and busy, as far as known.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self.lock_idle().iter().filter_map(|s| s.run.pid()).collect();
+        let busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
+        pids.extend(busy.values().filter_map(Run::pid));
+        pids
+    }
+
+    /// Counts of replacements, deaths, timeouts and retries so far.
+    pub fn stats(&self) -> PoolStats {
+        let counters = &self.inner.counters;
+        PoolStats {
+            replacements: counters.replacements.load(Ordering::Relaxed),
+            deaths: counters.deaths.load(Ordering::Relaxed),
+            timeouts: counters.timeouts.load(Ordering::Relaxed),
+            retries: counters.retries.load(Ordering::Relaxed),
+        }
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Slot<A, R, C, Rt>>> {
@@ -139,49 +194,95 @@ where
         })
     }
 
+    /// A live idle worker, or a fresh one: a worker found dead is replaced
+    /// before it is given a call.
+    fn take_slot(&self) -> Result<Slot<A, R, C, Rt>, Error> {
+        loop {
+            let Some(slot) = self.lock_idle().pop() else {
+                return self.fresh_slot();
+            };
+            if !slot.run.is_dead() {
+                return Ok(slot);
+            }
+            bump(&self.inner.counters.deaths);
+            bump(&self.inner.counters.replacements);
+        }
+    }
+
     /// Runs one call on an idle worker, waiting for one if all are busy.
+    ///
+    /// A call that provably never reached its worker (the worker died
+    /// before the call was written whole) is sent again to a fresh worker; a
+    /// call that may have run is never repeated.
     ///
     /// # Errors
     /// As [`Run::call`], plus [`Error::Timeout`] when `call_timeout` is set;
-    /// a worker lost to the error is replaced at once.
+    /// a worker lost to the error is replaced at once. Errors name no call
+    /// number: in a pool that number is the worker's, not the caller's.
     pub async fn call(&self, argument: A) -> Result<R, Error> {
+        let args = C::encode(&argument).map_err(Error::encode::<A>)?;
         let _permit = self.inner.permits.acquire().await;
-        let slot = match self.lock_idle().pop() {
-            Some(slot) if !slot.run.is_closed() => slot,
-            _ => self.fresh_slot()?,
-        };
-        let result = match self.inner.config.call_timeout {
-            Some(limit) => slot.run.call_timeout(argument, limit).await,
-            None => slot.run.call(argument).await,
-        };
-        let worker_lost = matches!(
-            result,
-            Err(Error::WorkerDied { .. }
-                | Error::Timeout { .. }
-                | Error::Io(_)
-                | Error::Protocol(_)
-                | Error::Closed)
-        );
-        let mut slot = slot;
-        slot.calls += 1;
-        let worn_out = self
-            .inner
-            .config
-            .max_calls_per_worker
-            .is_some_and(|max| slot.calls >= max);
-        let next = if worker_lost || worn_out {
-            if worker_lost {
+        let counters = &self.inner.counters;
+        let mut retries_left = self.inner.config.size + 1;
+        loop {
+            let mut slot = self.take_slot()?;
+            let key = counters.next_busy.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, slot.run.clone());
+            let call = slot.run.call_encoded(args.clone());
+            let result = match self.inner.config.call_timeout {
+                None => Some(call.await),
+                Some(limit) => timeout::<Rt, _>(limit, call).await,
+            };
+            self.inner
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            let pid = slot.run.pid();
+            let (result, lost) = match result {
+                Some(Ok((_, outcome))) => (outcome_into::<R, C>(outcome, pid, None), false),
+                Some(Err(failed)) if !failed.delivered && retries_left > 0 => {
+                    retries_left -= 1;
+                    bump(&counters.deaths);
+                    bump(&counters.replacements);
+                    bump(&counters.retries);
+                    slot.run.kill();
+                    continue;
+                }
+                Some(Err(failed)) => {
+                    bump(&counters.deaths);
+                    (Err(without_call(failed.error)), true)
+                }
+                None => {
+                    // The call future was dropped: its worker is killed.
+                    bump(&counters.timeouts);
+                    let after = self.inner.config.call_timeout.unwrap_or_default();
+                    (Err(Error::Timeout { after, pid }), true)
+                }
+            };
+            slot.calls += 1;
+            let worn_out = self
+                .inner
+                .config
+                .max_calls_per_worker
+                .is_some_and(|max| slot.calls >= max);
+            let next = if lost || worn_out {
                 slot.run.kill();
+                bump(&counters.replacements);
+                // Replace it now, so the next call finds a warm worker.
+                self.fresh_slot().ok()
+            } else {
+                Some(slot)
+            };
+            if let Some(next) = next {
+                self.lock_idle().push(next);
             }
-            // Replace it now, so the next call finds a warm worker.
-            self.fresh_slot().ok()
-        } else {
-            Some(slot)
-        };
-        if let Some(next) = next {
-            self.lock_idle().push(next);
+            return result;
         }
-        result
     }
 
     /// Maps `inputs` through the pool, `size` calls at a time, yielding the
@@ -213,5 +314,17 @@ where
                 async move { (index, pool.call(input).await) }
             })
             .buffer_unordered(self.inner.config.size)
+    }
+}
+
+/// A pool's error, without the worker's internal call number.
+fn without_call(error: Error) -> Error {
+    match error {
+        Error::WorkerDied { pid, status, .. } => Error::WorkerDied {
+            pid,
+            status,
+            call: None,
+        },
+        other => other,
     }
 }

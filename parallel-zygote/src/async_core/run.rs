@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::Codec;
-use super::driver::{Command, Link};
+use super::driver::{CallFailed, Command, Link};
 use super::kill::{KillOnDrop, Killer};
 use super::runtime::{timeout, Runtime};
 use super::Error;
@@ -71,6 +71,13 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     /// argument or result could not be encoded or decoded.
     pub async fn call(&self, argument: A) -> Result<T, Error> {
         let args = C::encode(&argument).map_err(Error::encode::<A>)?;
+        let (call, outcome) = self.call_encoded(args).await.map_err(|failed| failed.error)?;
+        outcome_into::<T, C>(outcome, self.killer.pid(), Some(call))
+    }
+
+    /// Sends encoded arguments and waits for the outcome, saying on failure
+    /// whether the call reached the worker.
+    pub(crate) async fn call_encoded(&self, args: Vec<u8>) -> Result<(u64, Outcome), CallFailed> {
         let (reply, answer) = oneshot::channel();
         let mut guard = KillOnDrop::new(Arc::clone(&self.killer));
         if self
@@ -80,16 +87,20 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
             .is_err()
         {
             guard.disarm();
-            return Err(self.killer.death(None));
+            return Err(CallFailed::undelivered(self.killer.death(None)));
         }
         let outcome = answer.await;
         guard.disarm();
-        let pid = self.killer.pid();
         match outcome {
-            Ok(Ok(outcome)) => outcome_into::<T, C>(outcome, pid, None),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(self.killer.death(None)),
+            Ok(result) => result,
+            Err(_) => Err(CallFailed::undelivered(self.killer.death(None))),
         }
+    }
+
+    /// Whether the worker is known to have exited, or been killed, even if
+    /// its driver has not noticed yet.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.commands.is_closed() || self.killer.is_dead()
     }
 
     /// [`call`](Self::call) with a time limit; on timeout the worker is
