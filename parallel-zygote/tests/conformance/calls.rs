@@ -1,0 +1,129 @@
+//! Values in and out: `spawn`, `run` (in order and concurrent), a custom
+//! codec, snapshots.
+
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+use parallel_zygote::async_core::{Codec, Parallel, Runtime};
+
+use super::check;
+
+pub async fn spawn_returns_the_value<R: Runtime>(parallel: Parallel<R>) -> Result<(), Failed> {
+    let value = parallel.spawn(|x: u64| async move { x * 2 }, 21).await?;
+    check(value == 42, format!("got {value}"))?;
+    let text = parallel
+        .spawn(
+            |words: Vec<String>| async move { words.join(" ") },
+            vec!["in".into(), "another".into(), "process".into()],
+        )
+        .await?;
+    check(text == "in another process", text)
+}
+
+pub async fn spawn_runs_in_another_process<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let handle = parallel.spawn(|_: ()| async move { std::process::id() }, ());
+    let pid = handle.await?;
+    check(
+        pid != std::process::id(),
+        "worker pid differs from the parent's",
+    )
+}
+
+pub async fn thousand_calls_in_order_on_one_run_worker<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let add_one = parallel.run(|x: u32| async move { x + 1 })?;
+    let started = Instant::now();
+    for i in 0..1000u32 {
+        let value = add_one.call(i).await?;
+        check(value == i + 1, format!("call {i} gave {value}"))?;
+    }
+    eprintln!(
+        "    1000 sequential calls: {:?} per call",
+        started.elapsed() / 1000
+    );
+    Ok(())
+}
+
+pub async fn thousand_concurrent_calls_on_one_run_worker<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // Each call sleeps: if calls did not run concurrently inside the worker,
+    // 1000 of them would take 10 s, not a few tens of milliseconds.
+    let slow = parallel.run(|x: u32| async move {
+        R::sleep(Duration::from_millis(10)).await;
+        x * 3
+    })?;
+    let started = Instant::now();
+    let calls = (0..1000u32).map(|i| {
+        let slow = slow.clone();
+        async move { (i, slow.call(i).await) }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for (i, result) in results {
+        check(result? == i * 3, format!("call {i}"))?;
+    }
+    let elapsed = started.elapsed();
+    check(
+        elapsed < Duration::from_secs(3),
+        format!("1000 concurrent 10 ms calls took {elapsed:?}"),
+    )
+}
+
+/// A codec that XORs postcard bytes: proves both sides use the plugged codec.
+struct Scrambled;
+
+impl Codec for Scrambled {
+    fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+        let mut bytes = postcard::to_stdvec(value).map_err(|e| e.to_string())?;
+        bytes.iter_mut().for_each(|b| *b ^= 0x5A);
+        bytes.push(0xEE);
+        Ok(bytes)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        let (marker, body) = bytes.split_last().ok_or("empty")?;
+        if *marker != 0xEE {
+            return Err("not scrambled".into());
+        }
+        let plain: Vec<u8> = body.iter().map(|b| b ^ 0x5A).collect();
+        postcard::from_bytes(&plain).map_err(|e| e.to_string())
+    }
+}
+
+pub async fn custom_codec_is_used_both_ways<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let scrambled = parallel.with_codec::<Scrambled>();
+    let value = scrambled
+        .spawn(|s: String| async move { s.len() }, "seven!!".to_string())
+        .await?;
+    check(value == 7, format!("{value}"))?;
+    let run = scrambled.run(|x: i64| async move { -x })?;
+    check(run.call(5).await? == -5, "run with custom codec")
+}
+
+static TABLE: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+
+/// Runs in a worker: how many entries the snapshot's init left in `TABLE`.
+async fn table_len(_: ()) -> usize {
+    TABLE.get().map_or(0, Vec::len)
+}
+
+pub async fn snapshot_workers_see_init_state<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let warm = parallel.snapshot(
+        |args: Vec<u8>| {
+            let n = u64::from(args[0]);
+            TABLE.set((0..n * 1000).collect()).unwrap();
+        },
+        vec![7],
+    )?;
+    let len = warm.spawn(table_len, ()).await?;
+    check(len == 7000, format!("snapshot worker saw {len} entries"))?;
+    let cold = parallel.spawn(table_len, ()).await?;
+    check(cold == 0, "main zygote workers do not see it")
+}

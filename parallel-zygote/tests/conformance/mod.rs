@@ -1,0 +1,326 @@
+//! The adapter conformance suite: every behaviour the async core promises,
+//! written once, generic over the [`Runtime`], run by each adapter on its
+//! own runtime with real workers, real sockets and a real zygote.
+//!
+//! This folder is not a test target of `parallel-zygote` (a folder with a
+//! `mod.rs` under `tests/` is not one): each adapter includes it from its own
+//! `tests/conformance.rs`, declared with `harness = false`:
+//!
+//! ```ignore
+//! #[path = "../../parallel-zygote/tests/conformance/mod.rs"]
+//! mod conformance;
+//!
+//! struct MyHarness;
+//! impl conformance::Harness for MyHarness {
+//!     type R = my_adapter::MyRuntime;
+//!     fn init() -> Result<Parallel<Self::R>, Error> { my_adapter::init() }
+//!     fn block_on(test: conformance::TestFuture) -> Result<(), Failed> {
+//!         /* build a fresh runtime, run `test` on it to completion */
+//!     }
+//! }
+//!
+//! fn main() {
+//!     conformance::main::<MyHarness>();
+//! }
+//! ```
+//!
+//! The adapter's dev-dependencies must include `libtest-mimic`,
+//! `futures-util`, `libc`, `nix`, `postcard` and `serde` (the suite is
+//! compiled inside the adapter's test crate and uses them), and the adapter
+//! must depend on `parallel-zygote`.
+//!
+//! # Layout
+//!
+//! - this file: the [`Harness`] trait, [`main`], [`trials`], and the helpers
+//!   every scenario shares (bounded waits, pids, process liveness);
+//! - `calls.rs`: values in and out (`spawn`, `run` in order and concurrent,
+//!   a custom codec, snapshots);
+//! - `failures.rs`: what a worker's failure looks like (panic, abort,
+//!   SIGKILL mid-call, death before the first reply, a dead zygote);
+//! - `cancel.rs`: who stops a worker (abort, a dropped or detached spawn, a
+//!   dropped call future, the last `Run` dropped);
+//! - `process.rs`: typed two-way channels (half close, panic, back-pressure,
+//!   descriptors both ways);
+//! - `pool.rs`: pools (timeouts, a poisoned input, recycling,
+//!   `map_unordered`).
+//!
+//! # Running
+//!
+//! [`main`] starts the zygote first thing, before libtest-mimic starts its
+//! threads (a zygote must fork from a single-threaded process), builds the
+//! trials and runs them. It also serves as the helper process of
+//! `zygote_gone_gives_a_clear_error_promptly`: that trial re-executes the
+//! test binary with [`HELPER_ENV`] set, so that killing the zygote does not
+//! take the other trials' zygote down; `main` sees the variable and runs the
+//! helper instead of the suite. An adapter that builds its own `main` from
+//! [`trials`] must call [`helper`] first in the same way.
+//!
+//! Each trial runs its scenario with [`Harness::block_on`] on a runtime of
+//! its own; trials run in parallel threads.
+//!
+//! # Skipping a scenario
+//!
+//! An adapter skips a scenario only with a written reason:
+//! [`Harness::skip`] returns `Some(reason)` for its name, and the trial is
+//! reported as ignored with `"<runtime> skips this: <reason>"` (libtest's
+//! `ignored, <reason>` line), never silently dropped. Scenarios that only
+//! make sense for one adapter (a runtime option of its own, a notion of
+//! "outside the runtime") are that adapter's [`Harness::extra_trials`].
+//!
+//! # Rules for scenarios
+//!
+//! - Written as `async fn name<R: Runtime>(parallel: Parallel<R>) ->
+//!   Result<(), Failed>`, using nothing of a particular runtime: timers are
+//!   `R::sleep`, bounded waits are [`within`], concurrency is
+//!   `futures_util::future::{join, select}` inside the test's own future (no
+//!   task spawning, so `!Send` runtimes work too).
+//! - Functions sent to workers capture nothing (fn items, or closures
+//!   without captures; a closure may still name `R`). Inside a worker,
+//!   `R::sleep` runs on that adapter's worker runtime.
+//! - The machine may be small and loaded (two cores, trials in parallel):
+//!   no timing assertion tighter than the generous bounds below, and no
+//!   fixed sleep standing in for "it has happened by now" where the thing
+//!   can be polled for (a pid, a process gone, a counter settled).
+//! - A worker's pid comes with the zygote's "spawned" reply, on another
+//!   socket than the worker's answers: it can trail a call's result, so read
+//!   it with [`known_pid`], never `pid().unwrap()`.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::time::{Duration, Instant};
+
+use futures_util::future::{select, Either};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use parallel_zygote::async_core::{Error, Parallel, Runtime};
+
+mod calls;
+mod cancel;
+mod failures;
+mod pool;
+mod process;
+
+/// A scenario's future, as [`Harness::block_on`] runs it.
+pub type TestFuture = Pin<Box<dyn Future<Output = Result<(), Failed>>>>;
+
+/// A scenario: given a handle on the zygote, the future to run.
+pub type Test<R> = fn(Parallel<R>) -> TestFuture;
+
+/// The environment variable that turns the test binary into a helper
+/// process (see [`helper`]).
+pub const HELPER_ENV: &str = "PARALLEL_CONFORMANCE_HELPER";
+
+/// What an adapter provides to run the suite.
+pub trait Harness: 'static {
+    /// The adapter's runtime.
+    type R: Runtime;
+
+    /// Starts the zygote and returns a handle on it (the adapter's `init()`).
+    /// Called first thing in [`main`], before any thread exists, and again in
+    /// helper processes.
+    fn init() -> Result<Parallel<Self::R>, Error>;
+
+    /// Runs a parent-side test future to completion on this runtime: a fresh
+    /// runtime per call, dropped afterwards. Called from libtest-mimic's
+    /// threads, several at once.
+    fn block_on(test: TestFuture) -> Result<(), Failed>;
+
+    /// `Some(reason)` to skip the scenario called `name` on this adapter;
+    /// the trial is then reported as ignored with that reason.
+    fn skip(name: &str) -> Option<&'static str> {
+        let _ = name;
+        None
+    }
+
+    /// Trials of this adapter only (see [`trial`] to build them), run after
+    /// the shared ones.
+    fn extra_trials(parallel: &Parallel<Self::R>) -> Vec<Trial> {
+        let _ = parallel;
+        Vec::new()
+    }
+}
+
+/// The whole test binary: runs as the helper process when [`HELPER_ENV`]
+/// says so; otherwise starts the zygote, builds the shared and the extra
+/// trials, and runs them with libtest-mimic (command-line filters apply).
+pub fn main<H: Harness>() {
+    if helper::<H>() {
+        return;
+    }
+    let parallel = H::init().expect("start the zygote first thing in main, before any thread");
+    let args = Arguments::from_args();
+    let mut all = trials::<H>(parallel.clone());
+    all.extend(H::extra_trials(&parallel));
+    libtest_mimic::run(&args, all).exit();
+}
+
+/// When [`HELPER_ENV`] is set, runs the helper process it names and returns
+/// true (the caller then returns from `main`); otherwise returns false.
+pub fn helper<H: Harness>() -> bool {
+    match std::env::var(HELPER_ENV) {
+        Ok(which) if which == failures::ZYGOTE_GONE_HELPER => {
+            failures::zygote_gone_helper::<H>();
+            true
+        }
+        Ok(which) => panic!("{HELPER_ENV}={which}: no such helper"),
+        Err(_) => false,
+    }
+}
+
+/// The shared scenarios, one trial each, on `parallel`'s zygote.
+pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
+    macro_rules! scenarios {
+        ($($module:ident :: $name:ident),* $(,)?) => {
+            vec![$(
+                trial::<H>(stringify!($name), parallel.clone(), |p| {
+                    Box::pin($module::$name(p))
+                }),
+            )*]
+        };
+    }
+    let mut trials = scenarios![
+        calls::spawn_returns_the_value,
+        calls::spawn_runs_in_another_process,
+        calls::thousand_calls_in_order_on_one_run_worker,
+        calls::thousand_concurrent_calls_on_one_run_worker,
+        calls::custom_codec_is_used_both_ways,
+        calls::snapshot_workers_see_init_state,
+        failures::run_call_panic_reports_message_and_location_and_worker_survives,
+        failures::spawn_panic_is_reported,
+        failures::worker_abort_reports_sigabrt_and_the_call,
+        failures::worker_sigkill_mid_call_reports_signal_and_call,
+        failures::worker_dying_before_first_reply_errors_promptly,
+        cancel::spawn_abort_kills_the_worker,
+        cancel::dropped_spawn_handle_kills_its_worker,
+        cancel::detached_spawn_runs_to_completion,
+        cancel::dropped_call_future_kills_its_worker,
+        cancel::dropping_the_last_run_handle_ends_the_worker,
+        process::process_streams_both_ways_with_half_close,
+        process::process_worker_panic_ends_stream_with_error,
+        process::slow_consumer_keeps_memory_bounded,
+        process::fd_passed_to_a_worker_is_usable_there,
+        process::fd_passed_back_from_a_worker_is_usable_here,
+        pool::timeout_kills_stuck_worker_and_pool_keeps_serving,
+        pool::pool_of_4_over_1000_inputs_with_one_poisoned,
+        pool::pool_recycles_workers_after_max_calls,
+        pool::pool_map_unordered_reports_indices,
+    ];
+    trials.push(skippable::<H>(
+        failures::ZYGOTE_GONE,
+        failures::zygote_gone_gives_a_clear_error_promptly,
+    ));
+    trials
+}
+
+/// A trial running `test` with [`Harness::block_on`], or reported as
+/// ignored with the adapter's reason when [`Harness::skip`] names it.
+pub fn trial<H: Harness>(name: &'static str, parallel: Parallel<H::R>, test: Test<H::R>) -> Trial {
+    skippable::<H>(name, move || H::block_on(test(parallel)))
+}
+
+/// A trial running `run` on libtest-mimic's thread, unless skipped.
+fn skippable<H: Harness>(
+    name: &'static str,
+    run: impl FnOnce() -> Result<(), Failed> + Send + 'static,
+) -> Trial {
+    match H::skip(name) {
+        Some(reason) => Trial::ignorable_test(name, move || {
+            Ok(Completion::ignored_with(format!(
+                "{} skips this: {reason}",
+                <H::R as Runtime>::NAME
+            )))
+        }),
+        None => Trial::test(name, run),
+    }
+}
+
+/// `Ok` when `condition` holds, else a failure saying `message`.
+pub fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message.into().into())
+    }
+}
+
+/// `future`'s output, or `None` when `limit` passed first (the future is
+/// then dropped).
+pub async fn within<R: Runtime, F: Future>(limit: Duration, future: F) -> Option<F::Output> {
+    match select(pin!(future), pin!(R::sleep(limit))).await {
+        Either::Left((output, _)) => Some(output),
+        Either::Right(_) => None,
+    }
+}
+
+/// How long the zygote may take to report a worker's pid.
+const PID_WAIT: Duration = Duration::from_secs(5);
+
+/// A worker's pid, waiting (up to 5 s) for the zygote to report it.
+///
+/// The pid comes with the zygote's "spawned" reply, which can arrive after
+/// the worker's first answer (they travel on different sockets), so a test
+/// that needs it right after a call polls for it.
+pub async fn known_pid<R: Runtime>(
+    what: &str,
+    pid: impl Fn() -> Option<i32>,
+) -> Result<i32, Failed> {
+    let deadline = Instant::now() + PID_WAIT;
+    loop {
+        if let Some(pid) = pid() {
+            return Ok(pid);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the pid of the {what} was not known after {PID_WAIT:?}").into());
+        }
+        R::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the parenthesized command name.
+            let state = stat.get(stat.rfind(')')? + 2..)?;
+            Some(!state.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits (up to `limit`) for process `pid` to be gone or a zombie; true if
+/// it was.
+pub async fn wait_gone<R: Runtime>(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !alive(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        R::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A fresh, already unlinked, read-write file in the temporary directory.
+pub fn tempfile() -> std::io::Result<std::fs::File> {
+    let path = temp_path("file");
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// A path in the temporary directory that nothing else uses.
+pub fn temp_path(label: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "parallel-conformance-{}-{label}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}

@@ -1,0 +1,133 @@
+//! Pools: a timeout that does not break the pool, a poisoned input among a
+//! thousand, recycling, `map_unordered`.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use libtest_mimic::Failed;
+use parallel_zygote::async_core::{Error, Parallel, Pool, PoolConfig, Runtime};
+
+use super::check;
+
+pub async fn timeout_kills_stuck_worker_and_pool_keeps_serving<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let config = PoolConfig {
+        size: 2,
+        call_timeout: Some(Duration::from_millis(300)),
+        ..PoolConfig::default()
+    };
+    let pool = Pool::new(
+        &parallel,
+        |millis: u64| async move {
+            // Blocks the worker's thread: only a kill ends it.
+            std::thread::sleep(Duration::from_millis(millis));
+            millis
+        },
+        config,
+    )?;
+    let started = Instant::now();
+    match pool.call(60_000).await {
+        Err(Error::Timeout { after, .. }) => {
+            check(after == Duration::from_millis(300), format!("{after:?}"))?
+        }
+        other => return Err(format!("expected a timeout, got {other:?}").into()),
+    }
+    check(
+        started.elapsed() < Duration::from_secs(2),
+        "timeout was prompt",
+    )?;
+    for i in 0..20 {
+        check(pool.call(i).await? == i, "pool serves after a timeout")?;
+    }
+    Ok(())
+}
+
+pub async fn pool_of_4_over_1000_inputs_with_one_poisoned<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = Pool::new(
+        &parallel,
+        |x: u32| async move {
+            if x == 500 {
+                let _ = std::env::set_current_dir(std::env::temp_dir());
+                std::process::abort();
+            }
+            x * 2
+        },
+        PoolConfig {
+            size: 4,
+            ..PoolConfig::default()
+        },
+    )?;
+    let started = Instant::now();
+    let results: Vec<Result<u32, Error>> = pool
+        .map(futures_util::stream::iter(0..1000u32))
+        .collect()
+        .await;
+    check(results.len() == 1000, "one result per input")?;
+    for (i, result) in results.iter().enumerate() {
+        match (i, result) {
+            (500, Err(error @ Error::WorkerDied { .. })) => {
+                check(error.signal() == Some(libc::SIGABRT), error.to_string())?
+            }
+            (500, other) => return Err(format!("poisoned input gave {other:?}").into()),
+            (i, Ok(value)) => check(*value == i as u32 * 2, format!("input {i} gave {value}"))?,
+            (i, Err(error)) => return Err(format!("input {i} failed: {error}").into()),
+        }
+    }
+    eprintln!("    pool of 4: 1000 inputs in {:?}", started.elapsed());
+    check(pool.idle_pids().len() == 4, "the pool is back to 4 workers")
+}
+
+pub async fn pool_recycles_workers_after_max_calls<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = Pool::new(
+        &parallel,
+        |_: ()| async move { std::process::id() },
+        PoolConfig {
+            size: 1,
+            max_calls_per_worker: Some(3),
+            ..PoolConfig::default()
+        },
+    )?;
+    let mut pids = Vec::new();
+    for _ in 0..9 {
+        pids.push(pool.call(()).await?);
+    }
+    let distinct: std::collections::BTreeSet<_> = pids.iter().collect();
+    check(
+        distinct.len() == 3,
+        format!(
+            "9 calls at 3 per worker used {} workers: {pids:?}",
+            distinct.len()
+        ),
+    )
+}
+
+pub async fn pool_map_unordered_reports_indices<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = Pool::new(
+        &parallel,
+        |x: u64| async move {
+            R::sleep(Duration::from_millis(10 * (5 - x % 5))).await;
+            x
+        },
+        PoolConfig {
+            size: 3,
+            ..PoolConfig::default()
+        },
+    )?;
+    let mut seen: Vec<(usize, u64)> = Vec::new();
+    let mut stream = std::pin::pin!(pool.map_unordered(futures_util::stream::iter(0..20u64)));
+    while let Some((index, result)) = stream.next().await {
+        seen.push((index, result?));
+    }
+    seen.sort();
+    check(
+        seen == (0..20).map(|i| (i as usize, i)).collect::<Vec<_>>(),
+        format!("{seen:?}"),
+    )
+}

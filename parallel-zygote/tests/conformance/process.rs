@@ -1,0 +1,192 @@
+//! Typed two-way channels: half close, a panicking worker, back-pressure
+//! towards a worker that outruns its reader, descriptors both ways.
+
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use libtest_mimic::Failed;
+use parallel_zygote::async_core::{Error, Fd, MessageSender, MessageStream, Parallel, Runtime};
+
+use super::{check, tempfile};
+
+pub async fn process_streams_both_ways_with_half_close<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(
+        |mut input: MessageStream<String>, output: MessageSender<String>| async move {
+            let mut count = 0;
+            while let Some(Ok(line)) = input.recv().await {
+                count += 1;
+                output.send(line.to_uppercase()).await.unwrap();
+            }
+            // Input ended (the parent dropped its sender): say how many came.
+            output.send(format!("{count} lines")).await.unwrap();
+        },
+    )?;
+    for word in ["alpha", "beta", "gamma"] {
+        process.sender.send(word.to_string()).await?;
+    }
+    drop(process.sender);
+    let mut received = Vec::new();
+    while let Some(message) = process.stream.next().await {
+        received.push(message?);
+    }
+    check(
+        received == ["ALPHA", "BETA", "GAMMA", "3 lines"],
+        format!("{received:?}"),
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
+pub async fn process_worker_panic_ends_stream_with_error<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel.process(
+        |_input: MessageStream<u8>, output: MessageSender<u8>| async move {
+            output.send(1).await.unwrap();
+            panic!("process function fails");
+        },
+    )?;
+    let mut stream = process.stream;
+    check(
+        matches!(stream.next().await, Some(Ok(1))),
+        "first message arrives",
+    )?;
+    check(stream.next().await.is_none(), "stream ends")?;
+    match process.handle.wait().await {
+        Err(Error::Panicked { report, .. }) => {
+            check(report.message == "process function fails", report.message)
+        }
+        other => Err(format!("expected a panic, got {other:?}").into()),
+    }
+}
+
+const MESSAGE: usize = 64 * 1024;
+
+/// Runs in a worker: produces 64 KiB messages as fast as it may, forever,
+/// and keeps the count of those its sender accepted in the file it is sent
+/// first (8 bytes, little endian, at offset 0).
+async fn firehose(mut input: MessageStream<Fd>, output: MessageSender<Vec<u8>>) {
+    let Some(Ok(counter)) = input.recv().await else {
+        return;
+    };
+    let counter = std::fs::File::from(counter.into_inner());
+    let mut sent = 0u64;
+    while output.send(vec![7u8; MESSAGE]).await.is_ok() {
+        sent += 1;
+        counter.write_all_at(&sent.to_le_bytes(), 0).unwrap();
+    }
+}
+
+/// How many messages the firehose has handed to its sender so far.
+fn produced(counter: &std::fs::File) -> std::io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    match counter.read_exact_at(&mut bytes, 0) {
+        Ok(()) => Ok(u64::from_le_bytes(bytes)),
+        // Nothing written yet.
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        Err(error) => Err(error),
+    }
+}
+
+pub async fn slow_consumer_keeps_memory_bounded<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // The worker's progress is read from a shared file it updates, not from
+    // /proc/<pid>/io: the channel writes with sendmsg, which `wchar` does
+    // not count, so that would stay flat however much the worker sent.
+    let counter = tempfile()?;
+    let process = parallel.process(firehose)?;
+    process.sender.send(Fd(counter.try_clone()?.into())).await?;
+    let mut stream = process.stream;
+    check(stream.next().await.is_some(), "first message")?;
+    // Nobody reads now. Bounded, the worker is parked once the queues (16
+    // messages each side) and the socket buffers are full; unbounded, it
+    // would go on to gigabytes. How soon it parks depends on the scheduler,
+    // so wait (up to 10 s) for the count to stop moving over 300 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stalled = produced(&counter)?;
+    loop {
+        R::sleep(Duration::from_millis(300)).await;
+        let now = produced(&counter)?;
+        if now == stalled {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "worker kept producing while nobody read: {stalled} -> {now} messages"
+            )
+            .into());
+        }
+        stalled = now;
+    }
+    eprintln!("    worker parked after {stalled} messages");
+    check(
+        stalled > 1,
+        format!("worker produced only {stalled} messages: is the counter read?"),
+    )?;
+    check(
+        (stalled as usize) * MESSAGE < 32 << 20,
+        format!("worker produced {stalled} messages of 64 KiB ahead of a stalled reader"),
+    )?;
+    // And reading resumes the flow: more than the stalled pipeline held.
+    let reads = (stalled + 10).max(100);
+    for _ in 0..reads {
+        check(
+            matches!(stream.next().await, Some(Ok(ref m)) if m.len() == MESSAGE),
+            "message intact",
+        )?;
+    }
+    let now = produced(&counter)?;
+    check(
+        now > stalled,
+        format!("{reads} messages read, yet the worker stayed at {stalled}"),
+    )?;
+    process.handle.kill();
+    Ok(())
+}
+
+pub async fn fd_passed_to_a_worker_is_usable_there<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut file = tempfile()?;
+    file.write_all(b"written by the parent")?;
+    file.rewind()?;
+    let mut process = parallel.process(
+        |mut input: MessageStream<(String, Fd)>, output: MessageSender<String>| async move {
+            while let Some(Ok((label, fd))) = input.recv().await {
+                let mut file = std::fs::File::from(fd.into_inner());
+                let mut text = String::new();
+                file.read_to_string(&mut text).unwrap();
+                output.send(format!("{label}: {text}")).await.unwrap();
+            }
+        },
+    )?;
+    process
+        .sender
+        .send(("file".to_string(), Fd(file.into())))
+        .await?;
+    let answer = process.stream.next().await.ok_or("no answer")??;
+    check(answer == "file: written by the parent", answer)
+}
+
+pub async fn fd_passed_back_from_a_worker_is_usable_here<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(
+        |_input: MessageStream<()>, output: MessageSender<Fd>| async move {
+            let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            ours.write_all(b"made in the worker").unwrap();
+            drop(ours);
+            output.send(Fd(theirs.into())).await.unwrap();
+        },
+    )?;
+    let fd = process.stream.next().await.ok_or("no fd")??;
+    let mut socket = std::os::unix::net::UnixStream::from(fd.into_inner());
+    let mut text = String::new();
+    socket.read_to_string(&mut text)?;
+    check(text == "made in the worker", text)
+}
