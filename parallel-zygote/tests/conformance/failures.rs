@@ -23,7 +23,8 @@ pub async fn run_call_panic_reports_message_and_location_and_worker_survives<R: 
         x
     })?;
     match picky.call(13).await {
-        Err(Error::Panicked { report, .. }) => {
+        Err(Error::Panicked { report, call, .. }) => {
+            check(call.is_some(), "a run panic names its call")?;
             check(
                 report.message == "unlucky number 13",
                 format!("message {:?}", report.message),

@@ -199,10 +199,12 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         process::slow_consumer_keeps_memory_bounded,
         process::fd_passed_to_a_worker_is_usable_there,
         process::fd_passed_back_from_a_worker_is_usable_here,
+        process::process_sender_is_a_sink,
         pool::timeout_kills_stuck_worker_and_pool_keeps_serving,
         pool::pool_of_4_over_1000_inputs_with_one_poisoned,
         pool::pool_recycles_workers_after_max_calls,
         pool::pool_map_unordered_reports_indices,
+        pool::pool_replaces_idle_workers_killed_before_a_call,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,

@@ -7,7 +7,10 @@ use futures_util::StreamExt;
 use libtest_mimic::Failed;
 use parallel_zygote::async_core::{Error, Parallel, Pool, PoolConfig, Runtime};
 
-use super::check;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{check, wait_gone};
 
 pub async fn timeout_kills_stuck_worker_and_pool_keeps_serving<R: Runtime>(
     parallel: Parallel<R>,
@@ -130,4 +133,60 @@ pub async fn pool_map_unordered_reports_indices<R: Runtime>(
         seen == (0..20).map(|i| (i as usize, i)).collect::<Vec<_>>(),
         format!("{seen:?}"),
     )
+}
+
+pub async fn pool_replaces_idle_workers_killed_before_a_call<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = Pool::new(
+        &parallel,
+        |x: u32| async move { x + 1 },
+        PoolConfig {
+            size: 2,
+            ..PoolConfig::default()
+        },
+    )?;
+    check(pool.call(1).await? == 2, "warm call")?;
+    // Both workers' pids become known (the zygote's answers arrive on their own).
+    let started = Instant::now();
+    let pids = loop {
+        let pids = pool.pids();
+        if pids.len() == 2 {
+            break pids;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            return Err(format!("pids not known after 5 s: {pids:?}").into());
+        }
+        R::sleep(Duration::from_millis(10)).await;
+    };
+    for pid in &pids {
+        kill(Pid::from_raw(*pid), Signal::SIGKILL)?;
+    }
+    for pid in &pids {
+        check(
+            wait_gone::<R>(*pid, Duration::from_secs(5)).await,
+            format!("worker {pid} gone"),
+        )?;
+    }
+    // The pool was not told: every call must still succeed, on fresh workers.
+    for i in 0..10u32 {
+        let answer = pool.call(i).await;
+        check(
+            matches!(answer, Ok(x) if x == i + 1),
+            format!("call {i} after the kill: {answer:?}"),
+        )?;
+    }
+    let stats = pool.stats();
+    eprintln!("    after the kill: {stats:?}");
+    check(stats.deaths >= 1, format!("deaths counted: {stats:?}"))?;
+    check(
+        stats.replacements >= stats.deaths,
+        format!("each death replaced: {stats:?}"),
+    )?;
+    let now = pool.pids();
+    check(
+        now.iter().all(|pid| !pids.contains(pid)),
+        format!("no killed worker left: {now:?} vs {pids:?}"),
+    )?;
+    Ok(())
 }

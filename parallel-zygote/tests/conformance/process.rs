@@ -190,3 +190,29 @@ pub async fn fd_passed_back_from_a_worker_is_usable_here<R: Runtime>(
     socket.read_to_string(&mut text)?;
     check(text == "made in the worker", text)
 }
+
+pub async fn process_sender_is_a_sink<R: Runtime>(parallel: Parallel<R>) -> Result<(), Failed> {
+    use futures_util::SinkExt;
+    let echo = parallel.process(
+        |mut input: MessageStream<u32>, output: MessageSender<u32>| async move {
+            while let Some(Ok(x)) = input.recv().await {
+                if output.send(x * 3).await.is_err() {
+                    break;
+                }
+            }
+        },
+    )?;
+    let mut sink = echo.sender;
+    let mut stream = echo.stream;
+    SinkExt::send(&mut sink, 1).await?;
+    sink.send_all(&mut futures_util::stream::iter(2..=100u32).map(Ok))
+        .await?;
+    SinkExt::close(&mut sink).await?;
+    drop(sink);
+    let mut got = Vec::new();
+    while let Some(item) = stream.next().await {
+        got.push(item?);
+    }
+    let expected: Vec<u32> = (1..=100).map(|x| x * 3).collect();
+    check(got == expected, format!("echoed in order: {got:?}"))
+}
