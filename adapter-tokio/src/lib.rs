@@ -114,10 +114,16 @@ pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Tokio>;
 
 /// Starts the zygote and returns a handle on it. **Call it first thing in
 /// `main`, before building the tokio runtime** (see [`parallel_zygote::start`]).
+/// Called again while the zygote lives, it returns another handle on the
+/// same zygote.
 ///
 /// # Errors
-/// [`Error::Zygote`] when the process already has other threads, or the
-/// fork failed.
+/// [`Error::Zygote`] when the process already has other threads at the
+/// first call, the zygote died (it cannot be restarted in a multi-threaded
+/// process), or the fork failed.
 pub fn init() -> Result<Parallel, Error> {
-    Ok(Parallel::new(parallel_zygote::start()?))
+    let zygote = parallel_zygote::Builder::new()
+        .caller(<Tokio as core::Runtime>::INIT)
+        .start()?;
+    Ok(Parallel::new(zygote))
 }

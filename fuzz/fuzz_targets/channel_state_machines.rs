@@ -123,7 +123,7 @@ fuzz_target!(|input: Input| {
             Op::Call { args } => {
                 let result = parent.machine.call(args);
                 parent_refused = !parent.local(&result);
-                assert!(parent.machine.calls_in_flight() <= limits.max_in_flight);
+                assert!(parent.machine.calls_in_flight() <= limits.max_in_flight());
             }
             Op::ParentEnd => {
                 let result = parent.machine.end();

@@ -28,11 +28,11 @@ fn decode(limits: Limits, bytes: &[u8], chunks: &[u16]) -> (Vec<Frame>, Option<F
         rest = tail;
         loop {
             let result = decoder.decode(&mut chunk);
-            assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len as usize);
+            assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len() as usize);
             match result {
                 Ok(Some(frame)) => {
-                    assert!(frame.payload.len() <= limits.max_frame_len as usize);
-                    assert!(frame.fds <= limits.max_fds_per_frame);
+                    assert!(frame.payload.len() <= limits.max_frame_len() as usize);
+                    assert!(frame.fds <= limits.max_fds_per_frame());
                     frames.push(frame);
                 }
                 Ok(None) => {
@@ -66,11 +66,14 @@ fn decode(limits: Limits, bytes: &[u8], chunks: &[u16]) -> (Vec<Frame>, Option<F
 }
 
 fuzz_target!(|input: Input| {
-    let limits = Limits {
-        max_frame_len: u32::from(input.max_frame_len),
-        max_fds_per_frame: input.max_fds_per_frame,
-        ..Limits::default()
-    };
+    // Clamped into the range `Limits` accepts.
+    let fds = input
+        .max_fds_per_frame
+        .clamp(Limits::MIN_FDS_PER_FRAME, Limits::MAX_FDS_PER_FRAME);
+    let limits = Limits::default()
+        .with_max_frame_len(u32::from(input.max_frame_len).max(Limits::MIN_FRAME_LEN))
+        .and_then(|l| l.with_max_fds_per_frame(fds))
+        .expect("clamped into range");
     let whole = decode(limits, &input.bytes, &[]);
     let chunked = decode(limits, &input.bytes, &input.chunks);
     assert_eq!(whole, chunked);

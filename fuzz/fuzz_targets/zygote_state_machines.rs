@@ -4,18 +4,21 @@
 //! send queues fill up), and injected garbage or forged frames.
 //!
 //! Checked: nothing panics; `handle_input` errors are remote and sticky; a
-//! refused local call queues nothing; and as long as only the API was used
+//! refused local call queues nothing; as long as only the API was used
 //! (no injected bytes, requests answered in kind), neither side ever sees a
-//! protocol error: honest peers always agree.
+//! protocol error: honest peers always agree; and Shutdown is final: it is
+//! the server's last event, and any whole frame after it (which only injected
+//! bytes can bring) leaves the server failed, an `Unexpected` error then
+//! saying "after Shutdown".
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use parallel_proto::zygote::{
-    ExitStatus, Resource, ResourceLimit, ServerEvent, SpawnFailure, SpawnOptions, ZygoteClient,
-    ZygoteEvent, ZygoteServer,
+    ExitStatus, Resource, ResourceLimit, ServerEvent, SpawnFailure, SpawnOptions, ToZygote,
+    ZygoteClient, ZygoteEvent, ZygoteServer,
 };
-use parallel_proto::{EntryKey, Error, WireEntry};
+use parallel_proto::{EntryKey, Error, FrameDecoder, Limits, RemoteError, WireEntry};
 use parallel_proto_fuzz::{pick, pump, raw_frame, FuzzLimits, Side};
 
 #[derive(Debug, Arbitrary)]
@@ -127,6 +130,75 @@ impl Pending {
     }
 }
 
+/// The server's view of Shutdown, modelled apart from it: a shadow decoder
+/// reads every byte the server is given and notes when a well-formed
+/// Shutdown frame has gone by, and whether any whole frame came after it.
+struct ShutdownModel {
+    decoder: FrameDecoder,
+    /// A Shutdown frame (no descriptors, empty payload) was delivered.
+    shut_down: bool,
+    /// A whole frame was delivered after it.
+    frame_after: bool,
+}
+
+impl ShutdownModel {
+    fn new(limits: Limits) -> Self {
+        ShutdownModel {
+            decoder: FrameDecoder::new(limits),
+            shut_down: false,
+            frame_after: false,
+        }
+    }
+
+    /// Sees `bytes` as the server will. Once the stream is corrupt the
+    /// server has failed, and the model stops learning.
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut input = bytes;
+        while let Ok(Some(frame)) = self.decoder.decode(&mut input) {
+            if self.shut_down {
+                self.frame_after = true;
+            } else if frame.fds == 0 {
+                let message = ToZygote::decode(frame.kind, &frame.payload);
+                self.shut_down = matches!(message, Ok(ToZygote::Shutdown));
+            }
+        }
+    }
+
+    /// Gives the server the first `max` bytes of its inbox.
+    fn deliver(&mut self, server: &mut Side<ZygoteServer>, max: usize) {
+        let take = max.min(server.inbox.len());
+        self.feed(&server.inbox[..take]);
+        server.deliver(max);
+    }
+
+    /// Gives the server `bytes` that did not come from the client.
+    fn inject(&mut self, server: &mut Side<ZygoteServer>, bytes: &[u8]) {
+        self.feed(bytes);
+        server.input(bytes);
+    }
+
+    fn check(&self, server: &Side<ZygoteServer>) {
+        let shutdown = server
+            .events
+            .iter()
+            .position(|event| matches!(event, ServerEvent::Shutdown));
+        if let Some(index) = shutdown {
+            assert!(self.shut_down, "a Shutdown event without a Shutdown frame");
+            assert_eq!(index + 1, server.events.len(), "an event after Shutdown");
+            if let Some(Error::Remote(RemoteError::Unexpected { reason, .. })) = &server.failed {
+                assert_eq!(*reason, "after Shutdown", "{:?}", server.failed);
+            }
+        }
+        if self.frame_after {
+            assert!(
+                server.failed.is_some(),
+                "a message after Shutdown was accepted: {:?}",
+                server.events
+            );
+        }
+    }
+}
+
 /// `pid`, or another one if a live child has it: the OS never gives two
 /// unreaped children one pid, and the server relies on that.
 fn unique_pid(server: &ZygoteServer, pid: i32) -> i32 {
@@ -159,6 +231,7 @@ fuzz_target!(|input: Input| {
     let mut client = Side::new(ZygoteClient::new(limits));
     let mut server = Side::new(ZygoteServer::new(limits, 1));
     let mut pending = Pending::default();
+    let mut model = ShutdownModel::new(limits);
     let mut honest = true;
 
     for op in input.ops {
@@ -185,7 +258,7 @@ fuzz_target!(|input: Input| {
                 if !client.local(&result) {
                     assert_eq!(client.machine.queued_bytes(), queued);
                 }
-                assert!(client.machine.in_flight() <= limits.max_in_flight);
+                assert!(client.machine.in_flight() <= limits.max_in_flight());
             }
             Op::Snapshot { offset, args } => {
                 let result = client
@@ -194,7 +267,7 @@ fuzz_target!(|input: Input| {
                 if !client.local(&result) {
                     assert_eq!(client.machine.queued_bytes(), queued);
                 }
-                assert!(client.machine.in_flight() <= limits.max_in_flight);
+                assert!(client.machine.in_flight() <= limits.max_in_flight());
             }
             Op::Kill { worker, signal } => {
                 let worker = match worker {
@@ -291,7 +364,7 @@ fuzz_target!(|input: Input| {
             }
             Op::DeliverToServer(max) => {
                 pump(&mut client.machine, &mut server, &limits);
-                server.deliver(max.into());
+                model.deliver(&mut server, max.into());
             }
             Op::DeliverToClient(max) => {
                 pump(&mut server.machine, &mut client, &limits);
@@ -299,13 +372,13 @@ fuzz_target!(|input: Input| {
             }
             Op::DeliverAll => {
                 pump(&mut client.machine, &mut server, &limits);
-                server.deliver(usize::MAX);
+                model.deliver(&mut server, usize::MAX);
                 pump(&mut server.machine, &mut client, &limits);
                 client.deliver(usize::MAX);
             }
             Op::GarbageToServer(bytes) => {
                 honest = false;
-                server.input(&bytes);
+                model.inject(&mut server, &bytes);
             }
             Op::GarbageToClient(bytes) => {
                 honest = false;
@@ -313,7 +386,7 @@ fuzz_target!(|input: Input| {
             }
             Op::FrameToServer { kind, fds, payload } => {
                 honest = false;
-                server.input(&raw_frame(kind, fds, &payload));
+                model.inject(&mut server, &raw_frame(kind, fds, &payload));
             }
             Op::FrameToClient { kind, fds, payload } => {
                 honest = false;
@@ -321,6 +394,7 @@ fuzz_target!(|input: Input| {
             }
         }
         pending.update(&server.events);
+        model.check(&server);
         if honest {
             assert_eq!(client.failed, None::<Error>, "honest peers disagree");
             assert_eq!(server.failed, None::<Error>, "honest peers disagree");

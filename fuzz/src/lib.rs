@@ -6,8 +6,9 @@ use parallel_proto::{Endpoint, Error, Limits};
 
 /// Limits drawn from fuzz input, small enough to be hit.
 ///
-/// `max_frame_len` is at least 16: the state machines queue their hello in
-/// `new` and expect it to fit (a hello is at most 11 bytes).
+/// Each value is clamped into the range `Limits` accepts (`max_frame_len` at
+/// least 64, `max_in_flight` at least 1, `max_fds_per_frame` in 1..=253), so
+/// every input gives valid limits.
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub struct FuzzLimits {
     max_frame_len: u16,
@@ -19,12 +20,17 @@ pub struct FuzzLimits {
 impl FuzzLimits {
     /// The `Limits` these stand for.
     pub fn get(self) -> Limits {
-        Limits {
-            max_frame_len: 16 + u32::from(self.max_frame_len),
-            max_buffered_bytes: usize::from(self.max_buffered_bytes),
-            max_in_flight: usize::from(self.max_in_flight),
-            max_fds_per_frame: self.max_fds_per_frame,
-        }
+        let fds = self
+            .max_fds_per_frame
+            .clamp(Limits::MIN_FDS_PER_FRAME, Limits::MAX_FDS_PER_FRAME);
+        Limits::default()
+            .with_max_frame_len(u32::from(self.max_frame_len).max(Limits::MIN_FRAME_LEN))
+            .and_then(|l| l.with_max_buffered_bytes(usize::from(self.max_buffered_bytes)))
+            .and_then(|l| {
+                l.with_max_in_flight(usize::from(self.max_in_flight).max(Limits::MIN_IN_FLIGHT))
+            })
+            .and_then(|l| l.with_max_fds_per_frame(fds))
+            .expect("clamped into range")
     }
 }
 
@@ -109,7 +115,7 @@ pub fn pump<A: Endpoint, B: Endpoint>(from: &mut A, to: &mut Side<B>, limits: &L
     while let Some(transmit) = from.poll_transmit() {
         assert!(!transmit.head.is_empty(), "a transmit starts with a header");
         assert_eq!(transmit.head[0], parallel_proto::frame::MAGIC);
-        assert!(transmit.fds <= usize::from(limits.max_fds_per_frame));
+        assert!(transmit.fds <= usize::from(limits.max_fds_per_frame()));
         if transmit.fds > 0 {
             assert_eq!(usize::from(transmit.head[2]), transmit.fds);
         }

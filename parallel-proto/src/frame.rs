@@ -54,16 +54,16 @@ impl FrameHeader {
             fds: bytes[2],
             len: u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
         };
-        if header.len > limits.max_frame_len {
+        if header.len > limits.max_frame_len() {
             return Err(FrameError::TooLong {
                 len: header.len,
-                max: limits.max_frame_len,
+                max: limits.max_frame_len(),
             });
         }
-        if header.fds > limits.max_fds_per_frame {
+        if header.fds > limits.max_fds_per_frame() {
             return Err(FrameError::TooManyFds {
                 count: header.fds,
-                max: limits.max_fds_per_frame,
+                max: limits.max_fds_per_frame(),
             });
         }
         Ok(header)
@@ -139,16 +139,16 @@ pub fn checked_header(
     len: usize,
     limits: &Limits,
 ) -> Result<FrameHeader, crate::LocalError> {
-    if len > limits.max_frame_len as usize {
+    if len > limits.max_frame_len() as usize {
         return Err(crate::LocalError::MessageTooLong {
             len,
-            max: limits.max_frame_len,
+            max: limits.max_frame_len(),
         });
     }
-    if fds > limits.max_fds_per_frame as usize {
+    if fds > limits.max_fds_per_frame() as usize {
         return Err(crate::LocalError::TooManyFds {
             count: fds,
-            max: limits.max_fds_per_frame,
+            max: limits.max_fds_per_frame(),
         });
     }
     Ok(FrameHeader {

@@ -137,5 +137,5 @@ pub use endpoint::Endpoint;
 pub use entry::{EntryError, EntryKey, WireEntry};
 pub use error::{Error, LocalError, RemoteError};
 pub use frame::{Frame, FrameDecoder, FrameError};
-pub use limits::Limits;
+pub use limits::{Limits, LimitsError};
 pub use transmit::Transmit;

@@ -56,11 +56,11 @@ impl TransmitQueue {
     ) -> Result<(), LocalError> {
         let header = checked_header(kind, fds, payload.len(), limits)?;
         let adding = crate::frame::HEADER_LEN + payload.len();
-        if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes {
+        if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes() {
             return Err(LocalError::SendQueueFull {
                 queued: self.queued,
                 adding,
-                max: limits.max_buffered_bytes,
+                max: limits.max_buffered_bytes(),
             });
         }
         self.queued += adding;

@@ -126,10 +126,7 @@ fn parent_end_twice_is_invalid_state() {
 
 #[test]
 fn parent_call_ids_are_not_consumed_by_refused_calls() {
-    let limits = Limits {
-        max_in_flight: 1,
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_max_in_flight(1).unwrap();
     let mut parent = ParentChannel::new(limits);
     parent.start(entry(), Vec::new()).unwrap();
     assert_eq!(parent.call(Vec::new()), Ok(1));

@@ -10,10 +10,9 @@ use proptest::prelude::*;
 use support::strategies::{bulk_bytes, chunk_sizes};
 
 fn limits_with_max_frame(max_frame_len: u32) -> Limits {
-    Limits {
-        max_frame_len,
-        ..Limits::default()
-    }
+    Limits::default()
+        .with_max_frame_len(max_frame_len)
+        .expect("at least the minimum")
 }
 
 /// Decodes `bytes` in runs of `sizes` (cycling); returns the frames and the
@@ -40,9 +39,9 @@ fn decode_chunked(
                 }
                 Err(error) => return (frames, Some(error)),
             }
-            assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len as usize);
+            assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len() as usize);
         }
-        assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len as usize);
+        assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len() as usize);
     }
     (frames, None)
 }
@@ -106,9 +105,9 @@ proptest! {
     fn arbitrary_bytes_never_panic_nor_overfill_and_chunking_does_not_matter(
         bytes in prop_oneof![vec(any::<u8>(), 0..512), frameish_bytes()],
         sizes in chunk_sizes(),
-        max_frame_len in 0u32..256,
+        max_frame_len in Limits::MIN_FRAME_LEN..256,
     ) {
-        let limits = Limits { max_fds_per_frame: 8, ..limits_with_max_frame(max_frame_len) };
+        let limits = limits_with_max_frame(max_frame_len).with_max_fds_per_frame(8).unwrap();
         let whole = decode_chunked(limits, &bytes, &[]);
         let chunked = decode_chunked(limits, &bytes, &sizes);
         prop_assert_eq!(whole, chunked);
@@ -133,7 +132,7 @@ proptest! {
 
     #[test]
     fn an_announced_length_over_the_limit_is_refused_after_the_header_alone(
-        max in 0u32..1_000_000,
+        max in Limits::MIN_FRAME_LEN..1_000_000,
         over in 1u32..1_000,
         kind in any::<u8>(),
     ) {
@@ -207,10 +206,7 @@ fn nonzero_reserved_byte_is_sticky_fatal() {
 
 #[test]
 fn too_many_fds_in_a_header_is_refused() {
-    let limits = Limits {
-        max_fds_per_frame: 2,
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_max_fds_per_frame(2).unwrap();
     let mut decoder = FrameDecoder::new(limits);
     let bytes = support::raw_frame(0x13, 3, b"abc");
     let error = FrameError::TooManyFds { count: 3, max: 2 };
@@ -233,9 +229,9 @@ fn too_long_error_says_length_and_limit() {
 
 #[test]
 fn a_frame_exactly_at_the_limit_is_accepted() {
-    let limits = limits_with_max_frame(16);
+    let limits = limits_with_max_frame(64);
     let mut bytes = Vec::new();
-    encode_frame(9, 0, &[7; 16], &limits, &mut bytes).unwrap();
+    encode_frame(9, 0, &[7; 64], &limits, &mut bytes).unwrap();
     let (frames, error) = decode_chunked(limits, &bytes, &[3]);
     assert_eq!(error, None);
     assert_eq!(
@@ -243,7 +239,7 @@ fn a_frame_exactly_at_the_limit_is_accepted() {
         vec![Frame {
             kind: 9,
             fds: 0,
-            payload: vec![7; 16]
+            payload: vec![7; 64]
         }]
     );
 }
@@ -301,12 +297,12 @@ fn decode_stops_after_each_frame_and_leaves_the_rest() {
 
 #[test]
 fn encode_frame_refuses_oversized_payloads_and_writes_nothing() {
-    let limits = limits_with_max_frame(4);
+    let limits = limits_with_max_frame(64);
     let mut out = vec![1, 2, 3];
-    let error = encode_frame(1, 0, &[0; 5], &limits, &mut out).unwrap_err();
+    let error = encode_frame(1, 0, &[0; 65], &limits, &mut out).unwrap_err();
     assert_eq!(
         error,
-        parallel_proto::LocalError::MessageTooLong { len: 5, max: 4 }
+        parallel_proto::LocalError::MessageTooLong { len: 65, max: 64 }
     );
     assert_eq!(out, [1, 2, 3]);
     let error = encode_frame(1, 17, &[], &Limits::default(), &mut out).unwrap_err();

@@ -145,12 +145,11 @@ fn entry() -> parallel_proto::WireEntry {
 }
 
 fn small_frame_limits() -> Limits {
-    Limits {
-        max_frame_len: 30_000,
-        max_in_flight: 3,
-        max_fds_per_frame: 3,
-        ..Limits::default()
-    }
+    Limits::default()
+        .with_max_frame_len(30_000)
+        .and_then(|l| l.with_max_in_flight(3))
+        .and_then(|l| l.with_max_fds_per_frame(3))
+        .expect("valid limits")
 }
 
 proptest! {

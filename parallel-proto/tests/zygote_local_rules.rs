@@ -81,10 +81,7 @@ fn killing_a_worker_after_its_exit_arrived_is_refused() {
 
 #[test]
 fn a_refused_spawn_does_not_use_up_a_request_id() {
-    let limits = Limits {
-        max_fds_per_frame: 2,
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_max_fds_per_frame(2).unwrap();
     let mut client = ZygoteClient::new(limits);
     assert!(client.spawn(entry(), SpawnOptions::default(), 2).is_err());
     assert_eq!(client.spawn(entry(), SpawnOptions::default(), 1), Ok(1));

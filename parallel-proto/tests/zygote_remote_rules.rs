@@ -4,8 +4,8 @@
 mod support;
 
 use parallel_proto::zygote::{
-    ExitStatus, FromZygote, SnapshotRequest, SpawnFailure, SpawnOptions, SpawnRequest, ToZygote,
-    ZygoteClient, ZygoteServer,
+    ExitStatus, FromZygote, ServerEvent, SnapshotRequest, SpawnFailure, SpawnOptions, SpawnRequest,
+    ToZygote, ZygoteClient, ZygoteServer,
 };
 use parallel_proto::{EntryKey, Error, Limits, RemoteError, WireEntry};
 use support::{assert_sticky, feed, first_error, frame};
@@ -381,4 +381,64 @@ fn a_malformed_spawn_is_sticky_fatal() {
         ),
         "{error:?}"
     );
+}
+
+#[test]
+fn any_message_after_shutdown_is_sticky_fatal() {
+    let kill = ToZygote::Kill {
+        worker: 1,
+        signal: 9,
+    };
+    let cases = [
+        (to_zygote(spawn(2), 1), "Spawn"),
+        (to_zygote(snapshot(2), 1), "Snapshot"),
+        (to_zygote(kill, 0), "Kill"),
+        (to_zygote(ToZygote::Shutdown, 0), "Shutdown"),
+        (client_hello(), "Hello"),
+    ];
+    for (after, name) in cases {
+        // A worker is live and a request pending: Kill and Spawn would be
+        // served before Shutdown.
+        let mut server = server(true);
+        let mut events = Vec::new();
+        feed(&mut server, &to_zygote(spawn(1), 1), &[], &mut events).unwrap();
+        server.spawned(1, 100).unwrap();
+        feed(&mut server, &to_zygote(spawn(3), 1), &[], &mut events).unwrap();
+        let bytes = [to_zygote(ToZygote::Shutdown, 0), after].concat();
+        let mut input = &bytes[..];
+        assert_eq!(
+            server.handle_input(&mut input),
+            Ok(Some(ServerEvent::Shutdown))
+        );
+        let expected = unexpected(name, "after Shutdown");
+        assert_eq!(
+            expected.to_string(),
+            format!("peer sent {name} after Shutdown")
+        );
+        server_fails(server, input, expected);
+    }
+}
+
+#[test]
+fn spawn_kill_shutdown_spawn_is_sticky_fatal() {
+    // The sequence from the issue: the last Spawn must not be served.
+    let kill = ToZygote::Kill {
+        worker: 1,
+        signal: 15,
+    };
+    let mut server = server(true);
+    let mut events = Vec::new();
+    feed(&mut server, &to_zygote(spawn(1), 1), &[], &mut events).unwrap();
+    server.spawned(1, 100).unwrap();
+    let bytes = [
+        to_zygote(kill, 0),
+        to_zygote(ToZygote::Shutdown, 0),
+        to_zygote(spawn(2), 1),
+    ]
+    .concat();
+    let error = feed(&mut server, &bytes, &[], &mut events).unwrap_err();
+    assert_eq!(error, unexpected("Spawn", "after Shutdown"));
+    assert_eq!(events.len(), 3, "Spawn, Kill and Shutdown were served");
+    assert!(matches!(events[2], ServerEvent::Shutdown));
+    assert_sticky(&mut server, &error);
 }

@@ -3,16 +3,22 @@
 //!
 //! One background thread reads the control socket and completes waiters;
 //! writers serialize on a separate lock, so a slow write never stops replies
-//! from being read.
+//! from being read. When the socket closes, that thread reaps the zygote (the
+//! top zygote is this process's child), records how it ended, and exits.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 use parallel_proto::zygote::{
     ExitStatus, RequestId, SpawnFailure, SpawnOptions, WorkerId, ZygoteClient, ZygoteEvent,
@@ -27,15 +33,177 @@ use crate::{Error, WorkerContext};
 /// Why a wait ended without its answer (cloneable, unlike [`Error`]).
 #[derive(Debug, Clone)]
 enum Failure {
-    Gone(String),
+    Gone(Gone),
     SpawnFailed(SpawnFailure),
 }
 
 impl From<Failure> for Error {
     fn from(failure: Failure) -> Error {
         match failure {
-            Failure::Gone(reason) => Error::ZygoteGone { reason },
+            Failure::Gone(gone) => gone.into(),
             Failure::SpawnFailed(failure) => Error::SpawnFailed(failure),
+        }
+    }
+}
+
+/// How a zygote ended, as far as this process knows: the parts of
+/// [`Error::ZygoteGone`] and [`Error::CannotRestart`].
+#[derive(Debug, Clone)]
+pub(crate) struct Gone {
+    pub(crate) pid: i32,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) reason: String,
+}
+
+impl From<Gone> for Error {
+    fn from(gone: Gone) -> Error {
+        Error::ZygoteGone {
+            pid: gone.pid,
+            status: gone.status,
+            reason: gone.reason,
+        }
+    }
+}
+
+/// What the reader saw when the control socket reached end of file, while
+/// the zygote's exit status is not known (yet, or at all: a derived snapshot
+/// is reaped by its own zygote, not by us).
+const HANGUP: &str = "its control socket closed (it exited or was killed)";
+
+/// How long the reader waits for the exit status of a zygote whose control
+/// socket closed before it fails the waiters without it. A zygote closes its
+/// socket as it exits, so its status follows within microseconds.
+const EXIT_STATUS_WAIT: Duration = Duration::from_millis(200);
+
+/// How long a zygote whose control socket closed gets to exit (it terminates
+/// its workers first: SIGTERM, a 250 ms grace, SIGKILL) before the reader
+/// kills it, so that it is always reaped and the reader always ends.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// What became of a zygote. Kept apart from the handles, so that a later
+/// `start` can still tell how the zygote ended after the last one dropped.
+#[derive(Debug)]
+struct Fate {
+    pid: i32,
+    inner: Mutex<FateInner>,
+}
+
+#[derive(Debug, Default)]
+struct FateInner {
+    /// What ended the connection, once it ended.
+    seen: Option<String>,
+    /// The exit status, once reaped (only the top zygote is our child).
+    status: Option<ExitStatus>,
+    /// [`Zygote::shutdown`] asked it to exit.
+    shutdown: bool,
+    /// Its last handle was dropped, which asks it to exit.
+    dropped: bool,
+}
+
+impl Fate {
+    fn gone(&self) -> Gone {
+        let inner = lock(&self.inner);
+        let why = if inner.dropped {
+            Some("it was shut down when its last handle was dropped")
+        } else if inner.shutdown {
+            Some("it was asked to shut down")
+        } else {
+            inner.seen.as_deref().filter(|seen| *seen != HANGUP)
+        };
+        let reason = match (why, inner.status) {
+            (Some(why), Some(status)) => format!("{why}, and it {}", ended(status)),
+            (None, Some(status)) => format!("it {}", ended(status)),
+            (Some(why), None) => why.to_string(),
+            (None, None) => HANGUP.to_string(),
+        };
+        Gone {
+            pid: self.pid,
+            status: inner.status,
+            reason,
+        }
+    }
+}
+
+/// "exited with code 3", "was killed by signal 9": follows "it".
+fn ended(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Exited(_) => status.to_string(),
+        ExitStatus::Signaled { .. } => format!("was {status}"),
+    }
+}
+
+/// What the reader thread's loop ended on.
+enum Ending {
+    /// End of file (or a reset): the zygote closed its socket as it
+    /// exited, or we hung up.
+    HungUp,
+    /// A read failed or the zygote broke the protocol: it gets no more service.
+    Broken(String),
+}
+
+/// What waiting for the zygote's exit found.
+enum Reaped {
+    Status(ExitStatus),
+    /// Still running when the wait ended.
+    Running,
+    /// Not our child any more: reaped elsewhere (SIGCHLD ignored, or a
+    /// `waitpid(-1)` of the program's). Its status is lost.
+    Lost,
+}
+
+fn exit_status(status: WaitStatus) -> Option<ExitStatus> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::Exited(code)),
+        WaitStatus::Signaled(_, signal, core_dumped) => Some(ExitStatus::Signaled {
+            signal: signal as i32,
+            core_dumped,
+        }),
+        _ => None,
+    }
+}
+
+/// Reaps `pid`, a child of this process, polling for at most `within`.
+fn reap_within(pid: Pid, within: Duration) -> Reaped {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(status) => {
+                if let Some(status) = exit_status(status) {
+                    return Reaped::Status(status);
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => return Reaped::Lost,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Reaped::Running;
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Reaps `pid`, a child of this process whose control socket is closed:
+/// waits [`EXIT_WAIT`] for it to exit, then kills it. Returns when it is
+/// reaped (or lost), so the caller never leaves a zombie behind.
+fn reap_zygote(pid: Pid) -> Reaped {
+    if let reaped @ (Reaped::Status(_) | Reaped::Lost) = reap_within(pid, EXIT_WAIT) {
+        return reaped;
+    }
+    // It hung up long ago and still runs: it is stuck. It is our unreaped
+    // child, so the pid cannot have been reused by another process.
+    let _ = kill(pid, Signal::SIGKILL);
+    loop {
+        match waitpid(pid, None) {
+            Ok(status) => {
+                if let Some(status) = exit_status(status) {
+                    return Reaped::Status(status);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => return Reaped::Lost,
         }
     }
 }
@@ -63,7 +231,8 @@ struct State {
     exits: HashMap<WorkerId, ExitSlot>,
     /// Requests whose waiter went away: their worker is killed on arrival.
     abandoned: HashSet<RequestId>,
-    gone: Option<String>,
+    /// The connection ended; [`Shared::fate`] says how.
+    gone: bool,
 }
 
 struct Shared {
@@ -72,6 +241,11 @@ struct Shared {
     /// descriptors) reach the socket in the order the state machine made them.
     writer: Mutex<Outbox>,
     socket: UnixStream,
+    /// Its pid and how it ended; taken after `state`.
+    fate: Arc<Fate>,
+    /// The zygote is this process's child (the top zygote, not a derived
+    /// snapshot): the reader thread reaps it.
+    child: bool,
 }
 
 impl Shared {
@@ -91,38 +265,45 @@ impl Shared {
         if let Err(error) = outbox.flush(&self.socket) {
             drop(outbox);
             let reason = format!("writing to its control socket failed: {error}");
-            self.mark_gone(&mut lock(&self.state), reason.clone());
-            return Err(Error::ZygoteGone { reason });
+            self.mark_gone(&mut lock(&self.state), reason);
+            return Err(self.fate.gone().into());
         }
         Ok(())
     }
 
-    fn mark_gone(&self, state: &mut State, reason: String) {
-        if state.gone.is_some() {
+    /// Ends the connection, once: records what was seen and fails every waiter.
+    fn mark_gone(&self, state: &mut State, seen: String) {
+        if state.gone {
             return;
         }
-        state.ready.complete(Err(Failure::Gone(reason.clone())));
+        state.gone = true;
+        lock(&self.fate.inner).seen.get_or_insert(seen);
+        let gone = self.fate.gone();
+        state.ready.complete(Err(Failure::Gone(gone.clone())));
         for (_, slot) in state.starts.drain() {
-            slot.complete(Err(Failure::Gone(reason.clone())));
+            slot.complete(Err(Failure::Gone(gone.clone())));
         }
         for (_, slot) in state.exits.drain() {
-            slot.complete(Err(Failure::Gone(reason.clone())));
+            slot.complete(Err(Failure::Gone(gone.clone())));
         }
-        state.gone = Some(reason);
     }
 
-    fn check_alive(state: &State) -> Result<(), Error> {
-        match &state.gone {
-            Some(reason) => Err(Error::ZygoteGone {
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
+    fn check_alive(&self, state: &State) -> Result<(), Error> {
+        if state.gone {
+            return Err(self.fate.gone().into());
+        }
+        Ok(())
+    }
+
+    fn record(&self, reaped: &Reaped) {
+        if let Reaped::Status(status) = reaped {
+            lock(&self.fate.inner).status = Some(*status);
         }
     }
 
     fn kill(&self, worker: WorkerId, signal: i32) -> Result<(), Error> {
         let mut state = lock(&self.state);
-        Self::check_alive(&state)?;
+        self.check_alive(&state)?;
         match state.client.kill(worker, signal) {
             Ok(()) => self.send(state, Vec::new()),
             // Already reaped: nothing left to kill.
@@ -131,18 +312,50 @@ impl Shared {
         }
     }
 
-    /// The reader thread's loop.
+    /// The reader thread: reads replies until the connection ends, then
+    /// fails the waiters and, for our child, reaps the zygote and records
+    /// how it ended. Returns once the zygote is reaped, so neither a zombie
+    /// nor this thread outlives it.
     fn read_loop(self: Arc<Self>, socket: UnixStream) {
+        let ending = self.read_replies(&socket);
+        let pid = Pid::from_raw(self.fate.pid);
+        let mut reaped = Reaped::Running;
+        match ending {
+            Ending::HungUp => {
+                // The zygote closes its socket as it exits: its status follows
+                // at once, and lets the waiters' errors say how it ended.
+                if self.child {
+                    reaped = reap_within(pid, EXIT_STATUS_WAIT);
+                    self.record(&reaped);
+                }
+                self.mark_gone(&mut lock(&self.state), HANGUP.to_string());
+            }
+            Ending::Broken(reason) => {
+                // No more service: hang up, so that the zygote exits.
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                self.mark_gone(&mut lock(&self.state), reason);
+            }
+        }
+        if self.child && matches!(reaped, Reaped::Running) {
+            self.record(&reap_zygote(pid));
+        }
+    }
+
+    /// Reads and dispatches replies until end of file or a broken connection.
+    fn read_replies(&self, socket: &UnixStream) -> Ending {
         let mut inbox = Inbox::new();
         let mut buffer = vec![0u8; 16 * 1024];
-        let reason = loop {
-            let read = match inbox.read(&socket, &mut buffer) {
-                Ok(0) => {
-                    break "its control socket reached end of file (it exited or was killed)"
-                        .to_string()
-                }
+        loop {
+            let read = match inbox.read(socket, &mut buffer) {
+                Ok(0) => return Ending::HungUp,
                 Ok(read) => read,
-                Err(error) => break format!("reading its control socket failed: {error}"),
+                // What a zygote that died with our requests unread leaves behind.
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ending::HungUp
+                }
+                Err(error) => {
+                    return Ending::Broken(format!("reading its control socket failed: {error}"))
+                }
             };
             let mut state = lock(&self.state);
             let mut input = &buffer[..read];
@@ -159,8 +372,7 @@ impl Shared {
                 }
             };
             if let Err(reason) = outcome {
-                self.mark_gone(&mut state, reason);
-                return;
+                return Ending::Broken(reason);
             }
             if kills.is_empty() {
                 continue;
@@ -169,8 +381,7 @@ impl Shared {
                 let _ = state.client.kill(worker, libc::SIGKILL);
             }
             let _ = self.send(state, Vec::new());
-        };
-        self.mark_gone(&mut lock(&self.state), reason);
+        }
     }
 
     /// Applies one event; returns a worker to kill because nobody waits for it.
@@ -219,22 +430,54 @@ impl Shared {
 }
 
 /// The last handle: asks the zygote to shut down (it terminates its workers)
-/// and hangs up, so nothing outlives the handles.
+/// and hangs up, so nothing outlives the handles. The reader thread then
+/// sees end of file, reaps the zygote, and ends.
 struct Owner {
     shared: Arc<Shared>,
-    pid: i32,
     limits: Limits,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
-        if state.gone.is_none() && state.client.shutdown().is_ok() {
+        if !state.gone {
+            lock(&self.shared.fate.inner).dropped = true;
+        }
+        if !state.gone && state.client.shutdown().is_ok() {
             let _ = self.shared.send(state, Vec::new());
         } else {
             drop(state);
         }
         let _ = self.shared.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A zygote as the process-wide registry of `start` remembers it: without
+/// keeping it alive, and with how it ended.
+pub(crate) struct Registered {
+    owner: Weak<Owner>,
+    fate: Arc<Fate>,
+}
+
+impl Registered {
+    /// Another handle on the zygote while it serves; how it ended otherwise.
+    pub(crate) fn handle(&self) -> Result<Zygote, Gone> {
+        match self.owner.upgrade() {
+            Some(owner) => {
+                if !lock(&owner.shared.state).gone {
+                    return Ok(Zygote { owner });
+                }
+            }
+            None => {
+                // Every handle is gone, so the last one asked it to shut down
+                // (its drop may still be on its way in another thread).
+                let mut inner = lock(&self.fate.inner);
+                if inner.seen.is_none() {
+                    inner.dropped = true;
+                }
+            }
+        }
+        Err(self.fate.gone())
     }
 }
 
@@ -249,18 +492,34 @@ pub struct Zygote {
 
 impl std::fmt::Debug for Zygote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Zygote")
-            .field("pid", &self.owner.pid)
-            .finish()
+        f.debug_struct("Zygote").field("pid", &self.pid()).finish()
     }
 }
 
 impl Zygote {
-    /// Connects to a zygote serving on `socket`, running as `pid`.
-    pub(crate) fn connect(socket: UnixStream, pid: i32, limits: Limits) -> Result<Zygote, Error> {
-        let reader_socket = socket
-            .try_clone()
-            .map_err(|e| Error::os("duplicating the control socket", e))?;
+    /// Connects to a zygote serving on `socket`, running as `pid`; `child`
+    /// when it is this process's child (the top zygote), which the reader
+    /// thread then reaps.
+    pub(crate) fn connect(
+        socket: UnixStream,
+        pid: i32,
+        limits: Limits,
+        child: bool,
+    ) -> Result<Zygote, Error> {
+        let hang_up = |socket: UnixStream| {
+            // Hanging up makes the zygote exit; reap our child.
+            drop(socket);
+            if child {
+                reap_zygote(Pid::from_raw(pid));
+            }
+        };
+        let reader_socket = match socket.try_clone() {
+            Ok(reader_socket) => reader_socket,
+            Err(error) => {
+                hang_up(socket);
+                return Err(Error::os("duplicating the control socket", error));
+            }
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 client: ZygoteClient::new(limits),
@@ -268,25 +527,43 @@ impl Zygote {
                 starts: HashMap::new(),
                 exits: HashMap::new(),
                 abandoned: HashSet::new(),
-                gone: None,
+                gone: false,
             }),
             writer: Mutex::new(Outbox::new()),
             socket,
+            fate: Arc::new(Fate {
+                pid,
+                inner: Mutex::new(FateInner::default()),
+            }),
+            child,
         });
         let reader = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("parallel-zygote-reader".into())
-            .spawn(move || reader.read_loop(reader_socket))
-            .map_err(|e| Error::os("starting the zygote reader thread", e))?;
-        let state = lock(&shared.state);
-        shared.send(state, Vec::new())?;
-        Ok(Zygote {
-            owner: Arc::new(Owner {
-                shared,
-                pid,
-                limits,
-            }),
-        })
+            .spawn(move || reader.read_loop(reader_socket));
+        if let Err(error) = spawned {
+            // The closure, with the reader's socket and `Arc`, is dropped.
+            if let Ok(shared) = Arc::try_unwrap(shared) {
+                hang_up(shared.socket);
+            }
+            return Err(Error::os("starting the zygote reader thread", error));
+        }
+        // From here on the reader thread reaps the zygote; an error below
+        // drops the owner, which hangs up.
+        let zygote = Zygote {
+            owner: Arc::new(Owner { shared, limits }),
+        };
+        let state = lock(&zygote.shared().state);
+        zygote.shared().send(state, Vec::new())?;
+        Ok(zygote)
+    }
+
+    /// What the registry of `start` keeps of this zygote.
+    pub(crate) fn register(&self) -> Registered {
+        Registered {
+            owner: Arc::downgrade(&self.owner),
+            fate: Arc::clone(&self.shared().fate),
+        }
     }
 
     fn shared(&self) -> &Shared {
@@ -295,12 +572,20 @@ impl Zygote {
 
     /// The zygote's process id.
     pub fn pid(&self) -> i32 {
-        self.owner.pid
+        self.shared().fate.pid
     }
 
     /// Whether the zygote is still reachable as far as this handle knows.
     pub fn is_alive(&self) -> bool {
-        lock(&self.shared().state).gone.is_none()
+        !lock(&self.shared().state).gone
+    }
+
+    /// How the zygote ended, once it was reaped: `None` while it runs, and
+    /// for a derived snapshot (its own zygote reaps it, not this process).
+    /// The top zygote is reaped by this handle's reader thread right after
+    /// its control socket closes; errors after that name its status too.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        lock(&self.shared().fate.inner).status
     }
 
     /// Spawns a worker that runs `boot` with its end of a fresh channel, and
@@ -417,7 +702,8 @@ impl Zygote {
         })?;
         // Kept (and killed if dropped) until the snapshot proves it serves.
         let process = PendingSpawn::new(self.clone(), request, slot).wait()?;
-        let snapshot = Zygote::connect(parent_end, process.pid(), self.owner.limits)?;
+        // The snapshot is the zygote's child, not ours: the zygote reaps it.
+        let snapshot = Zygote::connect(parent_end, process.pid(), self.owner.limits, false)?;
         // The snapshot says hello once `init` returned and it found itself
         // single-threaded; if it exits instead, its socket closes first.
         let ready = lock(&snapshot.shared().state).ready.clone();
@@ -453,7 +739,7 @@ impl Zygote {
     ) -> Result<(RequestId, StartSlot), Error> {
         let shared = self.shared();
         let mut state = lock(&shared.state);
-        Shared::check_alive(&state)?;
+        shared.check_alive(&state)?;
         let request = make(&mut state.client)?;
         let slot = Completion::new();
         state.starts.insert(request, Arc::clone(&slot));
@@ -466,8 +752,9 @@ impl Zygote {
     pub fn shutdown(&self) -> Result<(), Error> {
         let shared = self.shared();
         let mut state = lock(&shared.state);
-        Shared::check_alive(&state)?;
+        shared.check_alive(&state)?;
         state.client.shutdown()?;
+        lock(&shared.fate.inner).shutdown = true;
         shared.send(state, Vec::new())
     }
 }

@@ -7,26 +7,65 @@ use parallel_proto::EntryError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// `start` found other threads in the process.
+    /// The first `start` found other threads in the process.
     #[error(
-        "parallel_zygote::start() must run while the process has one thread, but it has {threads}. \
+        "{caller} must run while the process has one thread, but it has {threads}. \
          Call it first thing in main, before building an async runtime, spawning threads, or \
          starting a test harness (tests need `harness = false`)"
     )]
     MultiThreaded {
+        /// What the user called: `parallel_zygote::start()`, or the
+        /// adapter's entry point (see [`Builder::caller`](crate::Builder::caller)).
+        caller: &'static str,
         /// Threads counted in /proc/self/task.
         threads: usize,
     },
-    /// `start` was called twice in one process.
-    #[error("parallel_zygote::start() was already called in this process; clone the Zygote handle instead")]
-    AlreadyStarted,
+    /// `start` was called in a process forked from the one that started the
+    /// zygote (a worker, or the zygote itself), or after a failed start.
+    #[error(
+        "{caller} already ran in this process or in the process it was forked from; \
+         a worker cannot start a zygote of its own"
+    )]
+    AlreadyStarted {
+        /// What the user called (see [`Builder::caller`](crate::Builder::caller)).
+        caller: &'static str,
+    },
+    /// A second `start` found the zygote gone: killed, crashed, or shut down
+    /// when its last handle was dropped. (While the zygote lives, a second
+    /// `start` returns another handle on it.)
+    #[error(
+        "{caller} cannot start the zygote again: the zygote (pid {pid}) is gone: {reason}. \
+         It cannot be restarted in this process: a zygote is forked only while the process \
+         has one thread, which only the first call can see. Keep a handle alive for as \
+         long as the program spawns workers"
+    )]
+    CannotRestart {
+        /// What the user called (see [`Builder::caller`](crate::Builder::caller)).
+        caller: &'static str,
+        /// The zygote's process id.
+        pid: i32,
+        /// How the zygote ended, once it was reaped.
+        status: Option<ExitStatus>,
+        /// How it ended, in words.
+        reason: String,
+    },
     /// An entry was sealed before `start`.
-    #[error("parallel_zygote::start() has not been called, so functions cannot be named for workers yet")]
+    #[error(
+        "the zygote has not been started in this process, so functions cannot be named for \
+         workers yet: call the library's init (or `parallel_zygote::start()`) first thing in main"
+    )]
     NotStarted,
     /// The zygote process is gone (killed, crashed, or shut down).
-    #[error("the zygote (fork server) is gone: {reason}")]
+    #[error("the zygote (pid {pid}) is gone: {reason}")]
     ZygoteGone {
-        /// What was seen: EOF, a write error, or the shutdown.
+        /// The zygote's process id.
+        pid: i32,
+        /// How the zygote ended, when known: the top zygote is reaped by the
+        /// handle's reader thread right after its control socket closes (a
+        /// derived snapshot is reaped by its own zygote, so `None` there).
+        status: Option<ExitStatus>,
+        /// What was seen, in words: how it exited, a shutdown, a write
+        /// error, a protocol violation.
         reason: String,
     },
     /// The zygote refused or failed a spawn.

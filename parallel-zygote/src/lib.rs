@@ -28,6 +28,10 @@
 //! ```
 //!
 //! [`start`] refuses with [`Error::MultiThreaded`] when other threads exist.
+//! A process forks one zygote: a later [`start`] returns another handle on
+//! it while it serves, and [`Error::CannotRestart`] (saying how it ended)
+//! once it is gone. An adapter names its own entry point in these messages
+//! with [`Builder::caller`].
 //! Tests that fork need `harness = false` (the default test harness runs
 //! tests on threads): start the zygote in the test binary's own `main`, then
 //! hand over to a harness such as `libtest-mimic`.
@@ -50,6 +54,11 @@
 //!   SIGKILL after 250 ms, and exits.
 //! - Dropping the last [`Zygote`] handle shuts it down the same way; dropping a
 //!   [`WorkerProcess`] kills its worker.
+//! - The zygote never lingers as a zombie: once its control socket closes
+//!   (it was killed, crashed, or shut down), the handle's reader thread reaps
+//!   it (killing it if it has not exited 10 s later), records its exit
+//!   status ([`Zygote::exit_status`], named by later [`Error::ZygoteGone`]s),
+//!   and ends.
 //! - Functions are named on the wire by sealed [`Entry`] tags; a tampered or
 //!   foreign entry is refused before anything runs, and so is a resource
 //!   limit the zygote cannot apply.

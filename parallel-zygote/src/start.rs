@@ -4,21 +4,34 @@
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, getpid, getppid, ForkResult};
 use parallel_proto::{EntryKey, Limits};
 
+use crate::client::Registered;
+use crate::completion::lock;
 use crate::server::{serve, ServeConfig};
 use crate::{entry, Error, Zygote};
 
+/// Set (for good) just before the fork; inherited by the zygote and workers.
 static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The zygote this process started, once it has: a later `start` hands out
+/// another handle on it, or says how it ended. Never locked across a fork,
+/// so forked processes inherit it unlocked (and empty: it is filled after).
+static LIVE: Mutex<Option<Registered>> = Mutex::new(None);
+
+/// What error messages name when no [`Builder::caller`] was given.
+const DEFAULT_CALLER: &str = "parallel_zygote::start()";
 
 /// Options for [`start`]. Build with [`Builder::new`], finish with [`Builder::start`].
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     name: Option<String>,
     limits: Limits,
+    caller: Option<&'static str>,
 }
 
 impl Builder {
@@ -39,15 +52,40 @@ impl Builder {
         self
     }
 
-    /// Forks the zygote. See [`start`].
+    /// What the user called, as error messages should name it (default
+    /// `"parallel_zygote::start()"`). An adapter whose entry point starts
+    /// the zygote passes its own, e.g. `"parallel_tokio::init()"`, so that
+    /// [`Error::MultiThreaded`], [`Error::CannotRestart`] and
+    /// [`Error::AlreadyStarted`] point at the line the user wrote.
+    pub fn caller(mut self, caller: &'static str) -> Self {
+        self.caller = Some(caller);
+        self
+    }
+
+    /// Forks the zygote, or returns another handle on the one this process
+    /// already started. See [`start`].
     pub fn start(self) -> Result<Zygote, Error> {
+        let caller = self.caller.unwrap_or(DEFAULT_CALLER);
+        if let Some(registered) = lock(&LIVE).as_ref() {
+            // Started before: no fork, so the thread count does not matter.
+            return registered.handle().map_err(|gone| Error::CannotRestart {
+                caller,
+                pid: gone.pid,
+                status: gone.status,
+                reason: gone.reason,
+            });
+        }
+        if STARTED.load(Ordering::SeqCst) {
+            // In a process forked from the one that started (a worker), or
+            // after a start that failed past the fork.
+            return Err(Error::AlreadyStarted { caller });
+        }
         let threads = count_threads()?;
         if threads > 1 {
-            return Err(Error::MultiThreaded { threads });
+            return Err(Error::MultiThreaded { caller, threads });
         }
-        if STARTED.swap(true, Ordering::SeqCst) {
-            return Err(Error::AlreadyStarted);
-        }
+        // Single-threaded: nothing can start concurrently with this call.
+        STARTED.store(true, Ordering::SeqCst);
         let mut key = [0u8; 16];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut random| random.read_exact(&mut key))
@@ -84,7 +122,9 @@ impl Builder {
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(zygote_end);
-                Zygote::connect(parent_end, child.as_raw(), self.limits)
+                let zygote = Zygote::connect(parent_end, child.as_raw(), self.limits, true)?;
+                *lock(&LIVE) = Some(zygote.register());
+                Ok(zygote)
             }
             Err(errno) => Err(Error::os("forking the zygote", errno)),
         }
@@ -98,6 +138,14 @@ impl Builder {
 /// thread, before a test harness. It counts `/proc/self/task` and refuses with
 /// [`Error::MultiThreaded`] otherwise, because a fork from a multi-threaded
 /// process can leave the child holding locks that no thread will ever release.
+///
+/// A process forks one zygote. Called again while that zygote serves, `start`
+/// returns another handle on it (whatever the thread count; the
+/// [`Builder`]'s name and limits of the later call do not apply). Called
+/// again after the zygote is gone (killed, crashed, or shut down when its
+/// last handle was dropped), it fails with [`Error::CannotRestart`], which
+/// says how the zygote ended: the process has threads by then, so a new
+/// zygote cannot be forked safely.
 ///
 /// ```no_run
 /// fn main() -> Result<(), parallel_zygote::Error> {

@@ -128,6 +128,21 @@ fn main() {
             "dropping_the_last_handle_shuts_the_zygote_down",
             dropping_the_last_handle_shuts_the_zygote_down,
         ),
+        Trial::test("killed_zygote_is_reaped_and_its_reader_ends", || {
+            helper_says_ok("reap-killed-zygote")
+        }),
+        Trial::test("dropped_zygote_is_reaped_and_its_reader_ends", || {
+            helper_says_ok("reap-dropped-zygote")
+        }),
+        Trial::test("second_start_returns_the_same_zygote", || {
+            helper_says_ok("start-twice")
+        }),
+        Trial::test("start_after_the_zygote_was_killed_says_how_it_died", || {
+            helper_says_ok("start-after-kill")
+        }),
+        Trial::test("start_after_the_last_handle_dropped_says_so", || {
+            helper_says_ok("start-after-drop")
+        }),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -339,12 +354,21 @@ fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
 }
 
 fn zygote_names_itself_after_the_program(zygote: &Zygote) -> Result<(), Failed> {
-    let name = std::fs::read_to_string(format!("/proc/{}/comm", zygote.pid()))?;
     let program = std::fs::read_to_string("/proc/self/comm")?;
     let expected = format!(
         "{}-zygote",
         program.trim().chars().take(8).collect::<String>()
     );
+    // The zygote names itself as it starts, which can trail start()'s
+    // return on a loaded machine: give it time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let name = loop {
+        let name = std::fs::read_to_string(format!("/proc/{}/comm", zygote.pid()))?;
+        if name.trim() == expected || std::time::Instant::now() > deadline {
+            break name;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     check(
         name.trim() == expected,
         format!(
@@ -727,25 +751,45 @@ fn spawn_is_usable_from_many_threads(zygote: &Zygote) -> Result<(), Failed> {
 }
 
 fn start_from_a_multithreaded_process_is_refused() -> Result<(), Failed> {
+    // In a process of its own: this one started its zygote already, and a
+    // second start would hand out another handle on it.
+    helper_says_ok("start-multithreaded")
+}
+
+/// The helper scenario: a first start, made with a thread running, is refused
+/// with a message naming what the user called.
+fn first_start_with_a_thread_running() -> Result<String, String> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let _ = stopped.recv();
     });
-    let result = parallel_zygote::start();
+    let plain = parallel_zygote::start();
+    let adapter = parallel_zygote::Builder::new()
+        .caller("parallel_tokio::init()")
+        .start();
     stop.send(()).unwrap();
     thread.join().unwrap();
-    match result {
-        Err(Error::MultiThreaded { threads }) => {
-            check(threads >= 2, format!("counted {threads} threads"))?;
-            let message = Error::MultiThreaded { threads }.to_string();
-            check(
-                message.contains("first thing in main"),
-                format!("message says what to do: {message}"),
-            )
-        }
-        Err(other) => Err(format!("wrong error: {other}").into()),
-        Ok(_) => Err("start succeeded with several threads".into()),
+    let plain = match plain {
+        Err(error @ Error::MultiThreaded { threads: 2, .. }) => error.to_string(),
+        Err(other) => return Err(format!("wrong error: {other}")),
+        Ok(_) => return Err("start succeeded with several threads".into()),
+    };
+    let adapter = match adapter {
+        Err(error @ Error::MultiThreaded { threads: 2, .. }) => error.to_string(),
+        Err(other) => return Err(format!("wrong error from the adapter's entry: {other}")),
+        Ok(_) => return Err("the adapter's start succeeded with several threads".into()),
+    };
+    if !plain.starts_with("parallel_zygote::start() must run while the process has one thread")
+        || !plain.contains("first thing in main")
+    {
+        return Err(format!("message does not say what to do: {plain}"));
     }
+    if !adapter.starts_with("parallel_tokio::init() must run while the process has one thread") {
+        return Err(format!(
+            "message does not name the adapter's entry: {adapter}"
+        ));
+    }
+    Ok(adapter)
 }
 
 // ------------------------------------------------------------ helper processes
@@ -841,7 +885,75 @@ fn dropping_the_last_handle_shuts_the_zygote_down() -> Result<(), Failed> {
     )
 }
 
+/// Runs `scenario` in a fresh copy of this binary; passes when it prints a
+/// line starting with "ok" and exits successfully.
+fn helper_says_ok(scenario: &str) -> Result<(), Failed> {
+    let mut child = run_helper(scenario);
+    let output = read_line(&mut child);
+    let status = child.wait()?;
+    check(
+        status.success() && output.starts_with("ok"),
+        format!("helper said: {output}"),
+    )?;
+    eprintln!("    {output}");
+    Ok(())
+}
+
+/// The state letter of `pid` while it is an unreaped child of this process
+/// (running, sleeping, or a zombie: "Z"), `None` once it has been reaped.
+fn child_state(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.to_string();
+    let ppid: u32 = fields.next()?.parse().ok()?;
+    (ppid == std::process::id()).then_some(state)
+}
+
+/// Waits until `pid`, a child of this process, has been reaped (a zombie
+/// does not count); gives back its last state otherwise.
+fn wait_reaped(pid: i32, within: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        match child_state(pid) {
+            None => return Ok(started.elapsed()),
+            Some(state) if started.elapsed() > within => return Err(state),
+            Some(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Waits until this process has `threads` threads; gives back the last count otherwise.
+fn wait_threads(threads: usize, within: Duration) -> Result<(), usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = parallel_zygote::count_threads().unwrap();
+        if now == threads {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(now);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
 fn helper(scenario: &str) {
+    if scenario == "start-multithreaded" {
+        match first_start_with_a_thread_running() {
+            Ok(message) => println!("ok: {message}"),
+            Err(failure) => println!("{failure}"),
+        }
+        return;
+    }
     let zygote = parallel_zygote::start().expect("helper starts its zygote");
     match scenario {
         "parent-with-workers" => {
@@ -888,7 +1000,7 @@ fn helper(scenario: &str) {
             }
             let started = Instant::now();
             match zygote.spawn(|_ctx: WorkerContext| {}) {
-                Err(Error::ZygoteGone { reason })
+                Err(Error::ZygoteGone { reason, .. })
                     if started.elapsed() < Duration::from_millis(500) =>
                 {
                     println!("ok: next spawn failed in {:?}: {reason}", started.elapsed())
@@ -910,6 +1022,182 @@ fn helper(scenario: &str) {
             match wait_gone(&[pid, worker_pid], Duration::from_secs(2)) {
                 Ok(()) => println!("ok"),
                 Err(survivors) => println!("survivors: {survivors:?}"),
+            }
+        }
+        "reap-killed-zygote" => {
+            // Only this thread and the zygote's reader thread exist.
+            let pid = zygote.pid();
+            let threads = parallel_zygote::count_threads().unwrap();
+            if threads != 2 {
+                println!("expected main + reader thread, counted {threads}");
+                return;
+            }
+            sigkill(pid);
+            let reaped_in = match wait_reaped(pid, Duration::from_secs(5)) {
+                Ok(elapsed) => elapsed,
+                Err(state) => {
+                    println!("the killed zygote {pid} is not reaped after 5 s: state {state}");
+                    return;
+                }
+            };
+            if let Err(threads) = wait_threads(1, Duration::from_secs(5)) {
+                println!("the reader thread outlived its zygote: {threads} threads");
+                return;
+            }
+            let killed = ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            };
+            if zygote.exit_status() != Some(killed) {
+                println!("exit status recorded as {:?}", zygote.exit_status());
+                return;
+            }
+            match zygote.spawn(|_ctx: WorkerContext| {}) {
+                Err(error @ Error::ZygoteGone { status, .. }) if status == Some(killed) => {
+                    let message = error.to_string();
+                    if message.contains("killed by signal 9") && message.contains(&pid.to_string())
+                    {
+                        println!("ok: reaped in {reaped_in:?}; then: {message}");
+                    } else {
+                        println!("the error does not say how the zygote {pid} ended: {message}");
+                    }
+                }
+                Err(other) => println!("wrong error: {other}"),
+                Ok(_) => println!("spawn succeeded on a dead zygote"),
+            }
+        }
+        "reap-dropped-zygote" => {
+            let pid = zygote.pid();
+            let worker = zygote
+                .spawn(|_ctx: WorkerContext| std::thread::sleep(Duration::from_secs(120)))
+                .unwrap();
+            drop(worker);
+            drop(zygote);
+            let reaped_in = match wait_reaped(pid, Duration::from_secs(5)) {
+                Ok(elapsed) => elapsed,
+                Err(state) => {
+                    println!("the shut down zygote {pid} is not reaped after 5 s: state {state}");
+                    return;
+                }
+            };
+            match wait_threads(1, Duration::from_secs(5)) {
+                Ok(()) => println!("ok: reaped in {reaped_in:?}, reader thread ended"),
+                Err(threads) => {
+                    println!("the reader thread outlived its zygote: {threads} threads")
+                }
+            }
+        }
+        "start-twice" => {
+            // The second line of this process's main, as in `init(); init();`.
+            let again = match parallel_zygote::start() {
+                Ok(again) => again,
+                Err(error) => {
+                    println!("the second start failed: {error}");
+                    return;
+                }
+            };
+            if again.pid() != zygote.pid() {
+                println!("a second zygote: {} and {}", zygote.pid(), again.pid());
+                return;
+            }
+            // So does an adapter's entry point, whatever the thread count.
+            match parallel_zygote::Builder::new()
+                .caller("parallel_tokio::init()")
+                .start()
+            {
+                Ok(third) if third.pid() == zygote.pid() => {}
+                other => {
+                    println!("a third start through the builder gave {other:?}");
+                    return;
+                }
+            }
+            let status = again
+                .spawn(|_ctx: WorkerContext| exit_with(7))
+                .and_then(|worker| worker.process.wait());
+            if !matches!(status, Ok(ExitStatus::Exited(7))) {
+                println!("spawn through the second handle gave {status:?}");
+                return;
+            }
+            // The handles share one zygote: dropping the first keeps it serving.
+            drop(zygote);
+            let status = again
+                .spawn(|_ctx: WorkerContext| exit_with(8))
+                .and_then(|worker| worker.process.wait());
+            match status {
+                Ok(ExitStatus::Exited(8)) => {
+                    println!("ok: both starts gave zygote {}", again.pid())
+                }
+                other => println!("after dropping the first handle, spawn gave {other:?}"),
+            }
+        }
+        "start-after-kill" => {
+            let pid = zygote.pid();
+            sigkill(pid);
+            if let Err(state) = wait_reaped(pid, Duration::from_secs(5)) {
+                println!("the killed zygote {pid} is not reaped after 5 s: state {state}");
+                return;
+            }
+            match parallel_zygote::start() {
+                Ok(_) => {
+                    println!("start succeeded after the zygote died");
+                    return;
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    if message.contains("one thread, but it has") {
+                        println!("start blamed the thread count: {message}");
+                        return;
+                    }
+                    if !message.contains(&format!("(pid {pid})"))
+                        || !message.contains("killed by signal 9")
+                        || !message.contains("cannot be restarted")
+                    {
+                        println!("start does not say how zygote {pid} died: {message}");
+                        return;
+                    }
+                    if !matches!(
+                        error,
+                        Error::CannotRestart {
+                            status: Some(ExitStatus::Signaled { signal: 9, .. }),
+                            ..
+                        }
+                    ) {
+                        println!("wrong error: {error:?}");
+                        return;
+                    }
+                }
+            }
+            match parallel_zygote::Builder::new()
+                .caller("parallel_tokio::init()")
+                .start()
+            {
+                Err(error @ Error::CannotRestart { .. })
+                    if error.to_string().starts_with("parallel_tokio::init() ") =>
+                {
+                    println!("ok: {error}")
+                }
+                other => println!("the adapter's entry gave {other:?}"),
+            }
+        }
+        "start-after-drop" => {
+            let pid = zygote.pid();
+            drop(zygote);
+            if let Err(state) = wait_reaped(pid, Duration::from_secs(5)) {
+                println!("the shut down zygote {pid} is not reaped after 5 s: state {state}");
+                return;
+            }
+            match parallel_zygote::start() {
+                Ok(_) => println!("start succeeded after the zygote shut down"),
+                Err(error) => {
+                    let message = error.to_string();
+                    if message.contains("one thread, but it has") {
+                        println!("start blamed the thread count: {message}");
+                    } else if !message.contains("shut down") {
+                        println!("start does not say the zygote {pid} was shut down: {message}");
+                    } else {
+                        println!("ok: {message}");
+                    }
+                }
             }
         }
         other => println!("unknown scenario {other}"),

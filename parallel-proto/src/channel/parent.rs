@@ -128,9 +128,9 @@ impl ParentChannel {
     /// Starts a `run` call; the reply comes as [`ParentEvent::Reply`].
     pub fn call(&mut self, args: Vec<u8>) -> Result<CallId, Error> {
         self.check_sendable("start a call")?;
-        if self.calls.len() >= self.wire.limits.max_in_flight {
+        if self.calls.len() >= self.wire.limits.max_in_flight() {
             return Err(LocalError::TooManyInFlight {
-                max: self.wire.limits.max_in_flight,
+                max: self.wire.limits.max_in_flight(),
             }
             .into());
         }

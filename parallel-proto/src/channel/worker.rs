@@ -193,9 +193,9 @@ impl WorkerChannel {
                 Ok(Some(WorkerEvent::End))
             }
             ToWorker::Call { call, args } => {
-                if self.calls.len() >= self.wire.limits.max_in_flight {
+                if self.calls.len() >= self.wire.limits.max_in_flight() {
                     return Err(RemoteError::TooManyInFlight {
-                        max: self.wire.limits.max_in_flight,
+                        max: self.wire.limits.max_in_flight(),
                     });
                 }
                 if !self.calls.insert(call) {

@@ -306,9 +306,9 @@ impl ZygoteClient {
     }
 
     fn reserve_request(&self) -> Result<RequestId, LocalError> {
-        if self.pending.len() >= self.wire.limits.max_in_flight {
+        if self.pending.len() >= self.wire.limits.max_in_flight() {
             return Err(LocalError::TooManyInFlight {
-                max: self.wire.limits.max_in_flight,
+                max: self.wire.limits.max_in_flight(),
             });
         }
         Ok(self.next_request)

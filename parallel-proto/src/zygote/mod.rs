@@ -15,6 +15,8 @@
 //!
 //! Both hellos are sent unprompted, so the parent may queue a spawn right
 //! behind its own hello. At most `Limits::max_in_flight` requests await replies.
+//! Shutdown is the parent's last message: the zygote refuses anything after it
+//! as a protocol error, as a worker refuses data after End.
 
 mod client;
 mod messages;

@@ -48,7 +48,8 @@ pub enum ServerEvent {
         /// The signal.
         signal: i32,
     },
-    /// Terminate every child and exit.
+    /// Terminate every child and exit. It is the last event: any message
+    /// after it is a [`RemoteError::Unexpected`].
     Shutdown,
 }
 
@@ -60,6 +61,7 @@ pub enum ServerEvent {
 pub struct ZygoteServer {
     wire: Wire,
     hello_received: bool,
+    shutdown_received: bool,
     pending: HashSet<RequestId>,
     pids: HashMap<WorkerId, i32>,
     workers_by_pid: HashMap<i32, WorkerId>,
@@ -72,6 +74,7 @@ impl ZygoteServer {
         let mut server = ZygoteServer {
             wire: Wire::new(limits),
             hello_received: false,
+            shutdown_received: false,
             pending: HashSet::new(),
             pids: HashMap::new(),
             workers_by_pid: HashMap::new(),
@@ -215,6 +218,13 @@ impl ZygoteServer {
                 }),
             };
         }
+        if self.shutdown_received {
+            // Shutdown is final, as End is on a channel: nothing may follow it.
+            return Err(RemoteError::Unexpected {
+                message: name,
+                reason: "after Shutdown",
+            });
+        }
         Ok(match message {
             ToZygote::Hello { .. } => {
                 return Err(RemoteError::Unexpected {
@@ -256,14 +266,17 @@ impl ZygoteServer {
                     signal,
                 })
             }
-            ToZygote::Shutdown => Some(ServerEvent::Shutdown),
+            ToZygote::Shutdown => {
+                self.shutdown_received = true;
+                Some(ServerEvent::Shutdown)
+            }
         })
     }
 
     fn admit(&mut self, request: RequestId, message: &'static str) -> Result<(), RemoteError> {
-        if self.pending.len() >= self.wire.limits.max_in_flight {
+        if self.pending.len() >= self.wire.limits.max_in_flight() {
             return Err(RemoteError::TooManyInFlight {
-                max: self.wire.limits.max_in_flight,
+                max: self.wire.limits.max_in_flight(),
             });
         }
         if !self.pending.insert(request) {

@@ -248,12 +248,12 @@ pub fn raw_frame(kind: u8, fds: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Limits small enough to reach in a test.
 pub fn small_limits() -> Limits {
-    Limits {
-        max_frame_len: 1024,
-        max_buffered_bytes: 4096,
-        max_in_flight: 4,
-        max_fds_per_frame: 4,
-    }
+    Limits::default()
+        .with_max_frame_len(1024)
+        .and_then(|l| l.with_max_buffered_bytes(4096))
+        .and_then(|l| l.with_max_in_flight(4))
+        .and_then(|l| l.with_max_fds_per_frame(4))
+        .expect("valid limits")
 }
 
 /// Feeds `bytes` in one go and returns the first error, panicking if there is none.

@@ -1,9 +1,9 @@
 //! `Pool`: N warm workers running one function, with crash replacement,
 //! timeouts that do not break the pool, recycling, and `map`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -166,7 +166,11 @@ where
 
     /// Pids of all the pool's workers, idle and busy, as far as known.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = self.lock_idle().iter().filter_map(|s| s.run.pid()).collect();
+        let mut pids: Vec<i32> = self
+            .lock_idle()
+            .iter()
+            .filter_map(|s| s.run.pid())
+            .collect();
         let busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
         pids.extend(busy.values().filter_map(Run::pid));
         pids

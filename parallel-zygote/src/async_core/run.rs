@@ -71,7 +71,10 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     /// argument or result could not be encoded or decoded.
     pub async fn call(&self, argument: A) -> Result<T, Error> {
         let args = C::encode(&argument).map_err(Error::encode::<A>)?;
-        let (call, outcome) = self.call_encoded(args).await.map_err(|failed| failed.error)?;
+        let (call, outcome) = self
+            .call_encoded(args)
+            .await
+            .map_err(|failed| failed.error)?;
         outcome_into::<T, C>(outcome, self.killer.pid(), Some(call))
     }
 
