@@ -1,7 +1,144 @@
-//! `parallel-smol`: the binding of `parallel` to the smol runtime.
+//! Run async computations in other processes, from smol.
 //!
-//! Not written yet: no issue has asked for it. Until then, use
-//! `parallel-zygote`'s blocking client from smol's blocking pool, or
-//! `parallel-tokio`. This crate exists so that the workspace layout is final.
+//! `parallel-smol` forks workers from a *zygote*, a small process forked at
+//! the top of `main` before anything async exists (see `parallel-zygote`),
+//! and talks to them over AF_UNIX sockets with typed messages. Spawning never
+//! blocks on a fork and does not grow with the parent's heap; a worker that
+//! panics, aborts or is killed gives an error, never a hang.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! fn main() -> Result<(), parallel_smol::Error> {
+//!     // 1. First thing in main: start the zygote, before anything async
+//!     //    (no smol::block_on, Async, Timer or smol::spawn before it).
+//!     let parallel = parallel_smol::init()?;
+//!     // 2. Then use smol as usual.
+//!     smol::block_on(async move {
+//!         // spawn: one call in a fresh process.
+//!         let doubled = parallel.spawn(|x: u64| async move { x * 2 }, 21).await?;
+//!         assert_eq!(doubled, 42);
+//!
+//!         // run: a persistent worker, called many times.
+//!         let square = parallel.run(|x: u64| async move { x * x })?;
+//!         assert_eq!(square.call(7).await?, 49);
+//!
+//!         // process: a typed two-way channel.
+//!         let mut echo = parallel.process(
+//!             |mut input: parallel_smol::MessageStream<String>,
+//!              output: parallel_smol::MessageSender<usize>| async move {
+//!                 while let Some(Ok(line)) = input.recv().await {
+//!                     output.send(line.len()).await.unwrap();
+//!                 }
+//!             },
+//!         )?;
+//!         echo.sender.send("hello".to_string()).await?;
+//!         assert_eq!(echo.stream.recv().await.transpose()?, Some(5));
+//!
+//!         // pool: N warm workers, map over inputs in order.
+//!         use smol::stream::StreamExt;
+//!         let pool = parallel_smol::Pool::new(
+//!             &parallel,
+//!             |x: u64| async move { x + 1 },
+//!             parallel_smol::PoolConfig::default(),
+//!         )?;
+//!         let results: Vec<_> = pool.map(smol::stream::iter(0..10u64)).collect().await;
+//!         assert_eq!(results.len(), 10);
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! # Functions
+//!
+//! A function sent to a worker must capture nothing: a `fn` item or a closure
+//! without captures (a capturing closure fails to compile with a message
+//! saying so). Pass data as its argument. Arguments, results and messages are
+//! serde types, encoded with [`Postcard`] unless you choose another
+//! [`Codec`] with [`Parallel::with_codec`].
+//!
+//! ```compile_fail,E0080
+//! # fn main() {
+//! # let parallel = parallel_smol::init().unwrap();
+//! let offset = 5u64;
+//! // error: "parallel: a function run in another process must not capture
+//! // anything. Use a fn item or a closure without captures, and pass data as
+//! // its arguments."
+//! let _handle = parallel.spawn(move |x: u64| async move { x + offset }, 1);
+//! # }
+//! ```
+//!
+//! Pass it instead: `parallel.spawn(|(x, offset): (u64, u64)| async move { x + offset }, (1, 5))`.
+//!
+//! # Runtimes
+//!
+//! In the parent, each worker's channel is an `async_io::Async` socket and
+//! its driver a task on smol's global executor (`smol::spawn`), so the
+//! handles work from any executor or thread: inside `smol::block_on`, a
+//! `LocalExecutor`, or another runtime's thread.
+//!
+//! A worker runs the function on a `smol::LocalExecutor` under
+//! `async_io::block_on`, on its main thread ([`SmolWorker`]): the function
+//! may [`spawn_local`] `!Send` tasks, and `smol::spawn` works too. Pick
+//! another adapter's workers with [`Parallel::worker_runtime`] (the wire is
+//! the same: a smol parent can run tokio or glommio workers).
+//!
+//! # Fork safety
+//!
+//! A process forked after async-io's reactor started inherits a reactor it
+//! cannot use (a lock held by a thread that is not there, the parent's epoll
+//! descriptor). [`init`] forks the zygote before anything async, the zygote
+//! never runs async code, and each worker starts its own reactor after its
+//! fork. Keep async-io out of a [`Parallel::snapshot`]'s `init` too (it
+//! would leave async-io's thread behind, which the snapshot refuses).
+//!
+//! # Failures
+//!
+//! | what happens | what you get |
+//! |---|---|
+//! | the function panics | [`Error::Panicked`] with message and location (a `run` worker survives it) |
+//! | the worker aborts, is killed, or exits | [`Error::WorkerDied`] with pid, exit code or signal, and the call in flight |
+//! | a call exceeds its time limit | [`Error::Timeout`]; the worker is killed (a [`Pool`] replaces it) |
+//! | a call future is dropped | the worker is killed: cancellation stops the work |
+//! | the zygote is gone | [`Error::Zygote`] at once |
+//!
+//! # Descriptors
+//!
+//! An [`Fd`] inside a `process` message travels as a real file descriptor.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod runtime;
+
+use parallel_zygote::async_core as core;
+
+pub use core::{
+    Codec, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard, Process,
+    ProcessHandle,
+};
+pub use parallel_zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
+pub use runtime::{spawn_local, Smol, SmolSleep, SmolSocket, SmolWorker};
+
+/// The entry point: spawns workers and runs functions in them (see
+/// [`core::Parallel`]).
+pub type Parallel<C = Postcard> = core::Parallel<Smol, C>;
+/// The result of [`Parallel::spawn`], a future (see [`core::JoinHandle`]).
+pub type JoinHandle<T, C = Postcard> = core::JoinHandle<T, C, Smol>;
+/// A function in a persistent worker, from [`Parallel::run`] (see [`core::Run`]).
+pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Smol>;
+/// N warm workers running one function (see [`core::Pool`]).
+pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Smol>;
+
+/// Starts the zygote and returns a handle on it. **Call it first thing in
+/// `main`, before any smol or async-io code runs** (see
+/// [`parallel_zygote::start`]). It touches nothing of async-io itself.
+///
+/// # Errors
+/// [`Error::Zygote`] when the process already has other threads (smol's or
+/// async-io's among them), or the fork failed.
+pub fn init() -> Result<Parallel, Error> {
+    let zygote = parallel_zygote::Builder::new()
+        .caller(<Smol as core::Runtime>::INIT)
+        .start()?;
+    Ok(Parallel::new(zygote))
+}

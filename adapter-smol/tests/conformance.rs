@@ -1,0 +1,141 @@
+//! The adapter conformance suite (`parallel-zygote/tests/conformance`) on
+//! smol: each trial under `smol::block_on`, plus the scenarios only smol has
+//! (handles usable from any thread, `spawn_local` and `smol::spawn` in
+//! workers, async-io timers for time limits, workers of another adapter).
+
+#[path = "../../parallel-zygote/tests/conformance/mod.rs"]
+mod conformance;
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use conformance::{check, Harness, TestFuture};
+use libtest_mimic::{Failed, Trial};
+use parallel_smol::{Error, Parallel, Smol};
+
+struct SmolHarness;
+
+impl Harness for SmolHarness {
+    type R = Smol;
+
+    fn init() -> Result<Parallel, Error> {
+        parallel_smol::init()
+    }
+
+    /// smol has no runtime to build: async-io's reactor and smol's global
+    /// executor are process-wide, so each trial only blocks on its future.
+    fn block_on(test: TestFuture) -> Result<(), Failed> {
+        smol::block_on(test)
+    }
+
+    fn extra_trials(parallel: &Parallel) -> Vec<Trial> {
+        macro_rules! trial {
+            ($name:ident) => {
+                conformance::trial::<Self>(stringify!($name), parallel.clone(), |p| {
+                    Box::pin($name(p))
+                })
+            };
+        }
+        vec![
+            trial!(workers_spawn_local_and_smol_spawn),
+            trial!(call_timeout_fires_on_an_async_io_timer),
+            trial!(tokio_workers_from_a_smol_parent),
+            {
+                // Not run through `block_on`: the point is a thread that
+                // runs no smol at all.
+                let parallel = parallel.clone();
+                Trial::test("handles_work_outside_smol_block_on", move || {
+                    handles_work_outside_smol_block_on(parallel)
+                })
+            },
+            Trial::test("spawn_local_outside_a_worker_panics", || {
+                // Quietly: the panic is expected.
+                let hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                let panicked = std::panic::catch_unwind(|| parallel_smol::spawn_local(async {}));
+                std::panic::set_hook(hook);
+                check(panicked.is_err(), "spawn_local in the parent panics")
+            }),
+        ]
+    }
+}
+
+fn main() {
+    conformance::main::<SmolHarness>();
+}
+
+/// Smol only: the worker's executor serves `spawn_local` (`!Send` tasks)
+/// and smol's global executor works there too.
+async fn workers_spawn_local_and_smol_spawn(parallel: Parallel) -> Result<(), Failed> {
+    let sums = parallel.run(|n: u64| async move {
+        // `!Send` state, shared with local tasks.
+        let shared = Rc::new(std::cell::Cell::new(0u64));
+        let local: Vec<_> = (1..=n)
+            .map(|i| {
+                let shared = Rc::clone(&shared);
+                parallel_smol::spawn_local(async move {
+                    async_io::Timer::after(Duration::from_millis(1)).await;
+                    shared.set(shared.get() + i);
+                })
+            })
+            .collect();
+        for task in local {
+            task.await;
+        }
+        let global = smol::spawn(async move { (1..=n).sum::<u64>() }).await;
+        (shared.get(), global)
+    })?;
+    // Twice: the worker's executor serves call after call.
+    for n in [10, 100] {
+        let (local, global) = sums.call(n).await?;
+        let expected = n * (n + 1) / 2;
+        check(
+            (local, global) == (expected, expected),
+            format!("n = {n}: local {local}, global {global}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Smol only: `call_timeout` runs on the parent's async-io timer.
+async fn call_timeout_fires_on_an_async_io_timer(parallel: Parallel) -> Result<(), Failed> {
+    let slow = parallel.run(|ms: u64| async move {
+        async_io::Timer::after(Duration::from_millis(ms)).await;
+        ms
+    })?;
+    check(
+        slow.call_timeout(1, Duration::from_secs(5)).await? == 1,
+        "a fast call",
+    )?;
+    let started = Instant::now();
+    let late = slow.call_timeout(60_000, Duration::from_millis(100)).await;
+    check(
+        matches!(late, Err(Error::Timeout { .. })),
+        format!("a stuck call gave {late:?}"),
+    )?;
+    check(started.elapsed() < Duration::from_secs(5), "promptly")
+}
+
+/// The wire is the same: a smol parent runs tokio workers.
+async fn tokio_workers_from_a_smol_parent(parallel: Parallel) -> Result<(), Failed> {
+    let tokio = parallel.worker_runtime(parallel_tokio::WorkerRuntime::CurrentThread);
+    let value = tokio
+        .spawn(
+            |x: u64| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                x * 2
+            },
+            21,
+        )
+        .await?;
+    check(value == 42, format!("got {value}"))
+}
+
+/// The driver runs on smol's global executor and the reactor on async-io's
+/// thread, so handles work from a thread that runs no smol at all (here a
+/// bare futures-lite block_on, which drives no reactor).
+fn handles_work_outside_smol_block_on(parallel: Parallel) -> Result<(), Failed> {
+    let square = parallel.run(|x: u64| async move { x * x })?;
+    let value = smol::future::block_on(square.call(12))?;
+    check(value == 144, format!("got {value}"))
+}
