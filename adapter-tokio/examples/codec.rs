@@ -2,7 +2,7 @@
 //!
 //! `cargo run -p parallel-tokio --example codec`
 
-use parallel_tokio::Codec;
+use parallel_tokio::{Codec, CodecError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Postcard with a length-and-checksum trailer: a stand-in for any format
@@ -10,19 +10,19 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 struct Checked;
 
 impl Codec for Checked {
-    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-        let mut bytes = postcard::to_stdvec(value).map_err(|e| e.to_string())?;
+    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = postcard::to_stdvec(value)?;
         let sum = bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b));
         bytes.push(sum);
         Ok(bytes)
     }
 
-    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         let (sum, body) = bytes.split_last().ok_or("empty message")?;
         if body.iter().fold(0u8, |acc, b| acc.wrapping_add(*b)) != *sum {
             return Err("checksum mismatch".into());
         }
-        postcard::from_bytes(body).map_err(|e| e.to_string())
+        Ok(postcard::from_bytes(body)?)
     }
 }
 

@@ -23,7 +23,7 @@ use super::kill::{Death, Killer};
 use super::messages::{RawMessage, QUEUE_DEPTH};
 use super::runtime::Runtime;
 use super::Error;
-use crate::{ExitStatus, PendingSpawn};
+use crate::PendingSpawn;
 
 /// How long a driver waits for the zygote to answer a spawn, or to report a
 /// killed worker's exit status, before going on without it.
@@ -203,10 +203,15 @@ impl<R: Runtime> Future for Driver<R> {
                 }
                 Phase::Exit { deadline, killed } => {
                     let process = this.killer.process();
+                    let mut zygote_gone = None;
                     let status = match &process {
                         None => None,
                         Some(process) => match process.poll_exited(cx) {
-                            Poll::Ready(status) => status.ok(),
+                            Poll::Ready(Ok(status)) => Some(status),
+                            Poll::Ready(Err(error)) => {
+                                zygote_gone = Some(Arc::new(error));
+                                None
+                            }
                             Poll::Pending => {
                                 if deadline.as_mut().poll(cx).is_pending() {
                                     return Poll::Pending;
@@ -225,7 +230,12 @@ impl<R: Runtime> Future for Driver<R> {
                         },
                     };
                     let pid = process.map(|p| p.pid()).or_else(|| this.killer.pid());
-                    this.report_death(pid, status);
+                    this.report_death(Death {
+                        pid,
+                        status,
+                        spawn_error: this.killer.spawn_error(),
+                        zygote_gone,
+                    });
                     this.phase = Phase::Done;
                 }
                 Phase::Done => return Poll::Ready(()),
@@ -392,12 +402,7 @@ impl<R: Runtime> Driver<R> {
 
     /// The channel broke before the task returned: tell every waiter why,
     /// naming the call each one was waiting for.
-    fn report_death(&mut self, pid: Option<i32>, status: Option<ExitStatus>) {
-        let death = Death {
-            pid,
-            status,
-            spawn_error: self.killer.spawn_error(),
-        };
+    fn report_death(&mut self, death: Death) {
         self.killer.record_death(death.clone());
         for (call, reply) in self.calls.drain() {
             let _ = reply.send(Err(CallFailed {

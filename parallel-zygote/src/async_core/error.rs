@@ -1,7 +1,9 @@
 //! What can go wrong when work runs in another process.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::codec::CodecError;
 use crate::ExitStatus;
 use parallel_proto::channel::PanicReport;
 
@@ -13,7 +15,9 @@ pub enum Error {
     /// `run` call; a panicking `spawn` or `process` function ends its worker.
     #[error("worker {pid} {report}{}", call_suffix(*call))]
     Panicked {
-        /// The worker's pid.
+        /// The worker's pid (always known: a worker says it before it runs
+        /// anything; `pid` is an `Option` only where a worker may not have
+        /// got that far).
         pid: i32,
         /// The `run` call that panicked, if it was one.
         call: Option<u64>,
@@ -38,15 +42,20 @@ pub enum Error {
         /// The worker that was killed.
         pid: Option<i32>,
     },
-    /// A value could not be encoded or decoded by the codec.
-    #[error("could not {action} {type_name}: {message}")]
+    /// A value could not be encoded or decoded by the codec, here or in
+    /// the worker (`in_worker`).
+    #[error("could not {action} {type_name}{}", if *in_worker { " in the worker" } else { "" })]
     Codec {
         /// "encode" or "decode".
         action: &'static str,
         /// The Rust type involved.
         type_name: &'static str,
+        /// Whether the worker's side failed (its arguments did not decode,
+        /// or its result did not encode).
+        in_worker: bool,
         /// What the codec said.
-        message: String,
+        #[source]
+        source: CodecError,
     },
     /// The worker could not do its part (e.g. decode the arguments it was sent).
     #[error("worker {pid} failed: {message}")]
@@ -56,15 +65,17 @@ pub enum Error {
         /// What it reported.
         message: String,
     },
-    /// The zygote could not start the worker.
-    #[error("the worker could not be started: {message}")]
+    /// The zygote could not start the worker (the cause, with its OS error
+    /// number if any, is the `source`; see also [`errno`](Self::errno)).
+    #[error("the worker could not be started")]
     SpawnFailed {
         /// Why, as the zygote said.
-        message: String,
+        #[source]
+        source: Arc<crate::Error>,
     },
-    /// The zygote refused or is gone.
+    /// The zygote refused or is gone: workers in flight died with it.
     #[error(transparent)]
-    Zygote(#[from] crate::Error),
+    Zygote(Arc<crate::Error>),
     /// The worker broke the protocol (or a limit was hit).
     #[error("protocol error on the worker channel")]
     Protocol(#[from] parallel_proto::Error),
@@ -98,20 +109,38 @@ fn status_text(status: &Option<ExitStatus>) -> String {
         .unwrap_or_else(|| "exit status unknown".into())
 }
 
+impl From<crate::Error> for Error {
+    fn from(error: crate::Error) -> Self {
+        Error::Zygote(Arc::new(error))
+    }
+}
+
 impl Error {
-    pub(crate) fn encode<T>(message: String) -> Error {
+    pub(crate) fn encode<T>(source: CodecError) -> Error {
         Error::Codec {
             action: "encode",
             type_name: std::any::type_name::<T>(),
-            message,
+            in_worker: false,
+            source,
         }
     }
 
-    pub(crate) fn decode<T>(message: String) -> Error {
+    pub(crate) fn decode<T>(source: CodecError) -> Error {
         Error::Codec {
             action: "decode",
             type_name: std::any::type_name::<T>(),
-            message,
+            in_worker: false,
+            source,
+        }
+    }
+
+    /// The OS error number behind a failed spawn or a zygote error, if a
+    /// system call failed (here or in the zygote).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::SpawnFailed { source } | Error::Zygote(source) => source.errno(),
+            Error::Io(error) => error.raw_os_error(),
+            _ => None,
         }
     }
 

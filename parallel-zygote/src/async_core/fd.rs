@@ -82,9 +82,9 @@ impl<'de> Deserialize<'de> for Fd {
 }
 
 /// Encodes with the descriptors it contains collected on the side.
-pub(crate) fn encode_with_fds(
-    encode: impl FnOnce() -> Result<Vec<u8>, String>,
-) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
+pub(crate) fn encode_with_fds<E>(
+    encode: impl FnOnce() -> Result<Vec<u8>, E>,
+) -> Result<(Vec<u8>, Vec<OwnedFd>), E> {
     OUTGOING.with(|outgoing| *outgoing.borrow_mut() = Some(Vec::new()));
     let bytes = encode();
     let fds = OUTGOING.with(|outgoing| outgoing.borrow_mut().take().unwrap_or_default());
@@ -92,10 +92,10 @@ pub(crate) fn encode_with_fds(
 }
 
 /// Decodes with `fds` available to the [`Fd`]s inside.
-pub(crate) fn decode_with_fds<R>(
+pub(crate) fn decode_with_fds<R, E>(
     fds: Vec<OwnedFd>,
-    decode: impl FnOnce() -> Result<R, String>,
-) -> Result<R, String> {
+    decode: impl FnOnce() -> Result<R, E>,
+) -> Result<R, E> {
     INCOMING.with(|incoming| *incoming.borrow_mut() = Some(fds.into_iter().map(Some).collect()));
     let result = decode();
     // Descriptors the message did not claim are closed here.

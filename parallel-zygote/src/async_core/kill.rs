@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use parallel_proto::channel::CallId;
+use parallel_proto::zygote::SpawnFailure;
 
 use super::Error;
 use crate::{ExitStatus, PendingSpawn, WorkerProcess};
@@ -35,7 +36,7 @@ struct KillState {
     hello_pid: Option<i32>,
     requested: bool,
     /// Why the zygote could not start the worker.
-    spawn_error: Option<String>,
+    spawn_error: Option<Arc<crate::Error>>,
     /// How the worker ended, once the driver knows it broke.
     death: Option<Death>,
 }
@@ -45,15 +46,24 @@ struct KillState {
 pub(crate) struct Death {
     pub(crate) pid: Option<i32>,
     pub(crate) status: Option<ExitStatus>,
-    pub(crate) spawn_error: Option<String>,
+    pub(crate) spawn_error: Option<Arc<crate::Error>>,
+    /// The zygote died before the worker's exit status came: the worker
+    /// died with it.
+    pub(crate) zygote_gone: Option<Arc<crate::Error>>,
 }
 
 impl Death {
     /// The error for a waiter, naming its call.
     pub(crate) fn error(&self, call: Option<CallId>) -> Error {
+        if let Some(gone) = &self.zygote_gone {
+            return Error::Zygote(Arc::clone(gone));
+        }
         match &self.spawn_error {
-            Some(message) => Error::SpawnFailed {
-                message: message.clone(),
+            Some(error) if matches!(**error, crate::Error::ZygoteGone { .. }) => {
+                Error::Zygote(Arc::clone(error))
+            }
+            Some(error) => Error::SpawnFailed {
+                source: Arc::clone(error),
             },
             None => Error::WorkerDied {
                 pid: self.pid,
@@ -85,7 +95,7 @@ impl KillState {
                 }
                 self.process = Some(Arc::new(process));
             }
-            Err(error) => self.spawn_error = Some(error.to_string()),
+            Err(error) => self.spawn_error = Some(Arc::new(error)),
         }
     }
 }
@@ -175,11 +185,15 @@ impl Killer {
     pub(crate) fn abandon_spawn(&self) {
         let mut state = self.lock();
         if state.pending.take().is_some() {
-            state.spawn_error = Some("the zygote did not answer the spawn request".into());
+            let failure = SpawnFailure {
+                errno: None,
+                message: "the zygote did not answer the spawn request in time".into(),
+            };
+            state.spawn_error = Some(Arc::new(crate::Error::SpawnFailed(failure)));
         }
     }
 
-    pub(crate) fn spawn_error(&self) -> Option<String> {
+    pub(crate) fn spawn_error(&self) -> Option<Arc<crate::Error>> {
         self.lock().spawn_error.clone()
     }
 

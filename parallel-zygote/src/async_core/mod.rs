@@ -41,7 +41,7 @@ mod runtime;
 mod spawn;
 mod worker;
 
-pub use codec::{Codec, Postcard};
+pub use codec::{Codec, CodecError, Postcard};
 pub use driver::Driver;
 pub use error::Error;
 pub use fd::Fd;

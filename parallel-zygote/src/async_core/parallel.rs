@@ -163,7 +163,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             let args = C::encode(&argument).map_err(Error::encode::<A>)?;
             self.launch(task, args)
         })();
-        JoinHandle::new(started)
+        JoinHandle::new(started, std::any::type_name::<A>())
     }
 
     /// Starts a persistent worker running `function`; every

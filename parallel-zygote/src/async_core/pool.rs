@@ -248,7 +248,10 @@ where
                 .remove(&key);
             let pid = slot.run.pid();
             let (result, lost) = match result {
-                Some(Ok((_, outcome))) => (outcome_into::<R, C>(outcome, pid, None), false),
+                Some(Ok((_, outcome))) => (
+                    outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>()),
+                    false,
+                ),
                 Some(Err(failed)) if !failed.delivered && retries_left > 0 => {
                     retries_left -= 1;
                     bump(&counters.deaths);

@@ -66,7 +66,7 @@ impl ProcessHandle {
         let pid = self.killer.pid();
         match outcome {
             Ok(Ok(Outcome::Ok(_))) => Ok(()),
-            Ok(Ok(outcome)) => outcome_into::<(), Postcard>(outcome, pid, None),
+            Ok(Ok(outcome)) => outcome_into::<(), Postcard>(outcome, pid, None, "()"),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(self.killer.death(None)),
         }

@@ -10,9 +10,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::Codec;
+use std::any::type_name;
+
 use super::driver::{CallFailed, Command, Link};
 use super::kill::{KillOnDrop, Killer};
 use super::runtime::{timeout, Runtime};
+use super::worker::WorkerFailure;
 use super::Error;
 
 /// A function running in a persistent worker process, from
@@ -75,7 +78,7 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
             .call_encoded(args)
             .await
             .map_err(|failed| failed.error)?;
-        outcome_into::<T, C>(outcome, self.killer.pid(), Some(call))
+        outcome_into::<T, C>(outcome, self.killer.pid(), Some(call), type_name::<A>())
     }
 
     /// Sends encoded arguments and waits for the outcome, saying on failure
@@ -137,20 +140,36 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     }
 }
 
-/// Turns a worker's outcome into the caller's value.
+/// Turns a worker's outcome into the caller's value; `arguments` names the
+/// type of the arguments it was sent, for a decode failure in the worker.
 pub(crate) fn outcome_into<T, C: Codec>(
     outcome: Outcome,
     pid: Option<i32>,
     call: Option<u64>,
+    arguments: &'static str,
 ) -> Result<T, Error>
 where
     T: DeserializeOwned,
 {
     match outcome {
         Outcome::Ok(bytes) => C::decode::<T>(&bytes).map_err(Error::decode::<T>),
-        Outcome::Err(bytes) => Err(Error::InWorker {
-            pid: pid.unwrap_or(0),
-            message: String::from_utf8_lossy(&bytes).into_owned(),
+        Outcome::Err(bytes) => Err(match WorkerFailure::from_bytes(&bytes) {
+            WorkerFailure::DecodeArguments(message) => Error::Codec {
+                action: "decode",
+                type_name: arguments,
+                in_worker: true,
+                source: message.into(),
+            },
+            WorkerFailure::EncodeResult(message) => Error::Codec {
+                action: "encode",
+                type_name: std::any::type_name::<T>(),
+                in_worker: true,
+                source: message.into(),
+            },
+            WorkerFailure::Other(message) => Error::InWorker {
+                pid: pid.unwrap_or(0),
+                message,
+            },
         }),
         Outcome::Panic(report) => Err(Error::Panicked {
             pid: pid.unwrap_or(0),

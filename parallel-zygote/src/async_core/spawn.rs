@@ -35,16 +35,19 @@ struct Running {
     killer: Arc<Killer>,
     returned: oneshot::Receiver<Result<Outcome, Error>>,
     detached: bool,
+    /// The type of the function's argument, for a decode failure there.
+    arguments: &'static str,
 }
 
 impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
-    pub(crate) fn new(started: Result<Link, Error>) -> Self {
+    pub(crate) fn new(started: Result<Link, Error>, arguments: &'static str) -> Self {
         JoinHandle {
             state: match started {
                 Ok(link) => Ok(Running {
                     killer: link.killer,
                     returned: link.returned,
                     detached: false,
+                    arguments,
                 }),
                 Err(error) => Err(Some(error)),
             },
@@ -103,7 +106,9 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> Future for JoinHandle<T, C, R> {
         };
         running.detached = true; // finished: nothing left to kill
         let pid = running.killer.pid();
-        Poll::Ready(outcome.and_then(|outcome| outcome_into::<T, C>(outcome, pid, None)))
+        Poll::Ready(
+            outcome.and_then(|outcome| outcome_into::<T, C>(outcome, pid, None, running.arguments)),
+        )
     }
 }
 

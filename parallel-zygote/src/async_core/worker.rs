@@ -37,6 +37,31 @@ struct StartArgs {
     args: Vec<u8>,
 }
 
+/// Why a worker gives no value, as an `Outcome::Err` carries it (postcard),
+/// so that the parent can tell a codec failure from anything else.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WorkerFailure {
+    /// The call's arguments did not decode: what the codec said.
+    DecodeArguments(String),
+    /// The function's result did not encode: what the codec said.
+    EncodeResult(String),
+    /// Anything else (a bad entry, a runtime that did not build).
+    Other(String),
+}
+
+impl WorkerFailure {
+    fn into_outcome(self) -> Outcome {
+        Outcome::Err(postcard::to_stdvec(&self).expect("postcard encodes an enum of strings"))
+    }
+
+    /// Reads an `Outcome::Err`'s bytes; bytes that are not one (a worker of
+    /// another build) are taken as a plain message.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> WorkerFailure {
+        postcard::from_bytes(bytes)
+            .unwrap_or_else(|_| WorkerFailure::Other(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
 /// Encodes a Start frame's arguments.
 pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>) -> Vec<u8> {
     postcard::to_stdvec(&StartArgs {
@@ -175,7 +200,10 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
 /// Tells the parent why the task cannot run, with plain blocking writes
 /// (there is no runtime to use).
 fn fail_before_runtime(stream: UnixStream, mut machine: WorkerChannel, message: String) {
-    if machine.finish(Outcome::Err(message.into_bytes())).is_err() {
+    if machine
+        .finish(WorkerFailure::Other(message).into_outcome())
+        .is_err()
+    {
         return;
     }
     let _ = stream.set_nonblocking(false);
@@ -196,7 +224,7 @@ async fn run_task(
         Err(error) => {
             let _ = conn
                 .machine
-                .finish(Outcome::Err(error.to_string().into_bytes()));
+                .finish(WorkerFailure::Other(error.to_string()).into_outcome());
             let _ = conn.flush().await;
         }
     }
@@ -221,26 +249,12 @@ where
 {
     let argument = match C::decode::<A>(&args) {
         Ok(argument) => argument,
-        Err(message) => {
-            return Outcome::Err(
-                format!(
-                    "could not decode the arguments as {}: {message}",
-                    std::any::type_name::<A>()
-                )
-                .into_bytes(),
-            )
-        }
+        Err(error) => return WorkerFailure::DecodeArguments(error.to_string()).into_outcome(),
     };
     match catching(function(argument)).await {
         Ok(result) => match C::encode(&result) {
             Ok(bytes) => Outcome::Ok(bytes),
-            Err(message) => Outcome::Err(
-                format!(
-                    "could not encode the result {}: {message}",
-                    std::any::type_name::<T>()
-                )
-                .into_bytes(),
-            ),
+            Err(error) => WorkerFailure::EncodeResult(error.to_string()).into_outcome(),
         },
         Err(report) => Outcome::Panic(report),
     }

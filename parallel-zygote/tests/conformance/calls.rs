@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Failed;
-use parallel_zygote::async_core::{Codec, Parallel, Runtime};
+use parallel_zygote::async_core::{Codec, CodecError, Error, Parallel, Runtime};
 
 use super::check;
 
@@ -76,20 +76,20 @@ pub async fn thousand_concurrent_calls_on_one_run_worker<R: Runtime>(
 struct Scrambled;
 
 impl Codec for Scrambled {
-    fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-        let mut bytes = postcard::to_stdvec(value).map_err(|e| e.to_string())?;
+    fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = postcard::to_stdvec(value)?;
         bytes.iter_mut().for_each(|b| *b ^= 0x5A);
         bytes.push(0xEE);
         Ok(bytes)
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         let (marker, body) = bytes.split_last().ok_or("empty")?;
         if *marker != 0xEE {
             return Err("not scrambled".into());
         }
         let plain: Vec<u8> = body.iter().map(|b| b ^ 0x5A).collect();
-        postcard::from_bytes(&plain).map_err(|e| e.to_string())
+        Ok(postcard::from_bytes(&plain)?)
     }
 }
 
@@ -126,4 +126,69 @@ pub async fn snapshot_workers_see_init_state<R: Runtime>(
     check(len == 7000, format!("snapshot worker saw {len} entries"))?;
     let cold = parallel.spawn(table_len, ()).await?;
     check(cold == 0, "main zygote workers do not see it")
+}
+
+/// Encodes anything, but decodes only even numbers: a decode that fails in
+/// the worker only.
+#[derive(Debug, serde::Serialize)]
+pub struct Even(u32);
+
+impl<'de> serde::Deserialize<'de> for Even {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Even, D::Error> {
+        let value = u32::deserialize(deserializer)?;
+        if value % 2 == 1 {
+            return Err(serde::de::Error::custom("odd"));
+        }
+        Ok(Even(value))
+    }
+}
+
+/// Decodes fine but never encodes: a result that fails in the worker.
+#[derive(Debug, serde::Deserialize)]
+pub struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("never encodes"))
+    }
+}
+
+pub async fn codec_failures_in_the_worker_are_codec_errors<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let halve = parallel.run(|Even(x): Even| async move { x / 2 })?;
+    check(halve.call(Even(8)).await? == 4, "an even number decodes")?;
+    match halve.call(Even(7)).await {
+        Err(Error::Codec {
+            action: "decode",
+            type_name,
+            in_worker: true,
+            ..
+        }) if type_name.ends_with("Even") => {}
+        other => {
+            return Err(format!("expected a decode error in the worker, got {other:?}").into())
+        }
+    }
+    check(halve.call(Even(2)).await? == 1, "the worker serves on")?;
+    let broken = parallel.spawn(|_: u8| async move { Unencodable }, 0);
+    match broken.await {
+        Err(
+            error @ Error::Codec {
+                action: "encode",
+                in_worker: true,
+                ..
+            },
+        ) => {
+            // postcard keeps no custom message ("Serde Serialization
+            // Error"): the codec's error is the source, whatever it says.
+            let Some(source) = std::error::Error::source(&error).map(ToString::to_string) else {
+                return Err(format!("no source in {error:?}").into());
+            };
+            check(
+                !error.to_string().contains(&source),
+                format!("the source is not repeated in Display: {error}"),
+            )
+        }
+        other => Err(format!("expected an encode error in the worker, got {other:?}").into()),
+    }
 }

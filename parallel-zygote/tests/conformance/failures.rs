@@ -195,9 +195,10 @@ async fn zygote_gone<R: Runtime>(parallel: Parallel<R>) -> Result<(), Failed> {
         wait_gone::<R>(worker, Duration::from_secs(1)).await,
         format!("worker {worker} outlived its zygote by 1 s"),
     )?;
-    // Its calls report the death.
+    // Its calls report the death, naming the zygote: the worker died with it.
     let call = within::<R, _>(Duration::from_secs(3), add.call(2)).await;
-    if !matches!(call, Some(Err(Error::WorkerDied { .. }))) {
+    if !matches!(&call, Some(Err(Error::Zygote(gone))) if matches!(**gone, parallel_zygote::Error::ZygoteGone { .. }))
+    {
         return Err(format!("call on a worker of a dead zygote gave {call:?}").into());
     }
     // A new spawn fails with the zygote error, without hanging.
@@ -207,7 +208,9 @@ async fn zygote_gone<R: Runtime>(parallel: Parallel<R>) -> Result<(), Failed> {
     )
     .await;
     match result {
-        Some(Err(Error::Zygote(parallel_zygote::Error::ZygoteGone { .. }))) => {
+        Some(Err(Error::Zygote(gone)))
+            if matches!(*gone, parallel_zygote::Error::ZygoteGone { .. }) =>
+        {
             eprintln!(
                 "    errors in {:?} after the zygote died",
                 started.elapsed()

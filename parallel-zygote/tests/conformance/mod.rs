@@ -183,6 +183,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         calls::thousand_calls_in_order_on_one_run_worker,
         calls::thousand_concurrent_calls_on_one_run_worker,
         calls::custom_codec_is_used_both_ways,
+        calls::codec_failures_in_the_worker_are_codec_errors,
         calls::snapshot_workers_see_init_state,
         failures::run_call_panic_reports_message_and_location_and_worker_survives,
         failures::spawn_panic_is_reported,
