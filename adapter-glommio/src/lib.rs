@@ -1,7 +1,197 @@
-//! `parallel-glommio`: the binding of `parallel` to the glommio runtime.
+//! Run async computations in other processes, from glommio.
 //!
-//! Not written yet: no issue has asked for it. Until then, use
-//! `parallel-zygote`'s blocking client from glommio's blocking pool, or
-//! `parallel-tokio`. This crate exists so that the workspace layout is final.
+//! `parallel-glommio` forks workers from a *zygote*, a small process forked at
+//! the top of `main` before any executor or thread exists (see
+//! `parallel-zygote`), and talks to them over AF_UNIX sockets with typed
+//! messages. Spawning never blocks on a fork and does not grow with the
+//! parent's heap; a worker that panics, aborts or is killed gives an error,
+//! never a hang. Each worker runs its function on a glommio executor of its
+//! own.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! fn main() -> Result<(), parallel_glommio::Error> {
+//!     // 1. First thing in main: start the zygote, before any executor or
+//!     //    thread (glommio's executors start threads).
+//!     let parallel = parallel_glommio::init()?;
+//!     // 2. Then run glommio as usual (or on a thread of its own with
+//!     //    `LocalExecutorBuilder::default().spawn(move || async move { .. })?.join()`).
+//!     glommio::LocalExecutor::default().run(async move {
+//!         // spawn: one call in a fresh process.
+//!         let doubled = parallel.spawn(|x: u64| async move { x * 2 }, 21).await?;
+//!         assert_eq!(doubled, 42);
+//!
+//!         // run: a persistent worker, called many times.
+//!         let square = parallel.run(|x: u64| async move { x * x })?;
+//!         assert_eq!(square.call(7).await?, 49);
+//!
+//!         // process: a typed two-way channel.
+//!         let mut echo = parallel.process(
+//!             |mut input: parallel_glommio::MessageStream<String>,
+//!              output: parallel_glommio::MessageSender<usize>| async move {
+//!                 while let Some(Ok(line)) = input.recv().await {
+//!                     output.send(line.len()).await.unwrap();
+//!                 }
+//!             },
+//!         )?;
+//!         echo.sender.send("hello".to_string()).await?;
+//!         assert_eq!(echo.stream.recv().await.transpose()?, Some(5));
+//!
+//!         // pool: N warm workers, map over inputs in order.
+//!         use futures_util::StreamExt;
+//!         let pool = parallel_glommio::Pool::new(
+//!             &parallel,
+//!             |x: u64| async move { x + 1 },
+//!             parallel_glommio::PoolConfig::default(),
+//!         )?;
+//!         let results: Vec<_> = pool.map(futures_util::stream::iter(0..10u64)).collect().await;
+//!         assert_eq!(results.len(), 10);
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! # Functions
+//!
+//! A function sent to a worker must capture nothing: a `fn` item or a closure
+//! without captures (a capturing closure fails to compile with a message
+//! saying so). Pass data as its argument. Arguments, results and messages are
+//! serde types, encoded with [`Postcard`] unless you choose another
+//! [`Codec`] with [`Parallel::with_codec`].
+//!
+//! ```compile_fail,E0080
+//! # fn main() {
+//! # let parallel = parallel_glommio::init().unwrap();
+//! let offset = 5u64;
+//! // error: "parallel: a function run in another process must not capture
+//! // anything. Use a fn item or a closure without captures, and pass data as
+//! // its arguments."
+//! let _handle = parallel.spawn(move |x: u64| async move { x + offset }, 1);
+//! # }
+//! ```
+//!
+//! Pass it instead: `parallel.spawn(|(x, offset): (u64, u64)| async move { x + offset }, (1, 5))`.
+//!
+//! # Runtimes
+//!
+//! In the parent, call `spawn`, `run`, `process` and `Pool::new` from a task
+//! of a glommio executor: each worker's channel and driver are `!Send`, like
+//! everything glommio, and live on the executor that started the worker
+//! (a task of its own, `glommio::spawn_local`), so keep that executor
+//! running while you use the worker. From a thread without an executor they
+//! return [`Error::NoRuntime`]. glommio 0.9 has no public way to ask whether
+//! the thread runs an executor that does not panic when it does not, so the
+//! check runs glommio's own query under `catch_unwind`: in that misuse case
+//! the panic hook prints glommio's panic message before the error comes
+//! back (and a `panic = "abort"` build aborts).
+//!
+//! A worker runs the function on a [`GlommioWorker`] executor: a
+//! `glommio::LocalExecutor` on its main thread, unbound to CPUs, with 64 KiB
+//! of io memory and 8-deep rings (the function may `glommio::spawn_local`).
+//! Building it costs every worker one io_uring setup and one blocking-pool
+//! thread (glommio always starts one). Tune it with
+//! [`Parallel::worker_runtime`]`(GlommioWorker { .. })`, or run the workers
+//! on another adapter's runtime, `parallel.worker_runtime(parallel_tokio::WorkerRuntime::default())`
+//! for one: the wire is the same, and a glommio parent can run tokio or smol
+//! workers where io_uring is not allowed.
+//!
+//! [`init`] also registers the parent for private expedited `membarrier`
+//! while it is still single-threaded (glommio would register on its first
+//! sleep, which takes milliseconds once threads exist); each worker does
+//! the same before building its executor. The zygote never does.
+//!
+//! # How the channel waits
+//!
+//! glommio 0.9 can neither wait on an arbitrary descriptor nor send or
+//! receive descriptors (`SCM_RIGHTS`), so glommio does not own the channel:
+//! the core does its own non-blocking `recvmsg`/`sendmsg` on the socket, and
+//! glommio only tells it when to try.
+//!
+//! - **Read readiness**: a duplicate of the socket is handed to glommio as a
+//!   `glommio::net::UnixStream`, and the channel waits with a 1-byte
+//!   `peek` on it (`MSG_PEEK`, an io_uring receive): the data and any
+//!   descriptors stay queued for the core's `recvmsg`. A request/response
+//!   round trip measured about 14 µs this way, against 13 µs for glommio's
+//!   own sockets and 86 to 108 µs (with millisecond spikes) for an
+//!   `async-io` reactor inside glommio.
+//! - **Write readiness**: glommio has no way to wait for it at all. A write
+//!   is tried at once (most fit); only after one hits `EAGAIN` does the
+//!   channel re-check `poll(POLLOUT)` without blocking on glommio timers,
+//!   50 µs after the `EAGAIN` and then backing off to every 2 ms. A bulk
+//!   transfer into a slow reader can thus wait up to 2 ms longer than it
+//!   must, and a reader that stalls costs a wake-up every 2 ms.
+//!
+//! Through the whole stack, a `Run::call` round trip with glommio on both
+//! sides measured a median of 17 µs with parent and worker on one CPU
+//! (tokio on both sides: 7 µs; a glommio parent with tokio workers: 11 µs);
+//! on separate CPUs of a small VM, cross-CPU wake-ups dominate every runtime
+//! alike (60 to 100 µs). 8 MiB each way through a `process` took 47 to 50 ms,
+//! against 43 ms on tokio.
+//!
+//! # Failures
+//!
+//! | what happens | what you get |
+//! |---|---|
+//! | the function panics | [`Error::Panicked`] with message and location (a `run` worker survives it) |
+//! | the worker aborts, is killed, or exits | [`Error::WorkerDied`] with pid, exit code or signal, and the call in flight |
+//! | a call exceeds its time limit | [`Error::Timeout`]; the worker is killed (a [`Pool`] replaces it) |
+//! | a call future is dropped | the worker is killed: cancellation stops the work |
+//! | the zygote is gone | [`Error::Zygote`] at once |
+//! | the worker cannot build its executor | the call's error says why, in the words below |
+//!
+//! glommio 0.9 refuses to start with less than 512 KiB of locked memory
+//! (`RLIMIT_MEMLOCK`), panics when io_uring is refused, and exits the process
+//! on a kernel older than 5.8. A worker checks first: it raises its soft
+//! `RLIMIT_MEMLOCK` toward 1 MiB within the hard limit when it is lower, and
+//! otherwise the call fails with "glommio needs at least 512 KiB of locked
+//! memory (RLIMIT_MEMLOCK), the worker has N KiB ...: raise it with `ulimit
+//! -l`, or in the worker with SpawnOptions rlimits Resource::LockedMemory";
+//! where io_uring is unusable it fails with "io_uring is unavailable (blocked
+//! by seccomp/container policy or kernel.io_uring_disabled=2, or kernel older
+//! than 5.8): glommio cannot run here". The parent's own executor has the
+//! same needs, and glommio reports them there as it does.
+//!
+//! # Descriptors
+//!
+//! An [`Fd`] inside a `process` message travels as a real file descriptor.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod runtime;
+
+use parallel_zygote::async_core as core;
+
+pub use core::{
+    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard, Process,
+    ProcessHandle,
+};
+pub use parallel_zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
+pub use runtime::{Glommio, GlommioSleep, GlommioSocket, GlommioWorker};
+
+/// The entry point: spawns workers and runs functions in them (see
+/// [`core::Parallel`]).
+pub type Parallel<C = Postcard> = core::Parallel<Glommio, C>;
+/// The result of [`Parallel::spawn`], a future (see [`core::JoinHandle`]).
+pub type JoinHandle<T, C = Postcard> = core::JoinHandle<T, C, Glommio>;
+/// A function in a persistent worker, from [`Parallel::run`] (see [`core::Run`]).
+pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Glommio>;
+/// N warm workers running one function (see [`core::Pool`]).
+pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Glommio>;
+
+/// Starts the zygote and returns a handle on it. **Call it first thing in
+/// `main`, before any glommio executor or other thread exists** (see
+/// [`parallel_zygote::start`]). It touches nothing of glommio; it registers
+/// the parent for `membarrier`, as glommio would, while that is still cheap.
+///
+/// # Errors
+/// [`Error::Zygote`] when the process already has other threads, or the
+/// fork failed.
+pub fn init() -> Result<Parallel, Error> {
+    let zygote = parallel_zygote::Builder::new()
+        .caller(<Glommio as core::Runtime>::INIT)
+        .start()?;
+    // Failure only means glommio registers later, slowly, by itself.
+    let _ = parallel_zygote::sys::register_membarrier();
+    Ok(Parallel::new(zygote))
+}

@@ -1,7 +1,7 @@
 //! The demo on smol: lwt-parallel's 64-task test, then a pool speed-up
 //! (the body is shared by every adapter's demo).
 //!
-//! Run: `cargo run --release -p parallel-smol --example demo`
+//! Run: `cargo run --release -p parallel-smol --example smol_demo`
 
 #[path = "../../parallel-zygote/examples/shared/demo.rs"]
 mod demo;

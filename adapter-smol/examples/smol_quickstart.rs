@@ -1,4 +1,4 @@
-//! The quick start of the crate docs, runnable: `cargo run -p parallel-smol --example quickstart`.
+//! The quick start of the crate docs, runnable: `cargo run -p parallel-smol --example smol_quickstart`.
 
 fn main() -> Result<(), parallel_smol::Error> {
     // 1. First thing in main: start the zygote, before anything async

@@ -1,7 +1,7 @@
 //! The demo on tokio: lwt-parallel's 64-task test, then a pool speed-up
 //! (the body is shared by every adapter's demo).
 //!
-//! Run: `cargo run --release -p parallel-tokio --example demo`
+//! Run: `cargo run --release -p parallel-tokio --example tokio_demo`
 
 #[path = "../../parallel-zygote/examples/shared/demo.rs"]
 mod demo;

@@ -1,0 +1,45 @@
+//! The quick start of the crate docs, runnable: `cargo run -p parallel-glommio --example glommio_quickstart`.
+
+fn main() -> Result<(), parallel_glommio::Error> {
+    // 1. First thing in main: start the zygote, before any executor or
+    //    thread (glommio's executors start threads).
+    let parallel = parallel_glommio::init()?;
+    // 2. Then run glommio as usual (or on a thread of its own with
+    //    `LocalExecutorBuilder::default().spawn(move || async move { .. })?.join()`).
+    glommio::LocalExecutor::default().run(async move {
+        // spawn: one call in a fresh process.
+        let doubled = parallel.spawn(|x: u64| async move { x * 2 }, 21).await?;
+        assert_eq!(doubled, 42);
+
+        // run: a persistent worker, called many times.
+        let square = parallel.run(|x: u64| async move { x * x })?;
+        assert_eq!(square.call(7).await?, 49);
+
+        // process: a typed two-way channel.
+        let mut echo = parallel.process(
+            |mut input: parallel_glommio::MessageStream<String>,
+             output: parallel_glommio::MessageSender<usize>| async move {
+                while let Some(Ok(line)) = input.recv().await {
+                    output.send(line.len()).await.unwrap();
+                }
+            },
+        )?;
+        echo.sender.send("hello".to_string()).await?;
+        assert_eq!(echo.stream.recv().await.transpose()?, Some(5));
+
+        // pool: N warm workers, map over inputs in order.
+        use futures_util::StreamExt;
+        let pool = parallel_glommio::Pool::new(
+            &parallel,
+            |x: u64| async move { x + 1 },
+            parallel_glommio::PoolConfig::default(),
+        )?;
+        let results: Vec<_> = pool
+            .map(futures_util::stream::iter(0..10u64))
+            .collect()
+            .await;
+        assert_eq!(results.len(), 10);
+        println!("spawn, run, process and pool all answered");
+        Ok(())
+    })
+}
