@@ -163,8 +163,8 @@ mod runtime;
 use parallel_zygote::async_core as core;
 
 pub use core::{
-    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard, Process,
-    ProcessHandle,
+    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard,
+    Process, ProcessHandle,
 };
 pub use parallel_zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
 pub use runtime::{Glommio, GlommioSleep, GlommioSocket, GlommioWorker};

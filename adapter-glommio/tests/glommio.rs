@@ -14,8 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use libtest_mimic::{Arguments, Failed, Trial};
 use nix::sys::resource::{getrlimit, Resource as OsResource};
 use parallel_glommio::{
-    Error, Fd, GlommioWorker, MessageSender, MessageStream, Parallel, Resource, ResourceLimit,
-    SpawnOptions,
+    Error, Fd, GlommioWorker, MessageSender, MessageStream, Parallel, Resource, SpawnOptions,
 };
 
 type TestFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), Failed>>>>;
@@ -80,14 +79,7 @@ fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
 }
 
 fn memlock_limit(soft: u64, hard: u64) -> SpawnOptions {
-    SpawnOptions {
-        rlimits: vec![ResourceLimit {
-            resource: Resource::LockedMemory,
-            soft,
-            hard,
-        }],
-        ..SpawnOptions::default()
-    }
+    SpawnOptions::default().limit(Resource::LockedMemory, soft, hard)
 }
 
 async fn spawn_run_and_process_round_trips(parallel: Parallel) -> Result<(), Failed> {

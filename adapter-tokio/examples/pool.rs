@@ -26,11 +26,10 @@ async fn fragile_square(x: u64) -> u64 {
 fn main() -> Result<(), parallel_tokio::Error> {
     let parallel = parallel_tokio::init()?;
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let config = PoolConfig {
-            size: 4,
-            call_timeout: Some(Duration::from_millis(500)),
-            max_calls_per_worker: Some(100),
-        };
+        let config = PoolConfig::default()
+            .size(4)
+            .call_timeout(Duration::from_millis(500))
+            .max_calls_per_worker(100);
         let pool = Pool::new(&parallel, fragile_square, config)?;
         let mut results = std::pin::pin!(pool.map(futures_util::stream::iter(0..25u64)));
         let mut index = 0;

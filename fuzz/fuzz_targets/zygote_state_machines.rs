@@ -15,8 +15,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use parallel_proto::zygote::{
-    ExitStatus, Resource, ResourceLimit, ServerEvent, SpawnFailure, SpawnOptions, ToZygote,
-    ZygoteClient, ZygoteEvent, ZygoteServer,
+    ExitStatus, Resource, ServerEvent, SpawnFailure, SpawnOptions, ToZygote, ZygoteClient,
+    ZygoteEvent, ZygoteServer,
 };
 use parallel_proto::{EntryKey, Error, FrameDecoder, Limits, RemoteError, WireEntry};
 use parallel_proto_fuzz::{pick, pump, raw_frame, FuzzLimits, Side};
@@ -243,16 +243,14 @@ fuzz_target!(|input: Input| {
                 rlimits,
                 user_fds,
             } => {
-                let options = SpawnOptions {
-                    name,
-                    rlimits: rlimits
-                        .into_iter()
-                        .map(|(tag, soft, hard)| ResourceLimit {
-                            resource: resource(tag),
-                            soft,
-                            hard,
-                        })
-                        .collect(),
+                let options = rlimits
+                    .into_iter()
+                    .fold(SpawnOptions::default(), |options, (tag, soft, hard)| {
+                        options.limit(resource(tag), soft, hard)
+                    });
+                let options = match name {
+                    Some(name) => options.name(name),
+                    None => options,
                 };
                 let result = client.machine.spawn(entry(offset), options, user_fds);
                 if !client.local(&result) {

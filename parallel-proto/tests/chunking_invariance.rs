@@ -114,10 +114,7 @@ fn zygote_step() -> impl Strategy<Value = ZygoteStep> {
 }
 
 fn failing() -> SpawnOptions {
-    SpawnOptions {
-        name: Some("fail".into()),
-        rlimits: Vec::new(),
-    }
+    SpawnOptions::default().name("fail")
 }
 
 fn answer_requests(pair: &mut ZygotePair, seen: &mut usize, next_pid: &mut i32) {

@@ -15,8 +15,8 @@ use parallel_proto::channel::{
 };
 use parallel_proto::frame::{encode_frame, FrameHeader};
 use parallel_proto::zygote::{
-    ExitStatus, FromZygote, Resource, ResourceLimit, SnapshotRequest, SpawnFailure, SpawnOptions,
-    SpawnRequest, ToZygote, ZygoteClient, ZygoteServer, ZYGOTE_PROTOCOL_VERSION,
+    ExitStatus, FromZygote, Resource, SnapshotRequest, SpawnFailure, SpawnOptions, SpawnRequest,
+    ToZygote, ZygoteClient, ZygoteServer, ZYGOTE_PROTOCOL_VERSION,
 };
 use parallel_proto::{Frame, FrameDecoder, Limits, WireEntry};
 
@@ -100,14 +100,9 @@ fn zygote_spawn_golden() {
             offset: -2,
             tag: tag(0),
         },
-        options: SpawnOptions {
-            name: Some("w1".into()),
-            rlimits: vec![ResourceLimit {
-                resource: Resource::OpenFiles,
-                soft: 1024,
-                hard: u64::MAX,
-            }],
-        },
+        options: SpawnOptions::default()
+            .name("w1")
+            .limit(Resource::OpenFiles, 1024, u64::MAX),
     });
     #[rustfmt::skip]
     let golden = [
@@ -143,17 +138,11 @@ fn zygote_spawn_every_resource_golden() {
             offset: 0,
             tag: [0; 16],
         },
-        options: SpawnOptions {
-            name: None,
-            rlimits: resources
-                .iter()
-                .map(|&resource| ResourceLimit {
-                    resource,
-                    soft: 0,
-                    hard: 1,
-                })
-                .collect(),
-        },
+        options: resources
+            .iter()
+            .fold(SpawnOptions::default(), |options, &resource| {
+                options.limit(resource, 0, 1)
+            }),
     });
     #[rustfmt::skip]
     let golden = [

@@ -9,9 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use parallel_zygote::{
-    Error, ExitStatus, Resource, ResourceLimit, SpawnOptions, WorkerContext, Zygote,
-};
+use parallel_zygote::{Error, ExitStatus, Resource, SpawnOptions, WorkerContext, Zygote};
 
 const HELPER: &str = "PARALLEL_ZYGOTE_HELPER";
 
@@ -261,14 +259,7 @@ fn exit_code_signal_and_core_dump_are_reported(zygote: &Zygote) -> Result<(), Fa
     // A core dump needs RLIMIT_CORE above zero; whether the kernel writes one
     // depends on core_pattern, so the flag is checked against what the kernel
     // says it does: a pattern starting with '|' pipes to a helper and still sets it.
-    let options = SpawnOptions {
-        rlimits: vec![ResourceLimit {
-            resource: Resource::CoreSize,
-            soft: u64::MAX,
-            hard: u64::MAX,
-        }],
-        ..Default::default()
-    };
+    let options = SpawnOptions::default().limit(Resource::CoreSize, u64::MAX, u64::MAX);
     // The core file lands in the worker's working directory: a temp dir, not the repo.
     let worker = zygote.spawn_with(
         |_ctx: WorkerContext| {
@@ -289,14 +280,7 @@ fn exit_code_signal_and_core_dump_are_reported(zygote: &Zygote) -> Result<(), Fa
         } => {
             let without = zygote.spawn_with(
                 |_ctx: WorkerContext| std::process::abort(),
-                SpawnOptions {
-                    rlimits: vec![ResourceLimit {
-                        resource: Resource::CoreSize,
-                        soft: 0,
-                        hard: 0,
-                    }],
-                    ..Default::default()
-                },
+                SpawnOptions::default().limit(Resource::CoreSize, 0, 0),
                 Vec::new(),
             )?;
             let status_without = without.process.wait()?;
@@ -648,14 +632,9 @@ fn user_fds_reach_the_worker(zygote: &Zygote) -> Result<(), Failed> {
 }
 
 fn rlimits_and_name_apply_in_the_worker(zygote: &Zygote) -> Result<(), Failed> {
-    let options = SpawnOptions {
-        name: Some("pz-test-worker".into()),
-        rlimits: vec![ResourceLimit {
-            resource: Resource::OpenFiles,
-            soft: 77,
-            hard: 77,
-        }],
-    };
+    let options = SpawnOptions::default()
+        .name("pz-test-worker")
+        .limit(Resource::OpenFiles, 77, 77);
     let mut worker = zygote.spawn_with(
         |mut ctx: WorkerContext| {
             let (soft, _) =
@@ -687,14 +666,7 @@ fn locked_memory_limit_applies_in_the_worker(zygote: &Zygote) -> Result<(), Fail
                     .unwrap();
             write!(ctx.channel, "{soft} {hard}").unwrap();
         },
-        SpawnOptions {
-            rlimits: vec![ResourceLimit {
-                resource: Resource::LockedMemory,
-                soft: limit,
-                hard: limit,
-            }],
-            ..Default::default()
-        },
+        SpawnOptions::default().limit(Resource::LockedMemory, limit, limit),
         Vec::new(),
     )?;
     let mut text = String::new();
@@ -709,14 +681,7 @@ fn locked_memory_limit_applies_in_the_worker(zygote: &Zygote) -> Result<(), Fail
     // the spawn in the child, before its entry runs.
     let worker = zygote.spawn_with(
         |_ctx: WorkerContext| exit_with(0),
-        SpawnOptions {
-            rlimits: vec![ResourceLimit {
-                resource: Resource::LockedMemory,
-                soft: 2 * limit + 1,
-                hard: limit,
-            }],
-            ..Default::default()
-        },
+        SpawnOptions::default().limit(Resource::LockedMemory, 2 * limit + 1, limit),
         Vec::new(),
     )?;
     let status = worker.process.wait()?;

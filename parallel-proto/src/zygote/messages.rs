@@ -14,13 +14,45 @@ pub type RequestId = u64;
 /// Names a live worker (or derived snapshot). Chosen by the zygote.
 pub type WorkerId = u64;
 
-/// Options for a new worker or snapshot.
+/// Options for a new worker or snapshot: start from the default and set
+/// what you need (new options can then be added without breaking you).
+///
+/// ```
+/// use parallel_proto::zygote::{Resource, SpawnOptions};
+///
+/// let options = SpawnOptions::default()
+///     .name("resizer")
+///     .limit(Resource::AddressSpace, 1 << 30, 1 << 30);
+/// assert_eq!(options.name.as_deref(), Some("resizer"));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SpawnOptions {
     /// Process name shown by `ps` (Linux keeps the first 15 bytes).
     pub name: Option<String>,
     /// Resource limits applied in the child before its entry runs.
     pub rlimits: Vec<ResourceLimit>,
+}
+
+impl SpawnOptions {
+    /// The process name `ps` shows.
+    #[must_use = "the setter returns the changed options"]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds a resource limit (`u64::MAX` means unlimited), applied in the
+    /// child before its entry runs.
+    #[must_use = "the setter returns the changed options"]
+    pub fn limit(mut self, resource: Resource, soft: u64, hard: u64) -> Self {
+        self.rlimits.push(ResourceLimit {
+            resource,
+            soft,
+            hard,
+        });
+        self
+    }
 }
 
 /// One `setrlimit` to apply.

@@ -49,8 +49,17 @@ pub fn spawn_options() -> impl Strategy<Value = SpawnOptions> {
             soft,
             hard,
         });
-    (option::of(".{0,20}"), vec(rlimit, 0..4))
-        .prop_map(|(name, rlimits)| SpawnOptions { name, rlimits })
+    (option::of(".{0,20}"), vec(rlimit, 0..4)).prop_map(
+        |(name, rlimits): (Option<String>, Vec<ResourceLimit>)| {
+            let options = rlimits.iter().fold(SpawnOptions::default(), |options, l| {
+                options.limit(l.resource, l.soft, l.hard)
+            });
+            match name {
+                Some(name) => options.name(name),
+                None => options,
+            }
+        },
+    )
 }
 
 pub fn exit_status() -> impl Strategy<Value = ExitStatus> {

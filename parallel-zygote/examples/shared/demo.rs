@@ -138,14 +138,7 @@ pub async fn run<R: Runtime>(parallel: Parallel<R>) -> Result<(), Box<dyn std::e
     let inputs: Vec<u64> = vec![1_500_000; 4 * cores];
     let mut timings = Vec::new();
     for size in [1, cores] {
-        let pool = Pool::new(
-            &parallel,
-            count_primes,
-            PoolConfig {
-                size,
-                ..PoolConfig::default()
-            },
-        )?;
+        let pool = Pool::new(&parallel, count_primes, PoolConfig::default().size(size))?;
         let label = if size == 1 {
             "pool of 1 worker"
         } else {

@@ -21,8 +21,21 @@ use super::run::{outcome_into, Run};
 use super::runtime::{timeout, Runtime};
 use super::Error;
 
-/// How a [`Pool`] behaves.
+/// How a [`Pool`] behaves: start from `PoolConfig::default()` and change
+/// what you need (new options can then be added without breaking you).
+///
+/// ```
+/// use std::time::Duration;
+/// use parallel_zygote::async_core::PoolConfig;
+///
+/// let config = PoolConfig::default()
+///     .size(4)
+///     .call_timeout(Duration::from_secs(5))
+///     .max_calls_per_worker(1000);
+/// assert_eq!(config.size, 4);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// Workers kept alive (and calls running at once). Default: available cores.
     pub size: usize,
@@ -32,6 +45,29 @@ pub struct PoolConfig {
     /// Time limit for each call; a call over it has its worker killed and
     /// replaced, and fails with [`Error::Timeout`]. Default: none.
     pub call_timeout: Option<Duration>,
+}
+
+impl PoolConfig {
+    /// Workers kept alive, and calls running at once (at least 1).
+    #[must_use = "the setter returns the changed config"]
+    pub fn size(mut self, workers: usize) -> Self {
+        self.size = workers;
+        self
+    }
+
+    /// Replaces a worker after it served `calls` calls.
+    #[must_use = "the setter returns the changed config"]
+    pub fn max_calls_per_worker(mut self, calls: usize) -> Self {
+        self.max_calls_per_worker = Some(calls);
+        self
+    }
+
+    /// Time limit for each call; over it, the worker is killed and replaced.
+    #[must_use = "the setter returns the changed config"]
+    pub fn call_timeout(mut self, limit: Duration) -> Self {
+        self.call_timeout = Some(limit);
+        self
+    }
 }
 
 impl Default for PoolConfig {

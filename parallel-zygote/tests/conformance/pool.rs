@@ -15,11 +15,9 @@ use super::check;
 pub async fn timeout_kills_stuck_worker_and_pool_keeps_serving<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
-    let config = PoolConfig {
-        size: 2,
-        call_timeout: Some(Duration::from_millis(300)),
-        ..PoolConfig::default()
-    };
+    let config = PoolConfig::default()
+        .size(2)
+        .call_timeout(Duration::from_millis(300));
     let pool = Pool::new(
         &parallel,
         |millis: u64| async move {
@@ -58,10 +56,7 @@ pub async fn pool_of_4_over_1000_inputs_with_one_poisoned<R: Runtime>(
             }
             x * 2
         },
-        PoolConfig {
-            size: 4,
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().size(4),
     )?;
     let started = Instant::now();
     let results: Vec<Result<u32, Error>> = pool
@@ -89,11 +84,7 @@ pub async fn pool_recycles_workers_after_max_calls<R: Runtime>(
     let pool = Pool::new(
         &parallel,
         |_: ()| async move { std::process::id() },
-        PoolConfig {
-            size: 1,
-            max_calls_per_worker: Some(3),
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().size(1).max_calls_per_worker(3),
     )?;
     let mut pids = Vec::new();
     for _ in 0..9 {
@@ -118,10 +109,7 @@ pub async fn pool_map_unordered_reports_indices<R: Runtime>(
             R::sleep(Duration::from_millis(10 * (5 - x % 5))).await;
             x
         },
-        PoolConfig {
-            size: 3,
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().size(3),
     )?;
     let mut seen: Vec<(usize, u64)> = Vec::new();
     let mut stream = std::pin::pin!(pool.map_unordered(futures_util::stream::iter(0..20u64)));
@@ -141,10 +129,7 @@ pub async fn pool_replaces_idle_workers_killed_before_a_call<R: Runtime>(
     let pool = Pool::new(
         &parallel,
         |x: u32| async move { x + 1 },
-        PoolConfig {
-            size: 2,
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().size(2),
     )?;
     check(pool.call(1).await? == 2, "warm call")?;
     // Both workers' pids become known (the zygote's answers arrive on their own).
