@@ -91,7 +91,7 @@ pub enum Error {
     #[error(transparent)]
     Protocol(#[from] parallel_proto::Error),
     /// A system call failed.
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Os {
         /// Which operation.
         what: &'static str,

@@ -155,3 +155,45 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::Error;
+
+    /// An anyhow/eyre report prints Display, then each source: a cause in
+    /// both would be printed twice.
+    fn assert_cause_once(error: &Error, cause: &str) {
+        let source = error.source().map(ToString::to_string).unwrap_or_default();
+        assert!(source.contains(cause), "{error:?}: source {source:?}");
+        assert!(
+            !error.to_string().contains(cause),
+            "Display repeats the cause: {error}"
+        );
+    }
+
+    #[test]
+    fn wrapped_errors_keep_their_cause_only_as_source() {
+        let io = Error::from(std::io::Error::other("socket exploded"));
+        assert_cause_once(&io, "socket exploded");
+        let protocol = Error::from(parallel_proto::Error::from(
+            parallel_proto::LocalError::UnknownCall(7),
+        ));
+        let text = std::error::Error::source(&protocol).unwrap().to_string();
+        assert_cause_once(&protocol, &text);
+        let codec = Error::decode::<u32>("not a number".into());
+        assert_cause_once(&codec, "not a number");
+        let zygote_os = crate::Error::Os {
+            what: "forking",
+            source: std::io::Error::other("out of pids"),
+        };
+        let spawn = Error::SpawnFailed {
+            source: std::sync::Arc::new(zygote_os),
+        };
+        assert_cause_once(&spawn, "forking failed");
+        let chain = spawn.source().and_then(|s| s.source()).unwrap().to_string();
+        assert_eq!(chain, "out of pids");
+        assert!(!spawn.source().unwrap().to_string().contains("out of pids"));
+    }
+}
