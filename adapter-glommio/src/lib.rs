@@ -64,9 +64,9 @@
 //! # fn main() {
 //! # let parallel = parallel_glommio::init().unwrap();
 //! let offset = 5u64;
-//! // error: "parallel: a function run in another process must not capture
-//! // anything. Use a fn item or a closure without captures, and pass data as
-//! // its arguments."
+//! // error[E0080]: "functions sent to a worker must capture nothing: this
+//! // function captures a `Copy` value ..." (at `cargo build`; a non-`Copy`
+//! // capture such as a `String` fails `cargo check` already, E0277)
 //! let _handle = parallel.spawn(move |x: u64| async move { x + offset }, 1);
 //! # }
 //! ```
@@ -140,6 +140,8 @@
 //! | the zygote is gone | [`Error::Zygote`] at once |
 //! | the worker cannot build its executor | the call's error says why, in the words below |
 //!
+//! What dropping each handle (`JoinHandle`, `Run`, `Process`, `Pool`, ...) does to its worker: [Dropping handles](parallel_zygote::async_core#dropping-handles).
+//!
 //! glommio 0.9 refuses to start with less than 512 KiB of locked memory
 //! (`RLIMIT_MEMLOCK`), panics when io_uring is refused, and exits the process
 //! on a kernel older than 5.8. A worker checks first: it raises its soft
@@ -157,11 +159,14 @@
 //! An [`Fd`] inside a `process` message travels as a real file descriptor.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 
 mod runtime;
 
 use parallel_zygote::async_core as core;
 
+#[allow(unused_imports)] // Empty without a codec feature.
+pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
     Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard,
     Process, ProcessHandle,
@@ -179,14 +184,22 @@ pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Glommio>;
 /// N warm workers running one function (see [`core::Pool`]).
 pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Glommio>;
 
-/// Starts the zygote and returns a handle on it. **Call it first thing in
-/// `main`, before any glommio executor or other thread exists** (see
-/// [`parallel_zygote::start`]). It touches nothing of glommio; it registers
-/// the parent for `membarrier`, as glommio would, while that is still cheap.
+/// Starts the zygote and returns a handle on it. Call it anywhere: inside a
+/// running `LocalExecutor`, in a plain `#[test]`, after the zygote died. It
+/// touches nothing of glommio; it registers the parent for `membarrier`, as
+/// glommio would (cheap while the process has one thread).
+///
+/// First thing in `main`, before any executor or other thread exists, it
+/// forks the zygote (the fastest start); once the process has threads it
+/// executes the program anew, a few milliseconds more (see
+/// [`parallel_zygote::start`]). Called again while the zygote serves, it
+/// returns another handle on it; after the zygote is gone, it starts a new
+/// one (handles on the old one keep failing, saying how it ended).
 ///
 /// # Errors
-/// [`Error::Zygote`] when the process already has other threads, or the
-/// fork failed.
+/// [`Error::Zygote`] when the zygote could not be started: the fork or the
+/// exec failed, an executed zygote did not come up (`StartFailed`, saying
+/// why), or this is a worker (`AlreadyStarted`).
 pub fn init() -> Result<Parallel, Error> {
     let zygote = parallel_zygote::Builder::new()
         .caller(<Glommio as core::Runtime>::INIT)

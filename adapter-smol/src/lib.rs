@@ -61,9 +61,9 @@
 //! # fn main() {
 //! # let parallel = parallel_smol::init().unwrap();
 //! let offset = 5u64;
-//! // error: "parallel: a function run in another process must not capture
-//! // anything. Use a fn item or a closure without captures, and pass data as
-//! // its arguments."
+//! // error[E0080]: "functions sent to a worker must capture nothing: this
+//! // function captures a `Copy` value ..." (at `cargo build`; a non-`Copy`
+//! // capture such as a `String` fails `cargo check` already, E0277)
 //! let _handle = parallel.spawn(move |x: u64| async move { x + offset }, 1);
 //! # }
 //! ```
@@ -102,16 +102,21 @@
 //! | a call future is dropped | the worker is killed: cancellation stops the work |
 //! | the zygote is gone | [`Error::Zygote`] at once |
 //!
+//! What dropping each handle (`JoinHandle`, `Run`, `Process`, `Pool`, ...) does to its worker: [Dropping handles](parallel_zygote::async_core#dropping-handles).
+//!
 //! # Descriptors
 //!
 //! An [`Fd`] inside a `process` message travels as a real file descriptor.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 
 mod runtime;
 
 use parallel_zygote::async_core as core;
 
+#[allow(unused_imports)] // Empty without a codec feature.
+pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
     Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard,
     Process, ProcessHandle,
@@ -129,13 +134,21 @@ pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Smol>;
 /// N warm workers running one function (see [`core::Pool`]).
 pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Smol>;
 
-/// Starts the zygote and returns a handle on it. **Call it first thing in
-/// `main`, before any smol or async-io code runs** (see
-/// [`parallel_zygote::start`]). It touches nothing of async-io itself.
+/// Starts the zygote and returns a handle on it. Call it anywhere: inside
+/// `smol::block_on`, in a plain `#[test]`, after the zygote died. It touches
+/// nothing of async-io itself.
+///
+/// First thing in `main`, before smol or async-io start their threads, it
+/// forks the zygote (the fastest start); once the process has threads it
+/// executes the program anew, a few milliseconds more (see
+/// [`parallel_zygote::start`]). Called again while the zygote serves, it
+/// returns another handle on it; after the zygote is gone, it starts a new
+/// one (handles on the old one keep failing, saying how it ended).
 ///
 /// # Errors
-/// [`Error::Zygote`] when the process already has other threads (smol's or
-/// async-io's among them), or the fork failed.
+/// [`Error::Zygote`] when the zygote could not be started: the fork or the
+/// exec failed, an executed zygote did not come up (`StartFailed`, saying
+/// why), or this is a worker (`AlreadyStarted`).
 pub fn init() -> Result<Parallel, Error> {
     let zygote = parallel_zygote::Builder::new()
         .caller(<Smol as core::Runtime>::INIT)

@@ -10,9 +10,10 @@
 //!
 //! ```no_run
 //! fn main() -> Result<(), parallel_tokio::Error> {
-//!     // 1. First thing in main: start the zygote, before the runtime.
+//!     // 1. First thing in main, the fastest start (a fork). `init()` also
+//!     //    works inside #[tokio::main] and in plain #[test]s (an exec).
 //!     let parallel = parallel_tokio::init()?;
-//!     // 2. Then build the runtime (no #[tokio::main]: it would start first).
+//!     // 2. Then build the runtime.
 //!     let runtime = tokio::runtime::Runtime::new()?;
 //!     runtime.block_on(async move {
 //!         // spawn: one call in a fresh process.
@@ -61,9 +62,9 @@
 //! # fn main() {
 //! # let parallel = parallel_tokio::init().unwrap();
 //! let offset = 5u64;
-//! // error: "parallel: a function run in another process must not capture
-//! // anything. Use a fn item or a closure without captures, and pass data as
-//! // its arguments."
+//! // error[E0080]: "functions sent to a worker must capture nothing: this
+//! // function captures a `Copy` value ..." (at `cargo build`; a non-`Copy`
+//! // capture such as a `String` fails `cargo check` already, E0277)
 //! let _handle = parallel.spawn(move |x: u64| async move { x + offset }, 1);
 //! # }
 //! ```
@@ -85,16 +86,21 @@
 //! | a call future is dropped | the worker is killed: cancellation stops the work |
 //! | the zygote is gone | [`Error::Zygote`] at once |
 //!
+//! What dropping each handle (`JoinHandle`, `Run`, `Process`, `Pool`, ...) does to its worker: [Dropping handles](parallel_zygote::async_core#dropping-handles).
+//!
 //! # Descriptors
 //!
 //! An [`Fd`] inside a `process` message travels as a real file descriptor.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 
 mod runtime;
 
 use parallel_zygote::async_core as core;
 
+#[allow(unused_imports)] // Empty without a codec feature.
+pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
     Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard,
     Process, ProcessHandle,
@@ -112,15 +118,35 @@ pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Tokio>;
 /// N warm workers running one function (see [`core::Pool`]).
 pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Tokio>;
 
-/// Starts the zygote and returns a handle on it. **Call it first thing in
-/// `main`, before building the tokio runtime** (see [`parallel_zygote::start`]).
-/// Called again while the zygote lives, it returns another handle on the
-/// same zygote.
+/// Starts the zygote and returns a handle on it. Call it anywhere: inside
+/// `#[tokio::main]`, in a plain `#[test]`, after the zygote died.
+///
+/// First thing in `main`, before the runtime exists, it forks the zygote
+/// (the fastest start; the zygote holds the process's state at that point).
+/// Once the process has threads, it starts the zygote by executing the
+/// program anew, a few milliseconds more (see
+/// [`parallel_zygote::start`] and [`parallel_zygote::StartMethod`]).
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() -> Result<(), parallel_tokio::Error> {
+///     let parallel = parallel_tokio::init()?;
+///     assert_eq!(parallel.spawn(|x: u64| async move { x * 2 }, 21).await?, 42);
+///     Ok(())
+/// }
+/// ```
+///
+/// Called again while the zygote serves, it returns another handle on the
+/// same zygote, so tests running in parallel share one; `init()` is all a
+/// `#[test]` needs. Called after the zygote is gone (killed, crashed, or
+/// shut down with its last handle), it starts a new one: handles on the old
+/// zygote keep failing with [`Error::Zygote`] (which says how it ended), so
+/// take the new handle and rebuild derived snapshots from it.
 ///
 /// # Errors
-/// [`Error::Zygote`] when the process already has other threads at the
-/// first call, the zygote died (it cannot be restarted in a multi-threaded
-/// process), or the fork failed.
+/// [`Error::Zygote`] when the zygote could not be started: the fork or the
+/// exec failed, an executed zygote did not come up (`StartFailed`, saying
+/// why), or this is a worker (`AlreadyStarted`).
 pub fn init() -> Result<Parallel, Error> {
     let zygote = parallel_zygote::Builder::new()
         .caller(<Tokio as core::Runtime>::INIT)

@@ -76,6 +76,11 @@ impl EntryKey {
     }
 
     /// Checks `entry` against the expected `signature` and returns its offset.
+    ///
+    /// # Errors
+    /// [`EntryError::BadTag`] if the tag is not the one this key makes for
+    /// `entry.offset` and `signature`: forged, corrupted, sealed under another
+    /// key, or sealed for another signature.
     pub fn verify(&self, entry: &WireEntry, signature: u64) -> Result<i64, EntryError> {
         let expected = self.tag(entry.offset, signature);
         // Compare in constant time so that timing does not leak how many tag

@@ -42,6 +42,13 @@ impl FrameHeader {
     }
 
     /// Parses and checks a header against `limits`.
+    ///
+    /// # Errors
+    /// [`FrameError::BadMagic`] if the first byte is not [`MAGIC`],
+    /// [`FrameError::ReservedByteSet`] if byte 3 is not zero,
+    /// [`FrameError::TooLong`] if `len` exceeds `limits.max_frame_len()`, and
+    /// [`FrameError::TooManyFds`] if `fds` exceeds
+    /// `limits.max_fds_per_frame()`.
     pub fn parse(bytes: [u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader, FrameError> {
         if bytes[0] != MAGIC {
             return Err(FrameError::BadMagic { found: bytes[0] });
@@ -118,6 +125,12 @@ pub enum FrameError {
 /// Appends one frame to a buffer the caller owns.
 ///
 /// Checks the payload and fd count against `limits` first; on error nothing is written.
+///
+/// # Errors
+/// As [`checked_header`]: [`LocalError::MessageTooLong`](crate::LocalError::MessageTooLong)
+/// if `payload` is longer than `limits.max_frame_len()`, and
+/// [`LocalError::TooManyFds`](crate::LocalError::TooManyFds) if `fds` exceeds
+/// `limits.max_fds_per_frame()`.
 pub fn encode_frame(
     kind: u8,
     fds: usize,
@@ -133,6 +146,12 @@ pub fn encode_frame(
 }
 
 /// Builds a header for a payload of `len` bytes after checking it against `limits`.
+///
+/// # Errors
+/// [`LocalError::MessageTooLong`](crate::LocalError::MessageTooLong) if `len`
+/// exceeds `limits.max_frame_len()`, and
+/// [`LocalError::TooManyFds`](crate::LocalError::TooManyFds) if `fds` exceeds
+/// `limits.max_fds_per_frame()`.
 pub fn checked_header(
     kind: u8,
     fds: usize,
@@ -189,6 +208,12 @@ impl FrameDecoder {
     ///
     /// Call it in a loop: `while let Some(frame) = decoder.decode(&mut input)? {}`;
     /// when it returns `Ok(None)`, all of `input` has been consumed.
+    ///
+    /// # Errors
+    /// A [`FrameError`] from [`FrameHeader::parse`] when a header is corrupt
+    /// or breaks the limits. The decoder is then failed for good: this and
+    /// every later call return the same error (also kept in
+    /// [`error`](Self::error)).
     pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, FrameError> {
         if let Some(error) = self.failed {
             return Err(error);

@@ -121,6 +121,7 @@
 //! [postcard]: https://docs.rs/postcard
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 
 pub mod channel;
 mod codec;

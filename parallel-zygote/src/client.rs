@@ -28,7 +28,7 @@ use parallel_proto::{Limits, LocalError, WireEntry};
 use crate::completion::{lock, Completion};
 use crate::entry::Entry;
 use crate::io::{Inbox, Outbox};
-use crate::{Error, WorkerContext};
+use crate::{Error, StartMethod, WorkerContext};
 
 /// Why a wait ended without its answer (cloneable, unlike [`Error`]).
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ impl From<Failure> for Error {
 }
 
 /// How a zygote ended, as far as this process knows: the parts of
-/// [`Error::ZygoteGone`] and [`Error::CannotRestart`].
+/// [`Error::ZygoteGone`].
 #[derive(Debug, Clone)]
 pub(crate) struct Gone {
     pub(crate) pid: i32,
@@ -435,6 +435,8 @@ impl Shared {
 struct Owner {
     shared: Arc<Shared>,
     limits: Limits,
+    /// How the zygote was started (a derived snapshot is forked).
+    method: StartMethod,
 }
 
 impl Drop for Owner {
@@ -505,6 +507,7 @@ impl Zygote {
         pid: i32,
         limits: Limits,
         child: bool,
+        method: StartMethod,
     ) -> Result<Zygote, Error> {
         let hang_up = |socket: UnixStream| {
             // Hanging up makes the zygote exit; reap our child.
@@ -551,11 +554,53 @@ impl Zygote {
         // From here on the reader thread reaps the zygote; an error below
         // drops the owner, which hangs up.
         let zygote = Zygote {
-            owner: Arc::new(Owner { shared, limits }),
+            owner: Arc::new(Owner {
+                shared,
+                limits,
+                method,
+            }),
         };
         let state = lock(&zygote.shared().state);
         zygote.shared().send(state, Vec::new())?;
         Ok(zygote)
+    }
+
+    /// Waits for the zygote's hello, for at most `timeout`. An executed zygote
+    /// that ends (or stays silent) before it serves fails here, saying why.
+    pub(crate) fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let ready = lock(&self.shared().state).ready.clone();
+        let pid = self.pid();
+        match ready.wait_timeout(timeout) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => {
+                let gone = self.shared().fate.gone();
+                Err(Error::StartFailed {
+                    pid,
+                    status: gone.status,
+                    reason: exec_failure_reason(gone.status, gone.reason),
+                })
+            }
+            None => {
+                // Silent: most likely the program's `main` runs instead of
+                // the hook. It is our unreaped child, so the pid is its own.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                Err(Error::StartFailed {
+                    pid,
+                    status: None,
+                    reason: format!(
+                        "it did not answer within {timeout:?} and was killed; does the \
+                         binary link parallel-zygote (its load-time hook)?"
+                    ),
+                })
+            }
+        }
+    }
+
+    /// How this zygote was started: [`StartMethod::Fork`] or
+    /// [`StartMethod::Exec`] for the top zygote, [`StartMethod::Fork`] for a
+    /// derived snapshot (forked from its zygote).
+    pub fn start_method(&self) -> StartMethod {
+        self.owner.method
     }
 
     /// What the registry of `start` keeps of this zygote.
@@ -608,15 +653,35 @@ impl Zygote {
     /// assert!(worker.process.wait()?.success());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    /// [`Error::SpawnFailed`] when the zygote refused the request or could
+    /// not fork (the OS error in [`Error::errno`]), [`Error::ZygoteGone`]
+    /// when the zygote is gone, before the request or before it answered,
+    /// [`Error::Protocol`] ([`LocalError::TooManyInFlight`]) when
+    /// `max_in_flight` spawns and snapshots of this zygote already await an
+    /// answer, and [`Error::Os`] when the socketpair for the channel could
+    /// not be created (e.g. `EMFILE`).
     pub fn spawn<F>(&self, boot: F) -> Result<Worker, Error>
     where
-        F: Fn(WorkerContext) + Copy + 'static,
+        F: Fn(WorkerContext) + crate::entry::CapturesNothing,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         self.spawn_with(boot, SpawnOptions::default(), Vec::new())
     }
 
     /// [`spawn`](Self::spawn) with a name, resource limits, and descriptors
     /// handed to the worker (they arrive in [`WorkerContext::fds`]).
+    ///
+    /// # Errors
+    /// As [`spawn`](Self::spawn), and [`Error::SpawnFailed`] also when the
+    /// zygote cannot apply a resource limit of `options`. [`Error::Protocol`]
+    /// also with [`LocalError::TooManyFds`] when `1 + fds.len()` exceeds
+    /// `max_fds_per_frame`, and [`LocalError::MessageTooLong`] when the
+    /// request (with its name) exceeds `max_frame_len`. `fds` are consumed
+    /// either way.
     pub fn spawn_with<F>(
         &self,
         boot: F,
@@ -624,8 +689,11 @@ impl Zygote {
         fds: Vec<OwnedFd>,
     ) -> Result<Worker, Error>
     where
-        F: Fn(WorkerContext) + Copy + 'static,
+        F: Fn(WorkerContext) + crate::entry::CapturesNothing,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         let boot = Entry::<WorkerContext>::new(boot)?;
         let (channel, pending) = self.spawn_entry(boot.wire(), options, fds)?;
         let process = pending.wait()?;
@@ -639,6 +707,15 @@ impl Zygote {
     ///
     /// `boot` is an [`Entry<WorkerContext>`](Entry)'s wire form; the zygote
     /// verifies it and answers [`Error::SpawnFailed`] for a bad one.
+    ///
+    /// # Errors
+    /// Only what fails before the zygote answers: [`Error::ZygoteGone`] when
+    /// it is gone (or writing the request failed), [`Error::Protocol`] with
+    /// [`LocalError::TooManyInFlight`], [`LocalError::TooManyFds`] or
+    /// [`LocalError::MessageTooLong`] as for [`spawn_with`](Self::spawn_with),
+    /// and [`Error::Os`] when the socketpair could not be created. The
+    /// zygote's answer ([`Error::SpawnFailed`], or [`Error::ZygoteGone`]
+    /// later) comes from the [`PendingSpawn`].
     pub fn spawn_entry(
         &self,
         boot: WireEntry,
@@ -678,13 +755,27 @@ impl Zygote {
     /// request or could not fork, [`Error::ZygoteGone`] when it is gone.
     pub fn snapshot<F>(&self, init: F, args: Vec<u8>) -> Result<Zygote, Error>
     where
-        F: Fn(Vec<u8>) + Copy + 'static,
+        F: Fn(Vec<u8>) + crate::entry::CapturesNothing,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         self.snapshot_with(init, args, SpawnOptions::default())
     }
 
     /// [`snapshot`](Self::snapshot) with a name and resource limits. Blocks
     /// until `init` has finished, as `snapshot` does.
+    ///
+    /// # Errors
+    /// As [`snapshot`](Self::snapshot): [`Error::SnapshotFailed`] when the
+    /// snapshot ended before it served, [`Error::SpawnFailed`] when the
+    /// zygote refused the request (or cannot apply a limit of `options`) or
+    /// could not fork, [`Error::ZygoteGone`] when it is gone. Also
+    /// [`Error::Protocol`] with [`LocalError::TooManyInFlight`] or
+    /// [`LocalError::MessageTooLong`] (`args` too large for a frame), and
+    /// [`Error::Os`] when a socketpair, a descriptor or the snapshot's
+    /// reader thread could not be created (a snapshot already forked is
+    /// killed then).
     pub fn snapshot_with<F>(
         &self,
         init: F,
@@ -692,8 +783,11 @@ impl Zygote {
         options: SpawnOptions,
     ) -> Result<Zygote, Error>
     where
-        F: Fn(Vec<u8>) + Copy + 'static,
+        F: Fn(Vec<u8>) + crate::entry::CapturesNothing,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         let init = Entry::<Vec<u8>>::new(init)?;
         let (parent_end, snapshot_end) =
             UnixStream::pair().map_err(|e| Error::os("creating the snapshot's socketpair", e))?;
@@ -703,14 +797,20 @@ impl Zygote {
         // Kept (and killed if dropped) until the snapshot proves it serves.
         let process = PendingSpawn::new(self.clone(), request, slot).wait()?;
         // The snapshot is the zygote's child, not ours: the zygote reaps it.
-        let snapshot = Zygote::connect(parent_end, process.pid(), self.owner.limits, false)?;
+        let snapshot = Zygote::connect(
+            parent_end,
+            process.pid(),
+            self.owner.limits,
+            false,
+            StartMethod::Fork,
+        )?;
         // The snapshot says hello once `init` returned and it found itself
         // single-threaded; if it exits instead, its socket closes first.
         let ready = lock(&snapshot.shared().state).ready.clone();
         if ready.wait().is_ok() {
             // The snapshot's lifetime is its own handle's: dropping that hangs
             // up its control socket and it exits; it also dies with this zygote.
-            process.detach();
+            drop(process.detach());
             return Ok(snapshot);
         }
         // Hanging up makes a snapshot that is somehow still running exit.
@@ -749,6 +849,12 @@ impl Zygote {
 
     /// Asks the zygote to terminate every worker and exit. Later spawns fail
     /// with [`Error::ZygoteGone`].
+    ///
+    /// # Errors
+    /// [`Error::ZygoteGone`] when the zygote is already gone or writing the
+    /// request failed, and [`Error::Protocol`]
+    /// ([`LocalError::InvalidState`]) when shutdown was already requested
+    /// and the zygote has not hung up yet.
     pub fn shutdown(&self) -> Result<(), Error> {
         let shared = self.shared();
         let mut state = lock(&shared.state);
@@ -756,6 +862,25 @@ impl Zygote {
         state.client.shutdown()?;
         lock(&shared.fate.inner).shutdown = true;
         shared.send(state, Vec::new())
+    }
+}
+
+/// What an executed zygote's end before its hello means, in words a user
+/// can act on.
+fn exec_failure_reason(status: Option<ExitStatus>, seen: String) -> String {
+    match status {
+        Some(ExitStatus::Exited(crate::exec::THREADS_AT_LOAD_EXIT_CODE)) => {
+            "it found other threads running when its hook ran (another constructor in the \
+             program started them before main); a zygote must be single-threaded to fork \
+             workers safely"
+                .into()
+        }
+        Some(ExitStatus::Exited(crate::exec::SETUP_FAILED_EXIT_CODE)) => {
+            "its setup failed (moving its control socket off standard input, ignoring \
+             SIGPIPE or reading its signal mask)"
+                .into()
+        }
+        _ => format!("{seen} before it served"),
     }
 }
 
@@ -790,6 +915,8 @@ fn snapshot_failure_reason(status: ExitStatus) -> String {
 /// zygote has forked it. Wait by blocking ([`wait`](Self::wait)) or `.await`.
 ///
 /// Dropped before it resolves, it has the worker killed as soon as it exists.
+#[must_use = "dropped before it resolves, a PendingSpawn has its worker killed as soon as it \
+              exists: .await it or call wait()"]
 pub struct PendingSpawn {
     zygote: Zygote,
     request: RequestId,
@@ -820,6 +947,12 @@ impl PendingSpawn {
     }
 
     /// Blocks until the worker runs (or the spawn fails).
+    ///
+    /// # Errors
+    /// [`Error::SpawnFailed`] when the zygote refused the request (a bad
+    /// entry, a resource limit it cannot apply) or could not fork, and
+    /// [`Error::ZygoteGone`] when the zygote went away before it answered.
+    /// Awaiting the `PendingSpawn` fails the same way.
     pub fn wait(mut self) -> Result<WorkerProcess, Error> {
         let result = self.slot.wait();
         self.finish(result)
@@ -838,6 +971,11 @@ impl PendingSpawn {
 
     /// Like [`wait`](Self::wait), giving up after `timeout` (the request stays
     /// in flight; `None` gives it back).
+    ///
+    /// # Errors
+    /// `Err(self)` when `timeout` passed first: the request is still in
+    /// flight, wait again or drop it (which kills the worker once it exists).
+    /// Within `Ok`, the errors of [`wait`](Self::wait).
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<WorkerProcess, Error>, Self> {
         match self.slot.wait_timeout(timeout) {
             Some(result) => Ok(self.finish(result)),
@@ -880,6 +1018,8 @@ impl Drop for PendingSpawn {
 /// Dropping it kills the worker (SIGKILL) unless it already exited or was
 /// [detached](Self::detach). Kills go through the zygote, the worker's
 /// parent, which never signals a pid it has reaped: no pid-reuse race.
+#[must_use = "dropping a WorkerProcess kills the worker (SIGKILL) unless it already exited \
+              or was detached: keep it, or drop(process.detach()) to let the worker run on"]
 pub struct WorkerProcess {
     zygote: Zygote,
     worker: WorkerId,
@@ -910,6 +1050,11 @@ impl WorkerProcess {
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the worker. A worker that
     /// already exited is not an error.
+    ///
+    /// # Errors
+    /// [`Error::ZygoteGone`] when the zygote is gone (its workers die with
+    /// it) before the worker's exit was reported, or writing the request
+    /// failed.
     pub fn kill(&self, signal: i32) -> Result<(), Error> {
         if self.exit.peek().is_some() {
             return Ok(());
@@ -918,11 +1063,16 @@ impl WorkerProcess {
     }
 
     /// Blocks until the worker has exited and been reaped.
+    ///
+    /// # Errors
+    /// [`Error::ZygoteGone`] when the zygote went away before it reported the
+    /// worker's exit: the worker dies with it, but its exit status is lost.
     pub fn wait(&self) -> Result<ExitStatus, Error> {
         self.exit.wait().map_err(Error::from)
     }
 
     /// Like [`wait`](Self::wait), giving up after `timeout` with `None`.
+    /// `Some(Err(_))` as for [`wait`](Self::wait).
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<ExitStatus, Error>> {
         self.exit
             .wait_timeout(timeout)
@@ -935,6 +1085,10 @@ impl WorkerProcess {
     }
 
     /// A future of the exit status, for async code.
+    ///
+    /// # Errors
+    /// The future resolves to [`Error::ZygoteGone`] as [`wait`](Self::wait)
+    /// fails.
     pub fn exited(&self) -> impl Future<Output = Result<ExitStatus, Error>> + Send + 'static {
         let awaiting = crate::completion::Awaiting(Arc::clone(&self.exit));
         async move { awaiting.await.map_err(Error::from) }
@@ -947,6 +1101,11 @@ impl WorkerProcess {
     }
 
     /// Lets the worker outlive this handle (it still dies with the zygote).
+    ///
+    /// Returns the handle, which no longer kills the worker when dropped:
+    /// keep it to wait for the exit, or `drop(process.detach())` when you
+    /// need nothing more (`WorkerProcess` is `#[must_use]`, so a bare
+    /// `process.detach();` warns).
     pub fn detach(mut self) -> Self {
         self.kill_on_drop = false;
         self
@@ -963,7 +1122,11 @@ impl Drop for WorkerProcess {
 
 /// A worker spawned by the blocking client: its process and the parent's
 /// end of its channel.
+///
+/// Dropping it drops its [`WorkerProcess`], which kills the worker unless
+/// it was detached.
 #[derive(Debug)]
+#[must_use = "dropping a Worker kills the worker (SIGKILL) unless its process was detached"]
 pub struct Worker {
     /// The parent's end of the channel; the worker holds the other end.
     pub channel: UnixStream,

@@ -7,11 +7,13 @@ use parallel_proto::EntryError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The first `start` found other threads in the process.
+    /// A start with [`StartMethod::Fork`](crate::StartMethod::Fork) found
+    /// other threads in the process. (The default method executes the
+    /// program anew instead.)
     #[error(
-        "{caller} must run while the process has one thread, but it has {threads}. \
-         Call it first thing in main, before building an async runtime, spawning threads, or \
-         starting a test harness (tests need `harness = false`)"
+        "{caller} was asked to fork the zygote, which needs a process with one thread, but it \
+         has {threads}. Call it first thing in main, before building an async runtime or \
+         spawning threads, or let it start the zygote by exec (StartMethod::Auto, the default)"
     )]
     MultiThreaded {
         /// What the user called: `parallel_zygote::start()`, or the
@@ -20,8 +22,9 @@ pub enum Error {
         /// Threads counted in /proc/self/task.
         threads: usize,
     },
-    /// `start` was called in a process forked from the one that started the
-    /// zygote (a worker, or the zygote itself), or after a failed start.
+    /// `start` was called in a zygote or a worker (a process of the zygote's
+    /// tree), or in a process executed as a zygote whose binary does not run
+    /// parallel-zygote's load-time hook (it reached `main` instead).
     #[error(
         "{caller} already ran in this process or in the process it was forked from; \
          a worker cannot start a zygote of its own"
@@ -30,29 +33,21 @@ pub enum Error {
         /// What the user called (see [`Builder::caller`](crate::Builder::caller)).
         caller: &'static str,
     },
-    /// A second `start` found the zygote gone: killed, crashed, or shut down
-    /// when its last handle was dropped. (While the zygote lives, a second
-    /// `start` returns another handle on it.)
-    #[error(
-        "{caller} cannot start the zygote again: the zygote (pid {pid}) is gone: {reason}. \
-         It cannot be restarted in this process: a zygote is forked only while the process \
-         has one thread, which only the first call can see. Keep a handle alive for as \
-         long as the program spawns workers"
-    )]
-    CannotRestart {
-        /// What the user called (see [`Builder::caller`](crate::Builder::caller)).
-        caller: &'static str,
-        /// The zygote's process id.
+    /// A zygote started by executing the program (`/proc/self/exe`) ended,
+    /// or did not answer, before it served. Nothing was left running.
+    #[error("the zygote executed from /proc/self/exe (pid {pid}) did not start: {reason}")]
+    StartFailed {
+        /// The executed process's id.
         pid: i32,
-        /// How the zygote ended, once it was reaped.
+        /// How it ended, when it was reaped in time.
         status: Option<ExitStatus>,
-        /// How it ended, in words.
+        /// What happened, in words.
         reason: String,
     },
     /// An entry was sealed before `start`.
     #[error(
         "the zygote has not been started in this process, so functions cannot be named for \
-         workers yet: call the library's init (or `parallel_zygote::start()`) first thing in main"
+         workers yet: call the library's init (or `parallel_zygote::start()`) first"
     )]
     NotStarted,
     /// The zygote process is gone (killed, crashed, or shut down).

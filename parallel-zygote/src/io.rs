@@ -50,6 +50,14 @@ impl Outbox {
     /// Writes until the outbox is empty or the socket would block
     /// (`Err(WouldBlock)`). Descriptors are closed here once sent: the
     /// receiver holds its own copies.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::WouldBlock`] on a non-blocking socket whose buffer
+    /// is full: call again once it is writable, nothing is lost.
+    /// [`io::ErrorKind::InvalidInput`] when a transmit declares more
+    /// descriptors than were pushed with it (a caller bug). Any other
+    /// `sendmsg` error as it is (`EPIPE` once the peer closed, `ECONNRESET`,
+    /// ...; `EINTR` is retried, and `MSG_NOSIGNAL` means no `SIGPIPE`).
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
         while let Some(front) = self.transmits.front() {
             let head_rest = front.head.get(self.written..).unwrap_or(&[]);
@@ -123,6 +131,12 @@ impl Inbox {
     /// Reads once into `buffer`. Returns the number of bytes read (0 at end of
     /// stream); the descriptors that came along are queued for
     /// [`take_fds`](Self::take_fds).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::WouldBlock`] on a non-blocking socket with nothing to
+    /// read. `ENOBUFS` when the kernel truncated the descriptors that came
+    /// along (`MSG_CTRUNC`; they are closed and lost). Any other `recvmsg`
+    /// error as it is (`ECONNRESET`, ...; `EINTR` is retried).
     pub fn read(&mut self, socket: &impl AsRawFd, buffer: &mut [u8]) -> io::Result<usize> {
         let received = loop {
             let mut iov = [IoSliceMut::new(&mut *buffer)];

@@ -27,14 +27,22 @@
 //! }
 //! ```
 //!
-//! [`start`] refuses with [`Error::MultiThreaded`] when other threads exist.
-//! A process forks one zygote: a later [`start`] returns another handle on
-//! it while it serves, and [`Error::CannotRestart`] (saying how it ended)
-//! once it is gone. An adapter names its own entry point in these messages
-//! with [`Builder::caller`].
-//! Tests that fork need `harness = false` (the default test harness runs
-//! tests on threads): start the zygote in the test binary's own `main`, then
-//! hand over to a harness such as `libtest-mimic`.
+//! [`start`] works anywhere. First thing in `main`, while the process has
+//! one thread, it forks the zygote (the fast path: 0.9 ms to the first spawn). Once the
+//! process has threads (inside `#[tokio::main]`, in a `#[test]` under the
+//! default harness) it executes the program's own binary instead, which a
+//! load-time hook of this crate turns into the zygote before its `main`
+//! runs (3.5 ms to the first spawn; see [`StartMethod`] for what differs).
+//! A process has one zygote at a time: a later [`start`] returns another
+//! handle on it while it serves, and starts a new one once it is gone.
+//! An adapter names its own entry point in error messages with
+//! [`Builder::caller`].
+//!
+//! The hook acts only when the process was executed by [`start`]: its
+//! environment names a descriptor (`PARALLEL_ZYGOTE_FD`) that is an AF_UNIX
+//! stream socket already holding the parent's handshake; the entry key
+//! travels in that socket, never in argv or the environment. A stray
+//! variable alone changes nothing.
 //!
 //! # The blocking client
 //!
@@ -49,8 +57,10 @@
 //! - Workers close the zygote's descriptors, die with the zygote
 //!   (`PR_SET_PDEATHSIG`), and are reaped by it; their exit codes, signals and
 //!   core-dump flags come back as [`ExitStatus`].
-//! - The zygote dies with the parent: it sees its control socket hang up (and
-//!   `PR_SET_PDEATHSIG` is the backstop), sends SIGTERM to its workers, then
+//! - The zygote dies with the parent: it sees its control socket hang up (a
+//!   forked zygote also has `PR_SET_PDEATHSIG` as a backstop; an executed
+//!   one does not, since in a multi-threaded parent it would fire when the
+//!   *thread* that started it exits), sends SIGTERM to its workers, then
 //!   SIGKILL after 250 ms, and exits.
 //! - Dropping the last [`Zygote`] handle shuts it down the same way; dropping a
 //!   [`WorkerProcess`] kills its worker.
@@ -67,6 +77,7 @@
 //!   and the call fails with [`Error::SnapshotFailed`].
 //!
 //! [`UnixStream`]: std::os::unix::net::UnixStream
+#![warn(clippy::missing_errors_doc)]
 
 pub mod async_core;
 mod child;
@@ -74,6 +85,7 @@ mod client;
 mod completion;
 pub mod entry;
 mod error;
+mod exec;
 pub mod io;
 mod server;
 mod start;
@@ -87,7 +99,7 @@ pub use client::{PendingSpawn, Worker, WorkerProcess, Zygote};
 pub use entry::Entry;
 pub use error::Error;
 pub use parallel_proto::zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
-pub use start::{count_threads, start, Builder};
+pub use start::{count_threads, start, Builder, StartMethod};
 
 /// What a worker's boot function receives.
 #[derive(Debug)]

@@ -111,8 +111,8 @@ fn main() {
             z(spawn_is_usable_from_many_threads),
         ),
         Trial::test(
-            "start_from_a_multithreaded_process_is_refused",
-            start_from_a_multithreaded_process_is_refused,
+            "fork_only_start_from_a_multithreaded_process_is_refused",
+            fork_only_start_from_a_multithreaded_process_is_refused,
         ),
         Trial::test(
             "parent_sigkill_takes_zygote_and_workers_down_within_1s",
@@ -135,12 +135,13 @@ fn main() {
         Trial::test("second_start_returns_the_same_zygote", || {
             helper_says_ok("start-twice")
         }),
-        Trial::test("start_after_the_zygote_was_killed_says_how_it_died", || {
+        Trial::test("start_after_the_zygote_was_killed_starts_a_new_one", || {
             helper_says_ok("start-after-kill")
         }),
-        Trial::test("start_after_the_last_handle_dropped_says_so", || {
-            helper_says_ok("start-after-drop")
-        }),
+        Trial::test(
+            "start_after_the_last_handle_dropped_starts_a_new_one",
+            || helper_says_ok("start-after-drop"),
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -715,22 +716,25 @@ fn spawn_is_usable_from_many_threads(zygote: &Zygote) -> Result<(), Failed> {
     Ok(())
 }
 
-fn start_from_a_multithreaded_process_is_refused() -> Result<(), Failed> {
+fn fork_only_start_from_a_multithreaded_process_is_refused() -> Result<(), Failed> {
     // In a process of its own: this one started its zygote already, and a
     // second start would hand out another handle on it.
     helper_says_ok("start-multithreaded")
 }
 
-/// The helper scenario: a first start, made with a thread running, is refused
-/// with a message naming what the user called.
+/// The helper scenario: a first start that must fork (`StartMethod::Fork`),
+/// made with a thread running, is refused with a message naming what the
+/// user called. (The default method starts by exec then: tests/exec_start.rs.)
 fn first_start_with_a_thread_running() -> Result<String, String> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let _ = stopped.recv();
     });
-    let plain = parallel_zygote::start();
+    let fork = parallel_zygote::StartMethod::Fork;
+    let plain = parallel_zygote::Builder::new().method(fork).start();
     let adapter = parallel_zygote::Builder::new()
         .caller("parallel_tokio::init()")
+        .method(fork)
         .start();
     stop.send(()).unwrap();
     thread.join().unwrap();
@@ -744,12 +748,12 @@ fn first_start_with_a_thread_running() -> Result<String, String> {
         Err(other) => return Err(format!("wrong error from the adapter's entry: {other}")),
         Ok(_) => return Err("the adapter's start succeeded with several threads".into()),
     };
-    if !plain.starts_with("parallel_zygote::start() must run while the process has one thread")
+    if !plain.starts_with("parallel_zygote::start() was asked to fork the zygote")
         || !plain.contains("first thing in main")
     {
         return Err(format!("message does not say what to do: {plain}"));
     }
-    if !adapter.starts_with("parallel_tokio::init() must run while the process has one thread") {
+    if !adapter.starts_with("parallel_tokio::init() was asked to fork the zygote") {
         return Err(format!(
             "message does not name the adapter's entry: {adapter}"
         ));
@@ -1102,46 +1106,48 @@ fn helper(scenario: &str) {
                 println!("the killed zygote {pid} is not reaped after 5 s: state {state}");
                 return;
             }
-            match parallel_zygote::start() {
-                Ok(_) => {
-                    println!("start succeeded after the zygote died");
+            // The old handle stays dead and says how the zygote died.
+            match zygote.spawn(|_ctx: WorkerContext| {}) {
+                Err(error @ Error::ZygoteGone { .. })
+                    if error.to_string().contains("killed by signal 9") => {}
+                other => {
+                    println!("spawn on the dead zygote gave {other:?}");
                     return;
                 }
+            }
+            // A new start replaces it (by fork again: the reader thread has
+            // ended, so the process is single-threaded once more).
+            let second = match parallel_zygote::start() {
+                Ok(second) => second,
                 Err(error) => {
-                    let message = error.to_string();
-                    if message.contains("one thread, but it has") {
-                        println!("start blamed the thread count: {message}");
-                        return;
-                    }
-                    if !message.contains(&format!("(pid {pid})"))
-                        || !message.contains("killed by signal 9")
-                        || !message.contains("cannot be restarted")
-                    {
-                        println!("start does not say how zygote {pid} died: {message}");
-                        return;
-                    }
-                    if !matches!(
-                        error,
-                        Error::CannotRestart {
-                            status: Some(ExitStatus::Signaled { signal: 9, .. }),
-                            ..
-                        }
-                    ) {
-                        println!("wrong error: {error:?}");
-                        return;
-                    }
+                    println!("start after the zygote died failed: {error}");
+                    return;
                 }
+            };
+            if second.pid() == pid {
+                println!("start handed out the dead zygote {pid}");
+                return;
             }
             match parallel_zygote::Builder::new()
                 .caller("parallel_tokio::init()")
                 .start()
             {
-                Err(error @ Error::CannotRestart { .. })
-                    if error.to_string().starts_with("parallel_tokio::init() ") =>
-                {
-                    println!("ok: {error}")
+                Ok(third) if third.pid() == second.pid() => {}
+                other => {
+                    println!("the adapter's entry gave {other:?}");
+                    return;
                 }
-                other => println!("the adapter's entry gave {other:?}"),
+            }
+            match second
+                .spawn(|_ctx: WorkerContext| exit_with(9))
+                .and_then(|worker| worker.process.wait())
+            {
+                Ok(ExitStatus::Exited(9)) => println!(
+                    "ok: zygote {pid} killed, replaced by {} ({:?})",
+                    second.pid(),
+                    second.start_method()
+                ),
+                other => println!("spawn through the new zygote gave {other:?}"),
             }
         }
         "start-after-drop" => {
@@ -1151,18 +1157,14 @@ fn helper(scenario: &str) {
                 println!("the shut down zygote {pid} is not reaped after 5 s: state {state}");
                 return;
             }
-            match parallel_zygote::start() {
-                Ok(_) => println!("start succeeded after the zygote shut down"),
-                Err(error) => {
-                    let message = error.to_string();
-                    if message.contains("one thread, but it has") {
-                        println!("start blamed the thread count: {message}");
-                    } else if !message.contains("shut down") {
-                        println!("start does not say the zygote {pid} was shut down: {message}");
-                    } else {
-                        println!("ok: {message}");
-                    }
+            match parallel_zygote::start().and_then(|second| {
+                let worker = second.spawn(|_ctx: WorkerContext| exit_with(4))?;
+                Ok((second.pid(), worker.process.wait()?))
+            }) {
+                Ok((second, ExitStatus::Exited(4))) if second != pid => {
+                    println!("ok: zygote {pid} shut down, replaced by {second}")
                 }
+                other => println!("start after the zygote shut down gave {other:?}"),
             }
         }
         other => println!("unknown scenario {other}"),

@@ -157,6 +157,11 @@ impl ToWorker {
     }
 
     /// Decodes a frame's kind and payload.
+    ///
+    /// # Errors
+    /// [`RemoteError::UnknownKind`] if `kind` names no message the parent
+    /// sends, and [`RemoteError::Malformed`] if the payload does not decode
+    /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: Vec<u8>) -> Result<ToWorker, RemoteError> {
         Ok(match kind {
             0x11 => {
@@ -229,6 +234,11 @@ impl FromWorker {
     }
 
     /// Decodes a frame's kind and payload.
+    ///
+    /// # Errors
+    /// [`RemoteError::UnknownKind`] if `kind` names no message the worker
+    /// sends, and [`RemoteError::Malformed`] if the payload does not decode
+    /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: Vec<u8>) -> Result<FromWorker, RemoteError> {
         Ok(match kind {
             0x91 => {

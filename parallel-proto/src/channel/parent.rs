@@ -108,6 +108,13 @@ impl ParentChannel {
     }
 
     /// Tells the worker what to run. Exactly once, before anything else.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the worker broke the
+    /// protocol. [`LocalError::InvalidState`] if the task was already started,
+    /// [`LocalError::MessageTooLong`] if `args` do not fit in a frame, and
+    /// [`LocalError::SendQueueFull`] if the frame would take a non-empty queue
+    /// past `max_buffered_bytes`; on a local error nothing was queued.
     pub fn start(&mut self, task: WireEntry, args: Vec<u8>) -> Result<(), Error> {
         self.wire.check_failed()?;
         if self.started {
@@ -119,6 +126,15 @@ impl ParentChannel {
     }
 
     /// Sends stream data, with `fds` descriptors the transport passes along.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the worker broke the
+    /// protocol. [`LocalError::InvalidState`] before [`start`](Self::start) or
+    /// after [`end`](Self::end), [`LocalError::MessageTooLong`] if `payload`
+    /// does not fit in a frame, [`LocalError::TooManyFds`] if `fds` exceeds
+    /// `max_fds_per_frame`, and [`LocalError::SendQueueFull`] if the frame
+    /// would take a non-empty queue past `max_buffered_bytes`; on a local error
+    /// nothing was queued.
     pub fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), Error> {
         self.check_sendable("send data")?;
         self.queue(ToWorker::Data(payload), fds)?;
@@ -126,6 +142,15 @@ impl ParentChannel {
     }
 
     /// Starts a `run` call; the reply comes as [`ParentEvent::Reply`].
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the worker broke the
+    /// protocol. [`LocalError::InvalidState`] before [`start`](Self::start) or
+    /// after [`end`](Self::end), [`LocalError::TooManyInFlight`] if
+    /// `max_in_flight` calls already await a reply,
+    /// [`LocalError::MessageTooLong`] if `args` do not fit in a frame, and
+    /// [`LocalError::SendQueueFull`] if the frame would take a non-empty queue
+    /// past `max_buffered_bytes`; on a local error nothing was queued.
     pub fn call(&mut self, args: Vec<u8>) -> Result<CallId, Error> {
         self.check_sendable("start a call")?;
         if self.calls.len() >= self.wire.limits.max_in_flight() {
@@ -142,6 +167,13 @@ impl ParentChannel {
     }
 
     /// Ends the parent's stream: no more data or calls (half close).
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the worker broke the
+    /// protocol. [`LocalError::InvalidState`] before [`start`](Self::start) or
+    /// if the stream was already ended, and [`LocalError::SendQueueFull`] if
+    /// the frame would take a non-empty queue past `max_buffered_bytes`; on a
+    /// local error nothing was queued.
     pub fn end(&mut self) -> Result<(), Error> {
         self.check_sendable("end the stream")?;
         self.queue(ToWorker::End, 0)?;
@@ -150,6 +182,16 @@ impl ParentChannel {
     }
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] when the worker broke the protocol: a corrupt frame
+    /// ([`RemoteError::Frame`]), an unknown or malformed message
+    /// ([`RemoteError::UnknownKind`], [`RemoteError::Malformed`]), another
+    /// protocol version ([`RemoteError::VersionMismatch`]), a message out of
+    /// order ([`RemoteError::Unexpected`]), descriptors on a message other
+    /// than data ([`RemoteError::WrongFdCount`]), or a reply to no call in
+    /// flight ([`RemoteError::UnknownId`]). The error is sticky: the channel
+    /// is failed for good and every later call returns it again.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ParentEvent>, Error> {
         let Some(frame) = self.wire.next_frame(input)? else {
             return Ok(None);

@@ -89,6 +89,15 @@ impl WorkerChannel {
     }
 
     /// Sends stream data, with `fds` descriptors the transport passes along.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the parent broke the
+    /// protocol. [`LocalError::InvalidState`] after [`finish`](Self::finish) or
+    /// [`end`](Self::end), [`LocalError::MessageTooLong`] if `payload` does not
+    /// fit in a frame, [`LocalError::TooManyFds`] if `fds` exceeds
+    /// `max_fds_per_frame`, and [`LocalError::SendQueueFull`] if the frame
+    /// would take a non-empty queue past `max_buffered_bytes`; on a local error
+    /// nothing was queued.
     pub fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), Error> {
         self.check_sendable("send data")?;
         if self.end_sent {
@@ -99,6 +108,13 @@ impl WorkerChannel {
     }
 
     /// Ends the worker's data stream (half close); replies may still follow.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the parent broke the
+    /// protocol. [`LocalError::InvalidState`] after [`finish`](Self::finish) or
+    /// if the stream was already ended, and [`LocalError::SendQueueFull`] if
+    /// the frame would take a non-empty queue past `max_buffered_bytes`; on a
+    /// local error nothing was queued.
     pub fn end(&mut self) -> Result<(), Error> {
         self.check_sendable("end the stream")?;
         if self.end_sent {
@@ -110,6 +126,16 @@ impl WorkerChannel {
     }
 
     /// Answers a call received as [`WorkerEvent::Call`].
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the parent broke the
+    /// protocol. [`LocalError::InvalidState`] after [`finish`](Self::finish),
+    /// [`LocalError::UnknownCall`] if `call` is not awaiting a reply (never
+    /// received, or already answered), [`LocalError::MessageTooLong`] if the
+    /// encoded outcome does not fit in a frame, and
+    /// [`LocalError::SendQueueFull`] if the frame would take a non-empty queue
+    /// past `max_buffered_bytes`; on a local error nothing was queued and the
+    /// call still awaits its reply.
     pub fn reply(&mut self, call: CallId, outcome: Outcome) -> Result<(), Error> {
         self.check_sendable("reply to a call")?;
         if !self.calls.contains(&call) {
@@ -121,6 +147,14 @@ impl WorkerChannel {
     }
 
     /// Reports that the task function finished. The channel's last message.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the parent broke the
+    /// protocol. [`LocalError::InvalidState`] if the outcome was already
+    /// reported, [`LocalError::MessageTooLong`] if the encoded outcome does not
+    /// fit in a frame, and [`LocalError::SendQueueFull`] if the frame would
+    /// take a non-empty queue past `max_buffered_bytes`; on a local error
+    /// nothing was queued.
     pub fn finish(&mut self, outcome: Outcome) -> Result<(), Error> {
         self.check_sendable("return the task's outcome")?;
         self.queue(FromWorker::Return(outcome), 0)?;
@@ -129,6 +163,17 @@ impl WorkerChannel {
     }
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] when the parent broke the protocol: a corrupt frame
+    /// ([`RemoteError::Frame`]), an unknown or malformed message
+    /// ([`RemoteError::UnknownKind`], [`RemoteError::Malformed`]), another
+    /// protocol version ([`RemoteError::VersionMismatch`]), a message out of
+    /// order or a reused call id ([`RemoteError::Unexpected`]), descriptors
+    /// on a message other than data ([`RemoteError::WrongFdCount`]), or more
+    /// than `max_in_flight` calls at once ([`RemoteError::TooManyInFlight`]).
+    /// The error is sticky: the channel is failed for good and every later
+    /// call returns it again.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<WorkerEvent>, Error> {
         while let Some(frame) = self.wire.next_frame(input)? {
             let applied = ToWorker::decode(frame.kind, frame.payload)

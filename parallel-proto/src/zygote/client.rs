@@ -121,6 +121,17 @@ impl ZygoteClient {
     /// Asks for a worker that runs `boot`. The transport must send
     /// `1 + user_fds` descriptors with this frame: the worker's channel end
     /// first, then the user's.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the zygote broke the
+    /// protocol. [`LocalError::InvalidState`] after
+    /// [`shutdown`](Self::shutdown), [`LocalError::TooManyInFlight`] if
+    /// `max_in_flight` requests already await a reply,
+    /// [`LocalError::TooManyFds`] if `1 + user_fds` exceeds
+    /// `max_fds_per_frame`, [`LocalError::MessageTooLong`] if the encoded
+    /// request does not fit in a frame, and [`LocalError::SendQueueFull`] if
+    /// the frame would take a non-empty queue past `max_buffered_bytes`; on a
+    /// local error nothing was queued.
     pub fn spawn(
         &mut self,
         boot: WireEntry,
@@ -144,6 +155,16 @@ impl ZygoteClient {
 
     /// Asks for a derived snapshot that runs `init(args)` and then serves
     /// spawns on the one descriptor the transport must send with this frame.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the zygote broke the
+    /// protocol. [`LocalError::InvalidState`] after
+    /// [`shutdown`](Self::shutdown), [`LocalError::TooManyInFlight`] if
+    /// `max_in_flight` requests already await a reply,
+    /// [`LocalError::MessageTooLong`] if `args` and the rest of the request do
+    /// not fit in a frame, and [`LocalError::SendQueueFull`] if the frame would
+    /// take a non-empty queue past `max_buffered_bytes`; on a local error
+    /// nothing was queued.
     pub fn snapshot(
         &mut self,
         init: WireEntry,
@@ -167,6 +188,14 @@ impl ZygoteClient {
     }
 
     /// Sends `signal` to a live worker or snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the zygote broke the
+    /// protocol. [`LocalError::InvalidState`] after
+    /// [`shutdown`](Self::shutdown), [`LocalError::UnknownWorker`] if `worker`
+    /// is not live (never spawned, or its exit was already reported), and
+    /// [`LocalError::SendQueueFull`] if the frame would take a non-empty queue
+    /// past `max_buffered_bytes`; on a local error nothing was queued.
     pub fn kill(&mut self, worker: WorkerId, signal: i32) -> Result<(), Error> {
         self.check_open("kill a worker")?;
         if !self.live.contains(&worker) {
@@ -177,6 +206,13 @@ impl ZygoteClient {
     }
 
     /// Asks the zygote to terminate its workers and exit. Nothing may follow.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (the same error again) once the zygote broke the
+    /// protocol. [`LocalError::InvalidState`] if shutdown was already
+    /// requested, and [`LocalError::SendQueueFull`] if the frame would take a
+    /// non-empty queue past `max_buffered_bytes`; on a local error nothing was
+    /// queued.
     pub fn shutdown(&mut self) -> Result<(), Error> {
         self.check_open("shut down")?;
         self.queue(ToZygote::Shutdown, 0)?;
@@ -185,6 +221,18 @@ impl ZygoteClient {
     }
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] when the zygote broke the protocol: a corrupt frame
+    /// ([`RemoteError::Frame`]), an unknown or malformed message
+    /// ([`RemoteError::UnknownKind`], [`RemoteError::Malformed`]), another
+    /// protocol version ([`RemoteError::VersionMismatch`]), a message before
+    /// the hello, a second hello, an answer of the wrong kind or a reused
+    /// worker id ([`RemoteError::Unexpected`]), any descriptor
+    /// ([`RemoteError::WrongFdCount`]), or an answer to no pending request or
+    /// an exit of no live worker ([`RemoteError::UnknownId`]). The error is
+    /// sticky: the client is failed for good and every later call returns it
+    /// again.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ZygoteEvent>, Error> {
         while let Some(frame) = self.wire.next_frame(input)? {
             let applied = FromZygote::decode(frame.kind, &frame.payload)

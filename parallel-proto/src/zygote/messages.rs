@@ -319,6 +319,11 @@ impl ToZygote {
     }
 
     /// Decodes a frame's kind and payload.
+    ///
+    /// # Errors
+    /// [`RemoteError::UnknownKind`] if `kind` names no message the parent
+    /// sends, and [`RemoteError::Malformed`] if the payload does not decode
+    /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: &[u8]) -> Result<ToZygote, RemoteError> {
         Ok(match kind {
             0x01 => {
@@ -399,6 +404,11 @@ impl FromZygote {
     }
 
     /// Decodes a frame's kind and payload.
+    ///
+    /// # Errors
+    /// [`RemoteError::UnknownKind`] if `kind` names no message the zygote
+    /// sends, and [`RemoteError::Malformed`] if the payload does not decode
+    /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: &[u8]) -> Result<FromZygote, RemoteError> {
         Ok(match kind {
             0x81 => {

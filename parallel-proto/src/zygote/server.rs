@@ -95,6 +95,18 @@ impl ZygoteServer {
     }
 
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] when the parent broke the protocol: a corrupt frame
+    /// ([`RemoteError::Frame`]), an unknown or malformed message
+    /// ([`RemoteError::UnknownKind`], [`RemoteError::Malformed`]), another
+    /// protocol version ([`RemoteError::VersionMismatch`]), a message before
+    /// the hello, a second hello, anything after `Shutdown` or a reused
+    /// request id ([`RemoteError::Unexpected`]), the wrong number of
+    /// descriptors for the message ([`RemoteError::WrongFdCount`]), or more
+    /// than `max_in_flight` requests at once
+    /// ([`RemoteError::TooManyInFlight`]). The error is sticky: the server is
+    /// failed for good and every later call returns it again.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<ServerEvent>, Error> {
         while let Some(frame) = self.wire.next_frame(input)? {
             let applied = ToZygote::decode(frame.kind, &frame.payload)
@@ -107,6 +119,12 @@ impl ZygoteServer {
     }
 
     /// Reports that the worker for `request` runs as `pid`; returns its id.
+    ///
+    /// # Errors
+    /// [`LocalError::InvalidState`] if `request` does not await a reply (it was
+    /// never received, or already answered), and [`LocalError::SendQueueFull`]
+    /// if the frame would take a non-empty queue past `max_buffered_bytes`.
+    /// Nothing changed then: the request can still be answered.
     pub fn spawned(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, Error> {
         let worker = self.next_child(request)?;
         self.queue(FromZygote::Spawned {
@@ -119,6 +137,12 @@ impl ZygoteServer {
     }
 
     /// Reports that the snapshot for `request` runs as `pid`; returns its id.
+    ///
+    /// # Errors
+    /// As [`spawned`](Self::spawned): [`LocalError::InvalidState`] if `request`
+    /// does not await a reply, and [`LocalError::SendQueueFull`] if the frame
+    /// would take a non-empty queue past `max_buffered_bytes`. Nothing changed
+    /// then.
     pub fn snapshot_ready(&mut self, request: RequestId, pid: i32) -> Result<WorkerId, Error> {
         let worker = self.next_child(request)?;
         self.queue(FromZygote::SnapshotReady {
@@ -131,6 +155,13 @@ impl ZygoteServer {
     }
 
     /// Reports that `request` failed.
+    ///
+    /// # Errors
+    /// [`LocalError::InvalidState`] if `request` does not await a reply,
+    /// [`LocalError::MessageTooLong`] if `failure.message` makes the answer too
+    /// long for a frame, and [`LocalError::SendQueueFull`] if the frame would
+    /// take a non-empty queue past `max_buffered_bytes`. Nothing changed then:
+    /// the request can still be answered.
     pub fn spawn_failed(&mut self, request: RequestId, failure: SpawnFailure) -> Result<(), Error> {
         if !self.pending.contains(&request) {
             return Err(LocalError::InvalidState {
@@ -146,6 +177,11 @@ impl ZygoteServer {
 
     /// Reports a reaped child. Returns its worker id, or `None` for a pid
     /// that is not one of ours (nothing is sent then).
+    ///
+    /// # Errors
+    /// [`LocalError::SendQueueFull`] if the frame would take a non-empty queue
+    /// past `max_buffered_bytes`; the child then stays in the table, so report
+    /// it again once the queue drained.
     pub fn reaped(&mut self, pid: i32, status: ExitStatus) -> Result<Option<WorkerId>, Error> {
         let Some(&worker) = self.workers_by_pid.get(&pid) else {
             return Ok(None);

@@ -1,5 +1,7 @@
-//! How arguments, results and messages become bytes: postcard by default, or
-//! any serializer you plug in (the original library's `Io.define`).
+//! How arguments, results and messages become bytes: postcard by default,
+//! a ready-made codec from [`codecs`](super::codecs) (JSON, MessagePack,
+//! CBOR, bincode, each behind a cargo feature), or any serializer you plug
+//! in (the original library's `Io.define`).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,7 +13,13 @@ pub type CodecError = Box<dyn std::error::Error + Send + Sync>;
 /// A serialization format for everything that crosses to a worker.
 ///
 /// The codec is a type, not a value, because the worker side must know it
-/// without being told: it is part of the function's type.
+/// without being told: it is part of the function's type. Pick one with
+/// `parallel.with_codec::<parallel_tokio::Json>()`; the ready-made ones are
+/// listed, with when to choose which, in [`codecs`](super::codecs).
+///
+/// Writing one is wrapping a serde format's two functions, as below; return
+/// the format's own error, boxed (`?` does it), so that its message and type
+/// reach [`Error::Codec`](super::Error::Codec).
 ///
 /// ```
 /// use parallel_zygote::async_core::{Codec, CodecError};
@@ -30,12 +38,34 @@ pub type CodecError = Box<dyn std::error::Error + Send + Sync>;
 /// ```
 pub trait Codec: 'static {
     /// Serializes a value.
+    ///
+    /// # Errors
+    /// The format's error, boxed, when it cannot represent `value` (say, a
+    /// map with non-string keys in JSON) or `value`'s `Serialize` fails.
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError>;
     /// Deserializes a value.
+    ///
+    /// # Errors
+    /// The format's error, boxed, when `bytes` are not a valid encoding of a
+    /// `T` (truncated, another type, garbage) or `T`'s `Deserialize` refuses
+    /// the value.
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>;
 }
 
 /// The default codec: postcard (compact, fast, stable wire format).
+///
+/// The smallest and one of the fastest formats: integers are varints, and no
+/// field names or types go on the wire. That makes it not self-describing:
+/// `#[serde(flatten)]`, untagged enums, `skip_serializing_if` and
+/// `serde_json::Value` do not round-trip (choose a self-describing codec from
+/// [`codecs`](super::codecs) for those).
+///
+/// Its errors are [`postcard::Error`]s, which keep only the kind of error:
+/// the message of a custom `Deserialize` impl
+/// (`serde::de::Error::custom("odd number")`) is dropped, and the error
+/// reads "Serde Deserialization Error". If those messages matter to you,
+/// [`Json`](super::codecs) (feature `json`), [`MessagePack`](super::codecs),
+/// [`Cbor`](super::codecs) and [`Bincode`](super::codecs) keep them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Postcard;
 

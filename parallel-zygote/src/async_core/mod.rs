@@ -13,6 +13,24 @@
 //! adapter's socket and timer are, so tokio can move it between threads and
 //! glommio can keep its `!Send` sockets.
 //!
+//! # Dropping handles
+//!
+//! What becomes of a worker when you drop the handle you hold on it:
+//!
+//! | you drop | the worker |
+//! |---|---|
+//! | a [`JoinHandle`] before it resolves | is killed at once (SIGKILL): cancellation stops the work. Call [`detach`](JoinHandle::detach) to let it finish instead |
+//! | a call future ([`Run::call`], [`Pool::call`]) before it resolves | is killed at once; its other calls fail with [`Error::WorkerDied`] |
+//! | the last clone of a [`Run`] | finishes the calls in flight, then exits |
+//! | every clone of a [`Process`]'s [`MessageSender`] | sees its input stream end, nothing more (a half close): it runs until its function returns, and what it sends still arrives |
+//! | a [`ProcessHandle`] | runs on until its function returns |
+//! | a [`MessageStream`] | runs on; what it sends from then on is discarded |
+//! | the last clone of a [`Pool`] | (no call can be in flight: a call borrows the pool) each idle worker exits, as for the last [`Run`] |
+//!
+//! Only the first two stop work; every other drop lets the worker end by
+//! itself. Whatever is still running dies with the zygote, which dies with
+//! this process.
+//!
 //! # Writing an adapter
 //!
 //! 1. A socket type implementing [`AsyncSocket`] over a non-blocking
@@ -27,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+pub mod codecs;
 mod conn;
 mod driver;
 mod error;

@@ -131,8 +131,11 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// or left threads behind (a snapshot must stay single-threaded to fork).
     pub fn snapshot<F>(&self, init: F, args: Vec<u8>) -> Result<Parallel<R, C>, Error>
     where
-        F: Fn(Vec<u8>) + Copy + 'static,
+        F: Fn(Vec<u8>) + crate::entry::CapturesNothing,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         Ok(Parallel {
             zygote: self.zygote.snapshot(init, args)?,
             worker: self.worker.clone(),
@@ -145,17 +148,23 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// spawn but in another process. Spawning never blocks on the fork: the
     /// request and the task go out at once.
     ///
-    /// `function` must capture nothing (a capturing closure does not compile);
-    /// pass data as the argument. Must be called within the adapter's runtime.
+    /// `function` must capture nothing; pass data as the argument. A closure
+    /// capturing a non-`Copy` value is rejected by `cargo check` (E0277, at
+    /// the closure); one capturing only `Copy` values, such as a `u64`, only
+    /// by `cargo build` (E0080). See
+    /// [`entry`](crate::entry#functions-sent-to-a-worker-must-capture-nothing). Must be called within the adapter's runtime.
     /// Errors (no runtime, the zygote gone, an argument that does not encode)
     /// come out of the handle when it is awaited.
     pub fn spawn<F, A, Fut, T>(&self, function: F, argument: A) -> JoinHandle<T, C, R>
     where
-        F: Fn(A) -> Fut + Copy + 'static,
+        F: Fn(A) -> Fut + crate::entry::CapturesNothing,
         A: Serialize + DeserializeOwned + 'static,
         Fut: Future<Output = T> + 'static,
         T: Serialize + DeserializeOwned + 'static,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         let started = (|| {
             let task = worker::task_entry(move |context| {
                 worker::spawn_task::<F, A, Fut, T, C>(function, context)
@@ -175,11 +184,14 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// when the zygote is gone.
     pub fn run<F, A, Fut, T>(&self, function: F) -> Result<Run<A, T, C, R>, Error>
     where
-        F: Fn(A) -> Fut + Copy + 'static,
+        F: Fn(A) -> Fut + crate::entry::CapturesNothing,
         A: Serialize + DeserializeOwned + 'static,
         Fut: Future<Output = T> + 'static,
         T: Serialize + DeserializeOwned + 'static,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         let task = run_entry::<F, A, Fut, T, C>(function)?;
         self.run_entry(task)
     }
@@ -201,11 +213,14 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// As [`run`](Self::run).
     pub fn process<F, In, Out, Fut>(&self, function: F) -> Result<Process<In, Out, C>, Error>
     where
-        F: Fn(MessageStream<In, C>, MessageSender<Out, C>) -> Fut + Copy + 'static,
+        F: Fn(MessageStream<In, C>, MessageSender<Out, C>) -> Fut + crate::entry::CapturesNothing,
         In: Serialize + DeserializeOwned + 'static,
         Out: Serialize + DeserializeOwned + 'static,
         Fut: Future<Output = ()> + 'static,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         let task = worker::task_entry(move |context| {
             worker::process_task::<F, In, Out, Fut, C>(function, context)
         })?;

@@ -126,7 +126,10 @@ struct Inner<A, R, C: Codec, Rt: Runtime> {
 
 /// A pool of workers running one function, from [`Pool::new`].
 ///
-/// Dropping the last clone ends the idle workers.
+/// Dropping the last clone ends the idle workers gracefully, as dropping
+/// the last [`Run`] does (see
+/// [Dropping handles](crate::async_core#dropping-handles)); a call borrows
+/// the pool, so none is in flight then.
 ///
 /// Each worker serves one call at a time, so a crash takes down only the
 /// call that caused it; the worker is replaced at once (the spawn is sent
@@ -163,9 +166,12 @@ where
         config: PoolConfig,
     ) -> Result<Self, Error>
     where
-        F: Fn(A) -> Fut + Copy + 'static,
+        F: Fn(A) -> Fut + crate::entry::CapturesNothing,
         Fut: Future<Output = R> + 'static,
     {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
         let size = config.size.max(1);
         let task = run_entry::<F, A, Fut, R, C>(function)?;
         let mut idle = Vec::with_capacity(size);
@@ -266,22 +272,13 @@ where
         let mut retries_left = self.inner.config.size + 1;
         loop {
             let mut slot = self.take_slot()?;
-            let key = counters.next_busy.fetch_add(1, Ordering::Relaxed);
-            self.inner
-                .busy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, slot.run.clone());
+            let busy = Busy::new(&self.inner.busy, counters, &slot.run);
             let call = slot.run.call_encoded(args.clone());
             let result = match self.inner.config.call_timeout {
                 None => Some(call.await),
                 Some(limit) => timeout::<Rt, _>(limit, call).await,
             };
-            self.inner
-                .busy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            drop(busy);
             let pid = slot.run.pid();
             let (result, lost) = match result {
                 Some(Ok((_, outcome))) => (
@@ -357,6 +354,34 @@ where
                 async move { (index, pool.call(input).await) }
             })
             .buffer_unordered(self.inner.config.size)
+    }
+}
+
+/// A worker listed as busy for as long as this lives: also when the call's
+/// future is dropped mid-call (the worker is then killed, and must not stay
+/// listed).
+struct Busy<'a, T> {
+    workers: &'a Mutex<HashMap<u64, T>>,
+    key: u64,
+}
+
+impl<'a, T: Clone> Busy<'a, T> {
+    fn new(workers: &'a Mutex<HashMap<u64, T>>, counters: &Counters, worker: &T) -> Self {
+        let key = counters.next_busy.fetch_add(1, Ordering::Relaxed);
+        workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, worker.clone());
+        Busy { workers, key }
+    }
+}
+
+impl<T> Drop for Busy<'_, T> {
+    fn drop(&mut self) {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
     }
 }
 

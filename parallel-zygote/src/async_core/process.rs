@@ -15,6 +15,13 @@ use super::run::outcome_into;
 use super::Error;
 
 /// A worker with a typed channel, from [`Parallel::process`](super::Parallel::process).
+///
+/// Dropping it whole ends the worker's input stream (a half close) and
+/// discards what the worker sends; the worker runs until its function
+/// returns. Keep the parts you need: each field's drop is described in
+/// [Dropping handles](crate::async_core#dropping-handles).
+#[must_use = "dropping a Process ends the worker's input and discards its output; the worker \
+              runs on until its function returns"]
 pub struct Process<In, Out, C: Codec> {
     /// Messages to the worker. Dropping every clone ends its input stream.
     pub sender: MessageSender<In, C>,
@@ -25,7 +32,8 @@ pub struct Process<In, Out, C: Codec> {
 }
 
 /// Controls a `process` worker. Dropping it leaves the worker running
-/// until its function returns.
+/// until its function returns (see
+/// [Dropping handles](crate::async_core#dropping-handles)).
 pub struct ProcessHandle {
     killer: Arc<Killer>,
     returned: oneshot::Receiver<Result<Outcome, Error>>,

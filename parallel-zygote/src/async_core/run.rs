@@ -22,7 +22,9 @@ use super::Error;
 /// [`Parallel::run`](super::Parallel::run).
 ///
 /// Cheap to clone. When the last clone is dropped the worker finishes the
-/// calls in flight and exits.
+/// calls in flight and exits: a graceful end, so `Run` is not `#[must_use]`
+/// (dropping a [`call`](Self::call) future is what kills the worker). See
+/// what each handle's drop does in [Dropping handles](crate::async_core#dropping-handles).
 pub struct Run<A, T, C: Codec, R: Runtime> {
     commands: async_channel::Sender<Command>,
     killer: Arc<Killer>,

@@ -23,7 +23,8 @@ use super::Error;
 ///
 /// Unlike a runtime's task handle, dropping it before it resolves kills the
 /// worker (cancellation means the work stops); call [`detach`](Self::detach)
-/// to let it run on.
+/// to let it run on. The other handles' drops are compared in
+/// [Dropping handles](crate::async_core#dropping-handles).
 #[must_use = "dropping a JoinHandle kills its worker at once: await it, or call .detach()"]
 pub struct JoinHandle<T, C: Codec, R: Runtime> {
     state: Result<Running, Option<Error>>,

@@ -206,6 +206,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         pool::pool_recycles_workers_after_max_calls,
         pool::pool_map_unordered_reports_indices,
         pool::pool_replaces_idle_workers_killed_before_a_call,
+        pool::cancelled_pool_call_leaves_no_worker_listed,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,

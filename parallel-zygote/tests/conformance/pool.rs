@@ -182,3 +182,28 @@ pub async fn pool_replaces_idle_workers_killed_before_a_call<R: Runtime>(
     )?;
     Ok(())
 }
+
+pub async fn cancelled_pool_call_leaves_no_worker_listed<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = Pool::new(
+        &parallel,
+        |millis: u64| async move {
+            // Blocks the worker's thread: only a kill ends it.
+            std::thread::sleep(Duration::from_millis(millis));
+            millis
+        },
+        PoolConfig::default().size(1),
+    )?;
+    check(pool.call(0).await? == 0, "warm call")?;
+    let cancelled = super::within::<R, _>(Duration::from_millis(200), pool.call(60_000)).await;
+    check(
+        cancelled.is_none(),
+        "the call was still running, and is dropped",
+    )?;
+    // Dropping the call killed its worker: the pool must not list it.
+    let pids = pool.pids();
+    check(pids.is_empty(), format!("no worker listed: {pids:?}"))?;
+    check(pool.call(5).await? == 5, "the pool serves on")?;
+    Ok(())
+}
