@@ -153,3 +153,25 @@ pub fn init() -> Result<Parallel, Error> {
         .start()?;
     Ok(Parallel::new(zygote))
 }
+
+// On tokio the handles move between tasks and threads: pinned at compile
+// time, since the core itself imposes no `Send` bound (glommio's are `!Send`).
+const _: () = {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    fn handles() {
+        send_sync::<Parallel>();
+        send_sync::<Run<u8, u8>>();
+        send_sync::<Pool<u8, u8>>();
+        send_sync::<MessageSender<u8>>();
+        send_sync::<Error>();
+        send_sync::<JoinHandle<u8>>();
+    }
+    fn futures(run: &Run<u8, u8>, pool: &Pool<u8, u8>, sender: &MessageSender<u8>) {
+        send(&run.call(1));
+        send(&run.call_timeout(1, std::time::Duration::ZERO));
+        send(&pool.call(1));
+        send(&sender.send(1));
+    }
+    let _ = (handles, futures);
+};
