@@ -17,9 +17,19 @@
 //!    exits; in this process it only sets a flag (no thread, no fork);
 //! 3. the raw mini zygote (the floor, no library code);
 //! 4. `parallel_zygote::start()`, the library's zygote, which every adapter
-//!    then shares (see [`adapters`]).
+//!    then shares (see [`adapters`]);
+//! 5. the membarrier registration glommio wants made single-threaded (as
+//!    `parallel_glommio::init` does).
 //!
-//! Only then are runtimes built and the parent's heap grown.
+//! Only then are runtimes built and the parent's heap grown. Nothing touches
+//! async-io (smol's reactor) before that either: a process forked after its
+//! parent used async-io inherits a reactor it cannot use, and every worker,
+//! raw or not, is forked by one of the two zygotes, which never touch it.
+//!
+//! Adapters measured: parallel-tokio on a multi-thread and a current-thread
+//! parent runtime, parallel-smol under `smol::block_on`, parallel-glommio in
+//! a glommio `LocalExecutor`; each against raw baselines on its own runtime
+//! on both sides (fork + that runtime + 1 byte, ping-pong, writes).
 
 mod harness;
 
@@ -27,9 +37,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::adapter::{Adapter, Encoding, Phases};
+use harness::glommio_adapter::GlommioAdapter;
 use harness::os::{self, ExecTarget, Heap};
 use harness::raw::{RawKind, RawZygote};
-use harness::stats::{Budget, Group, Measure, Report, Summary, Unit};
+use harness::smol_adapter::SmolAdapter;
+use harness::stats::{Budget, Cell, Group, Measure, Report, Summary, Unit};
 use harness::tokio_adapter::TokioAdapter;
 use harness::{blocking, peers};
 use parallel_zygote::Zygote;
@@ -48,17 +60,24 @@ const LIVE_WORKERS: [usize; 5] = [0, 1, 10, 100, 500];
 const MEMORY_WORKERS: usize = 100;
 
 /// The adapters measured: one line each, all on the one zygote `main`
-/// started. To add one (e.g. smol): write `harness/smol_adapter.rs` with an
-/// `impl Adapter` (see `harness/adapter.rs`, and `harness/tokio_adapter.rs` as
-/// the model), declare it in `harness/mod.rs`, add the adapter crate to
-/// `benches/Cargo.toml`, and push it here, built on a handle of its crate over
-/// `zygote.clone()`. Every table then gets its rows. The first adapter is the
-/// reference: the peers and scaling tables measure it alone.
+/// started. To add one: write `harness/<name>_adapter.rs` with an
+/// `impl Adapter` (see `harness/adapter.rs`; `harness/tokio_adapter.rs` is
+/// the model, and a runtime whose parent is one executor on this thread with
+/// futures-io sockets needs only a `Host`, as `harness/smol_adapter.rs` and
+/// `harness/glommio_adapter.rs`), declare it in `harness/mod.rs`, add the
+/// adapter crate to `benches/Cargo.toml`, and push it here, built on a handle
+/// of its crate over `zygote.clone()`. Every table then gets its rows, and
+/// the side-by-side tables a column. The first adapter is the reference:
+/// the peers and scaling tables measure it alone.
 fn adapters(zygote: &Zygote) -> Vec<Box<dyn Adapter>> {
     let tokio = parallel_tokio::Parallel::new(zygote.clone());
+    let smol = parallel_smol::Parallel::new(zygote.clone());
+    let glommio = parallel_glommio::Parallel::new(zygote.clone());
     vec![
         Box::new(TokioAdapter::multi_thread(&tokio)),
         Box::new(TokioAdapter::current_thread(&tokio)),
+        Box::new(SmolAdapter::smol(&smol)),
+        Box::new(GlommioAdapter::glommio(&glommio)),
     ]
 }
 
@@ -152,6 +171,8 @@ fn main() {
     let raw = Arc::new(RawZygote::start());
     // 4. The library's zygote, still single-threaded.
     let zygote = parallel_zygote::start().expect("starting the zygote");
+    // 5. For glommio's executors, while still single-threaded.
+    os::register_membarrier();
 
     let config = Config::from_args();
     let started = Instant::now();
@@ -201,6 +222,7 @@ fn main() {
         spawn_section(&mut report, &config, &raw, &zygote, &adapters, &exec, &big);
         drop(heap);
     }
+    side_by_side(&mut report, &adapters, &big);
     targets(&mut report, &adapters, &big);
 
     println!("## Results\n");
@@ -246,7 +268,10 @@ fn spawn_section(
          first byte or result back. Warm: one call on a `Pool` of pre-forked workers. \
          Raw floor: the hand-written mini zygote (no library code) forks a worker that \
          writes one byte, with or without building a tokio current-thread runtime \
-         first. OS baselines fork this (big, multi-threaded) parent directly.",
+         first (blocking parent); each adapter's own raw floor and raw ping-pong run \
+         its runtime on both sides (tokio current-thread; async-io + smol \
+         `LocalExecutor`; glommio `LocalExecutor`). OS baselines fork this (big, \
+         multi-threaded) parent directly.",
     );
     let key = |name: &str| format!("{heap}/{name}");
     let spawn = config.spawn;
@@ -489,9 +514,10 @@ fn round_trip_section(
     eprintln!("\n2. call round trip");
     report.table(
         "2. Call round trip, tiny arguments (`u64 → u64`)",
-        "Raw: 8 bytes to a raw echo worker (forked by the mini zygote, tokio \
-         current-thread) and back, on the same parent runtime. `Run::call` goes \
-         through the library's driver task, framing and postcard. Parent holds 0 GiB.",
+        "Raw: 8 bytes to a raw echo worker (forked by the mini zygote, running the \
+         adapter's runtime) and back, on the same parent runtime; the blocking row's \
+         echo worker runs tokio. `Run::call` goes through the library's driver task, \
+         framing and postcard. Parent holds 0 GiB.",
     );
     let mut group = Group::new();
     group.add(
@@ -794,7 +820,9 @@ fn scaling_section(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `raw-floor`, `call`, `ping-pong`, `pool`, `process-1mib`, `raw-1mib`.
+/// `spawn`, `raw-floor`, `call`, `ping-pong`, `pool`, `process-1mib`, `raw-1mib`,
+/// and `phases` / `raw-phases` (which also print the medians of table 1c's
+/// phases).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
     let (key, operation) = what.split_once('/').unwrap_or((what, "spawn"));
     let adapter = adapters
@@ -816,6 +844,30 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "pool" => adapter.pool_call(budget),
         "process-1mib" => adapter.process_throughput(MIB, 64, Encoding::Bytes, budget),
         "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
+        "phases" | "raw-phases" => {
+            let phases = if operation == "phases" {
+                adapter.cold_spawn_phases(budget)
+            } else {
+                adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget)
+            };
+            for (name, phase) in [
+                (
+                    "request → ready",
+                    (|p| p.to_ready) as fn(&Phases) -> Duration,
+                ),
+                ("ready → reply in parent", |p| p.back),
+                ("reply → worker exited", |p| p.tail),
+            ] {
+                let summary = Summary::times(&phases.iter().map(phase).collect::<Vec<_>>());
+                eprintln!(
+                    "{name}: median {:.1} µs, p10 {:.1} µs, p90 {:.1} µs",
+                    summary.median * 1e6,
+                    summary.p10 * 1e6,
+                    summary.p90 * 1e6
+                );
+            }
+            phases.iter().map(|p| p.to_ready + p.back).collect()
+        }
         other => panic!("unknown operation {other:?}"),
     };
     let summary = Summary::times(&samples);
@@ -855,56 +907,75 @@ fn sample(budget: Budget, mut once: impl FnMut() -> Duration) -> Vec<Duration> {
     sampler.finish()
 }
 
-/// The issue's targets, as ratios of medians from this run.
+/// One target of issue 5, for the adapter keyed `a`: what, numerator,
+/// denominator, at least (else at most), limit.
+type TargetSpec = (String, String, String, bool, f64);
+
+fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
+    let mut specs = Vec::new();
+    for heap in ["0 GiB", big] {
+        specs.push((
+            format!("cold spawn ≤ 1.25 × raw floor ({heap})"),
+            format!("{heap}/{a}/spawn"),
+            format!("{heap}/{a}/raw-floor"),
+            false,
+            1.25,
+        ));
+    }
+    specs.push((
+        format!("cold spawn, {big} parent / 0 GiB parent ≤ 1.2"),
+        format!("{big}/{a}/spawn"),
+        format!("0 GiB/{a}/spawn"),
+        false,
+        1.2,
+    ));
+    specs.push((
+        format!("plain fork from {big} / cold spawn from {big} ≥ 100"),
+        format!("{big}/fork"),
+        format!("{big}/{a}/spawn"),
+        true,
+        100.0,
+    ));
+    for heap in ["0 GiB", big] {
+        specs.push((
+            format!("warm spawn (`Pool::call`) ≤ 4 × raw round trip ({heap})"),
+            format!("{heap}/{a}/pool"),
+            format!("{heap}/{a}/raw-ping-pong"),
+            false,
+            4.0,
+        ));
+    }
+    specs.push((
+        "`Run::call` round trip ≤ 1.5 × raw ping-pong".to_string(),
+        format!("rt/{a}/run"),
+        format!("rt/{a}/raw"),
+        false,
+        1.5,
+    ));
+    specs.push((
+        "1 MiB `process` throughput ≥ 0.8 × raw".to_string(),
+        format!("tp/{a}/1 MiB/bytes"),
+        format!("tp/{a}/1 MiB/raw"),
+        true,
+        0.8,
+    ));
+    specs
+}
+
+/// The issue's targets, as ratios of medians from this run: each adapter's
+/// in the targets table, and all side by side.
 fn targets(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
     for adapter in adapters {
         let a = adapter.key();
-        for heap in ["0 GiB", big] {
+        for (what, numerator, denominator, at_least, limit) in target_specs(a, big) {
             report.target(
-                &format!("{a}: cold spawn ≤ 1.25 × raw floor ({heap})"),
-                &format!("{heap}/{a}/spawn"),
-                &format!("{heap}/{a}/raw-floor"),
-                false,
-                1.25,
+                &format!("{a}: {what}"),
+                &numerator,
+                &denominator,
+                at_least,
+                limit,
             );
         }
-        report.target(
-            &format!("{a}: cold spawn, {big} parent / 0 GiB parent ≤ 1.2"),
-            &format!("{big}/{a}/spawn"),
-            &format!("0 GiB/{a}/spawn"),
-            false,
-            1.2,
-        );
-        report.target(
-            &format!("{a}: plain fork from {big} / cold spawn from {big} ≥ 100"),
-            &format!("{big}/fork"),
-            &format!("{big}/{a}/spawn"),
-            true,
-            100.0,
-        );
-        for heap in ["0 GiB", big] {
-            report.target(
-                &format!("{a}: warm spawn (`Pool::call`) ≤ 4 × raw round trip ({heap})"),
-                &format!("{heap}/{a}/pool"),
-                &format!("{heap}/{a}/raw-ping-pong"),
-                false,
-                4.0,
-            );
-        }
-        report.target(
-            &format!("{a}: `Run::call` round trip ≤ 1.5 × raw ping-pong"),
-            &format!("rt/{a}/run"),
-            &format!("rt/{a}/raw"),
-            false,
-            1.5,
-        );
-        report.target(
-            &format!("{a}: 1 MiB `process` throughput ≥ 0.8 × raw"),
-            &format!("tp/{a}/1 MiB/bytes"),
-            &format!("tp/{a}/1 MiB/raw"),
-            true,
-            0.8,
-        );
     }
     report.target(
         "parallel-zygote alone: `spawn_entry` + rt + byte ≤ 1.25 × raw floor (0 GiB)",
@@ -913,4 +984,122 @@ fn targets(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
         false,
         1.25,
     );
+
+    report.matrix(
+        "Targets, adapters side by side",
+        "Ratio of medians per adapter, each against its own baseline (raw floor \
+         and raw round trips on its own runtime).",
+        adapters.iter().map(|a| a.key().to_string()).collect(),
+    );
+    let specs: Vec<Vec<TargetSpec>> = adapters
+        .iter()
+        .map(|adapter| target_specs(adapter.key(), big))
+        .collect();
+    for (index, (what, ..)) in specs[0].iter().enumerate() {
+        let cells = specs
+            .iter()
+            .map(|specs| {
+                let (_, numerator, denominator, at_least, limit) = specs[index].clone();
+                Cell::Target {
+                    numerator,
+                    denominator,
+                    at_least,
+                    limit,
+                }
+            })
+            .collect();
+        report.matrix_row(what.clone(), cells);
+    }
+}
+
+/// The main figures of every adapter side by side, each (in parentheses)
+/// as a ratio to its own baseline on its own runtime.
+fn side_by_side(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
+    report.matrix(
+        "Adapters side by side",
+        "Medians from the tables above; in parentheses, the ratio to the row's \
+         baseline on the same adapter and runtime (raw floor: fork + that runtime + \
+         1 byte; raw ping-pong, pipelined echo and writes: that runtime on both sides).",
+        adapters.iter().map(|a| a.key().to_string()).collect(),
+    );
+    // (label, key, baseline key), `{a}` standing for the adapter's key.
+    let mut rows: Vec<(String, String, Option<String>)> = Vec::new();
+    for heap in ["0 GiB", big] {
+        let floor = format!("{heap}/{{a}}/raw-floor");
+        let ping_pong = format!("{heap}/{{a}}/raw-ping-pong");
+        rows.push((
+            format!("raw floor: fork + rt + 1 byte ({heap})"),
+            floor.clone(),
+            None,
+        ));
+        rows.push((
+            format!("`spawn(f, x)` → result, cold ({heap}) (/ raw floor)"),
+            format!("{heap}/{{a}}/spawn"),
+            Some(floor),
+        ));
+        rows.push((format!("raw ping-pong ({heap})"), ping_pong.clone(), None));
+        rows.push((
+            format!("`Pool::call(x)`, warm ({heap}) (/ raw ping-pong)"),
+            format!("{heap}/{{a}}/pool"),
+            Some(ping_pong),
+        ));
+    }
+    let fixed = [
+        (
+            "raw: request → runtime ready in worker",
+            "phase/{a}/raw/to-ready",
+            None,
+        ),
+        (
+            "request → function running in worker (/ raw)",
+            "phase/{a}/to-fn",
+            Some("phase/{a}/raw/to-ready"),
+        ),
+        (
+            "function running → result in parent task (/ raw)",
+            "phase/{a}/back",
+            Some("phase/{a}/raw/back"),
+        ),
+        ("raw ping-pong (table 2)", "rt/{a}/raw", None),
+        (
+            "`Run::call(x)` (/ raw ping-pong)",
+            "rt/{a}/run",
+            Some("rt/{a}/raw"),
+        ),
+    ];
+    for (label, key, baseline) in fixed {
+        rows.push((label.into(), key.into(), baseline.map(Into::into)));
+    }
+    rows.push((
+        format!("raw echo, {IN_FLIGHT} in flight"),
+        "pipe/{a}/raw".into(),
+        None,
+    ));
+    rows.push((
+        format!("`Run::call`, {IN_FLIGHT} in flight (/ raw)"),
+        "pipe/{a}/run".into(),
+        Some("pipe/{a}/raw".into()),
+    ));
+    for label in ["64 KiB", "1 MiB", "64 MiB"] {
+        let raw = format!("tp/{{a}}/{label}/raw");
+        rows.push((format!("raw writes of {label}"), raw.clone(), None));
+        rows.push((
+            format!("`process`, {label} serde_bytes (/ raw writes)"),
+            format!("tp/{{a}}/{label}/bytes"),
+            Some(raw),
+        ));
+    }
+    for (label, key, baseline) in rows {
+        let cells = adapters
+            .iter()
+            .map(|adapter| {
+                let a = adapter.key();
+                Cell::Figure {
+                    key: key.replace("{a}", a),
+                    baseline: baseline.as_ref().map(|b| b.replace("{a}", a)),
+                }
+            })
+            .collect();
+        report.matrix_row(label, cells);
+    }
 }

@@ -2,14 +2,65 @@
 //! impl of [`Adapter`] (a file beside this one, declared in `mod.rs`) and one
 //! line in `adapters()` in `benches/spawn.rs` of the `parallel-benches` package;
 //! every table then gets its rows, each beside a raw baseline measured on the
-//! same runtime.
+//! same runtime. The functions the workers run, the same for every adapter,
+//! are here too.
+//!
+//! | adapter | impl |
+//! |---|---|
+//! | `parallel-tokio` | [`TokioAdapter`](super::tokio_adapter::TokioAdapter) |
+//! | `parallel-smol` | [`HostAdapter`](super::futures_adapter::HostAdapter) of [`SmolHost`](super::smol_adapter::SmolHost) |
+//! | `parallel-glommio` | [`HostAdapter`](super::futures_adapter::HostAdapter) of [`GlommioHost`](super::glommio_adapter::GlommioHost) |
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parallel_zygote::async_core::{MessageSender, MessageStream};
+
+use super::os::{minor_faults, monotonic_ns};
 use super::raw::{RawKind, RawZygote};
+use super::stages::Chunk;
 use super::stats::Budget;
+
+/// The trivial worker function: its argument back.
+pub async fn echo(x: u64) -> u64 {
+    x
+}
+
+/// The trivial function of cold spawns: its argument back, and the worker's
+/// pid, so the harness can wait for the worker's exit between samples.
+pub async fn echo_pid(x: u64) -> (u64, u32) {
+    (x, std::process::id())
+}
+
+/// The `process` worker: counts payload bytes; answers the count at a flush.
+pub async fn sink<T: Chunk>(mut input: MessageStream<T>, output: MessageSender<u64>) {
+    let mut total = 0u64;
+    while let Some(Ok(chunk)) = input.recv().await {
+        match chunk.payload() {
+            Some(length) => total += length as u64,
+            None => {
+                if output.send(total).await.is_err() {
+                    return;
+                }
+                total = 0;
+            }
+        }
+    }
+}
+
+/// The function of the phase breakdown: when it ran, on the shared clock,
+/// its pid, and the page faults its process took until then.
+pub async fn clock(_: ()) -> (u64, u32, u64) {
+    // Faults first, so reading /proc lands before the clock (as in the raw worker).
+    let faults = minor_faults();
+    (monotonic_ns(), std::process::id(), faults)
+}
+
+/// The time from one `monotonic_ns` reading to a later one.
+pub fn nanos(from: u64, to: u64) -> Duration {
+    Duration::from_nanos(to.saturating_sub(from))
+}
 
 /// How a `process` message of bytes is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -283,3 +283,21 @@ pub fn minor_faults() -> u64 {
         .and_then(|field| field.parse().ok())
         .unwrap_or(0)
 }
+
+/// Registers this process for `MEMBARRIER_CMD_PRIVATE_EXPEDITED`, as
+/// `parallel_glommio::init` does: glommio issues that barrier before each
+/// park of its executor and registers on the first, which takes milliseconds
+/// once the process has threads; registering while single-threaded is cheap.
+/// A failure only means glommio registers later, slowly.
+pub fn register_membarrier() {
+    const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+    // SAFETY: membarrier takes two integers and touches no memory of ours;
+    // a failure is reported through the return value, which may be ignored.
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+            0,
+        );
+    }
+}

@@ -63,14 +63,15 @@ impl Sampler {
     }
 
     pub fn record(&mut self, sample: Duration) {
-        if self.taken == self.budget.warmup {
-            // The clock for `time` starts after the warm-up.
-            self.started = Instant::now();
-        }
         if self.taken >= self.budget.warmup {
             self.samples.push(sample);
         }
         self.taken += 1;
+        if self.taken == self.budget.warmup {
+            // The clock for `time` starts after the warm-up (before the
+            // first kept sample, which counts against `time` like the rest).
+            self.started = Instant::now();
+        }
     }
 
     pub fn finish(self) -> Vec<Duration> {
@@ -164,12 +165,39 @@ struct Table {
     rows: Vec<Row>,
 }
 
+/// A cell of a [`Matrix`]: a figure (median, and ratio to its baseline), or
+/// a target's ratio and verdict.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    Figure {
+        key: String,
+        baseline: Option<String>,
+    },
+    Target {
+        numerator: String,
+        denominator: String,
+        at_least: bool,
+        limit: f64,
+    },
+}
+
+/// Figures of the same kind side by side: one row per figure, one column
+/// per adapter (each cell against that adapter's own baseline).
+#[derive(Debug, Clone)]
+struct Matrix {
+    title: String,
+    note: String,
+    columns: Vec<String>,
+    rows: Vec<(String, Vec<Cell>)>,
+}
+
 /// One run's figures, kept by key, and the tables that show them.
 #[derive(Debug, Default)]
 pub struct Report {
     figures: HashMap<String, Summary>,
     labels: HashMap<String, String>,
     tables: Vec<Table>,
+    matrices: Vec<Matrix>,
     targets: Vec<String>,
 }
 
@@ -264,6 +292,66 @@ impl Report {
         ));
     }
 
+    /// Opens a side-by-side table with these column headers (rows from
+    /// [`Report::matrix_row`]); printed after the other tables.
+    pub fn matrix(
+        &mut self,
+        title: impl Into<String>,
+        note: impl Into<String>,
+        columns: Vec<String>,
+    ) {
+        self.matrices.push(Matrix {
+            title: title.into(),
+            note: note.into(),
+            columns,
+            rows: Vec::new(),
+        });
+    }
+
+    /// Adds a row to the current side-by-side table: one cell per column.
+    pub fn matrix_row(&mut self, label: impl Into<String>, cells: Vec<Cell>) {
+        self.matrices
+            .last_mut()
+            .expect("a matrix is open")
+            .rows
+            .push((label.into(), cells));
+    }
+
+    fn cell(&self, cell: &Cell) -> String {
+        match cell {
+            Cell::Figure { key, baseline } => {
+                let Some(summary) = self.get(key) else {
+                    return "—".into();
+                };
+                let median = summary.format(summary.median);
+                match baseline.as_ref().and_then(|b| self.ratio(key, b)) {
+                    Some(ratio) => format!("{median} ({ratio:.2}×)"),
+                    None => median,
+                }
+            }
+            Cell::Target {
+                numerator,
+                denominator,
+                at_least,
+                limit,
+            } => match self.ratio(numerator, denominator) {
+                Some(value) => {
+                    let met = if *at_least {
+                        value >= *limit
+                    } else {
+                        value <= *limit
+                    };
+                    if met {
+                        format!("{value:.2}× met")
+                    } else {
+                        format!("{value:.2}× **missed**")
+                    }
+                }
+                None => "not measured".into(),
+            },
+        }
+    }
+
     /// The whole report as Markdown.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -304,6 +392,18 @@ impl Report {
                     ratio,
                     baseline
                 );
+            }
+        }
+        for matrix in &self.matrices {
+            let _ = writeln!(out, "\n### {}\n", matrix.title);
+            if !matrix.note.is_empty() {
+                let _ = writeln!(out, "{}\n", matrix.note);
+            }
+            let _ = writeln!(out, "| | {} |", matrix.columns.join(" | "));
+            let _ = writeln!(out, "|---|{}", "---:|".repeat(matrix.columns.len()));
+            for (label, cells) in &matrix.rows {
+                let cells: Vec<String> = cells.iter().map(|cell| self.cell(cell)).collect();
+                let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
             }
         }
         if !self.targets.is_empty() {

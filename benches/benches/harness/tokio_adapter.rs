@@ -6,56 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use parallel_tokio::{MessageSender, MessageStream, Parallel, Pool, PoolConfig};
+use parallel_tokio::{Parallel, Pool, PoolConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
-use super::adapter::{Adapter, Encoding, IdleWorkers, Phases};
-use super::os::{minor_faults, monotonic_ns, wait_exit};
+use super::adapter::{clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases};
+use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
 use super::stages::{ByteChunk, Chunk, SeqChunk};
 use super::stats::{Budget, Sampler};
-
-/// The trivial worker function: its argument back.
-async fn echo(x: u64) -> u64 {
-    x
-}
-
-/// The trivial function of cold spawns: its argument back, and the worker's
-/// pid, so the harness can wait for the worker's exit between samples.
-async fn echo_pid(x: u64) -> (u64, u32) {
-    (x, std::process::id())
-}
-
-/// The `process` worker: counts payload bytes; answers the count at a flush.
-async fn sink<T: Chunk>(mut input: MessageStream<T>, output: MessageSender<u64>) {
-    let mut total = 0u64;
-    while let Some(Ok(chunk)) = input.recv().await {
-        match chunk.payload() {
-            Some(length) => total += length as u64,
-            None => {
-                if output.send(total).await.is_err() {
-                    return;
-                }
-                total = 0;
-            }
-        }
-    }
-}
-
-/// The function of the phase breakdown: when it ran, on the shared clock,
-/// its pid, and the page faults its process took until then.
-async fn clock(_: ()) -> (u64, u32, u64) {
-    // Faults first, so reading /proc lands before the clock (as in the raw worker).
-    let faults = minor_faults();
-    (monotonic_ns(), std::process::id(), faults)
-}
-
-fn nanos(from: u64, to: u64) -> Duration {
-    Duration::from_nanos(to.saturating_sub(from))
-}
 
 /// `parallel-tokio` with its parent runtime.
 pub struct TokioAdapter {

@@ -1,0 +1,431 @@
+//! [`Adapter`] for the adapters whose parent runs one executor on the bench
+//! thread and whose sockets speak futures-io: `parallel-smol` and
+//! `parallel-glommio`. What differs between them is a [`Host`]: how a
+//! measurement runs on the parent's executor, and what a raw socket is on
+//! that runtime. The library side is the same code for both (the core's
+//! `Parallel<R>`), and the raw side the same steps as tokio's, on the
+//! runtime's own sockets, against raw workers running the same runtime
+//! ([`RawRuntime`]).
+
+use std::future::Future;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::lock::Semaphore;
+
+use super::adapter::{clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases};
+use super::os::{monotonic_ns, wait_exit};
+use super::raw::{RawKind, RawRuntime, RawZygote};
+use super::stages::{ByteChunk, Chunk, SeqChunk};
+use super::stats::{Budget, Sampler};
+
+/// One parent runtime, as the harness drives it.
+pub trait Host: 'static {
+    /// The core's runtime of this adapter.
+    type Runtime: Runtime;
+    /// A socket on this runtime, for the raw baselines.
+    type Stream: AsyncRead + AsyncWrite + Unpin;
+    /// The runtime of this adapter's raw workers.
+    const RAW: RawRuntime;
+
+    /// Runs `future` to completion on the parent's executor, on this thread:
+    /// every measurement runs inside it, where user code would.
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T;
+
+    /// Hands a socket to the runtime (called inside [`Host::block_on`]).
+    fn stream(socket: UnixStream) -> Self::Stream;
+}
+
+/// An adapter on the parent runtime `H`.
+pub struct HostAdapter<H: Host> {
+    name: String,
+    key: String,
+    parallel: Parallel<H::Runtime>,
+    host: Rc<H>,
+}
+
+impl<H: Host> HostAdapter<H> {
+    pub fn new(
+        name: impl Into<String>,
+        key: impl Into<String>,
+        parallel: Parallel<H::Runtime>,
+        host: H,
+    ) -> Self {
+        HostAdapter {
+            name: name.into(),
+            key: key.into(),
+            parallel,
+            host: Rc::new(host),
+        }
+    }
+
+    fn on_runtime<T>(&self, future: impl Future<Output = T>) -> T {
+        self.host.block_on(future)
+    }
+
+    fn process_throughput_of<T: Chunk>(
+        &self,
+        size: usize,
+        count: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let mut process = parallel.process(sink::<T>).expect("process");
+            let template = vec![1u8; size];
+            let total = (size * count) as u64;
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                // Built outside the clock: only the transfer is timed.
+                let messages: Vec<T> = (0..count).map(|_| T::data(template.clone())).collect();
+                let start = Instant::now();
+                for message in messages {
+                    process.sender.send(message).await.expect("send");
+                }
+                process.sender.send(T::flush()).await.expect("send");
+                let received = process.stream.recv().await.expect("count").expect("count");
+                sampler.record(start.elapsed());
+                assert_eq!(received, total);
+            }
+            sampler.finish()
+        })
+    }
+}
+
+impl<H: Host> Adapter for HostAdapter<H> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let mut stream = H::stream(raw.spawn_on(H::RAW, RawKind::RuntimeByte));
+                let mut byte = [0u8];
+                stream.read_exact(&mut byte).await.expect("first byte");
+                let elapsed = start.elapsed();
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await; // the worker exited
+                sampler.record(elapsed);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn cold_spawn(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let (mut spawns, mut without_pid) = (0, 0);
+            while sampler.next() {
+                let start = Instant::now();
+                let mut handle = parallel.spawn(echo_pid, 7);
+                let (value, pid) = (&mut handle).await.expect("spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                spawns += 1;
+                if handle.pid().is_none() {
+                    without_pid += 1;
+                }
+                drop(handle);
+                // Outside the clock: let the worker exit before the next one.
+                wait_exit(pid as i32, Duration::from_secs(5));
+                sampler.record(elapsed);
+            }
+            if without_pid > 0 {
+                eprintln!(
+                    "  note: JoinHandle::pid() was still None after the result in \
+                     {without_pid} of {spawns} cold spawns"
+                );
+            }
+            sampler.finish()
+        })
+    }
+
+    fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let mut phases = Vec::new();
+            while sampler.next() {
+                let start = monotonic_ns();
+                let mut handle = parallel.spawn(clock, ());
+                let submitted = monotonic_ns();
+                let (ready, pid, faults) = (&mut handle).await.expect("spawn");
+                let done = monotonic_ns();
+                drop(handle);
+                wait_exit(pid as i32, Duration::from_secs(5));
+                phases.push(Phases {
+                    submit: nanos(start, submitted),
+                    to_ready: nanos(start, ready),
+                    back: nanos(ready, done),
+                    faults,
+                    tail: nanos(done, monotonic_ns()),
+                });
+                sampler.record(nanos(start, done));
+            }
+            let skip = phases.len() - sampler.finish().len();
+            phases.split_off(skip)
+        })
+    }
+
+    fn raw_floor_phases(&self, raw: &Arc<RawZygote>, kind: RawKind, budget: Budget) -> Vec<Phases> {
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let mut phases = Vec::new();
+            while sampler.next() {
+                let start = monotonic_ns();
+                let mut stream = H::stream(raw.spawn_on(H::RAW, kind));
+                let mut message = [0u8; 24];
+                stream.read_exact(&mut message).await.expect("clock");
+                let done = monotonic_ns();
+                let field = |i: usize| {
+                    u64::from_le_bytes(message[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+                };
+                wait_exit(field(2) as i32, Duration::from_secs(5));
+                phases.push(Phases {
+                    submit: Duration::ZERO,
+                    to_ready: nanos(start, field(0)),
+                    back: nanos(field(0), done),
+                    faults: field(1),
+                    tail: nanos(done, monotonic_ns()),
+                });
+                sampler.record(nanos(start, done));
+            }
+            let skip = phases.len() - sampler.finish().len();
+            phases.split_off(skip)
+        })
+    }
+
+    fn pool_call(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
+            for x in 0..4 {
+                pool.call(x).await.expect("warm-up call");
+            }
+            let mut sampler = Sampler::new(budget);
+            let mut x = 0;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                let value = pool.call(x).await.expect("pool call");
+                sampler.record(start.elapsed());
+                assert_eq!(value, x);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+        self.on_runtime(async move {
+            let mut stream = H::stream(stream);
+            let mut sampler = Sampler::new(budget);
+            let mut reply = [0u8; 8];
+            let mut x = 0u64;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                stream.write_all(&x.to_le_bytes()).await.expect("write");
+                stream.read_exact(&mut reply).await.expect("read");
+                sampler.record(start.elapsed());
+            }
+            sampler.finish()
+        })
+    }
+
+    fn run_round_trip(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let run = parallel.run(echo).expect("run");
+            run.call(0).await.expect("first call");
+            let mut sampler = Sampler::new(budget);
+            let mut x = 0;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                let value = run.call(x).await.expect("call");
+                sampler.record(start.elapsed());
+                assert_eq!(value, x);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_pipelined(
+        &self,
+        raw: &Arc<RawZygote>,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+        // A reader and a writer at once: two descriptors of the one socket,
+        // each handed to the runtime (tokio's `into_split` shares one).
+        let writer = stream.try_clone().expect("dup");
+        self.on_runtime(async move {
+            let (mut reader, mut writer) = (H::stream(stream), H::stream(writer));
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let permits = Semaphore::new(in_flight);
+                let write = async {
+                    for x in 0..calls as u64 {
+                        permits.acquire().await.forget();
+                        writer.write_all(&x.to_le_bytes()).await.expect("write");
+                    }
+                };
+                let read = async {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    let mut received = 0;
+                    while received < calls * 8 {
+                        let read = reader.read(&mut buffer).await.expect("read");
+                        assert!(read > 0, "echo worker hung up");
+                        let replies_before = received / 8;
+                        received += read;
+                        permits.add_permits(received / 8 - replies_before);
+                    }
+                };
+                smol::future::zip(write, read).await;
+                sampler.record(start.elapsed());
+            }
+            sampler.finish()
+        })
+    }
+
+    fn run_pipelined(&self, calls: usize, in_flight: usize, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let run = parallel.run(echo).expect("run");
+            run.call(0).await.expect("first call");
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let answered = futures_util::stream::iter(0..calls as u64)
+                    .map(|x| run.call(x))
+                    .buffer_unordered(in_flight)
+                    .filter(|result| std::future::ready(result.is_ok()))
+                    .count()
+                    .await;
+                sampler.record(start.elapsed());
+                assert_eq!(answered, calls);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_throughput(
+        &self,
+        raw: &Arc<RawZygote>,
+        size: usize,
+        count: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Sink);
+        self.on_runtime(async move {
+            let mut stream = H::stream(stream);
+            let buffer = vec![1u8; size];
+            let total = (size * count) as u64;
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                stream.write_all(&total.to_le_bytes()).await.expect("write");
+                for _ in 0..count {
+                    stream.write_all(&buffer).await.expect("write");
+                }
+                let mut ack = [0u8; 8];
+                stream.read_exact(&mut ack).await.expect("ack");
+                sampler.record(start.elapsed());
+                assert_eq!(u64::from_le_bytes(ack), total);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn process_throughput(
+        &self,
+        size: usize,
+        count: usize,
+        encoding: Encoding,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        match encoding {
+            Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, budget),
+            Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, budget),
+        }
+    }
+
+    fn idle_workers(&self, count: usize) -> IdleWorkers {
+        let parallel = self.parallel.clone();
+        let (runs, pids) = self.on_runtime(async move {
+            let runs: Vec<_> = (0..count)
+                .map(|_| parallel.run(echo).expect("run"))
+                .collect();
+            // The spawns are all in flight already: waiting in turn costs
+            // no more than the slowest.
+            for run in &runs {
+                run.call(1).await.expect("first call");
+            }
+            let mut pids = Vec::with_capacity(count);
+            for run in &runs {
+                // The pid comes from the zygote, the answer from the worker:
+                // the answer may arrive first.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let pid = loop {
+                    match run.pid() {
+                        Some(pid) => break pid,
+                        None if Instant::now() < deadline => smol::future::yield_now().await,
+                        None => panic!("no pid for a worker after 5 s"),
+                    }
+                };
+                pids.push(pid);
+            }
+            (runs, pids)
+        });
+        IdleWorkers {
+            pids: pids.clone(),
+            holder: Box::new(IdleRuns::<H> {
+                runs,
+                pids,
+                host: Rc::clone(&self.host),
+            }),
+        }
+    }
+}
+
+/// Idle `run` workers. The workers' drivers live on the parent's executor,
+/// which runs only inside [`Host::block_on`] (glommio's, for one): dropping
+/// the handles runs it until the workers have exited.
+struct IdleRuns<H: Host> {
+    runs: Vec<Run<u64, u64, parallel_zygote::async_core::Postcard, H::Runtime>>,
+    pids: Vec<i32>,
+    host: Rc<H>,
+}
+
+impl<H: Host> Drop for IdleRuns<H> {
+    fn drop(&mut self) {
+        let runs = std::mem::take(&mut self.runs);
+        let pids = std::mem::take(&mut self.pids);
+        self.host.block_on(async move {
+            drop(runs);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for pid in pids {
+                while !wait_exit(pid, Duration::ZERO) && Instant::now() < deadline {
+                    <H::Runtime as Runtime>::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+    }
+}

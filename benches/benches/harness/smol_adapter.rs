@@ -1,0 +1,57 @@
+//! [`Adapter`](super::adapter::Adapter) for `parallel-smol`: each
+//! measurement runs under `smol::block_on` on the bench thread, as a smol
+//! program's `main` would; the workers' drivers run on smol's global
+//! executor (its own thread, as `parallel-smol` spawns them with
+//! `smol::spawn`), and async-io's reactor has its thread too.
+//!
+//! Raw baselines: async-io on both sides. The parent's end is an
+//! `Async<UnixStream>` under `smol::block_on`; the raw worker runs
+//! `async_io::block_on` over a `smol::LocalExecutor` with an
+//! `Async<UnixStream>` (what a `parallel-smol` worker runs).
+//!
+//! The fork hazard: a process forked after its parent used async-io's global
+//! reactor inherits a reactor it cannot use. Nothing here touches async-io
+//! before `main` has forked both zygotes (this adapter is built after them,
+//! and async-io starts lazily, on the first `Async` or `smol::spawn`); every
+//! raw or library worker is forked by one of the zygotes, which never touch
+//! async-io, so each worker builds its own reactor (see `raw.rs`).
+
+use std::future::Future;
+use std::os::unix::net::UnixStream;
+
+use async_io::Async;
+use parallel_smol::{Parallel, Smol};
+
+use super::futures_adapter::{Host, HostAdapter};
+use super::raw::RawRuntime;
+
+/// The smol parent: `smol::block_on` on the bench thread.
+pub struct SmolHost;
+
+impl Host for SmolHost {
+    type Runtime = Smol;
+    type Stream = Async<UnixStream>;
+    const RAW: RawRuntime = RawRuntime::Smol;
+
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        smol::block_on(future)
+    }
+
+    fn stream(socket: UnixStream) -> Async<UnixStream> {
+        Async::new(socket).expect("async-io stream")
+    }
+}
+
+/// `parallel-smol` on a handle of the shared zygote.
+pub type SmolAdapter = HostAdapter<SmolHost>;
+
+impl SmolAdapter {
+    pub fn smol(parallel: &Parallel) -> SmolAdapter {
+        HostAdapter::new(
+            "smol (`smol::block_on` parent)",
+            "smol",
+            parallel.clone(),
+            SmolHost,
+        )
+    }
+}
