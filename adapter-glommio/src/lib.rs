@@ -1,5 +1,7 @@
 //! Run async computations in other processes, from glommio.
 //!
+//! **Platform: Linux only**, as `parallel-zygote` (`prctl`, `/proc`, `signalfd`) (and glommio needs `io_uring`).
+//!
 //! `parallel-glommio` forks workers from a *zygote*, a small process forked at
 //! the top of `main` before any executor or thread exists (see
 //! `parallel-zygote`), and talks to them over AF_UNIX sockets with typed
@@ -168,9 +170,12 @@ use parallel_zygote::async_core as core;
 #[allow(unused_imports)] // Empty without a codec feature.
 pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
-    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard,
-    Process, ProcessHandle,
+    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicLocation, PanicReport,
+    PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle,
 };
+/// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
+/// the argument tuple (see [`parallel_zygote::spawn!`]).
+pub use parallel_zygote::spawn;
 pub use parallel_zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
 pub use runtime::{Glommio, GlommioSleep, GlommioSocket, GlommioWorker};
 
@@ -183,6 +188,8 @@ pub type JoinHandle<T, C = Postcard> = core::JoinHandle<T, C, Glommio>;
 pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Glommio>;
 /// N warm workers running one function (see [`core::Pool`]).
 pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Glommio>;
+/// N warm workers running any function, named per call (see [`core::AnyPool`]).
+pub type AnyPool<C = Postcard> = core::AnyPool<C, Glommio>;
 
 /// Starts the zygote and returns a handle on it. Call it anywhere: inside a
 /// running `LocalExecutor`, in a plain `#[test]`, after the zygote died. It
@@ -199,7 +206,8 @@ pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Glommio>;
 /// # Errors
 /// [`Error::Zygote`] when the zygote could not be started: the fork or the
 /// exec failed, an executed zygote did not come up (`StartFailed`, saying
-/// why), or this is a worker (`AlreadyStarted`).
+/// why), or this is a zygote, e.g. a snapshot's init (`AlreadyStarted`).
+/// Inside a worker it starts the worker's own zygote (nested spawns).
 pub fn init() -> Result<Parallel, Error> {
     let zygote = parallel_zygote::Builder::new()
         .caller(<Glommio as core::Runtime>::INIT)

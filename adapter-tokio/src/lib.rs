@@ -1,5 +1,7 @@
 //! Run async computations in other processes, from tokio.
 //!
+//! **Platform: Linux only**, as `parallel-zygote` (`prctl`, `/proc`, `signalfd`).
+//!
 //! `parallel-tokio` forks workers from a *zygote*, a small process forked at
 //! the top of `main` before the runtime exists (see `parallel-zygote`), and
 //! talks to them over AF_UNIX sockets with typed messages. Spawning never
@@ -102,9 +104,12 @@ use parallel_zygote::async_core as core;
 #[allow(unused_imports)] // Empty without a codec feature.
 pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
-    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicReport, PoolConfig, Postcard,
-    Process, ProcessHandle,
+    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicLocation, PanicReport,
+    PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle,
 };
+/// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
+/// the argument tuple (see [`parallel_zygote::spawn!`]).
+pub use parallel_zygote::spawn;
 pub use parallel_zygote::{ExitStatus, Resource, ResourceLimit, SpawnOptions};
 pub use runtime::{Tokio, TokioSocket, WorkerRuntime};
 
@@ -117,6 +122,8 @@ pub type JoinHandle<T, C = Postcard> = core::JoinHandle<T, C, Tokio>;
 pub type Run<A, T, C = Postcard> = core::Run<A, T, C, Tokio>;
 /// N warm workers running one function (see [`core::Pool`]).
 pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Tokio>;
+/// N warm workers running any function, named per call (see [`core::AnyPool`]).
+pub type AnyPool<C = Postcard> = core::AnyPool<C, Tokio>;
 
 /// Starts the zygote and returns a handle on it. Call it anywhere: inside
 /// `#[tokio::main]`, in a plain `#[test]`, after the zygote died.
@@ -146,7 +153,8 @@ pub type Pool<A, T, C = Postcard> = core::Pool<A, T, C, Tokio>;
 /// # Errors
 /// [`Error::Zygote`] when the zygote could not be started: the fork or the
 /// exec failed, an executed zygote did not come up (`StartFailed`, saying
-/// why), or this is a worker (`AlreadyStarted`).
+/// why), or this is a zygote, e.g. a snapshot's init (`AlreadyStarted`).
+/// Inside a worker it starts the worker's own zygote (nested spawns).
 pub fn init() -> Result<Parallel, Error> {
     let zygote = parallel_zygote::Builder::new()
         .caller(<Tokio as core::Runtime>::INIT)
@@ -163,14 +171,17 @@ const _: () = {
         send_sync::<Parallel>();
         send_sync::<Run<u8, u8>>();
         send_sync::<Pool<u8, u8>>();
+        send_sync::<AnyPool>();
         send_sync::<MessageSender<u8>>();
         send_sync::<Error>();
         send_sync::<JoinHandle<u8>>();
     }
-    fn futures(run: &Run<u8, u8>, pool: &Pool<u8, u8>, sender: &MessageSender<u8>) {
+    fn futures(run: &Run<u8, u8>, pool: &Pool<u8, u8>, any: &AnyPool, sender: &MessageSender<u8>) {
         send(&run.call(1));
         send(&run.call_timeout(1, std::time::Duration::ZERO));
         send(&pool.call(1));
+        send(&pool.submit(1));
+        send(&any.spawn(|x: u8| async move { x }, 1));
         send(&sender.send(1));
     }
     let _ = (handles, futures);

@@ -12,7 +12,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use parallel_proto::channel::{
-    Outcome, PanicReport, ParentChannel, ParentEvent, WorkerChannel, WorkerEvent,
+    Outcome, PanicLocation, PanicReport, ParentChannel, ParentEvent, WorkerChannel, WorkerEvent,
 };
 use parallel_proto::{EntryKey, Error, WireEntry};
 use parallel_proto_fuzz::{pick, pump, raw_frame, FuzzLimits, Side};
@@ -31,7 +31,7 @@ enum FuzzOutcome {
     Err(Vec<u8>),
     Panic {
         message: String,
-        location: Option<String>,
+        location: Option<(String, u32, u32)>,
         backtrace: Option<String>,
     },
 }
@@ -47,7 +47,7 @@ impl FuzzOutcome {
                 backtrace,
             } => Outcome::Panic(PanicReport {
                 message,
-                location,
+                location: location.map(|(file, line, column)| PanicLocation { file, line, column }),
                 backtrace,
             }),
         }

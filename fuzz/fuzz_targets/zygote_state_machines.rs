@@ -35,6 +35,8 @@ enum Op {
         offset: i64,
         name: Option<String>,
         rlimits: Vec<(u8, u64, u64)>,
+        /// Protocol version 2's options.
+        more: MoreOptions,
         user_fds: usize,
     },
     Snapshot {
@@ -89,6 +91,50 @@ struct Input {
 
 fn entry(offset: i64) -> WireEntry {
     EntryKey::from_bytes([0x42; 16]).seal(offset, 7)
+}
+
+/// Environment, working directory, identity and placement of a spawn.
+#[derive(Debug, Arbitrary)]
+struct MoreOptions {
+    env_clear: bool,
+    env: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    current_dir: Option<Vec<u8>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    cpu_affinity: Option<Vec<u16>>,
+    nice: Option<i32>,
+}
+
+impl MoreOptions {
+    fn apply(self, mut options: SpawnOptions) -> SpawnOptions {
+        use std::os::unix::ffi::OsStrExt;
+        let os = |bytes: &[u8]| std::ffi::OsStr::from_bytes(bytes).to_os_string();
+        if self.env_clear {
+            options = options.env_clear();
+        }
+        for (key, value) in self.env {
+            options = match value {
+                Some(value) => options.env(os(&key), os(&value)),
+                None => options.env_remove(os(&key)),
+            };
+        }
+        if let Some(dir) = self.current_dir {
+            options = options.current_dir(os(&dir));
+        }
+        if let Some(uid) = self.uid {
+            options = options.uid(uid);
+        }
+        if let Some(gid) = self.gid {
+            options = options.gid(gid);
+        }
+        if let Some(cpus) = self.cpu_affinity {
+            options = options.cpu_affinity(cpus.into_iter().map(usize::from));
+        }
+        match self.nice {
+            Some(nice) => options.nice(nice),
+            None => options,
+        }
+    }
 }
 
 fn resource(tag: u8) -> Resource {
@@ -241,6 +287,7 @@ fuzz_target!(|input: Input| {
                 offset,
                 name,
                 rlimits,
+                more,
                 user_fds,
             } => {
                 let options = rlimits
@@ -252,6 +299,7 @@ fuzz_target!(|input: Input| {
                     Some(name) => options.name(name),
                     None => options,
                 };
+                let options = more.apply(options);
                 let result = client.machine.spawn(entry(offset), options, user_fds);
                 if !client.local(&result) {
                     assert_eq!(client.machine.queued_bytes(), queued);

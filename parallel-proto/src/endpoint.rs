@@ -3,6 +3,7 @@
 //! the fuzz targets and the in-memory test harness.
 
 use crate::channel::{ParentChannel, ParentEvent, WorkerChannel, WorkerEvent};
+use crate::frame::PayloadBuffer;
 use crate::zygote::{ServerEvent, ZygoteClient, ZygoteEvent, ZygoteServer};
 use crate::{Error, Transmit};
 
@@ -46,6 +47,16 @@ pub trait Endpoint {
     /// good and every later call returns the same error.
     fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<Self::Event>, Error>;
 
+    /// The payload of the frame being received, when the transport may
+    /// append the next payload bytes to it directly instead of passing them
+    /// to [`handle_input`](Self::handle_input) (bulk data then skips the
+    /// transport's read buffer); then call `handle_input` with an empty input
+    /// for the event. `None` by default and whenever no payload is incomplete.
+    /// See [`FrameDecoder::payload_buffer`](crate::FrameDecoder::payload_buffer).
+    fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
+        None
+    }
+
     /// The next bytes (and descriptor count) to write, in order.
     #[must_use]
     fn poll_transmit(&mut self) -> Option<Transmit>;
@@ -63,6 +74,9 @@ impl Endpoint for ParentChannel {
     fn poll_transmit(&mut self) -> Option<Transmit> {
         ParentChannel::poll_transmit(self)
     }
+    fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
+        ParentChannel::payload_buffer(self)
+    }
     fn event_fds(event: &ParentEvent) -> usize {
         match event {
             ParentEvent::Data { fds, .. } => usize::from(*fds),
@@ -78,6 +92,9 @@ impl Endpoint for WorkerChannel {
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
         WorkerChannel::poll_transmit(self)
+    }
+    fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
+        WorkerChannel::payload_buffer(self)
     }
     fn event_fds(event: &WorkerEvent) -> usize {
         match event {

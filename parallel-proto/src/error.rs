@@ -82,7 +82,7 @@ pub enum LocalError {
 #[non_exhaustive]
 pub enum RemoteError {
     /// The byte stream is not a valid sequence of frames.
-    #[error("corrupt stream from peer: {0}")]
+    #[error("corrupt stream from peer")]
     Frame(#[from] FrameError),
     /// The frame's kind tag names no message of this protocol.
     #[error("peer sent a frame of unknown kind {kind:#04x} for the {protocol} protocol")]
@@ -145,6 +145,6 @@ pub enum RemoteError {
         max: usize,
     },
     /// An entry point failed verification.
-    #[error("peer sent a bad entry point: {0}")]
+    #[error("peer sent a bad entry point")]
     Entry(#[from] EntryError),
 }

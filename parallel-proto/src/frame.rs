@@ -181,7 +181,9 @@ pub fn checked_header(
 ///
 /// It buffers at most one frame: the header, then the payload, which grows as
 /// bytes arrive (never reserved up front from an announced length, so a lying
-/// header cannot make it allocate). A corrupt header makes it fail for good.
+/// header cannot make it allocate, unless the transport asks for the
+/// [`payload_buffer`](Self::payload_buffer) to read bulk data into). A corrupt
+/// header makes it fail for good.
 #[derive(Debug)]
 pub struct FrameDecoder {
     limits: Limits,
@@ -240,8 +242,22 @@ impl FrameDecoder {
                     }
                 }
                 Some((header, payload)) => {
-                    let want = header.len as usize - payload.len();
+                    let len = header.len as usize;
+                    assert!(
+                        payload.len() <= len,
+                        "a transport appended more than PayloadBuffer::remaining() bytes"
+                    );
+                    let want = len - payload.len();
                     let take = want.min(input.len());
+                    if payload.capacity() - payload.len() < take {
+                        // Grow geometrically but never past the frame: a
+                        // payload arriving in pieces is reallocated a few
+                        // times at most and ends at its exact length, and
+                        // what is reserved stays within four times what
+                        // arrived (a lying header cannot make it allocate).
+                        let target = (payload.len() + take).saturating_mul(4).min(len);
+                        payload.reserve_exact(target - payload.len());
+                    }
                     payload.extend_from_slice(&input[..take]);
                     *input = &input[take..];
                     if payload.len() < header.len as usize {
@@ -256,6 +272,33 @@ impl FrameDecoder {
                 }
             }
         }
+    }
+
+    /// The payload of the frame being decoded, for a transport that reads
+    /// payload bytes straight into it instead of through a buffer of its own
+    /// (one copy fewer for bulk data); `None` unless a header has been read
+    /// and its payload is incomplete, or once the decoder has failed.
+    ///
+    /// Creating it reserves room for the whole rest of the payload, as the
+    /// header announced it (at most `max_frame_len`, which bounds what a
+    /// lying header can make the transport allocate; the memory is only
+    /// touched as bytes arrive). Append at most
+    /// [`remaining`](PayloadBuffer::remaining) bytes, the ones that follow in
+    /// the stream, then call [`decode`](Self::decode) (with an empty input if
+    /// nothing else was read): it returns the frame once the payload is
+    /// complete. Mixing the two ways of feeding bytes gives the same frames as
+    /// feeding all of them to `decode`, however the stream is cut.
+    pub fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let (header, payload) = self.current.as_mut()?;
+        let len = header.len as usize;
+        if payload.len() >= len {
+            return None;
+        }
+        payload.reserve_exact(len - payload.len());
+        Some(PayloadBuffer { payload, len })
     }
 
     /// Bytes of an unfinished frame held right now (header and payload).
@@ -274,5 +317,45 @@ impl FrameDecoder {
     /// The sticky error, if the stream was corrupt.
     pub fn error(&self) -> Option<FrameError> {
         self.failed
+    }
+}
+
+/// The incomplete payload of the frame a [`FrameDecoder`] is decoding, handed
+/// to the transport to append the next payload bytes to directly (see
+/// [`FrameDecoder::payload_buffer`]).
+#[derive(Debug)]
+pub struct PayloadBuffer<'a> {
+    payload: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl PayloadBuffer<'_> {
+    /// Payload bytes still missing: append at most this many.
+    pub fn remaining(&self) -> usize {
+        self.len - self.payload.len()
+    }
+
+    /// The payload length the header announced.
+    pub fn frame_len(&self) -> usize {
+        self.len
+    }
+
+    /// The payload so far, to append to: its spare capacity holds at least
+    /// [`remaining`](Self::remaining) bytes, so a transport can read into it
+    /// (`spare_capacity_mut`, then `set_len`) without zeroing or copying.
+    ///
+    /// # Panics
+    /// Appending more than `remaining()` bytes is a bug of the transport: the
+    /// next [`FrameDecoder::decode`] panics.
+    pub fn as_mut_vec(&mut self) -> &mut Vec<u8> {
+        self.payload
+    }
+
+    /// Appends bytes that follow in the stream, up to
+    /// [`remaining`](Self::remaining); returns how many it took.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) -> usize {
+        let take = bytes.len().min(self.remaining());
+        self.payload.extend_from_slice(&bytes[..take]);
+        take
     }
 }

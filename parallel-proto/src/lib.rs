@@ -1,5 +1,7 @@
 //! The sans-IO protocol of `parallel`: bytes in, events and bytes out.
 //!
+//! **Platform:** this crate is portable; the library as a whole (`parallel-zygote`, the adapters) is Linux only.
+//!
 //! This crate knows nothing of sockets, threads, clocks or runtimes. It holds
 //! the framing, the two protocols of the project as state machines, the
 //! entry-point tags and the limits. `parallel-zygote` binds it to the OS, the

@@ -1,7 +1,7 @@
 //! The plumbing every state machine shares: a frame decoder whose first
 //! error is final, and the queue of transmits waiting for the transport.
 
-use crate::frame::{Frame, FrameDecoder};
+use crate::frame::{Frame, FrameDecoder, PayloadBuffer};
 use crate::transmit::{Transmit, TransmitQueue};
 use crate::{Error, Limits, LocalError, RemoteError};
 
@@ -38,6 +38,15 @@ impl Wire {
             Ok(frame) => Ok(frame),
             Err(error) => Err(self.fail(error.into())),
         }
+    }
+
+    /// The payload of the frame being read, for the transport to fill
+    /// directly (see [`FrameDecoder::payload_buffer`]).
+    pub(crate) fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
+        if self.failed.is_some() {
+            return None;
+        }
+        self.decoder.payload_buffer()
     }
 
     /// Records a remote error from applying a frame, making it sticky.

@@ -22,7 +22,7 @@ fn from_worker(message: FromWorker, fds: usize) -> Vec<u8> {
 }
 
 fn hello_to_worker() -> Vec<u8> {
-    to_worker(ToWorker::Hello { version: 1 }, 0)
+    to_worker(ToWorker::Hello { version: 2 }, 0)
 }
 
 fn start() -> Vec<u8> {
@@ -36,7 +36,7 @@ fn start() -> Vec<u8> {
 }
 
 fn worker_hello() -> Vec<u8> {
-    from_worker(FromWorker::Hello { version: 1, pid: 9 }, 0)
+    from_worker(FromWorker::Hello { version: 2, pid: 9 }, 0)
 }
 
 fn unexpected(message: &'static str, reason: &'static str) -> Error {
@@ -156,16 +156,16 @@ fn start_before_hello_from_parent_is_sticky_fatal() {
 fn wrong_version_from_parent_is_sticky_fatal() {
     let expected = Error::Remote(RemoteError::VersionMismatch {
         protocol: "worker channel",
-        ours: 1,
-        theirs: 2,
+        ours: 2,
+        theirs: 3,
     });
     assert_eq!(
         expected.to_string(),
-        "peer speaks worker channel protocol version 2, we speak 1; both sides must come from the same build"
+        "peer speaks worker channel protocol version 3, we speak 2; both sides must come from the same build"
     );
     worker_fails(
         WorkerChannel::new(Limits::default(), 9),
-        &to_worker(ToWorker::Hello { version: 2 }, 0),
+        &to_worker(ToWorker::Hello { version: 3 }, 0),
         expected,
     );
 }
@@ -182,7 +182,7 @@ fn second_hello_from_parent_is_sticky_fatal() {
 #[test]
 fn fds_on_a_message_other_than_data_are_sticky_fatal_for_the_worker() {
     let cases = [
-        (ToWorker::Hello { version: 1 }, "Hello", false),
+        (ToWorker::Hello { version: 2 }, "Hello", false),
         (
             ToWorker::Start {
                 task: entry(),
@@ -268,9 +268,14 @@ fn an_unknown_kind_from_parent_is_sticky_fatal() {
 #[test]
 fn a_corrupt_header_from_parent_is_sticky_fatal() {
     let expected = Error::Remote(RemoteError::Frame(FrameError::BadMagic { found: 0x00 }));
+    // The cause is the source, not repeated in Display.
+    assert_eq!(expected.to_string(), "corrupt stream from peer");
+    let Error::Remote(remote) = &expected else {
+        unreachable!()
+    };
     assert_eq!(
-        expected.to_string(),
-        "corrupt stream from peer: frame header starts with 0x00, not the magic byte 0xb7: the stream is out of sync or not ours"
+        std::error::Error::source(remote).unwrap().to_string(),
+        "frame header starts with 0x00, not the magic byte 0xb7: the stream is out of sync or not ours"
     );
     worker_fails(started_worker(), &[0; 8], expected);
 }
@@ -345,7 +350,7 @@ fn wrong_version_from_worker_is_sticky_fatal() {
     parent.start(entry(), Vec::new()).unwrap();
     let expected = Error::Remote(RemoteError::VersionMismatch {
         protocol: "worker channel",
-        ours: 1,
+        ours: 2,
         theirs: 0,
     });
     let hello = from_worker(FromWorker::Hello { version: 0, pid: 9 }, 0);

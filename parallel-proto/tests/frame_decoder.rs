@@ -46,6 +46,53 @@ fn decode_chunked(
     (frames, None)
 }
 
+/// As [`decode_chunked`], but as a transport that reads bulk data straight
+/// into the payload does: whenever the decoder is inside a payload and
+/// `direct` says so, the chunk's bytes go through
+/// [`FrameDecoder::payload_buffer`] (up to the payload's end) and `decode`
+/// then sees only what is left of the chunk, or an empty input.
+fn decode_mixed(
+    limits: Limits,
+    bytes: &[u8],
+    sizes: &[usize],
+    direct: &[bool],
+) -> (Vec<Frame>, Option<FrameError>) {
+    let mut decoder = FrameDecoder::new(limits);
+    let mut frames = Vec::new();
+    let mut sizes = sizes.iter().copied().cycle();
+    let mut direct = direct.iter().copied().cycle();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let take = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
+        let (mut chunk, tail) = rest.split_at(take);
+        rest = tail;
+        if direct.next().unwrap_or(false) {
+            if let Some(mut payload) = decoder.payload_buffer() {
+                let remaining = payload.remaining();
+                assert!(payload.as_mut_vec().capacity() - payload.as_mut_vec().len() >= remaining);
+                let took = payload.extend_from_slice(chunk);
+                assert_eq!(took, chunk.len().min(remaining));
+                chunk = &chunk[took..];
+            }
+        }
+        loop {
+            match decoder.decode(&mut chunk) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => {
+                    assert!(chunk.is_empty());
+                    break;
+                }
+                Err(error) => {
+                    assert!(decoder.payload_buffer().is_none());
+                    return (frames, Some(error));
+                }
+            }
+        }
+        assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len() as usize);
+    }
+    (frames, None)
+}
+
 fn frames_strategy() -> impl Strategy<Value = Vec<Frame>> {
     let frame = (any::<u8>(), 0u8..=16, bulk_bytes(20_000))
         .prop_map(|(kind, fds, payload)| Frame { kind, fds, payload });
@@ -99,6 +146,58 @@ proptest! {
         let (chunked, error) = decode_chunked(Limits::default(), &bytes, &sizes);
         prop_assert_eq!(error, None);
         prop_assert_eq!(chunked, frames);
+    }
+
+    #[test]
+    fn reading_payloads_into_the_payload_buffer_yields_the_same_frames(
+        frames in frames_strategy(),
+        sizes in chunk_sizes(),
+        direct in vec(any::<bool>(), 1..8),
+    ) {
+        let bytes = encode_all(&frames);
+        let (mixed, error) = decode_mixed(Limits::default(), &bytes, &sizes, &direct);
+        prop_assert_eq!(error, None);
+        prop_assert_eq!(mixed, frames);
+    }
+
+    #[test]
+    fn the_payload_buffer_does_not_change_what_arbitrary_bytes_give(
+        bytes in prop_oneof![vec(any::<u8>(), 0..512), frameish_bytes()],
+        sizes in chunk_sizes(),
+        direct in vec(any::<bool>(), 1..8),
+        max_frame_len in Limits::MIN_FRAME_LEN..256,
+    ) {
+        let limits = limits_with_max_frame(max_frame_len).with_max_fds_per_frame(8).unwrap();
+        let whole = decode_chunked(limits, &bytes, &[]);
+        let mixed = decode_mixed(limits, &bytes, &sizes, &direct);
+        prop_assert_eq!(whole, mixed);
+    }
+
+    #[test]
+    fn a_payload_arriving_in_pieces_ends_at_its_exact_length(
+        len in 1u32..2_000_000,
+        sizes in chunk_sizes(),
+    ) {
+        let mut decoder = FrameDecoder::new(Limits::default());
+        let header = FrameHeader { kind: 1, fds: 0, len }.to_bytes();
+        prop_assert_eq!(decoder.decode(&mut &header[..]), Ok(None));
+        let payload = vec![7u8; len as usize];
+        let mut arrived = 0;
+        for size in sizes.iter().cycle() {
+            let take = (*size).min(payload.len() - arrived);
+            let mut chunk = &payload[arrived..arrived + take];
+            arrived += take;
+            match decoder.decode(&mut chunk).unwrap() {
+                Some(frame) => {
+                    prop_assert_eq!(frame.payload.capacity(), len as usize);
+                    break;
+                }
+                None => {
+                    let held = decoder.buffered() - HEADER_LEN;
+                    prop_assert_eq!(held, arrived);
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 mod support;
 
 use parallel_proto::channel::{
-    FromWorker, Outcome, PanicReport, ParentChannel, ToWorker, WorkerChannel,
+    FromWorker, Outcome, PanicLocation, PanicReport, ParentChannel, ToWorker, WorkerChannel,
     CHANNEL_PROTOCOL_VERSION,
 };
 use parallel_proto::frame::{encode_frame, FrameHeader};
@@ -77,8 +77,8 @@ fn frame_header_golden() {
 
 #[test]
 fn protocol_versions_are_pinned() {
-    assert_eq!(ZYGOTE_PROTOCOL_VERSION, 1);
-    assert_eq!(CHANNEL_PROTOCOL_VERSION, 1);
+    assert_eq!(ZYGOTE_PROTOCOL_VERSION, 2);
+    assert_eq!(CHANNEL_PROTOCOL_VERSION, 2);
 }
 
 // ---- zygote protocol, parent → zygote ----
@@ -106,7 +106,7 @@ fn zygote_spawn_golden() {
     });
     #[rustfmt::skip]
     let golden = [
-        0xb7, 0x02, 0x02, 0x00, 0x25, 0x00, 0x00, 0x00,
+        0xb7, 0x02, 0x02, 0x00, 0x2c, 0x00, 0x00, 0x00,
         0xac, 0x02, // request 300 (varint)
         0x03, // offset -2 (zigzag varint)
         0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,
@@ -116,6 +116,7 @@ fn zygote_spawn_golden() {
         0x03, // OpenFiles
         0x80, 0x08, // soft 1024
         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, // hard u64::MAX
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // version 2's fields, all default
     ];
     to_zygote(message, 2, &golden);
 }
@@ -146,7 +147,7 @@ fn zygote_spawn_every_resource_golden() {
     });
     #[rustfmt::skip]
     let golden = [
-        0xb7, 0x02, 0x01, 0x00, 0x2c, 0x00, 0x00, 0x00,
+        0xb7, 0x02, 0x01, 0x00, 0x33, 0x00, 0x00, 0x00,
         0x01, // request
         0x00, // offset
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
@@ -161,6 +162,49 @@ fn zygote_spawn_every_resource_golden() {
         0x05, 0x00, 0x01, // Data
         0x06, 0x00, 0x01, // Stack
         0x07, 0x00, 0x01, // LockedMemory
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // version 2's fields, all default
+    ];
+    to_zygote(message, 1, &golden);
+}
+
+/// Protocol version 2's fields, each set, in their wire order.
+#[test]
+fn zygote_spawn_environment_identity_placement_golden() {
+    let message = ToZygote::Spawn(SpawnRequest {
+        request: 7,
+        boot: WireEntry {
+            offset: 1,
+            tag: [0; 16],
+        },
+        options: SpawnOptions::default()
+            .env("GONE", "x")
+            .env_clear()
+            .env("A", "b")
+            .env_remove("C")
+            .current_dir("/t")
+            .uid(65534)
+            .gid(100)
+            .cpu_affinity([3, 1])
+            .nice(-2),
+    });
+    #[rustfmt::skip]
+    let golden = [
+        0xb7, 0x02, 0x01, 0x00, 0x2e, 0x00, 0x00, 0x00,
+        0x07, // request
+        0x02, // offset 1 (zigzag)
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // tag
+        0x00, // name None
+        0x00, // no rlimits
+        0x01, // env_clear
+        0x02, // two environment changes (GONE was dropped by env_clear)
+        0x01, 0x41, 0x01, 0x01, 0x62, // A = Some("b")
+        0x01, 0x43, 0x00, // C removed (None)
+        0x01, 0x02, 0x2f, 0x74, // current_dir Some("/t")
+        0x01, 0xfe, 0xff, 0x03, // uid Some(65534)
+        0x01, 0x64, // gid Some(100)
+        0x01, 0x02, 0x01, 0x03, // cpu_affinity Some([1, 3]) (sorted)
+        0x01, 0x03, // nice Some(-2) (zigzag)
     ];
     to_zygote(message, 1, &golden);
 }
@@ -200,13 +244,14 @@ fn zygote_snapshot_golden() {
     });
     #[rustfmt::skip]
     let golden = [
-        0xb7, 0x04, 0x01, 0x00, 0x18, 0x00, 0x00, 0x00,
+        0xb7, 0x04, 0x01, 0x00, 0x1f, 0x00, 0x00, 0x00,
         0x02, // request
         0x80, 0x40, // offset 0x1000
         0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa,
         0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, // tag
         0x02, 0x61, 0x62, // args "ab"
         0x00, 0x00, // options: no name, no rlimits
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // and none of version 2's fields
     ];
     to_zygote(message, 1, &golden);
 }
@@ -326,9 +371,9 @@ fn zygote_exited_golden() {
 #[test]
 fn channel_hello_golden() {
     to_worker(
-        ToWorker::Hello { version: 1 },
+        ToWorker::Hello { version: 2 },
         0,
-        &[0xb7, 0x11, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01],
+        &[0xb7, 0x11, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02],
     );
 }
 
@@ -395,11 +440,11 @@ fn channel_call_golden() {
 fn channel_worker_hello_golden() {
     from_worker(
         FromWorker::Hello {
-            version: 1,
+            version: 2,
             pid: 4242,
         },
         &[
-            0xb7, 0x91, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0xa4, 0x42,
+            0xb7, 0x91, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0xa4, 0x42,
         ],
     );
 }
@@ -448,17 +493,24 @@ fn channel_reply_golden() {
 fn channel_return_golden() {
     #[rustfmt::skip]
     let golden = [
-        0xb7, 0x96, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00,
+        0xb7, 0x96, 0x00, 0x00, 0x13, 0x00, 0x00, 0x00,
         0x02, // Outcome::Panic
         0x04, 0x62, 0x6f, 0x6f, 0x6d, // message "boom"
-        0x01, 0x08, 0x61, 0x2e, 0x72, 0x73, 0x3a, 0x31, 0x3a, 0x32, // location Some("a.rs:1:2")
-        0x00, // backtrace None
+        0x01, // location Some
+        0x04, 0x61, 0x2e, 0x72, 0x73, // file "a.rs"
+        0x01, // line 1
+        0xac, 0x02, // column 300 (varint)
+        0x01, 0x02, 0x62, 0x74, // backtrace Some("bt")
     ];
     from_worker(
         FromWorker::Return(Outcome::Panic(PanicReport {
             message: "boom".into(),
-            location: Some("a.rs:1:2".into()),
-            backtrace: None,
+            location: Some(PanicLocation {
+                file: "a.rs".into(),
+                line: 1,
+                column: 300,
+            }),
+            backtrace: Some("bt".into()),
         })),
         &golden,
     );
@@ -476,22 +528,22 @@ fn new_state_machines_queue_exactly_their_hello() {
     let hellos: [(Vec<u8>, &[u8]); 4] = [
         (
             support::wire(&support::drain(&mut ZygoteClient::new(limits))),
-            &[0xb7, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01],
+            &[0xb7, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02],
         ),
         (
             support::wire(&support::drain(&mut ZygoteServer::new(limits, 77))),
             &[
-                0xb7, 0x81, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0x9a, 0x01,
+                0xb7, 0x81, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0x9a, 0x01,
             ],
         ),
         (
             support::wire(&support::drain(&mut ParentChannel::new(limits))),
-            &[0xb7, 0x11, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01],
+            &[0xb7, 0x11, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02],
         ),
         (
             support::wire(&support::drain(&mut WorkerChannel::new(limits, 4242))),
             &[
-                0xb7, 0x91, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01, 0xa4, 0x42,
+                0xb7, 0x91, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0xa4, 0x42,
             ],
         ),
     ];

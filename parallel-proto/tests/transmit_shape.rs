@@ -31,7 +31,7 @@ fn small_frames_without_fds_coalesce_into_one_transmit() {
     let transmits = drain(&mut parent);
     assert_eq!(transmits.len(), 1);
     let expected = [
-        frame(0x11, 0, &ToWorker::Hello { version: 1 }.into_payload()),
+        frame(0x11, 0, &ToWorker::Hello { version: 2 }.into_payload()),
         frame(
             0x12,
             0,

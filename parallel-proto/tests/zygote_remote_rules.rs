@@ -5,7 +5,7 @@ mod support;
 
 use parallel_proto::zygote::{
     ExitStatus, FromZygote, ServerEvent, SnapshotRequest, SpawnFailure, SpawnOptions, SpawnRequest,
-    ToZygote, ZygoteClient, ZygoteServer,
+    ToZygote, ZygoteClient, ZygoteServer, ZYGOTE_PROTOCOL_VERSION,
 };
 use parallel_proto::{EntryKey, Error, Limits, RemoteError, WireEntry};
 use support::{assert_sticky, feed, first_error, frame};
@@ -23,12 +23,17 @@ fn from_zygote(message: FromZygote) -> Vec<u8> {
 }
 
 fn client_hello() -> Vec<u8> {
-    to_zygote(ToZygote::Hello { version: 1 }, 0)
+    to_zygote(
+        ToZygote::Hello {
+            version: ZYGOTE_PROTOCOL_VERSION,
+        },
+        0,
+    )
 }
 
 fn server_hello() -> Vec<u8> {
     from_zygote(FromZygote::Hello {
-        version: 1,
+        version: ZYGOTE_PROTOCOL_VERSION,
         pid: 77,
     })
 }
@@ -123,7 +128,7 @@ fn zygote_messages_before_its_hello_are_sticky_fatal() {
 fn wrong_version_from_zygote_is_sticky_fatal() {
     let expected = Error::Remote(RemoteError::VersionMismatch {
         protocol: "zygote",
-        ours: 1,
+        ours: ZYGOTE_PROTOCOL_VERSION,
         theirs: 7,
     });
     let hello = from_zygote(FromZygote::Hello { version: 7, pid: 1 });
@@ -236,7 +241,7 @@ fn exited_twice_for_one_worker_is_sticky_fatal() {
 #[test]
 fn any_fds_from_the_zygote_are_sticky_fatal() {
     let hello = FromZygote::Hello {
-        version: 1,
+        version: ZYGOTE_PROTOCOL_VERSION,
         pid: 77,
     };
     let bytes = frame(hello.kind(), 1, &hello.encode_payload());
@@ -275,12 +280,12 @@ fn parent_requests_before_its_hello_are_sticky_fatal() {
 fn wrong_version_from_the_parent_is_sticky_fatal() {
     let expected = Error::Remote(RemoteError::VersionMismatch {
         protocol: "zygote",
-        ours: 1,
+        ours: ZYGOTE_PROTOCOL_VERSION,
         theirs: 0,
     });
     assert_eq!(
         expected.to_string(),
-        "peer speaks zygote protocol version 0, we speak 1; both sides must come from the same build"
+        "peer speaks zygote protocol version 0, we speak 2; both sides must come from the same build"
     );
     server_fails(
         server(false),
@@ -322,7 +327,12 @@ fn snapshot_without_exactly_one_fd_is_sticky_fatal() {
 fn fds_on_hello_kill_or_shutdown_are_sticky_fatal() {
     server_fails(
         server(false),
-        &to_zygote(ToZygote::Hello { version: 1 }, 1),
+        &to_zygote(
+            ToZygote::Hello {
+                version: ZYGOTE_PROTOCOL_VERSION,
+            },
+            1,
+        ),
         wrong_fds("Hello", 1, "none"),
     );
     server_fails(

@@ -127,6 +127,9 @@ impl Fate {
 /// "exited with code 3", "was killed by signal 9": follows "it".
 fn ended(status: ExitStatus) -> String {
     match status {
+        ExitStatus::Exited(crate::ZYGOTE_PROTOCOL_EXIT_CODE) => format!(
+            "{status}: it received bytes that break the zygote protocol (its stderr says which)"
+        ),
         ExitStatus::Exited(_) => status.to_string(),
         ExitStatus::Signaled { .. } => format!("was {status}"),
     }
@@ -368,7 +371,12 @@ impl Shared {
                         }
                     }
                     Ok(None) => break Ok(()),
-                    Err(error) => break Err(format!("it broke the protocol: {error}")),
+                    Err(error) => {
+                        break Err(format!(
+                            "it broke the protocol: {}",
+                            crate::error::chain(&error)
+                        ))
+                    }
                 }
             };
             if let Err(reason) = outcome {
@@ -898,8 +906,8 @@ fn snapshot_failure_reason(status: ExitStatus) -> String {
         }
         ExitStatus::Exited(crate::PANIC_EXIT_CODE) => "the snapshot's init panicked".into(),
         ExitStatus::Exited(crate::SETUP_FAILED_EXIT_CODE) => {
-            "the snapshot process failed its setup (a resource limit could not be \
-             applied, or its threads could not be counted after init)"
+            "the snapshot process failed its setup (its parent-death signal or signal \
+             mask could not be set, or its threads could not be counted after init)"
                 .into()
         }
         ExitStatus::Exited(code) => {

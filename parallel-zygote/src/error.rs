@@ -22,12 +22,15 @@ pub enum Error {
         /// Threads counted in /proc/self/task.
         threads: usize,
     },
-    /// `start` was called in a zygote or a worker (a process of the zygote's
-    /// tree), or in a process executed as a zygote whose binary does not run
-    /// parallel-zygote's load-time hook (it reached `main` instead).
+    /// `start` was called in a zygote (a derived snapshot's `init` runs in
+    /// one), or in a process executed as a zygote whose binary does not run
+    /// parallel-zygote's load-time hook (it reached `main` instead). In a
+    /// worker, `start` works: it starts the worker's own zygote.
     #[error(
-        "{caller} already ran in this process or in the process it was forked from; \
-         a worker cannot start a zygote of its own"
+        "{caller} was called in a zygote process (a derived snapshot's init runs in one): a \
+         zygote forks workers from its single thread and cannot start another zygote; start \
+         workers from the parent, or from inside a worker, where {caller} starts the worker's \
+         own zygote"
     )]
     AlreadyStarted {
         /// What the user called (see [`Builder::caller`](crate::Builder::caller)).
@@ -94,6 +97,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error and its sources on one line ("a: b: c"), for a message that
+/// must stand alone (a reason kept as text, a line on stderr).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl Error {

@@ -243,7 +243,7 @@ fn become_zygote(fd: RawFd, handshake: Handshake) -> ! {
         exit_now(SETUP_FAILED_EXIT_CODE);
     };
     entry::install_key(EntryKey::from_bytes(handshake.key));
-    crate::start::mark_in_tree();
+    crate::start::mark_zygote();
     serve(ServeConfig {
         control,
         limits: handshake.limits,

@@ -7,10 +7,11 @@
 //! which is how every adapter binds them to its runtime.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use parallel_proto::Transmit;
 
 /// Descriptors one `recvmsg` can return (the kernel's `SCM_MAX_FD`).
@@ -117,7 +118,9 @@ impl Default for Inbox {
     fn default() -> Self {
         Inbox {
             fds: VecDeque::new(),
-            cmsg: nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
+            // Room for the most descriptors one recvmsg can return, zeroed
+            // (the macro only reserves it).
+            cmsg: vec![0; nix::cmsg_space!([RawFd; MAX_FDS_PER_RECV]).capacity()],
         }
     }
 }
@@ -138,33 +141,106 @@ impl Inbox {
     /// along (`MSG_CTRUNC`; they are closed and lost). Any other `recvmsg`
     /// error as it is (`ECONNRESET`, ...; `EINTR` is retried).
     pub fn read(&mut self, socket: &impl AsRawFd, buffer: &mut [u8]) -> io::Result<usize> {
-        let received = loop {
-            let mut iov = [IoSliceMut::new(&mut *buffer)];
-            match recvmsg::<()>(
-                socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut self.cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(message) => {
-                    let mut fds = Vec::new();
-                    for cmsg in message.cmsgs().map_err(io::Error::from)? {
-                        if let ControlMessageOwned::ScmRights(received) = cmsg {
-                            fds.extend(received);
-                        }
-                    }
-                    for fd in fds {
-                        // SAFETY: the kernel just installed this descriptor in
-                        // our table for us (SCM_RIGHTS); nothing else owns it.
-                        self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
-                    break message.bytes;
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(errno) => return Err(errno.into()),
-            }
-        };
+        // SAFETY: `recv` only writes initialized bytes into the slice, and
+        // `u8` and `MaybeUninit<u8>` have the same layout.
+        let buffer =
+            unsafe { &mut *(std::ptr::from_mut::<[u8]>(buffer) as *mut [MaybeUninit<u8>]) };
+        self.recv(socket, buffer)
+    }
+
+    /// Reads once, appending at most `max` bytes to `buffer` (reading into
+    /// its spare capacity: no zeroing, no staging copy). Otherwise as
+    /// [`read`](Self::read).
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub fn read_append(
+        &mut self,
+        socket: &impl AsRawFd,
+        buffer: &mut Vec<u8>,
+        max: usize,
+    ) -> io::Result<usize> {
+        buffer.reserve(max);
+        let spare = &mut buffer.spare_capacity_mut()[..max];
+        let received = self.recv(socket, spare)?;
+        // SAFETY: the kernel initialized the first `received` bytes of the
+        // spare capacity, which holds at least `max >= received` bytes.
+        unsafe { buffer.set_len(buffer.len() + received) };
         Ok(received)
+    }
+
+    /// One `recvmsg` into possibly uninitialized memory, queueing the
+    /// descriptors that came along.
+    fn recv(&mut self, socket: &impl AsRawFd, buffer: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        loop {
+            let mut iov = libc::iovec {
+                iov_base: buffer.as_mut_ptr().cast(),
+                iov_len: buffer.len(),
+            };
+            // SAFETY: all-zero is a valid `msghdr` (null pointers, zero lengths).
+            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+            header.msg_iov = &mut iov;
+            header.msg_iovlen = 1;
+            header.msg_control = self.cmsg.as_mut_ptr().cast();
+            header.msg_controllen = self.cmsg.len() as _;
+            // SAFETY: `header` points at one iovec over `buffer` and at the
+            // control buffer, both valid for writes of their stated lengths
+            // for the duration of the call.
+            let received =
+                unsafe { libc::recvmsg(socket.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) };
+            if received < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            // SAFETY: the kernel filled `msg_controllen` bytes of the control
+            // buffer with well-formed cmsgs; the CMSG_* macros walk them.
+            let truncated = unsafe { self.take_rights(&header) };
+            if truncated {
+                // Some descriptors were dropped by the kernel: the stream's
+                // descriptor accounting is broken (those we got are closed).
+                return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+            }
+            return Ok(received as usize);
+        }
+    }
+
+    /// Queues the `SCM_RIGHTS` descriptors of a received message; true if
+    /// the control data was truncated (`MSG_CTRUNC`), in which case the
+    /// descriptors are closed instead.
+    ///
+    /// # Safety
+    /// `header` must be the message header a successful `recvmsg` just filled.
+    unsafe fn take_rights(&mut self, header: &libc::msghdr) -> bool {
+        let mut fds = Vec::new();
+        // SAFETY: (caller) the header and its control buffer are valid.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(header) };
+        while !cmsg.is_null() {
+            // SAFETY: CMSG_FIRSTHDR/NXTHDR return pointers to complete cmsg headers.
+            let c = unsafe { &*cmsg };
+            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
+                // SAFETY: a zero-length CMSG_LEN is the header's size.
+                let data_len = c.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+                // SAFETY: the data holds `data_len / 4` descriptors, maybe unaligned.
+                let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+                for i in 0..data_len / std::mem::size_of::<RawFd>() {
+                    // SAFETY: in bounds of this cmsg's data, read unaligned.
+                    let fd = unsafe { data.add(i).read_unaligned() };
+                    // SAFETY: the kernel just installed this descriptor in
+                    // our table for us (SCM_RIGHTS); nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+            // SAFETY: as above.
+            cmsg = unsafe { libc::CMSG_NXTHDR(header, cmsg) };
+        }
+        if header.msg_flags & libc::MSG_CTRUNC != 0 {
+            return true; // `fds` are dropped: closed.
+        }
+        self.fds.extend(fds);
+        false
     }
 
     /// How many received descriptors wait to be taken.

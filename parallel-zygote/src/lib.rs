@@ -1,6 +1,8 @@
 //! The fork server of `parallel`: start it first thing in `main`, then fork
 //! workers from it whatever the parent has become.
 //!
+//! **Platform: Linux only** (`prctl`, `/proc`, `signalfd`, `sched_setaffinity`, `membarrier`): every such call is in this crate's OS modules.
+//!
 //! `fork()` from a big, multi-threaded async process is slow (page tables,
 //! copy-on-write) and unsafe (locks held by threads that do not exist in the
 //! child). So [`start`] forks **once**, while the process is still small and
@@ -94,7 +96,9 @@ pub mod sys;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
-pub use child::{PANIC_EXIT_CODE, SETUP_FAILED_EXIT_CODE, SNAPSHOT_THREADS_EXIT_CODE};
+pub use child::{
+    PANIC_EXIT_CODE, SETUP_FAILED_EXIT_CODE, SNAPSHOT_THREADS_EXIT_CODE, ZYGOTE_PROTOCOL_EXIT_CODE,
+};
 pub use client::{PendingSpawn, Worker, WorkerProcess, Zygote};
 pub use entry::Entry;
 pub use error::Error;

@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -34,14 +35,78 @@ pub(crate) struct ServeConfig {
     pub(crate) child_mask: SigSet,
 }
 
+/// The pipe over which a child says whether its setup (the fallible settings
+/// of its [`SpawnOptions`]) succeeded: created before the fork only when
+/// there are such settings, so a spawn with default options has none.
+struct SetupReport {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl SetupReport {
+    fn open(setup: &child::Setup) -> Result<Option<SetupReport>, SpawnFailure> {
+        if !setup.is_fallible() {
+            return Ok(None);
+        }
+        // Close-on-exec: neither end may outlive an exec in a worker.
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| SpawnFailure {
+            errno: Some(errno as i32),
+            message: format!(
+                "creating the pipe for the worker's setup report failed: {}",
+                errno.desc()
+            ),
+        })?;
+        Ok(Some(SetupReport { read, write }))
+    }
+
+    /// In the child: the write end (the read end closes here).
+    fn into_child(self) -> OwnedFd {
+        self.write
+    }
+
+    /// In the zygote after the fork: the child's pid once its setup is done,
+    /// or the failure it reported (the child has exited then: reaped here,
+    /// it never becomes a worker).
+    fn wait(
+        report: Option<SetupReport>,
+        setup: &child::Setup,
+        child: Pid,
+    ) -> Result<i32, SpawnFailure> {
+        let Some(SetupReport { read, write }) = report else {
+            return Ok(child.as_raw());
+        };
+        // The zygote's copy of the write end: closed, so that the read sees
+        // the end once the child closes its own.
+        drop(write);
+        match child::read_setup_report(&read) {
+            None => Ok(child.as_raw()),
+            Some((step, errno)) => {
+                let _ = waitpid(child, None);
+                Err(setup.failure(step, errno))
+            }
+        }
+    }
+}
+
 /// Runs the zygote loop, then exits the process. Never returns.
 pub(crate) fn serve(config: ServeConfig) -> ! {
     child::set_process_name(&config.name);
+    let name = config.name.clone();
     let code = match Zygote::new(config) {
         Ok(mut zygote) => {
-            zygote.run();
+            let broken = zygote.run();
             zygote.terminate_children();
-            0
+            match broken {
+                None => 0,
+                Some(error) => {
+                    // The parent's side only sees the exit: say why here.
+                    eprintln!(
+                        "{name}: the parent broke the zygote protocol: {}; exiting",
+                        crate::error::chain(&error)
+                    );
+                    child::ZYGOTE_PROTOCOL_EXIT_CODE
+                }
+            }
         }
         Err(_) => 1,
     };
@@ -85,11 +150,13 @@ impl Zygote {
     }
 
     /// Serves until the parent hangs up, asks to shut down, or SIGTERM arrives.
-    fn run(&mut self) {
+    /// Serves until the parent hangs up, asks to stop, or breaks the
+    /// protocol (returned).
+    fn run(&mut self) -> Option<parallel_proto::Error> {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             if self.flush().is_err() {
-                return;
+                return None;
             }
             let (control_ready, signal_ready) = {
                 let mut fds = [
@@ -99,17 +166,17 @@ impl Zygote {
                 match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => return,
+                    Err(_) => return None,
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 (ready(&fds[0]), ready(&fds[1]))
             };
             if signal_ready && self.handle_signals() {
-                return;
+                return None;
             }
             if control_ready {
                 let read = match self.inbox.read(&self.control, &mut buffer) {
-                    Ok(0) | Err(_) => return, // the parent hung up or died
+                    Ok(0) | Err(_) => return None, // the parent hung up or died
                     Ok(read) => read,
                 };
                 let mut input = &buffer[..read];
@@ -118,12 +185,12 @@ impl Zygote {
                         Ok(Some(event)) => {
                             if self.handle(event) {
                                 let _ = self.flush();
-                                return;
+                                return None;
                             }
                         }
                         Ok(None) => break,
                         // A parent that breaks the protocol gets no more service.
-                        Err(_) => return,
+                        Err(error) => return Some(error),
                     }
                 }
             }
@@ -191,8 +258,10 @@ impl Zygote {
             errno: None,
             message: error.to_string(),
         })?;
-        // So is a resource limit this zygote cannot apply.
-        let limits = child::os_limits(&options.rlimits)?;
+        // So is a setting this zygote cannot apply (an unknown resource
+        // limit, an empty CPU set, an environment name with '=').
+        let setup = child::Setup::new(options)?;
+        let report = SetupReport::open(&setup)?;
         let name = options.name.as_deref().unwrap_or(&self.name);
         let zygote_pid = getpid();
         // SAFETY: the zygote is single-threaded (forked from a process that
@@ -209,12 +278,16 @@ impl Zygote {
                     zygote_pid,
                     &self.fds_not_for_children(),
                     &self.child_mask,
-                    &limits,
+                    &setup,
+                    report.map(SetupReport::into_child),
                     name,
-                    move || boot.resolve()(context),
+                    move || {
+                        crate::start::mark_worker();
+                        boot.resolve()(context)
+                    },
                 )
             }
-            Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+            Ok(ForkResult::Parent { child }) => SetupReport::wait(report, &setup, child),
             Err(errno) => Err(SpawnFailure {
                 errno: Some(errno as i32),
                 message: format!("fork failed: {}", errno.desc()),
@@ -235,7 +308,8 @@ impl Zygote {
             errno: None,
             message: error.to_string(),
         })?;
-        let rlimits = child::os_limits(&options.rlimits)?;
+        let setup = child::Setup::new(options)?;
+        let report = SetupReport::open(&setup)?;
         let zygote_pid = getpid();
         let name = options
             .name
@@ -249,7 +323,8 @@ impl Zygote {
                 zygote_pid,
                 &self.fds_not_for_children(),
                 &self.child_mask,
-                &rlimits,
+                &setup,
+                report.map(SetupReport::into_child),
                 &name.clone(),
                 move || {
                     init.resolve()(args);
@@ -266,7 +341,7 @@ impl Zygote {
                     })
                 },
             ),
-            Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+            Ok(ForkResult::Parent { child }) => SetupReport::wait(report, &setup, child),
             Err(errno) => Err(SpawnFailure {
                 errno: Some(errno as i32),
                 message: format!("fork failed: {}", errno.desc()),

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,15 +16,25 @@ use crate::completion::lock;
 use crate::server::{serve, ServeConfig};
 use crate::{entry, exec, Error, Zygote};
 
-/// Set in a zygote (forked or executed) and so inherited by its workers:
-/// processes of the zygote's tree, which must not start a zygote of their own.
-static IN_TREE: AtomicBool = AtomicBool::new(false);
+/// What this process is in a zygote's tree: [`OUTSIDE`] (the top parent),
+/// [`IN_ZYGOTE`] (a zygote, forked or executed, or a derived snapshot), or
+/// [`IN_WORKER`] (a worker, set right after its fork, before its entry).
+static ROLE: AtomicU8 = AtomicU8::new(OUTSIDE);
+const OUTSIDE: u8 = 0;
+const IN_ZYGOTE: u8 = 1;
+const IN_WORKER: u8 = 2;
 
 /// The zygote this process started, once it has: a later `start` hands out
 /// another handle on it while it serves, or starts a new one once it is
 /// gone. Locked for the whole of a start; a forked zygote inherits it
 /// locked and never takes it.
 static LIVE: Mutex<Option<Registered>> = Mutex::new(None);
+
+/// [`LIVE`] for a worker's own zygote. A worker of a forked zygote
+/// inherits `LIVE` locked (the parent held it across that fork), so a
+/// worker keeps its zygote here, which no process locks across a fork: the
+/// parent never takes it, and a worker starts its zygote by exec.
+static NESTED: Mutex<Option<Registered>> = Mutex::new(None);
 
 /// What error messages name when no [`Builder::caller`] was given.
 const DEFAULT_CALLER: &str = "parallel_zygote::start()";
@@ -110,9 +120,10 @@ impl Builder {
     /// # Errors
     /// - [`Error::MultiThreaded`] with [`StartMethod::Fork`] while the
     ///   process has more than one thread (never with the default method).
-    /// - [`Error::AlreadyStarted`] in a zygote or a worker (a process of the
-    ///   zygote's tree), and in a process executed as a zygote whose
-    ///   load-time hook was not linked in.
+    /// - [`Error::AlreadyStarted`] in a zygote (a derived snapshot's `init`
+    ///   runs in one), and in a process executed as a zygote whose load-time
+    ///   hook was not linked in. (In a worker, `start` starts the worker's
+    ///   own zygote, by exec.)
     /// - [`Error::StartFailed`] when a zygote started by exec ended, or did
     ///   not answer, before it served; it says how it ended.
     /// - [`Error::Os`] when a system call failed: counting threads in
@@ -124,8 +135,9 @@ impl Builder {
     ///   could be sent.
     pub fn start(self) -> Result<Zygote, Error> {
         let caller = self.caller.unwrap_or(DEFAULT_CALLER);
-        if IN_TREE.load(Ordering::SeqCst) {
-            // A process forked from a zygote (a worker), or the zygote.
+        let role = ROLE.load(Ordering::SeqCst);
+        if role == IN_ZYGOTE {
+            // A zygote forks from its one thread: it must not start another.
             return Err(Error::AlreadyStarted { caller });
         }
         if std::env::var_os(exec::MARKER).is_some() && !exec::hook_ran() {
@@ -136,8 +148,10 @@ impl Builder {
         // Held for the whole start: concurrent first calls (tests on many
         // threads) start one zygote and share it. In the fork path the
         // process is single-threaded, so nothing else can hold it, and the
-        // forked zygote never takes it (IN_TREE is set in it first).
-        let mut live = lock(&LIVE);
+        // forked zygote never takes it (its ROLE is set first). A worker
+        // uses its own slot (see NESTED).
+        let in_worker = role == IN_WORKER;
+        let mut live = lock(if in_worker { &NESTED } else { &LIVE });
         if let Some(registered) = live.as_ref() {
             if let Ok(zygote) = registered.handle() {
                 return Ok(zygote);
@@ -145,6 +159,10 @@ impl Builder {
             // Gone (killed, crashed, or shut down): start a new one below.
         }
         let fork = match self.method {
+            // A worker's zygote is always executed: a worker's runtime has
+            // threads, and its zygote must be a process of its own that
+            // dies when the worker's end of its control socket closes.
+            _ if in_worker => false,
             StartMethod::Exec => false,
             method => {
                 let threads = count_threads()?;
@@ -156,7 +174,8 @@ impl Builder {
         };
         let key = match entry::key() {
             // A zygote ran before: its replacement keeps the key, so entries
-            // sealed already stay valid.
+            // sealed already stay valid. A worker inherited the key of its
+            // tree, and hands it to its own zygote.
             Ok(key) => key.to_bytes(),
             Err(_) => {
                 let mut key = [0u8; 16];
@@ -175,7 +194,24 @@ impl Builder {
             exec_zygote(&EntryKey::from_bytes(key), &name, self.limits)?
         };
         *live = Some(zygote.register());
+        raise_descriptor_limit();
         Ok(zygote)
+    }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (at most
+/// 2^20), best effort, as Go's runtime does: the parent holds a descriptor
+/// per live worker, and the usual soft limit of 1024 would stop it near a
+/// thousand workers. Done after the zygote started, so the zygote and the
+/// workers keep the limit the program had (code that uses `select` keeps
+/// working there).
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let target = hard.min(1 << 20);
+        if soft < target {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, target, hard);
+        }
     }
 }
 
@@ -191,7 +227,7 @@ fn fork_zygote(name: String, limits: Limits) -> Result<Zygote, Error> {
     // ordinary code; it never returns from `serve`.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            mark_in_tree();
+            mark_zygote();
             drop(parent_end);
             // The backstop for a parent that dies without closing the
             // socket: the kernel sends SIGTERM, which `serve` handles as
@@ -229,10 +265,15 @@ fn exec_zygote(key: &EntryKey, name: &str, limits: Limits) -> Result<Zygote, Err
     Ok(zygote)
 }
 
-/// Marks this process as part of a zygote's tree (the zygote; its workers
-/// inherit the mark), where `start` refuses to run.
-pub(crate) fn mark_in_tree() {
-    IN_TREE.store(true, Ordering::SeqCst);
+/// Marks this process as a zygote, where `start` refuses to run.
+pub(crate) fn mark_zygote() {
+    ROLE.store(IN_ZYGOTE, Ordering::SeqCst);
+}
+
+/// Marks this process as a worker, where `start` starts the worker's own
+/// zygote (by exec).
+pub(crate) fn mark_worker() {
+    ROLE.store(IN_WORKER, Ordering::SeqCst);
 }
 
 /// Starts the zygote, the clean snapshot every worker is forked from; call
@@ -248,6 +289,12 @@ pub(crate) fn mark_in_tree() {
 ///   process can leave the child holding locks that no thread will ever
 ///   release. See [`StartMethod`] for how the two differ.
 ///
+/// **Inside a worker** it starts the worker's own zygote, by exec (the
+/// worker is its parent), so a worker can start workers of its own; the
+/// tree still dies with the top parent: each zygote kills its workers when
+/// its parent's end of the control socket closes. Inside a zygote (a
+/// derived snapshot's `init`) it is refused with [`Error::AlreadyStarted`].
+///
 /// A process has one zygote at a time. Called again while it serves, `start`
 /// returns another handle on it (whatever the thread count; the
 /// [`Builder`]'s name, limits and method of the later call do not apply), so
@@ -259,7 +306,7 @@ pub(crate) fn mark_in_tree() {
 /// derived snapshots from it.
 ///
 /// # Errors
-/// As [`Builder::start`]: [`Error::AlreadyStarted`] in a zygote or worker,
+/// As [`Builder::start`]: [`Error::AlreadyStarted`] in a zygote,
 /// [`Error::StartFailed`] when an executed zygote did not come up,
 /// [`Error::Os`] when a system call (the fork or the spawn among them)
 /// failed, and [`Error::ZygoteGone`] when a forked zygote died at once.

@@ -39,3 +39,14 @@ pub fn register_membarrier() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Sets this process's nice value (`setpriority(PRIO_PROCESS, 0, nice)`).
+pub(crate) fn set_nice(nice: i32) -> Result<(), nix::errno::Errno> {
+    // SAFETY: setpriority takes integers and touches no memory of ours; a
+    // failure is reported through the return value and errno.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if result < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}

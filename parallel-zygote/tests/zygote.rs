@@ -679,17 +679,29 @@ fn locked_memory_limit_applies_in_the_worker(zygote: &Zygote) -> Result<(), Fail
     check(worker.process.wait()?.success(), "clean exit")?;
 
     // A limit setrlimit refuses (here a soft limit above the hard one) fails
-    // the spawn in the child, before its entry runs.
-    let worker = zygote.spawn_with(
+    // the spawn in the child, before its entry runs: the spawn itself fails,
+    // naming the limit and the OS error.
+    match zygote.spawn_with(
         |_ctx: WorkerContext| exit_with(0),
         SpawnOptions::default().limit(Resource::LockedMemory, 2 * limit + 1, limit),
         Vec::new(),
-    )?;
-    let status = worker.process.wait()?;
-    check(
-        status == ExitStatus::Exited(parallel_zygote::SETUP_FAILED_EXIT_CODE),
-        format!("a refused RLIMIT_MEMLOCK reported as {status}"),
-    )
+    ) {
+        Ok(worker) => Err(format!(
+            "a refused RLIMIT_MEMLOCK started worker {}",
+            worker.process.pid()
+        )
+        .into()),
+        Err(error) => check(
+            error.errno() == Some(libc::EINVAL)
+                && error
+                    .to_string()
+                    .contains("setting the resource limit LockedMemory"),
+            format!(
+                "a refused RLIMIT_MEMLOCK reported as {error} ({:?})",
+                error.errno()
+            ),
+        ),
+    }
 }
 
 fn spawn_is_usable_from_many_threads(zygote: &Zygote) -> Result<(), Failed> {

@@ -7,19 +7,52 @@ use crate::entry::WireEntry;
 use crate::RemoteError;
 
 /// Version carried in both hellos; a mismatch is fatal.
-pub const CHANNEL_PROTOCOL_VERSION: u32 = 1;
+/// Version 2: `PanicReport` carries a structured location (file, line,
+/// column) instead of a string.
+pub const CHANNEL_PROTOCOL_VERSION: u32 = 2;
 
 /// Names one `run` call on a worker. Chosen by the parent.
 pub type CallId = u64;
 
+/// Where in the source a panic happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicLocation {
+    /// The source file, as the compiler named it.
+    pub file: String,
+    /// The line, from 1.
+    pub line: u32,
+    /// The column, from 1.
+    pub column: u32,
+}
+
+impl std::fmt::Display for PanicLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+impl From<&std::panic::Location<'_>> for PanicLocation {
+    fn from(location: &std::panic::Location<'_>) -> Self {
+        PanicLocation {
+            file: location.file().to_owned(),
+            line: location.line(),
+            column: location.column(),
+        }
+    }
+}
+
 /// Where and why a worker panicked.
+///
+/// Displays as `panicked at file:line:column: message`; the backtrace is
+/// left out of `Display` (print it from [`backtrace`](Self::backtrace)).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PanicReport {
     /// The panic message.
     pub message: String,
-    /// `file:line:column`, when known.
-    pub location: Option<String>,
-    /// The captured backtrace, when `RUST_BACKTRACE` asked for one.
+    /// Where it panicked, when known.
+    pub location: Option<PanicLocation>,
+    /// The backtrace the worker captured: by default always (no
+    /// `RUST_BACKTRACE` needed), unless the parent turned capture off.
     pub backtrace: Option<String>,
 }
 

@@ -181,6 +181,15 @@ impl ParentChannel {
         Ok(())
     }
 
+    /// The payload of the frame being received, for a transport that reads
+    /// bulk data straight into it: see
+    /// [`FrameDecoder::payload_buffer`](crate::FrameDecoder::payload_buffer).
+    /// After appending, call [`handle_input`](Self::handle_input) (with an
+    /// empty input if nothing else was read) to get the event.
+    pub fn payload_buffer(&mut self) -> Option<crate::frame::PayloadBuffer<'_>> {
+        self.wire.payload_buffer()
+    }
+
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
     ///
     /// # Errors

@@ -7,7 +7,10 @@ use crate::entry::WireEntry;
 use crate::RemoteError;
 
 /// Version carried in both hellos; a mismatch is fatal.
-pub const ZYGOTE_PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 appended the environment, working directory, identity, CPU
+/// affinity and nice fields to [`SpawnOptions`].
+pub const ZYGOTE_PROTOCOL_VERSION: u32 = 2;
 
 /// Names a spawn or snapshot request until its reply arrives. Chosen by the client.
 pub type RequestId = u64;
@@ -17,13 +20,27 @@ pub type WorkerId = u64;
 /// Options for a new worker or snapshot: start from the default and set
 /// what you need (new options can then be added without breaking you).
 ///
+/// Everything but the name is applied in the child right after the fork,
+/// before its entry runs, in this order: resource limits, CPU affinity, nice
+/// value, groups / group id / user id, working directory, environment. A
+/// setting the OS refuses fails the spawn with an error that names it and
+/// carries the OS error number (`parallel_zygote::Error::errno`); nothing
+/// runs. Options left at their default cost nothing.
+///
 /// ```
 /// use parallel_proto::zygote::{Resource, SpawnOptions};
 ///
 /// let options = SpawnOptions::default()
 ///     .name("resizer")
-///     .limit(Resource::AddressSpace, 1 << 30, 1 << 30);
+///     .limit(Resource::AddressSpace, 1 << 30, 1 << 30)
+///     .env("RESIZER_THREADS", "1")
+///     .env_remove("DISPLAY")
+///     .current_dir("/tmp")
+///     .cpu_affinity([0])
+///     .nice(5);
 /// assert_eq!(options.name.as_deref(), Some("resizer"));
+/// assert_eq!(options.env.len(), 2);
+/// assert_eq!(options.cpu_affinity.as_deref(), Some(&[0][..]));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -32,6 +49,44 @@ pub struct SpawnOptions {
     pub name: Option<String>,
     /// Resource limits applied in the child before its entry runs.
     pub rlimits: Vec<ResourceLimit>,
+    // Protocol version 2 appended the fields below: postcard encodes fields
+    // in order, so they stay last, in this order.
+    /// Start from an empty environment (then apply [`env`](Self::env)).
+    pub env_clear: bool,
+    /// Environment changes, applied in order after [`env_clear`](Self::env_clear);
+    /// one per variable.
+    pub env: Vec<EnvChange>,
+    /// The working directory (the path's bytes).
+    pub current_dir: Option<Vec<u8>>,
+    /// The user id to switch to (dropping privileges).
+    pub uid: Option<u32>,
+    /// The group id to switch to; supplementary groups become this group alone.
+    pub gid: Option<u32>,
+    /// The CPUs the process may run on (`sched_setaffinity`).
+    pub cpu_affinity: Option<Vec<usize>>,
+    /// The nice value (`setpriority`), -20 (favoured) to 19.
+    pub nice: Option<i32>,
+}
+
+/// One change to a worker's environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvChange {
+    /// The variable's name (bytes: Unix names need not be UTF-8).
+    pub key: Vec<u8>,
+    /// Its new value, or `None` to remove it.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The bytes of an OS string (Unix strings are bytes; elsewhere, lossy UTF-8).
+fn os_bytes(value: &std::ffi::OsStr) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        std::os::unix::ffi::OsStrExt::as_bytes(value).to_vec()
+    }
+    #[cfg(not(unix))]
+    {
+        value.to_string_lossy().into_owned().into_bytes()
+    }
 }
 
 impl SpawnOptions {
@@ -51,6 +106,94 @@ impl SpawnOptions {
             soft,
             hard,
         });
+        self
+    }
+
+    /// Sets an environment variable in the worker (as `Command::env`). A
+    /// name that is empty or holds `=` or NUL, or a value holding NUL, fails
+    /// the spawn (`EINVAL`).
+    #[must_use = "the setter returns the changed options"]
+    pub fn env(self, key: impl AsRef<std::ffi::OsStr>, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env_change(os_bytes(key.as_ref()), Some(os_bytes(value.as_ref())))
+    }
+
+    /// Sets several environment variables (as `Command::envs`).
+    #[must_use = "the setter returns the changed options"]
+    pub fn envs<I, K, V>(self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        vars.into_iter()
+            .fold(self, |options, (key, value)| options.env(key, value))
+    }
+
+    /// Removes an environment variable from the worker's environment.
+    #[must_use = "the setter returns the changed options"]
+    pub fn env_remove(self, key: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env_change(os_bytes(key.as_ref()), None)
+    }
+
+    /// Starts the worker's environment empty: it inherits nothing from the
+    /// zygote, and the variables set before this call are dropped too (as
+    /// `Command::env_clear`); those set after it apply.
+    #[must_use = "the setter returns the changed options"]
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    /// The worker's working directory. One that does not exist (or may not
+    /// be entered) fails the spawn, naming it and the OS error.
+    #[must_use = "the setter returns the changed options"]
+    pub fn current_dir(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        self.current_dir = Some(os_bytes(path.as_ref().as_os_str()));
+        self
+    }
+
+    /// Runs the worker as this user (`setuid`, after the groups and group
+    /// id): dropping privileges needs the zygote to run as root (or with
+    /// `CAP_SETUID`); otherwise the spawn fails with `EPERM`. Without a
+    /// [`gid`](Self::gid), supplementary groups are dropped when allowed.
+    #[must_use = "the setter returns the changed options"]
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// Runs the worker with this group id (`setgroups([gid])`, then
+    /// `setgid`, before any [`uid`](Self::uid) change).
+    #[must_use = "the setter returns the changed options"]
+    pub fn gid(mut self, gid: u32) -> Self {
+        self.gid = Some(gid);
+        self
+    }
+
+    /// Pins the worker to these CPUs (`sched_setaffinity`). An empty set,
+    /// or a CPU the machine does not have, fails the spawn.
+    #[must_use = "the setter returns the changed options"]
+    pub fn cpu_affinity(mut self, cpus: impl IntoIterator<Item = usize>) -> Self {
+        let mut cpus: Vec<usize> = cpus.into_iter().collect();
+        cpus.sort_unstable();
+        cpus.dedup();
+        self.cpu_affinity = Some(cpus);
+        self
+    }
+
+    /// The worker's nice value (-20 to 19; `setpriority`). A value below the
+    /// zygote's needs `CAP_SYS_NICE`, or the spawn fails with `EACCES`.
+    #[must_use = "the setter returns the changed options"]
+    pub fn nice(mut self, nice: i32) -> Self {
+        self.nice = Some(nice);
+        self
+    }
+
+    /// One change per variable: a later one replaces an earlier one.
+    fn env_change(mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Self {
+        self.env.retain(|change| change.key != key);
+        self.env.push(EnvChange { key, value });
         self
     }
 }
@@ -91,10 +234,9 @@ pub enum Resource {
     /// Lowering the limits is always allowed, and so is raising the soft
     /// limit up to the current hard one. Raising the hard limit (which a soft
     /// limit above the current hard one requires) needs `CAP_SYS_RESOURCE`,
-    /// as root has. Without it `setrlimit` fails in the child, which exits
-    /// with `parallel_zygote::SETUP_FAILED_EXIT_CODE` (126) before its entry
-    /// runs: the spawn fails that way, as it does for a soft limit above the
-    /// hard one in the same request.
+    /// as root has. Without it `setrlimit` fails in the child before its
+    /// entry runs, and the spawn fails with an error naming the limit and
+    /// the OS error, as it does for a soft limit above the hard one.
     // Appended last: postcard names variants by index, so the others keep theirs.
     LockedMemory,
 }
@@ -165,7 +307,7 @@ pub struct SpawnRequest {
     pub request: RequestId,
     /// The function the worker runs first, handed its channel.
     pub boot: WireEntry,
-    /// Name and limits.
+    /// Name, limits, environment, identity and placement.
     pub options: SpawnOptions,
 }
 
@@ -179,7 +321,7 @@ pub struct SnapshotRequest {
     pub init: WireEntry,
     /// Its serialized arguments.
     pub args: Vec<u8>,
-    /// Name and limits of the snapshot process.
+    /// Name, limits, environment, identity and placement of the snapshot process (its workers inherit them).
     pub options: SpawnOptions,
 }
 

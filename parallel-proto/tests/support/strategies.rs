@@ -1,6 +1,6 @@
 //! Proptest strategies for every message of both protocols.
 
-use parallel_proto::channel::{FromWorker, Outcome, PanicReport, ToWorker};
+use parallel_proto::channel::{FromWorker, Outcome, PanicLocation, PanicReport, ToWorker};
 use parallel_proto::zygote::{
     ExitStatus, FromZygote, Resource, ResourceLimit, SnapshotRequest, SpawnFailure, SpawnOptions,
     SpawnRequest, ToZygote,
@@ -49,7 +49,7 @@ pub fn spawn_options() -> impl Strategy<Value = SpawnOptions> {
             soft,
             hard,
         });
-    (option::of(".{0,20}"), vec(rlimit, 0..4)).prop_map(
+    let basics = (option::of(".{0,20}"), vec(rlimit, 0..4)).prop_map(
         |(name, rlimits): (Option<String>, Vec<ResourceLimit>)| {
             let options = rlimits.iter().fold(SpawnOptions::default(), |options, l| {
                 options.limit(l.resource, l.soft, l.hard)
@@ -59,7 +59,43 @@ pub fn spawn_options() -> impl Strategy<Value = SpawnOptions> {
                 None => options,
             }
         },
+    );
+    // Protocol version 2: environment, working directory, identity, placement.
+    let env_change = ("[A-Z_]{1,8}", option::of(".{0,12}"));
+    (
+        basics,
+        any::<bool>(),
+        vec(env_change, 0..4),
+        option::of("/[a-z/]{0,16}"),
+        (option::of(any::<u32>()), option::of(any::<u32>())),
+        option::of(vec(0usize..4096, 0..4)),
+        option::of(any::<i32>()),
     )
+        .prop_map(|(options, clear, env, dir, (uid, gid), cpus, nice)| {
+            let mut options = if clear { options.env_clear() } else { options };
+            for (key, value) in env {
+                options = match value {
+                    Some(value) => options.env(key, value),
+                    None => options.env_remove(key),
+                };
+            }
+            if let Some(dir) = dir {
+                options = options.current_dir(dir);
+            }
+            if let Some(uid) = uid {
+                options = options.uid(uid);
+            }
+            if let Some(gid) = gid {
+                options = options.gid(gid);
+            }
+            if let Some(cpus) = cpus {
+                options = options.cpu_affinity(cpus);
+            }
+            match nice {
+                Some(nice) => options.nice(nice),
+                None => options,
+            }
+        })
 }
 
 pub fn exit_status() -> impl Strategy<Value = ExitStatus> {
@@ -125,7 +161,9 @@ pub fn from_zygote() -> impl Strategy<Value = FromZygote> {
 }
 
 pub fn outcome() -> impl Strategy<Value = Outcome> {
-    let report = (".{0,30}", option::of(".{0,20}"), option::of(".{0,40}")).prop_map(
+    let location = (".{0,20}", any::<u32>(), any::<u32>())
+        .prop_map(|(file, line, column)| PanicLocation { file, line, column });
+    let report = (".{0,30}", option::of(location), option::of(".{0,40}")).prop_map(
         |(message, location, backtrace)| PanicReport {
             message,
             location,

@@ -96,6 +96,7 @@ pub(crate) fn launch<R: Runtime>(
         held: None,
         returned: Some(returned_tx),
         write_broken: false,
+        broke: None,
         phase: Phase::Serve,
     });
     Link {
@@ -129,6 +130,8 @@ pub struct Driver<R: Runtime> {
     /// The worker closed its end: stop writing, keep reading, because what
     /// it sent before closing (its result) may still be in our buffer.
     write_broken: bool,
+    /// The worker broke the protocol: what every waiter is told.
+    broke: Option<parallel_proto::Error>,
     phase: Phase<R>,
 }
 
@@ -230,12 +233,14 @@ impl<R: Runtime> Future for Driver<R> {
                         },
                     };
                     let pid = process.map(|p| p.pid()).or_else(|| this.killer.pid());
-                    this.report_death(Death {
+                    let death = Death {
                         pid,
                         status,
                         spawn_error: this.killer.spawn_error(),
                         zygote_gone,
-                    });
+                        protocol: this.broke.take(),
+                    };
+                    this.report_death(death);
                     this.phase = Phase::Done;
                 }
                 Phase::Done => return Poll::Ready(()),
@@ -322,6 +327,13 @@ impl<R: Runtime> Driver<R> {
                             return Poll::Ready(true);
                         }
                         progress = true;
+                    }
+                    Poll::Ready(Err(Error::Protocol(error))) => {
+                        // A worker that breaks the protocol gets no more
+                        // service: kill it now rather than after the grace.
+                        self.broke = Some(error);
+                        self.killer.kill();
+                        return Poll::Ready(false);
                     }
                     Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
                     Poll::Pending => {}

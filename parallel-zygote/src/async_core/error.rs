@@ -21,7 +21,9 @@ pub enum Error {
         pid: i32,
         /// The `run` call that panicked, if it was one.
         call: Option<u64>,
-        /// Message, location and (with `RUST_BACKTRACE=1`) backtrace.
+        /// Message, location (file, line, column) and backtrace (captured
+        /// unless [`Parallel::capture_backtraces`](super::Parallel::capture_backtraces)
+        /// turned it off).
         report: PanicReport,
     },
     /// The worker process died before answering.
@@ -91,6 +93,14 @@ pub enum Error {
     /// The worker or channel was already closed.
     #[error("the worker channel is closed")]
     Closed,
+    /// The pool was shut down (or killed): it takes no new calls, and calls
+    /// still queued were refused.
+    #[error("the pool was shut down: it takes no new calls")]
+    ShutDown,
+    /// The pooled call was withdrawn while it waited for a worker
+    /// ([`PoolTask::kill`](super::PoolTask::kill)); it never ran.
+    #[error("the pooled call was cancelled before it ran")]
+    Cancelled,
 }
 
 fn call_suffix(call: Option<u64>) -> String {

@@ -50,6 +50,8 @@ pub(crate) struct Death {
     /// The zygote died before the worker's exit status came: the worker
     /// died with it.
     pub(crate) zygote_gone: Option<Arc<crate::Error>>,
+    /// The worker broke the protocol (it was killed for it).
+    pub(crate) protocol: Option<parallel_proto::Error>,
 }
 
 impl Death {
@@ -57,6 +59,9 @@ impl Death {
     pub(crate) fn error(&self, call: Option<CallId>) -> Error {
         if let Some(gone) = &self.zygote_gone {
             return Error::Zygote(Arc::clone(gone));
+        }
+        if let Some(error) = &self.protocol {
+            return Error::Protocol(error.clone());
         }
         match &self.spawn_error {
             Some(error) if matches!(**error, crate::Error::ZygoteGone { .. }) => {

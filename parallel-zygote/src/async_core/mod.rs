@@ -2,7 +2,8 @@
 //!
 //! Everything a user of `parallel-tokio`, `parallel-smol` or
 //! `parallel-glommio` holds lives here: [`Parallel`], [`JoinHandle`], [`Run`],
-//! [`Process`], [`MessageStream`]/[`MessageSender`], [`Pool`], [`Codec`],
+//! [`Process`], [`MessageStream`]/[`MessageSender`], [`Pool`], [`AnyPool`],
+//! [`PoolTask`], the [`spawn!`](crate::spawn!) sugar, [`Codec`],
 //! [`Fd`] and [`Error`], plus the parent's per-worker [`Driver`] and the
 //! worker's boot and task loops. It names no runtime: an adapter implements
 //! [`Runtime`] (a readiness socket, a timer, a way to run the driver) and
@@ -25,7 +26,8 @@
 //! | every clone of a [`Process`]'s [`MessageSender`] | sees its input stream end, nothing more (a half close): it runs until its function returns, and what it sends still arrives |
 //! | a [`ProcessHandle`] | runs on until its function returns |
 //! | a [`MessageStream`] | runs on; what it sends from then on is discarded |
-//! | the last clone of a [`Pool`] | (no call can be in flight: a call borrows the pool) each idle worker exits, as for the last [`Run`] |
+//! | the last clone of a [`Pool`] or [`AnyPool`] | (no call can be in flight: a call borrows the pool) each idle worker exits, as for the last [`Run`] |
+//! | a [`PoolTask`] | still queued: leaves the queue, no worker touched; running: its worker is killed and replaced |
 //!
 //! Only the first two stop work; every other drop lets the worker end by
 //! itself. Whatever is still running dies with the zygote, which dies with
@@ -44,6 +46,7 @@
 //!    `init()`, and re-exports.
 #![forbid(unsafe_code)]
 
+mod any_pool;
 mod codec;
 pub mod codecs;
 mod conn;
@@ -54,20 +57,24 @@ mod kill;
 mod messages;
 mod parallel;
 mod pool;
+mod pool_core;
 mod process;
 mod run;
 mod runtime;
 mod spawn;
+mod sugar;
 mod worker;
 
+pub use any_pool::AnyPool;
 pub use codec::{Codec, CodecError, Postcard};
 pub use driver::Driver;
 pub use error::Error;
 pub use fd::Fd;
 pub use messages::{MessageSender, MessageStream};
 pub use parallel::Parallel;
-pub use parallel_proto::channel::PanicReport;
+pub use parallel_proto::channel::{PanicLocation, PanicReport};
 pub use pool::{Pool, PoolConfig, PoolStats};
+pub use pool_core::PoolTask;
 pub use process::{Process, ProcessHandle};
 pub use run::Run;
 pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};

@@ -53,6 +53,8 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
     zygote: Zygote,
     worker: WorkerChoice,
     options: SpawnOptions,
+    /// Whether workers capture a backtrace when they panic.
+    backtraces: bool,
     _types: PhantomData<fn() -> (R, C)>,
 }
 
@@ -62,6 +64,7 @@ impl<R: Runtime, C: Codec> Clone for Parallel<R, C> {
             zygote: self.zygote.clone(),
             worker: self.worker.clone(),
             options: self.options.clone(),
+            backtraces: self.backtraces,
             _types: PhantomData,
         }
     }
@@ -86,6 +89,7 @@ impl<R: Runtime> Parallel<R, Postcard> {
             zygote,
             worker: WorkerChoice::of(&R::Worker::default()),
             options: SpawnOptions::default(),
+            backtraces: true,
             _types: PhantomData,
         }
     }
@@ -103,6 +107,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             zygote: self.zygote.clone(),
             worker: self.worker.clone(),
             options: self.options.clone(),
+            backtraces: self.backtraces,
             _types: PhantomData,
         }
     }
@@ -123,6 +128,32 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         self
     }
 
+    /// Whether a worker whose function panics captures a backtrace for the
+    /// [`PanicReport`](super::PanicReport) (default: yes, whatever
+    /// `RUST_BACKTRACE` says). Capturing costs time at each panic only;
+    /// turn it off for functions that panic often on purpose.
+    ///
+    /// ```no_run
+    /// # fn demo<R: parallel_zygote::async_core::Runtime>(parallel: parallel_zygote::async_core::Parallel<R>) {
+    /// let quiet = parallel.capture_backtraces(false);
+    /// # let _ = quiet; }
+    /// ```
+    #[must_use = "capture_backtraces returns a new handle; the old one is unchanged"]
+    pub fn capture_backtraces(mut self, capture: bool) -> Self {
+        self.backtraces = capture;
+        self
+    }
+
+    /// Whether workers capture a backtrace when they panic.
+    pub fn captures_backtraces(&self) -> bool {
+        self.backtraces
+    }
+
+    /// The spawn options each new worker gets.
+    pub fn spawn_options(&self) -> &SpawnOptions {
+        &self.options
+    }
+
     /// A derived snapshot: a child zygote that runs `init(args)` first; the
     /// workers of the returned handle share what `init` built, copy-on-write.
     ///
@@ -140,6 +171,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             zygote: self.zygote.snapshot(init, args)?,
             worker: self.worker.clone(),
             options: self.options.clone(),
+            backtraces: self.backtraces,
             _types: PhantomData,
         })
     }
@@ -237,7 +269,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             self.zygote
                 .spawn_entry((self.worker.boot)()?, self.options.clone(), Vec::new())?;
         let mut machine = ParentChannel::new(Limits::default());
-        machine.start(task, worker::start_args(&self.worker.options, args))?;
+        machine.start(
+            task,
+            worker::start_args(&self.worker.options, args, self.backtraces),
+        )?;
         stream.set_nonblocking(true)?;
         let conn = Conn::new(machine, R::register(stream)?);
         Ok(launch::<R>(conn, pending))

@@ -1,25 +1,23 @@
 //! `Pool`: N warm workers running one function, with crash replacement,
 //! timeouts that do not break the pool, recycling, and `map`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_lock::Semaphore;
 use futures_core::Stream;
 use futures_util::StreamExt;
-use parallel_proto::WireEntry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::Codec;
 use super::parallel::{run_entry, Parallel};
-use super::run::{outcome_into, Run};
-use super::runtime::{timeout, Runtime};
+use super::pool_core::{Control, PoolCore, PoolTask, WorkerOptions};
+use super::run::outcome_into;
+use super::runtime::Runtime;
 use super::Error;
+use crate::SpawnOptions;
 
 /// How a [`Pool`] behaves: start from `PoolConfig::default()` and change
 /// what you need (new options can then be added without breaking you).
@@ -80,12 +78,8 @@ impl Default for PoolConfig {
     }
 }
 
-struct Slot<A, R, C: Codec, Rt: Runtime> {
-    run: Run<A, R, C, Rt>,
-    calls: usize,
-}
-
-/// What a [`Pool`] has been through, from [`Pool::stats`].
+/// What a pool has been through, and what it does now, from
+/// [`Pool::stats`] or [`AnyPool::stats`](super::AnyPool::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
@@ -98,51 +92,39 @@ pub struct PoolStats {
     /// Calls sent again to a fresh worker because they provably never
     /// reached the dead one (a call that may have run is never retried).
     pub retries: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    replacements: AtomicU64,
-    deaths: AtomicU64,
-    timeouts: AtomicU64,
-    retries: AtomicU64,
-    next_busy: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-struct Inner<A, R, C: Codec, Rt: Runtime> {
-    parallel: Parallel<Rt, C>,
-    task: WireEntry,
-    config: PoolConfig,
-    idle: Mutex<Vec<Slot<A, R, C, Rt>>>,
-    /// Workers serving a call, by a key of the call's own.
-    busy: Mutex<HashMap<u64, Run<A, R, C, Rt>>>,
-    permits: Semaphore,
-    counters: Counters,
+    /// Workers the pool keeps (`PoolConfig::size`).
+    pub size: usize,
+    /// Workers waiting for a call now.
+    pub idle: usize,
+    /// Calls running now (one per busy worker).
+    pub active: usize,
+    /// Calls waiting for a free worker now.
+    pub queued: usize,
+    /// Whether [`shutdown`](Pool::shutdown) or [`kill`](Pool::kill) was called.
+    pub shut_down: bool,
 }
 
 /// A pool of workers running one function, from [`Pool::new`].
 ///
 /// Dropping the last clone ends the idle workers gracefully, as dropping
-/// the last [`Run`] does (see
+/// the last [`Run`](super::Run) does (see
 /// [Dropping handles](crate::async_core#dropping-handles)); a call borrows
 /// the pool, so none is in flight then.
 ///
 /// Each worker serves one call at a time, so a crash takes down only the
 /// call that caused it; the worker is replaced at once (the spawn is sent
-/// without waiting), so the pool stays warm and usable.
+/// without waiting), so the pool stays warm and usable. Workers have
+/// indices `0..size`; a replacement takes the index of the worker it
+/// replaces (see [`with_worker_options`](Self::with_worker_options)).
 pub struct Pool<A, R, C: Codec, Rt: Runtime> {
-    inner: Arc<Inner<A, R, C, Rt>>,
+    core: Arc<PoolCore<C, Rt>>,
     _types: PhantomData<fn(A) -> R>,
 }
 
 impl<A, R, C: Codec, Rt: Runtime> Clone for Pool<A, R, C, Rt> {
     fn clone(&self) -> Self {
         Pool {
-            inner: Arc::clone(&self.inner),
+            core: Arc::clone(&self.core),
             _types: PhantomData,
         }
     }
@@ -155,7 +137,8 @@ where
     R: Serialize + DeserializeOwned + 'static,
     C: Codec,
 {
-    /// Starts `config.size` workers running `function`.
+    /// Starts `config.size` workers running `function`, each with the
+    /// parallel handle's [`worker_options`](Parallel::worker_options).
     ///
     /// # Errors
     /// As [`Parallel::run`]: the zygote is gone, or the call is made outside
@@ -172,87 +155,121 @@ where
         // Both capture checks, reported at the caller's line.
         #[allow(clippy::let_unit_value)]
         let () = F::ASSERT_ZERO_SIZED;
-        let size = config.size.max(1);
+        Self::start(parallel, function, config, None)
+    }
+
+    /// As [`new`](Self::new), with worker `index` (from 0 to `size - 1`)
+    /// started with `options(index)`: a name, limits, or (the usual case)
+    /// one GPU or core set per worker. A worker that is replaced (it died,
+    /// timed out or was recycled) gets its index's options again.
+    ///
+    /// ```no_run
+    /// # use parallel_zygote::async_core::{Error, Parallel, Pool, PoolConfig, Runtime};
+    /// # use parallel_zygote::SpawnOptions;
+    /// # fn demo<R: Runtime>(parallel: &Parallel<R>) -> Result<(), Error> {
+    /// let pool = Pool::with_worker_options(
+    ///     parallel,
+    ///     |x: u64| async move { x + 1 },
+    ///     PoolConfig::default().size(4),
+    ///     |index| SpawnOptions::default().name(format!("worker-{index}")),
+    /// )?;
+    /// # let _ = pool; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_worker_options<F, Fut, O>(
+        parallel: &Parallel<Rt, C>,
+        function: F,
+        config: PoolConfig,
+        options: O,
+    ) -> Result<Self, Error>
+    where
+        F: Fn(A) -> Fut + crate::entry::CapturesNothing,
+        Fut: Future<Output = R> + 'static,
+        O: Fn(usize) -> SpawnOptions + Send + Sync + 'static,
+    {
+        // Both capture checks, reported at the caller's line.
+        #[allow(clippy::let_unit_value)]
+        let () = F::ASSERT_ZERO_SIZED;
+        Self::start(parallel, function, config, Some(Arc::new(options)))
+    }
+
+    fn start<F, Fut>(
+        parallel: &Parallel<Rt, C>,
+        function: F,
+        config: PoolConfig,
+        options: Option<WorkerOptions>,
+    ) -> Result<Self, Error>
+    where
+        F: Fn(A) -> Fut + Copy + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
         let task = run_entry::<F, A, Fut, R, C>(function)?;
-        let mut idle = Vec::with_capacity(size);
-        for _ in 0..size {
-            idle.push(Slot {
-                run: parallel.run_entry(task)?,
-                calls: 0,
-            });
-        }
         Ok(Pool {
-            inner: Arc::new(Inner {
-                parallel: parallel.clone(),
-                task,
-                config: PoolConfig { size, ..config },
-                idle: Mutex::new(idle),
-                busy: Mutex::new(HashMap::new()),
-                permits: Semaphore::new(size),
-                counters: Counters::default(),
-            }),
+            core: Arc::new(PoolCore::start(parallel, task, config, options)?),
             _types: PhantomData,
         })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> PoolConfig {
-        self.inner.config
+        self.core.config()
     }
 
     /// Pids of the idle workers (for inspection and tests); `None` for one
     /// whose pid is not known yet.
     pub fn idle_pids(&self) -> Vec<Option<i32>> {
-        self.lock_idle().iter().map(|slot| slot.run.pid()).collect()
+        self.core.idle_pids()
     }
 
     /// Pids of all the pool's workers, idle and busy, as far as known.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = self
-            .lock_idle()
-            .iter()
-            .filter_map(|s| s.run.pid())
-            .collect();
-        let busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
-        pids.extend(busy.values().filter_map(Run::pid));
-        pids
+        self.core.pids()
     }
 
-    /// Counts of replacements, deaths, timeouts and retries so far.
+    /// Counts: workers (size, idle, active), calls queued, and the
+    /// replacements, deaths, timeouts and retries so far.
     pub fn stats(&self) -> PoolStats {
-        let counters = &self.inner.counters;
-        PoolStats {
-            replacements: counters.replacements.load(Ordering::Relaxed),
-            deaths: counters.deaths.load(Ordering::Relaxed),
-            timeouts: counters.timeouts.load(Ordering::Relaxed),
-            retries: counters.retries.load(Ordering::Relaxed),
-        }
+        self.core.stats()
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Slot<A, R, C, Rt>>> {
-        self.inner.idle.lock().unwrap_or_else(|e| e.into_inner())
+    /// Stops taking work: calls made from now on, and calls still queued,
+    /// fail with [`Error::ShutDown`]; running calls finish, then their
+    /// workers exit; idle workers exit now.
+    pub fn shutdown(&self) {
+        self.core.shutdown();
     }
 
-    fn fresh_slot(&self) -> Result<Slot<A, R, C, Rt>, Error> {
-        Ok(Slot {
-            run: self.inner.parallel.run_entry(self.inner.task)?,
-            calls: 0,
-        })
+    /// Shuts down and kills every worker at once (SIGKILL): running calls
+    /// fail with [`Error::WorkerDied`].
+    pub fn kill(&self) {
+        self.core.kill();
     }
 
-    /// A live idle worker, or a fresh one: a worker found dead is replaced
-    /// before it is given a call.
-    fn take_slot(&self) -> Result<Slot<A, R, C, Rt>, Error> {
-        loop {
-            let Some(slot) = self.lock_idle().pop() else {
-                return self.fresh_slot();
-            };
-            if !slot.run.is_dead() {
-                return Ok(slot);
-            }
-            bump(&self.inner.counters.deaths);
-            bump(&self.inner.counters.replacements);
-        }
+    /// Whether [`shutdown`](Self::shutdown) or [`kill`](Self::kill) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.core.is_shut_down()
+    }
+
+    /// One call with a handle on it ([`PoolTask`]: its worker's pid, kill,
+    /// cancel while queued); await the handle for the result.
+    ///
+    /// # Errors
+    /// The handle resolves as [`call`](Self::call) does, plus
+    /// [`Error::Cancelled`] for a call withdrawn by [`PoolTask::kill`].
+    pub fn submit(&self, argument: A) -> PoolTask<impl Future<Output = Result<R, Error>>> {
+        let encoded = C::encode(&argument).map_err(Error::encode::<A>);
+        let control = Arc::new(Control::new());
+        let core = Arc::clone(&self.core);
+        let mine = Arc::clone(&control);
+        PoolTask::new(
+            async move {
+                let (outcome, pid) = core.call(encoded?, &mine).await?;
+                outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>())
+            },
+            control,
+        )
     }
 
     /// Runs one call on an idle worker, waiting for one if all are busy.
@@ -262,67 +279,16 @@ where
     /// call that may have run is never repeated.
     ///
     /// # Errors
-    /// As [`Run::call`], plus [`Error::Timeout`] when `call_timeout` is set;
-    /// a worker lost to the error is replaced at once. Errors name no call
-    /// number: in a pool that number is the worker's, not the caller's.
+    /// As [`Run::call`](super::Run::call), plus [`Error::Timeout`] when
+    /// `call_timeout` is set and [`Error::ShutDown`] after
+    /// [`shutdown`](Self::shutdown); a worker lost to the error is replaced
+    /// at once. Errors name no call number: in a pool that number is the
+    /// worker's, not the caller's.
     pub async fn call(&self, argument: A) -> Result<R, Error> {
         let args = C::encode(&argument).map_err(Error::encode::<A>)?;
-        let _permit = self.inner.permits.acquire().await;
-        let counters = &self.inner.counters;
-        let mut retries_left = self.inner.config.size + 1;
-        loop {
-            let mut slot = self.take_slot()?;
-            let busy = Busy::new(&self.inner.busy, counters, &slot.run);
-            let call = slot.run.call_encoded(args.clone());
-            let result = match self.inner.config.call_timeout {
-                None => Some(call.await),
-                Some(limit) => timeout::<Rt, _>(limit, call).await,
-            };
-            drop(busy);
-            let pid = slot.run.pid();
-            let (result, lost) = match result {
-                Some(Ok((_, outcome))) => (
-                    outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>()),
-                    false,
-                ),
-                Some(Err(failed)) if !failed.delivered && retries_left > 0 => {
-                    retries_left -= 1;
-                    bump(&counters.deaths);
-                    bump(&counters.replacements);
-                    bump(&counters.retries);
-                    slot.run.kill();
-                    continue;
-                }
-                Some(Err(failed)) => {
-                    bump(&counters.deaths);
-                    (Err(without_call(failed.error)), true)
-                }
-                None => {
-                    // The call future was dropped: its worker is killed.
-                    bump(&counters.timeouts);
-                    let after = self.inner.config.call_timeout.unwrap_or_default();
-                    (Err(Error::Timeout { after, pid }), true)
-                }
-            };
-            slot.calls += 1;
-            let worn_out = self
-                .inner
-                .config
-                .max_calls_per_worker
-                .is_some_and(|max| slot.calls >= max);
-            let next = if lost || worn_out {
-                slot.run.kill();
-                bump(&counters.replacements);
-                // Replace it now, so the next call finds a warm worker.
-                self.fresh_slot().ok()
-            } else {
-                Some(slot)
-            };
-            if let Some(next) = next {
-                self.lock_idle().push(next);
-            }
-            return result;
-        }
+        let control = Control::new();
+        let (outcome, pid) = self.core.call(args, &control).await?;
+        outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>())
     }
 
     /// Maps `inputs` through the pool, `size` calls at a time, yielding the
@@ -338,7 +304,7 @@ where
                 let pool = pool.clone();
                 async move { pool.call(input).await }
             })
-            .buffered(self.inner.config.size)
+            .buffered(self.core.config().size)
     }
 
     /// Like [`map`](Self::map), yielding `(index, result)` as calls complete.
@@ -353,46 +319,6 @@ where
                 let pool = pool.clone();
                 async move { (index, pool.call(input).await) }
             })
-            .buffer_unordered(self.inner.config.size)
-    }
-}
-
-/// A worker listed as busy for as long as this lives: also when the call's
-/// future is dropped mid-call (the worker is then killed, and must not stay
-/// listed).
-struct Busy<'a, T> {
-    workers: &'a Mutex<HashMap<u64, T>>,
-    key: u64,
-}
-
-impl<'a, T: Clone> Busy<'a, T> {
-    fn new(workers: &'a Mutex<HashMap<u64, T>>, counters: &Counters, worker: &T) -> Self {
-        let key = counters.next_busy.fetch_add(1, Ordering::Relaxed);
-        workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, worker.clone());
-        Busy { workers, key }
-    }
-}
-
-impl<T> Drop for Busy<'_, T> {
-    fn drop(&mut self) {
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
-    }
-}
-
-/// A pool's error, without the worker's internal call number.
-fn without_call(error: Error) -> Error {
-    match error {
-        Error::WorkerDied { pid, status, .. } => Error::WorkerDied {
-            pid,
-            status,
-            call: None,
-        },
-        other => other,
+            .buffer_unordered(self.core.config().size)
     }
 }

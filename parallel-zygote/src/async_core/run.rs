@@ -105,6 +105,11 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
         }
     }
 
+    /// The worker's kill and pid bookkeeping.
+    pub(crate) fn killer(&self) -> &Arc<Killer> {
+        &self.killer
+    }
+
     /// Whether the worker is known to have exited, or been killed, even if
     /// its driver has not noticed yet.
     pub(crate) fn is_dead(&self) -> bool {

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::Poll;
 
@@ -16,7 +17,7 @@ use futures_channel::mpsc;
 use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
 use futures_util::FutureExt;
-use parallel_proto::channel::{Outcome, PanicReport, WorkerChannel, WorkerEvent};
+use parallel_proto::channel::{Outcome, PanicLocation, PanicReport, WorkerChannel, WorkerEvent};
 use parallel_proto::{Limits, WireEntry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,8 @@ struct StartArgs {
     runtime: Vec<u8>,
     /// The task's arguments, encoded by the codec.
     args: Vec<u8>,
+    /// Whether a panic captures a backtrace (without `RUST_BACKTRACE`).
+    backtraces: bool,
 }
 
 /// Why a worker gives no value, as an `Outcome::Err` carries it (postcard),
@@ -63,10 +66,11 @@ impl WorkerFailure {
 }
 
 /// Encodes a Start frame's arguments.
-pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>) -> Vec<u8> {
+pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>, backtraces: bool) -> Vec<u8> {
     postcard::to_stdvec(&StartArgs {
         runtime: runtime.to_vec(),
         args,
+        backtraces,
     })
     .expect("postcard encodes a plain struct")
 }
@@ -83,6 +87,9 @@ type TaskEntry = Entry<TaskContext, LocalTask>;
 /// The last panic's report, filled by the hook the worker installs.
 static LAST_PANIC: Mutex<Option<PanicReport>> = Mutex::new(None);
 
+/// Whether the hook captures backtraces: set from the Start frame.
+static CAPTURE_BACKTRACES: AtomicBool = AtomicBool::new(true);
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
     payload
         .downcast_ref::<&str>()
@@ -92,14 +99,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
 
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let backtrace = std::backtrace::Backtrace::capture();
-        let backtrace = match backtrace.status() {
-            std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
-            _ => None,
-        };
+        // Captured whatever RUST_BACKTRACE says, unless the parent said no.
+        let backtrace = CAPTURE_BACKTRACES
+            .load(Ordering::Relaxed)
+            .then(|| std::backtrace::Backtrace::force_capture().to_string());
         let report = PanicReport {
             message: panic_message(info.payload()).unwrap_or_else(|| "Box<dyn Any>".into()),
-            location: info.location().map(|l| l.to_string()),
+            location: info.location().map(PanicLocation::from),
             backtrace,
         };
         *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
@@ -154,6 +160,7 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
         }
     };
     let decoded = postcard::from_bytes::<StartArgs>(&start_args).and_then(|start| {
+        CAPTURE_BACKTRACES.store(start.backtraces, Ordering::Relaxed);
         postcard::from_bytes::<W>(&start.runtime).map(|runtime| (runtime, start.args))
     });
     let (runtime, args) = match decoded {
@@ -286,52 +293,114 @@ where
     T: Serialize + 'static,
     C: Codec,
 {
-    Box::pin(async move {
-        let TaskContext { mut conn, .. } = context;
-        let mut running = FuturesUnordered::new();
-        let mut input_open = true;
-        let finished = std::future::poll_fn(|cx| loop {
-            let mut progress = false;
-            while let Poll::Ready(Some((call, outcome))) = Pin::new(&mut running).poll_next(cx) {
-                if conn.machine.reply(call, outcome).is_err() {
-                    return Poll::Ready(false);
-                }
-                progress = true;
-            }
-            if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+    Box::pin(serve_calls(context, move |args| {
+        call_once::<F, A, Fut, T, C>(function, args)
+    }))
+}
+
+/// What an any-function pool sends with each call: the function's entry
+/// and its encoded argument.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct AnyCall {
+    pub(crate) entry: WireEntry,
+    pub(crate) args: Vec<u8>,
+}
+
+/// A call's future, as an any-function worker runs it.
+pub(crate) type CallFuture = Pin<Box<dyn Future<Output = Outcome>>>;
+
+/// The entry type of a function an any-function worker can run.
+type CallEntry = Entry<Vec<u8>, CallFuture>;
+
+/// Seals `function` as a call an any-function worker can run: decoding the
+/// argument, running, encoding the result, as a `run` call does.
+pub(crate) fn call_entry<F, A, Fut, T, C>(function: F) -> Result<WireEntry, crate::Error>
+where
+    F: Fn(A) -> Fut + Copy + 'static,
+    A: DeserializeOwned + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Serialize + 'static,
+    C: Codec,
+{
+    Ok(CallEntry::new(move |args: Vec<u8>| -> CallFuture {
+        Box::pin(call_once::<F, A, Fut, T, C>(function, args))
+    })?
+    .wire())
+}
+
+/// Runs one any-function call: the entry is verified (sealed by this tree,
+/// for a call function) before anything runs.
+fn any_call(bytes: Vec<u8>) -> CallFuture {
+    let call = match postcard::from_bytes::<AnyCall>(&bytes) {
+        Ok(call) => call,
+        Err(error) => {
+            let failure = WorkerFailure::Other(format!("bad pool call: {error}"));
+            return Box::pin(std::future::ready(failure.into_outcome()));
+        }
+    };
+    match CallEntry::verify(call.entry) {
+        Ok(entry) => entry.resolve()(call.args),
+        Err(error) => {
+            let failure = WorkerFailure::Other(format!("refused pool call: {error}"));
+            Box::pin(std::future::ready(failure.into_outcome()))
+        }
+    }
+}
+
+/// The task of an any-function pool's workers: each call names its function.
+pub(crate) fn any_task_loop(context: TaskContext) -> LocalTask {
+    Box::pin(serve_calls(context, any_call))
+}
+
+/// Answers calls with `handler`, concurrently, until the parent ends.
+async fn serve_calls<H, Fut>(context: TaskContext, handler: H)
+where
+    H: Fn(Vec<u8>) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let TaskContext { mut conn, .. } = context;
+    let mut running = FuturesUnordered::new();
+    let mut input_open = true;
+    let finished = std::future::poll_fn(|cx| loop {
+        let mut progress = false;
+        while let Poll::Ready(Some((call, outcome))) = Pin::new(&mut running).poll_next(cx) {
+            if conn.machine.reply(call, outcome).is_err() {
                 return Poll::Ready(false);
             }
-            if input_open {
-                match conn.poll_event(cx) {
-                    Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
-                        running.push(async move {
-                            (call, call_once::<F, A, Fut, T, C>(function, args).await)
-                        });
-                        progress = true;
-                    }
-                    Poll::Ready(Ok(Some((WorkerEvent::End, _)))) => {
-                        input_open = false;
-                        progress = true;
-                    }
-                    Poll::Ready(Ok(Some(_))) => progress = true,
-                    // The parent is gone: nobody to answer.
-                    Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
-                    Poll::Pending => {}
+            progress = true;
+        }
+        if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+            return Poll::Ready(false);
+        }
+        if input_open {
+            match conn.poll_event(cx) {
+                Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
+                    let answer = handler(args);
+                    running.push(async move { (call, answer.await) });
+                    progress = true;
                 }
+                Poll::Ready(Ok(Some((WorkerEvent::End, _)))) => {
+                    input_open = false;
+                    progress = true;
+                }
+                Poll::Ready(Ok(Some(_))) => progress = true,
+                // The parent is gone: nobody to answer.
+                Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
+                Poll::Pending => {}
             }
-            if !input_open && running.is_empty() {
-                return Poll::Ready(true);
-            }
-            if !progress {
-                return Poll::Pending;
-            }
-        })
-        .await;
-        if finished {
-            let _ = conn.machine.finish(Outcome::Ok(Vec::new()));
-            let _ = conn.flush().await;
+        }
+        if !input_open && running.is_empty() {
+            return Poll::Ready(true);
+        }
+        if !progress {
+            return Poll::Pending;
         }
     })
+    .await;
+    if finished {
+        let _ = conn.machine.finish(Outcome::Ok(Vec::new()));
+        let _ = conn.flush().await;
+    }
 }
 
 /// The task of `process`: pumps messages both ways around the user's function.

@@ -42,7 +42,16 @@
 //! - `process.rs`: typed two-way channels (half close, panic, back-pressure,
 //!   descriptors both ways);
 //! - `pool.rs`: pools (timeouts, a poisoned input, recycling,
-//!   `map_unordered`).
+//!   `map_unordered`);
+//! - `pools.rs`: per-worker options kept across a replacement, an
+//!   any-function pool, one pooled call under control (pid, kill, cancel
+//!   while queued), pool shutdown and kill;
+//! - `panics.rs`: panic reports (structured location, a backtrace without
+//!   `RUST_BACKTRACE`, none when turned off);
+//! - `sugar.rs`: the `spawn!` capture list;
+//! - `options.rs`: per-worker `SpawnOptions` read back in the worker
+//!   (environment, working directory, uid/gid, CPU affinity, nice) and a
+//!   refused setting failing the spawn with its name and errno.
 //!
 //! # Running
 //!
@@ -96,8 +105,12 @@ use parallel_zygote::async_core::{Error, Parallel, Runtime};
 mod calls;
 mod cancel;
 mod failures;
+mod options;
+mod panics;
 mod pool;
+mod pools;
 mod process;
+mod sugar;
 
 /// A scenario's future, as [`Harness::block_on`] runs it.
 pub type TestFuture = Pin<Box<dyn Future<Output = Result<(), Failed>>>>;
@@ -207,6 +220,21 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         pool::pool_map_unordered_reports_indices,
         pool::pool_replaces_idle_workers_killed_before_a_call,
         pool::cancelled_pool_call_leaves_no_worker_listed,
+        pools::pool_worker_i_keeps_its_options_after_a_replacement,
+        pools::any_pool_runs_three_different_functions,
+        pools::queued_pool_call_is_cancelled_without_touching_workers,
+        pools::pool_task_kill_kills_its_worker_only,
+        pools::pool_shutdown_finishes_running_calls_and_refuses_new_ones,
+        pools::pool_kill_ends_all_workers,
+        panics::panic_has_a_backtrace_without_rust_backtrace,
+        panics::panic_has_no_backtrace_when_turned_off,
+        sugar::spawn_macro_passes_locals_without_a_tuple,
+        options::env_set_removed_and_cleared_in_the_worker,
+        options::current_dir_applies_in_the_worker,
+        options::uid_and_gid_drop_applies_in_the_worker,
+        options::cpu_affinity_applies_in_the_worker,
+        options::nice_value_applies_in_the_worker,
+        options::refused_setting_fails_the_spawn_naming_it,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,
