@@ -57,6 +57,15 @@ pub trait Endpoint {
         None
     }
 
+    /// Tells the machine the transport saw the end of the stream. Ok by
+    /// default; the channel machines fail (sticky) when it cut a frame.
+    ///
+    /// # Errors
+    /// The stream ended inside a frame.
+    fn end_of_input(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// The next bytes (and descriptor count) to write, in order.
     #[must_use]
     fn poll_transmit(&mut self) -> Option<Transmit>;
@@ -77,6 +86,9 @@ impl Endpoint for ParentChannel {
     fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
         ParentChannel::payload_buffer(self)
     }
+    fn end_of_input(&mut self) -> Result<(), Error> {
+        ParentChannel::end_of_input(self)
+    }
     fn event_fds(event: &ParentEvent) -> usize {
         match event {
             ParentEvent::Data { fds, .. } => usize::from(*fds),
@@ -95,6 +107,9 @@ impl Endpoint for WorkerChannel {
     }
     fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
         WorkerChannel::payload_buffer(self)
+    }
+    fn end_of_input(&mut self) -> Result<(), Error> {
+        WorkerChannel::end_of_input(self)
     }
     fn event_fds(event: &WorkerEvent) -> usize {
         match event {

@@ -104,6 +104,12 @@ pub enum FrameError {
         /// The byte found.
         found: u8,
     },
+    /// The stream ended inside a frame (the transport said so).
+    #[error("the stream ended {buffered} bytes into a frame")]
+    Truncated {
+        /// Bytes of the unfinished frame that had arrived.
+        buffered: usize,
+    },
     /// The announced payload length exceeds the limit.
     #[error("frame of {len} bytes exceeds max_frame_len ({max} bytes)")]
     TooLong {

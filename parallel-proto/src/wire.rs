@@ -49,6 +49,17 @@ impl Wire {
         self.decoder.payload_buffer()
     }
 
+    /// The transport saw the end of the stream: an error (sticky) if it cut
+    /// a frame short.
+    pub(crate) fn end_of_input(&mut self) -> Result<(), Error> {
+        self.check_failed()?;
+        if self.decoder.is_at_boundary() {
+            return Ok(());
+        }
+        let buffered = self.decoder.buffered();
+        Err(self.fail(crate::FrameError::Truncated { buffered }.into()))
+    }
+
     /// Records a remote error from applying a frame, making it sticky.
     pub(crate) fn settle<E>(
         &mut self,

@@ -469,3 +469,26 @@ fn worker_data_with_fds_is_an_event_with_its_fd_count() {
         }]
     );
 }
+
+// ---- the end of the stream ----
+
+#[test]
+fn a_stream_that_ends_inside_a_frame_is_sticky_fatal() {
+    let mut parent = ready_parent(0);
+    let reply = frame(0x01, 0, &[1, 2, 3, 4]);
+    let mut events = Vec::new();
+    // Half a frame arrives, then the stream ends.
+    feed(&mut parent, &reply[..6], &[], &mut events).unwrap();
+    let expected = Error::Remote(RemoteError::Frame(FrameError::Truncated { buffered: 6 }));
+    assert_eq!(parent.end_of_input(), Err(expected.clone()));
+    assert_sticky(&mut parent, &expected);
+    assert_eq!(parent.call(Vec::new()), Err(expected));
+}
+
+#[test]
+fn a_stream_that_ends_between_frames_is_fine() {
+    let mut worker = started_worker();
+    assert_eq!(worker.end_of_input(), Ok(()));
+    let mut parent = ready_parent(0);
+    assert_eq!(parent.end_of_input(), Ok(()));
+}

@@ -171,6 +171,16 @@ impl WorkerChannel {
         self.wire.payload_buffer()
     }
 
+    /// Tells the machine the transport saw the end of the stream.
+    ///
+    /// # Errors
+    /// A sticky [`RemoteError::Frame`](crate::RemoteError::Frame) with
+    /// [`FrameError::Truncated`](crate::FrameError::Truncated) when the
+    /// stream ended inside a frame, or the machine's earlier failure.
+    pub fn end_of_input(&mut self) -> Result<(), crate::Error> {
+        self.wire.end_of_input()
+    }
+
     /// Consumes bytes from `input` until one event is ready or `input` is empty.
     ///
     /// # Errors

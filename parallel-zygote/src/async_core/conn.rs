@@ -94,6 +94,8 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
                 continue;
             }
             if self.eof {
+                // A stream that stops inside a frame is the peer's fault.
+                self.machine.end_of_input()?;
                 return Poll::Ready(Ok(None));
             }
             self.parsed = 0;
