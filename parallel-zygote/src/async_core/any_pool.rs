@@ -157,6 +157,14 @@ impl<C: Codec, Rt: Runtime> AnyPool<C, Rt> {
         self.core.shutdown();
     }
 
+    /// Stops taking work and drains the calls in flight within `grace`,
+    /// then SIGTERM, then SIGKILL (see
+    /// [`Pool::shutdown_gracefully`](super::Pool::shutdown_gracefully)).
+    pub fn shutdown_gracefully(&self, grace: std::time::Duration) -> impl Future<Output = ()> {
+        let core = Arc::clone(&self.core);
+        async move { core.shutdown_gracefully(grace).await }
+    }
+
     /// Shuts down and kills every worker (see [`Pool::kill`](super::Pool::kill)).
     pub fn kill(&self) {
         self.core.kill();

@@ -79,12 +79,13 @@ pub(crate) struct Link {
 pub(crate) fn launch<R: Runtime>(
     conn: Conn<ParentChannel, R::Socket>,
     pending: PendingSpawn,
+    span: tracing::Span,
 ) -> Link {
     let (commands, command_rx) = async_channel::bounded(QUEUE_DEPTH);
     let (outgoing, outgoing_rx) = async_channel::bounded(QUEUE_DEPTH);
     let (data_tx, data) = mpsc::channel(QUEUE_DEPTH);
     let (returned_tx, returned) = oneshot::channel();
-    let killer = Arc::new(Killer::new(pending));
+    let killer = Arc::new(Killer::new(pending, span));
     R::spawn_driver(Driver {
         conn,
         killer: Arc::clone(&killer),
@@ -139,6 +140,14 @@ pub struct Driver<R: Runtime> {
 // or `Unpin`, so moving a `Driver` is fine.
 impl<R: Runtime> Unpin for Driver<R> {}
 
+impl<R: Runtime> Drop for Driver<R> {
+    fn drop(&mut self) {
+        // Completed, or dropped with its runtime: either way nothing more
+        // of this worker will be reported.
+        self.killer.finish();
+    }
+}
+
 enum Phase<R: Runtime> {
     Serve,
     /// The task returned: wait (bounded) for the zygote's answer, which the
@@ -167,6 +176,9 @@ impl<R: Runtime> Future for Driver<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // Everything the driver reports happens inside the worker's span.
+        let span = this.killer.span().clone();
+        let _entered = span.enter();
         loop {
             match &mut this.phase {
                 Phase::Serve => {
@@ -187,6 +199,7 @@ impl<R: Runtime> Future for Driver<R> {
                 }
                 Phase::Drain(deadline) => {
                     if deadline.as_mut().poll(cx).is_ready() || this.poll_drained(cx).is_ready() {
+                        tracing::debug!(pid = this.killer.pid(), "worker finished");
                         this.phase = Phase::Done;
                     } else {
                         return Poll::Pending;
@@ -240,10 +253,14 @@ impl<R: Runtime> Future for Driver<R> {
                         zygote_gone,
                         protocol: this.broke.take(),
                     };
+                    trace_death(&span, &death);
                     this.report_death(death);
                     this.phase = Phase::Done;
                 }
-                Phase::Done => return Poll::Ready(()),
+                Phase::Done => {
+                    this.killer.finish();
+                    return Poll::Ready(());
+                }
             }
         }
     }
@@ -329,6 +346,7 @@ impl<R: Runtime> Driver<R> {
                         progress = true;
                     }
                     Poll::Ready(Err(Error::Protocol(error))) => {
+                        tracing::error!(%error, "worker broke the protocol: killing it");
                         // A worker that breaks the protocol gets no more
                         // service: kill it now rather than after the grace.
                         self.broke = Some(error);
@@ -349,6 +367,7 @@ impl<R: Runtime> Driver<R> {
         let Command::Call { args, reply } = command;
         match self.conn.machine.call(args) {
             Ok(call) => {
+                tracing::trace!(call, "call sent");
                 self.calls.insert(call, reply);
                 self.unsent.push(call);
             }
@@ -378,14 +397,20 @@ impl<R: Runtime> Driver<R> {
             ParentEvent::Data { payload, .. } if self.data.is_some() => {
                 self.held = Some((payload, fds));
             }
-            ParentEvent::Ready { pid } => self.killer.hello(pid),
+            ParentEvent::Ready { pid } => {
+                self.killer.span().record("pid", pid);
+                tracing::debug!(pid, "worker ready");
+                self.killer.hello(pid);
+            }
             ParentEvent::End => self.data = None,
             ParentEvent::Reply { call, outcome } => {
+                tracing::trace!(call, "call answered");
                 if let Some(reply) = self.calls.remove(&call) {
                     let _ = reply.send(Ok((call, outcome)));
                 }
             }
             ParentEvent::Returned(outcome) => {
+                tracing::debug!("worker task returned");
                 self.data = None;
                 if let Some(returned) = self.returned.take() {
                     let _ = returned.send(Ok(outcome));
@@ -435,5 +460,35 @@ impl<R: Runtime> Driver<R> {
                 let _ = reply.send(Err(CallFailed::undelivered(death.error(None))));
             }
         }
+    }
+}
+
+/// The death event: `warn` for a signal or a failure, `debug` for a clean
+/// exit, `error` when the zygote is gone.
+fn trace_death(span: &tracing::Span, death: &Death) {
+    if let Some(pid) = death.pid {
+        span.record("pid", pid);
+    }
+    let pid = death.pid.unwrap_or(0);
+    if let Some(gone) = &death.zygote_gone {
+        tracing::error!(pid, error = %gone, "zygote gone: the worker died with it");
+        return;
+    }
+    if let Some(error) = &death.spawn_error {
+        tracing::warn!(error = %error, "worker could not be started");
+        return;
+    }
+    match death.status {
+        Some(crate::ExitStatus::Signaled {
+            signal,
+            core_dumped,
+        }) => {
+            tracing::warn!(pid, signal, core_dumped, "worker died of a signal");
+        }
+        Some(crate::ExitStatus::Exited(0)) => tracing::debug!(pid, code = 0, "worker exited"),
+        Some(crate::ExitStatus::Exited(code)) => {
+            tracing::warn!(pid, code, "worker exited with a failure");
+        }
+        None => tracing::warn!(pid, "worker died, exit status unknown"),
     }
 }

@@ -25,6 +25,11 @@ pub(crate) struct Killer {
     /// Wakes the driver when a kill needs the process the zygote has not
     /// reported yet.
     driver: AtomicWaker,
+    /// The worker's tracing span (its pid recorded once known).
+    span: tracing::Span,
+    /// The driver completed (or was dropped): nothing of the worker is
+    /// left to wait for.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -106,13 +111,42 @@ impl KillState {
 }
 
 impl Killer {
-    pub(crate) fn new(pending: PendingSpawn) -> Self {
+    pub(crate) fn new(pending: PendingSpawn, span: tracing::Span) -> Self {
         Killer {
             state: Mutex::new(KillState {
                 pending: Some(pending),
                 ..KillState::default()
             }),
             driver: AtomicWaker::new(),
+            span,
+            finished: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The worker's span.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Records that the driver is done with the worker.
+    pub(crate) fn finish(&self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the driver is done: the worker exited (or its exit could not
+    /// be learnt) and every waiter has its answer.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sends `signal` to the worker if its process is known (SIGTERM from a
+    /// graceful shutdown); SIGKILL goes through [`kill`](Self::kill).
+    pub(crate) fn signal(&self, signal: i32) {
+        let state = self.lock();
+        if let Some(process) = &state.process {
+            tracing::debug!(parent: &self.span, pid = process.pid(), signal, "signal sent to worker");
+            let _ = process.kill(signal);
         }
     }
 
@@ -124,6 +158,9 @@ impl Killer {
 
     pub(crate) fn kill(&self) {
         let mut state = self.lock();
+        if !state.requested && !self.is_finished() {
+            tracing::debug!(parent: &self.span, "kill requested");
+        }
         state.requested = true;
         match &state.process {
             Some(process) => {

@@ -14,6 +14,28 @@
 //! adapter's socket and timer are, so tokio can move it between threads and
 //! glommio can keep its `!Send` sockets.
 //!
+//! # Diagnostics, shutdown, recycling
+//!
+//! - **tracing**: each worker has a `worker` span (`pid` once known, `name`
+//!   from its [`SpawnOptions`](crate::SpawnOptions)); its driver runs inside
+//!   it. Events: spawn requested and ready (debug), call sent and answered
+//!   (trace), death (warn with `signal` or `code`, debug for a clean exit),
+//!   kill requested (debug), timeout (warn), pool replacement and retry
+//!   (info), protocol error and zygote gone (error). The library installs
+//!   no subscriber; without one the macros cost next to nothing. Nothing is
+//!   traced in a zygote or in a worker before its runtime runs.
+//! - **graceful shutdown**: [`Pool::shutdown_gracefully`] and
+//!   [`AnyPool::shutdown_gracefully`] stop taking work, let calls in flight
+//!   finish within a grace, then SIGTERM, then SIGKILL;
+//!   [`Parallel::shutdown`] does the same for every worker a handle (and
+//!   its clones, see [`Parallel::scope`]) started, and refuses new work
+//!   with [`Error::ShutDown`]. Its docs show how to run it on the parent's
+//!   SIGTERM.
+//! - **recycling by memory**: [`PoolConfig::max_worker_rss`] replaces a
+//!   pooled worker after a call once its resident memory exceeds a limit
+//!   (counted in [`PoolStats::recycled_for_memory`]), next to
+//!   [`PoolConfig::max_calls_per_worker`].
+//!
 //! # Dropping handles
 //!
 //! What becomes of a worker when you drop the handle you hold on it:

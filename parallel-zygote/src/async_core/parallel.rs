@@ -2,7 +2,9 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use parallel_proto::channel::ParentChannel;
 use parallel_proto::{Limits, WireEntry};
@@ -12,6 +14,7 @@ use serde::Serialize;
 use super::codec::{Codec, Postcard};
 use super::conn::Conn;
 use super::driver::{launch, Link};
+use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
 use super::process::Process;
 use super::run::Run;
@@ -55,7 +58,51 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
     options: SpawnOptions,
     /// Whether workers capture a backtrace when they panic.
     backtraces: bool,
+    /// The shutdown scope this handle and its clones share.
+    scope: Arc<Scope>,
     _types: PhantomData<fn() -> (R, C)>,
+}
+
+/// What the clones of one handle share: whether [`Parallel::shutdown`] was
+/// called, and the workers they started (weakly: a finished worker's
+/// bookkeeping is freed as usual).
+#[derive(Default)]
+struct Scope {
+    closed: AtomicBool,
+    workers: Mutex<Tracked>,
+}
+
+/// The workers a scope started, and the length at which the finished ones
+/// are forgotten next: twice what was live after the last pruning, so a
+/// spawn costs amortized O(1) however many workers live.
+#[derive(Default)]
+struct Tracked {
+    workers: Vec<Weak<Killer>>,
+    prune_at: usize,
+}
+
+impl Tracked {
+    fn prune(&mut self) {
+        self.workers
+            .retain(|w| w.upgrade().is_some_and(|k| !k.is_finished()));
+        self.prune_at = (2 * self.workers.len()).max(64);
+    }
+}
+
+impl Scope {
+    fn track(&self, killer: &Arc<Killer>) {
+        let mut tracked = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if tracked.workers.len() >= tracked.prune_at.max(64) {
+            tracked.prune();
+        }
+        tracked.workers.push(Arc::downgrade(killer));
+    }
+
+    fn live(&self) -> Vec<Arc<Killer>> {
+        let mut tracked = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        tracked.prune();
+        tracked.workers.iter().filter_map(Weak::upgrade).collect()
+    }
 }
 
 impl<R: Runtime, C: Codec> Clone for Parallel<R, C> {
@@ -65,6 +112,7 @@ impl<R: Runtime, C: Codec> Clone for Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            scope: Arc::clone(&self.scope),
             _types: PhantomData,
         }
     }
@@ -90,6 +138,7 @@ impl<R: Runtime> Parallel<R, Postcard> {
             worker: WorkerChoice::of(&R::Worker::default()),
             options: SpawnOptions::default(),
             backtraces: true,
+            scope: Arc::default(),
             _types: PhantomData,
         }
     }
@@ -101,6 +150,79 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         &self.zygote
     }
 
+    /// The same zygote and settings in a shutdown scope of its own:
+    /// [`shutdown`](Self::shutdown) on the returned handle (or its clones)
+    /// ends only the workers started through it, and calling it on `self`
+    /// leaves the new handle working. Every other way to derive a handle
+    /// (`clone`, `with_codec`, the setters, `snapshot`) shares the scope.
+    #[must_use = "scope returns a new handle"]
+    pub fn scope(&self) -> Self {
+        Parallel {
+            scope: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called on this handle's scope.
+    pub fn is_shut_down(&self) -> bool {
+        self.scope.closed.load(Ordering::Relaxed)
+    }
+
+    /// Shuts down this handle and every clone of it (its scope, see
+    /// [`scope`](Self::scope)): from now on `spawn`, `run`, `process`,
+    /// pools made from it and their calls fail with [`Error::ShutDown`].
+    /// The workers it started are drained: each may finish and exit by
+    /// itself within `grace`; those still running then get SIGTERM, and
+    /// those still running a second `grace` later SIGKILL. Resolves once
+    /// every one has exited (or, after the SIGKILL, once the third `grace`
+    /// passed).
+    ///
+    /// A worker exits by itself when its task returns: a `spawn` once its
+    /// function returns, a `run` or pool worker once every handle on it is
+    /// dropped (a [`Run`] you still hold keeps its worker alive, so it will
+    /// be terminated), a `process` once its function returns. A call ended
+    /// by SIGTERM fails with [`Error::WorkerDied`] whose
+    /// [`signal`](Error::signal) is 15 (unless the function handles SIGTERM).
+    ///
+    /// # Wiring it to the parent's SIGTERM
+    ///
+    /// On tokio (`tokio` with its `signal` feature):
+    ///
+    /// ```ignore
+    /// let parallel = parallel_tokio::init()?;
+    /// let on_term = parallel.clone();
+    /// tokio::spawn(async move {
+    ///     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    ///     term.recv().await;
+    ///     on_term.shutdown(std::time::Duration::from_secs(10)).await;
+    ///     std::process::exit(0);
+    ///     # Ok::<(), std::io::Error>(())
+    /// });
+    /// ```
+    ///
+    /// On smol, `async-signal` (`Signals::new([Signal::Term])`, then
+    /// `signals.next().await`) or `signal-hook-async-std` give the same
+    /// stream; on glommio, a `signal-hook` thread that sends on an
+    /// `async-channel` the glommio task awaits. Register the handler after
+    /// `init()` (the zygote starts first), in the parent only.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.scope.closed.store(true, Ordering::Relaxed);
+        tracing::info!(?grace, "shutting down: draining workers");
+        if settle::<R>(&self.scope, grace).await {
+            return;
+        }
+        for killer in self.scope.live() {
+            killer.signal(libc::SIGTERM);
+        }
+        if settle::<R>(&self.scope, grace).await {
+            return;
+        }
+        for killer in self.scope.live() {
+            killer.kill();
+        }
+        settle::<R>(&self.scope, grace).await;
+    }
+
     /// The same zygote with another codec (the original library's `Io.define`).
     pub fn with_codec<D: Codec>(&self) -> Parallel<R, D> {
         Parallel {
@@ -108,6 +230,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            scope: Arc::clone(&self.scope),
             _types: PhantomData,
         }
     }
@@ -172,6 +295,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            scope: Arc::clone(&self.scope),
             _types: PhantomData,
         })
     }
@@ -262,9 +386,18 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
     fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link, Error> {
+        if self.is_shut_down() {
+            return Err(Error::ShutDown);
+        }
         if !R::is_current() {
             return Err(Error::NoRuntime { runtime: R::NAME });
         }
+        let span = tracing::info_span!(
+            "worker",
+            pid = tracing::field::Empty,
+            name = self.options.name.as_deref(),
+        );
+        tracing::debug!(parent: &span, runtime = self.worker.name, "spawn requested");
         let (stream, pending) =
             self.zygote
                 .spawn_entry((self.worker.boot)()?, self.options.clone(), Vec::new())?;
@@ -275,7 +408,24 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         )?;
         stream.set_nonblocking(true)?;
         let conn = Conn::new(machine, R::register(stream)?);
-        Ok(launch::<R>(conn, pending))
+        let link = launch::<R>(conn, pending, span);
+        self.scope.track(&link.killer);
+        Ok(link)
+    }
+}
+
+/// Waits (up to `limit`) for every live worker of `scope` to finish; true
+/// if they did.
+async fn settle<R: Runtime>(scope: &Scope, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if scope.live().is_empty() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        R::sleep(Duration::from_millis(10)).await;
     }
 }
 

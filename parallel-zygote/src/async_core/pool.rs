@@ -29,7 +29,8 @@ use crate::SpawnOptions;
 /// let config = PoolConfig::default()
 ///     .size(4)
 ///     .call_timeout(Duration::from_secs(5))
-///     .max_calls_per_worker(1000);
+///     .max_calls_per_worker(1000)
+///     .max_worker_rss(512 << 20);
 /// assert_eq!(config.size, 4);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,12 @@ pub struct PoolConfig {
     /// Time limit for each call; a call over it has its worker killed and
     /// replaced, and fails with [`Error::Timeout`]. Default: none.
     pub call_timeout: Option<Duration>,
+    /// Replace a worker after a call once its resident memory (`VmRSS`)
+    /// exceeds this many bytes (a guard against leaks and fragmentation,
+    /// like Celery's `max_memory_per_child`). Checked in the parent after
+    /// each successful call, with one read of `/proc/<pid>/status`.
+    /// Default: unlimited.
+    pub max_worker_rss: Option<u64>,
 }
 
 impl PoolConfig {
@@ -60,6 +67,14 @@ impl PoolConfig {
         self
     }
 
+    /// Replaces a worker after a call once its resident memory exceeds
+    /// `bytes`.
+    #[must_use = "the setter returns the changed config"]
+    pub fn max_worker_rss(mut self, bytes: u64) -> Self {
+        self.max_worker_rss = Some(bytes);
+        self
+    }
+
     /// Time limit for each call; over it, the worker is killed and replaced.
     #[must_use = "the setter returns the changed config"]
     pub fn call_timeout(mut self, limit: Duration) -> Self {
@@ -74,6 +89,7 @@ impl Default for PoolConfig {
             size: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_calls_per_worker: None,
             call_timeout: None,
+            max_worker_rss: None,
         }
     }
 }
@@ -92,6 +108,10 @@ pub struct PoolStats {
     /// Calls sent again to a fresh worker because they provably never
     /// reached the dead one (a call that may have run is never retried).
     pub retries: u64,
+    /// Workers replaced because they exceeded
+    /// [`max_worker_rss`](PoolConfig::max_worker_rss) after a call (also
+    /// counted in `replacements`).
+    pub recycled_for_memory: u64,
     /// Workers the pool keeps (`PoolConfig::size`).
     pub size: usize,
     /// Workers waiting for a call now.
@@ -239,6 +259,22 @@ where
     /// workers exit; idle workers exit now.
     pub fn shutdown(&self) {
         self.core.shutdown();
+    }
+
+    /// Shuts down with a bounded drain: stops taking work at once (as
+    /// [`shutdown`](Self::shutdown)), lets the calls in flight finish
+    /// within `grace`, then sends SIGTERM to the workers still busy, and
+    /// SIGKILL to those still alive a second `grace` later. Resolves when
+    /// every call in flight is over (or after the third `grace`). A call
+    /// ended this way fails with [`Error::WorkerDied`]
+    /// (its [`signal`](Error::signal) is 15 or 9).
+    ///
+    /// The calls must be awaited meanwhile (by other tasks, or joined with
+    /// this future) for their workers to be freed. To run it on the
+    /// parent's SIGTERM, see [`Parallel::shutdown`].
+    pub fn shutdown_gracefully(&self, grace: Duration) -> impl Future<Output = ()> {
+        let core = Arc::clone(&self.core);
+        async move { core.shutdown_gracefully(grace).await }
     }
 
     /// Shuts down and kills every worker at once (SIGKILL): running calls

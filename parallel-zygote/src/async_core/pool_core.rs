@@ -50,6 +50,7 @@ struct Counters {
     deaths: AtomicU64,
     timeouts: AtomicU64,
     retries: AtomicU64,
+    recycled_for_memory: AtomicU64,
     queued: AtomicUsize,
     next_busy: AtomicU64,
 }
@@ -126,6 +127,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             deaths: counters.deaths.load(Ordering::Relaxed),
             timeouts: counters.timeouts.load(Ordering::Relaxed),
             retries: counters.retries.load(Ordering::Relaxed),
+            recycled_for_memory: counters.recycled_for_memory.load(Ordering::Relaxed),
             size: self.config.size,
             idle: lock(&self.idle).len(),
             active: lock(&self.busy).len(),
@@ -135,7 +137,37 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        self.closed.load(Ordering::Relaxed) || self.parallel.is_shut_down()
+    }
+
+    /// [`shutdown`](Self::shutdown), then a bounded drain: calls in flight
+    /// get `grace` to finish, their workers SIGTERM after it, SIGKILL a
+    /// second `grace` later.
+    pub(crate) async fn shutdown_gracefully(&self, grace: std::time::Duration) {
+        self.shutdown();
+        tracing::info!(?grace, "pool shutting down gracefully");
+        let busy = || -> Vec<Arc<Killer>> {
+            lock(&self.busy)
+                .values()
+                .map(|run| Arc::clone(run.killer()))
+                .filter(|killer| !killer.is_finished())
+                .collect()
+        };
+        if drained::<Rt>(grace, || busy().is_empty()).await {
+            return;
+        }
+        let remaining = busy();
+        for killer in &remaining {
+            killer.signal(libc::SIGTERM);
+        }
+        let finished = || remaining.iter().all(|killer| killer.is_finished());
+        if drained::<Rt>(grace, finished).await {
+            return;
+        }
+        for killer in &remaining {
+            killer.kill();
+        }
+        drained::<Rt>(grace, finished).await;
     }
 
     /// No new calls; queued ones fail with [`Error::ShutDown`], idle
@@ -146,6 +178,20 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         // Dropping an idle worker's last `Run` ends it gracefully.
         let idle = std::mem::take(&mut *lock(&self.idle));
         drop(idle);
+    }
+
+    /// Whether the worker that just served a call is over the memory limit.
+    fn over_memory(&self, run: &RawRun<C, Rt>) -> bool {
+        let (Some(limit), Some(pid)) = (self.config.max_worker_rss, run.pid()) else {
+            return false;
+        };
+        match resident_bytes(pid) {
+            Some(rss) if rss > limit => {
+                tracing::info!(parent: run.killer().span(), pid, rss, limit, "worker over its memory limit: recycling it");
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Shuts down and kills every worker, idle or busy.
@@ -193,6 +239,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             if !slot.run.is_dead() {
                 return Ok(slot);
             }
+            tracing::info!(parent: slot.run.killer().span(), index = slot.index, reason = "found dead", "replacing pool worker");
             bump(&self.counters.deaths);
             bump(&self.counters.replacements);
             lock(&self.vacant).push(slot.index);
@@ -257,6 +304,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                     if !failed.delivered && retries_left > 0 && !control.is_killed() =>
                 {
                     retries_left -= 1;
+                    tracing::info!(parent: slot.run.killer().span(), "call never reached its worker: retrying on a fresh one");
                     bump(&counters.deaths);
                     bump(&counters.replacements);
                     bump(&counters.retries);
@@ -272,6 +320,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                     // The call future was dropped: its worker is killed.
                     bump(&counters.timeouts);
                     let after = self.config.call_timeout.unwrap_or_default();
+                    tracing::warn!(parent: slot.run.killer().span(), ?after, pid, "pool call timed out: killing its worker");
                     (Err(Error::Timeout { after, pid }), true)
                 }
             };
@@ -280,14 +329,24 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                 .config
                 .max_calls_per_worker
                 .is_some_and(|max| slot.calls >= max);
+            let bloated = result.is_ok() && !lost && !worn_out && self.over_memory(&slot.run);
+            if bloated {
+                bump(&counters.recycled_for_memory);
+            }
             if self.is_shut_down() {
                 // No more work: a live worker ends as its `Run` is dropped.
                 if lost {
                     slot.run.kill();
                 }
-            } else if lost || worn_out {
+            } else if lost || worn_out || bloated {
                 slot.run.kill();
                 bump(&counters.replacements);
+                tracing::info!(
+                    parent: slot.run.killer().span(),
+                    index = slot.index,
+                    reason = if lost { "lost" } else if worn_out { "max calls" } else { "memory" },
+                    "replacing pool worker"
+                );
                 // Replace it now, so the next call finds a warm worker.
                 match self.fresh_slot(slot.index) {
                     Ok(next) => lock(&self.idle).push(next),
@@ -299,6 +358,29 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             return result;
         }
     }
+}
+
+/// Waits (up to `limit`) for `done`; true if it came.
+async fn drained<Rt: Runtime>(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        Rt::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The resident memory of process `pid` in bytes (`VmRSS` of
+/// `/proc/<pid>/status`), if it can be read.
+fn resident_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Counts a call as queued for as long as this lives.

@@ -124,10 +124,11 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     pub async fn call_timeout(&self, argument: A, limit: Duration) -> Result<T, Error> {
         match timeout::<R, _>(limit, self.call(argument)).await {
             Some(result) => result,
-            None => Err(Error::Timeout {
-                after: limit,
-                pid: self.killer.pid(),
-            }),
+            None => {
+                let pid = self.killer.pid();
+                tracing::warn!(parent: self.killer.span(), after = ?limit, pid, "run call timed out: worker killed");
+                Err(Error::Timeout { after: limit, pid })
+            }
         }
     }
 

@@ -87,7 +87,10 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
         match timeout::<R, _>(limit, self).await {
             Some(result) => result,
             // Dropping the handle killed the worker.
-            None => Err(Error::Timeout { after: limit, pid }),
+            None => {
+                tracing::warn!(after = ?limit, pid, "spawn timed out: worker killed");
+                Err(Error::Timeout { after: limit, pid })
+            }
         }
     }
 }

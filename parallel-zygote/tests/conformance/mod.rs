@@ -25,7 +25,7 @@
 //! ```
 //!
 //! The adapter's dev-dependencies must include `libtest-mimic`,
-//! `futures-util`, `libc`, `nix`, `postcard` and `serde` (the suite is
+//! `futures-util`, `libc`, `nix`, `postcard`, `serde` and `tracing` (the suite is
 //! compiled inside the adapter's test crate and uses them), and the adapter
 //! must depend on `parallel-zygote`.
 //!
@@ -49,6 +49,10 @@
 //! - `panics.rs`: panic reports (structured location, a backtrace without
 //!   `RUST_BACKTRACE`, none when turned off);
 //! - `sugar.rs`: the `spawn!` capture list;
+//! - `lifecycle.rs`: graceful shutdown of a pool and of a `Parallel`
+//!   (drain, SIGTERM), recycling a worker over its memory limit, and the
+//!   tracing events of a killed worker (a helper process with a global
+//!   test subscriber);
 //! - `options.rs`: per-worker `SpawnOptions` read back in the worker
 //!   (environment, working directory, uid/gid, CPU affinity, nice) and a
 //!   refused setting failing the spawn with its name and errno.
@@ -105,6 +109,7 @@ use parallel_zygote::async_core::{Error, Parallel, Runtime};
 mod calls;
 mod cancel;
 mod failures;
+mod lifecycle;
 mod options;
 mod panics;
 mod pool;
@@ -174,6 +179,10 @@ pub fn helper<H: Harness>() -> bool {
             failures::zygote_gone_helper::<H>();
             true
         }
+        Ok(which) if which == lifecycle::TRACING_HELPER => {
+            lifecycle::tracing_helper::<H>();
+            true
+        }
         Ok(which) => panic!("{HELPER_ENV}={which}: no such helper"),
         Err(_) => false,
     }
@@ -235,10 +244,18 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         options::cpu_affinity_applies_in_the_worker,
         options::nice_value_applies_in_the_worker,
         options::refused_setting_fails_the_spawn_naming_it,
+        lifecycle::pool_graceful_shutdown_drains_then_terminates,
+        lifecycle::parallel_shutdown_drains_and_refuses_new_work,
+        lifecycle::parallel_shutdown_terminates_what_outlives_the_grace,
+        lifecycle::pool_recycles_workers_over_the_memory_limit,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,
         failures::zygote_gone_gives_a_clear_error_promptly,
+    ));
+    trials.push(skippable::<H>(
+        lifecycle::TRACING,
+        lifecycle::tracing_reports_a_killed_worker_and_its_replacement,
     ));
     trials
 }

@@ -48,7 +48,7 @@ async fn reaped<R: Runtime>(pid: i32) -> Result<(), Failed> {
 }
 
 /// One call per worker of a pool of 4 (each holds its worker 300 ms):
-/// worker name (from `/proc/self/comm`) → pid.
+/// worker name (from `/proc/self/comm`, checked against `WORKER_INDEX`) → pid.
 async fn names_of_4<R: Runtime>(
     pool: &Pool<(), (String, i32), parallel_zygote::async_core::Postcard, R>,
 ) -> Result<BTreeMap<String, i32>, Failed> {
@@ -75,11 +75,23 @@ pub async fn pool_worker_i_keeps_its_options_after_a_replacement<R: Runtime>(
         &parallel,
         |_: ()| async move {
             R::sleep(Duration::from_millis(300)).await;
+            // Both per-worker settings: the name `ps` shows and the
+            // environment (the usual case: one GPU or core set per worker).
             let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-            (comm.trim().to_string(), std::process::id() as i32)
+            let index = std::env::var("WORKER_INDEX").unwrap_or_default();
+            let name = if comm.trim() == format!("w{index}") {
+                comm.trim().to_string()
+            } else {
+                format!("name {comm:?} but WORKER_INDEX={index:?}")
+            };
+            (name, std::process::id() as i32)
         },
         PoolConfig::default().size(4),
-        |index| SpawnOptions::default().name(format!("w{index}")),
+        |index| {
+            SpawnOptions::default()
+                .name(format!("w{index}"))
+                .env("WORKER_INDEX", index.to_string())
+        },
     )?;
     let before = names_of_4(&pool).await?;
     let victim = before["w2"];

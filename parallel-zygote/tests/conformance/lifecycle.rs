@@ -1,0 +1,376 @@
+//! A worker's life seen from outside: graceful shutdown of a pool and of a
+//! `Parallel` (drain, then SIGTERM), memory-based recycling, and the
+//! tracing events the core emits (in a helper process with a global
+//! subscriber of its own).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join;
+use libtest_mimic::Failed;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use parallel_zygote::async_core::{Error, Parallel, Pool, PoolConfig, Runtime};
+
+use super::{check, known_pid, Harness, HELPER_ENV};
+
+pub async fn pool_graceful_shutdown_drains_then_terminates<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = Pool::new(
+        &parallel,
+        |ms: u64| async move {
+            R::sleep(Duration::from_millis(ms)).await;
+            ms
+        },
+        PoolConfig::default().size(2),
+    )?;
+    // A call that ends within the grace finishes; one that outlives it is
+    // ended by SIGTERM (the worker handles nothing: it dies of it).
+    let started = Instant::now();
+    let calls = join(pool.call(200), pool.call(60_000));
+    let shutdown = async {
+        while pool.stats().active < 2 {
+            R::sleep(Duration::from_millis(5)).await;
+        }
+        pool.shutdown_gracefully(Duration::from_secs(2)).await;
+    };
+    let ((quick, slow), ()) = join(calls, shutdown).await;
+    check(
+        matches!(quick, Ok(200)),
+        format!("in-flight call: {quick:?}"),
+    )?;
+    match &slow {
+        Err(error @ Error::WorkerDied { .. }) => check(
+            error.signal() == Some(libc::SIGTERM),
+            format!("expected SIGTERM, got {error}"),
+        )?,
+        other => return Err(format!("the overlong call gave {other:?}").into()),
+    }
+    check(
+        started.elapsed() < Duration::from_secs(20),
+        format!("graceful shutdown took {:?}", started.elapsed()),
+    )?;
+    check(
+        matches!(pool.call(1).await, Err(Error::ShutDown)),
+        "a call after shutdown is refused",
+    )
+}
+
+pub async fn parallel_shutdown_drains_and_refuses_new_work<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // A scope of its own: the suite's other trials share `parallel`.
+    let scope = parallel.scope();
+    let quick = scope.spawn(
+        |ms: u64| async move {
+            R::sleep(Duration::from_millis(ms)).await;
+            ms
+        },
+        300,
+    );
+    let started = Instant::now();
+    scope.shutdown(Duration::from_secs(10)).await;
+    check(
+        started.elapsed() < Duration::from_secs(8),
+        format!("drain waited {:?} for a 300 ms task", started.elapsed()),
+    )?;
+    let value = quick.await;
+    check(
+        matches!(value, Ok(300)),
+        format!("in-flight spawn: {value:?}"),
+    )?;
+    let clone = scope.clone();
+    check(clone.is_shut_down(), "clones share the shutdown")?;
+    let spawned = clone.spawn(|x: u32| async move { x }, 1).await;
+    check(
+        matches!(spawned, Err(Error::ShutDown)),
+        format!("spawn after shutdown: {spawned:?}"),
+    )?;
+    check(
+        matches!(clone.run(|x: u32| async move { x }), Err(Error::ShutDown)),
+        "run after shutdown is refused",
+    )?;
+    let pool = Pool::new(&clone, |x: u32| async move { x }, PoolConfig::default());
+    check(
+        matches!(pool, Err(Error::ShutDown)),
+        "a pool after shutdown is refused",
+    )?;
+    // The suite's handle is another scope: untouched.
+    check(
+        !parallel.is_shut_down(),
+        "the parent scope is not shut down",
+    )?;
+    let still = parallel.spawn(|x: u32| async move { x + 1 }, 1).await?;
+    check(still == 2, "the other scope still works")
+}
+
+pub async fn parallel_shutdown_terminates_what_outlives_the_grace<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let scope = parallel.scope();
+    let stuck = scope.spawn(
+        |_: ()| async move {
+            R::sleep(Duration::from_secs(60)).await;
+        },
+        (),
+    );
+    known_pid::<R>("stuck spawn", || stuck.pid()).await?;
+    let started = Instant::now();
+    scope.shutdown(Duration::from_millis(300)).await;
+    check(
+        started.elapsed() < Duration::from_secs(10),
+        format!("shutdown took {:?}", started.elapsed()),
+    )?;
+    match stuck.await {
+        Err(error) => check(
+            error.signal() == Some(libc::SIGTERM),
+            format!("expected death by SIGTERM, got {error}"),
+        ),
+        Ok(()) => Err("the stuck spawn returned".into()),
+    }
+}
+
+/// Grows by 64 MiB (touched) at each call, kept until the process exits.
+async fn grow(_: ()) -> i32 {
+    let mut block = vec![0u8; 64 << 20];
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::mem::forget(block);
+    std::process::id() as i32
+}
+
+pub async fn pool_recycles_workers_over_the_memory_limit<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let config = PoolConfig::default().size(1).max_worker_rss(32 << 20);
+    let growing = Pool::new(&parallel, grow, config)?;
+    let first = growing.call(()).await?;
+    // The pid may trail the first answer (the check is then skipped once):
+    // a few calls later the worker must have been replaced.
+    let mut replaced = false;
+    for _ in 0..10 {
+        if growing.call(()).await? != first {
+            replaced = true;
+            break;
+        }
+    }
+    check(
+        replaced,
+        format!("worker {first} kept after 10 calls of 64 MiB"),
+    )?;
+    let stats = growing.stats();
+    check(
+        stats.recycled_for_memory >= 1 && stats.replacements >= stats.recycled_for_memory,
+        format!("stats: {stats:?}"),
+    )?;
+    let small = Pool::new(
+        &parallel,
+        |_: ()| async move { std::process::id() as i32 },
+        config,
+    )?;
+    let first = small.call(()).await?;
+    known_pid::<R>("small worker", || small.pids().first().copied()).await?;
+    for _ in 0..5 {
+        let pid = small.call(()).await?;
+        check(
+            pid == first,
+            format!("small worker replaced: {first} -> {pid}"),
+        )?;
+    }
+    check(
+        small.stats().recycled_for_memory == 0,
+        format!("stats: {:?}", small.stats()),
+    )
+}
+
+/// The name of the tracing trial.
+pub const TRACING: &str = "tracing_reports_a_killed_worker_and_its_replacement";
+/// The [`HELPER_ENV`] value that runs [`tracing_helper`].
+pub const TRACING_HELPER: &str = "tracing";
+
+/// Runs in a helper process: a global subscriber sees the events of every
+/// thread (tokio's driver tasks run on its worker threads), and only this
+/// scenario's.
+pub fn tracing_reports_a_killed_worker_and_its_replacement() -> Result<(), Failed> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .env(HELPER_ENV, TRACING_HELPER)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() && text.starts_with("ok") {
+        Ok(())
+    } else {
+        Err(format!(
+            "helper ({}) said: {text} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into())
+    }
+}
+
+/// The helper process: installs [`Collector`] globally, then runs the
+/// scenario. Prints `ok` or what went wrong.
+pub fn tracing_helper<H: Harness>() {
+    let collector = Collector::default();
+    let events = Arc::clone(&collector.events);
+    let outcome = H::init().map_err(Failed::from).and_then(|parallel| {
+        tracing::subscriber::set_global_default(collector).map_err(|e| e.to_string())?;
+        H::block_on(Box::pin(traced(parallel, events)))
+    });
+    match outcome {
+        Ok(()) => println!("ok"),
+        Err(failed) => println!("{}", failed.message().unwrap_or("failed")),
+    }
+}
+
+async fn traced<R: Runtime>(
+    parallel: Parallel<R>,
+    events: Arc<Mutex<Vec<Seen>>>,
+) -> Result<(), Failed> {
+    let pool = Pool::new(
+        &parallel,
+        |ms: u64| async move {
+            R::sleep(Duration::from_millis(ms)).await;
+            std::process::id() as i32
+        },
+        PoolConfig::default().size(1),
+    )?;
+    let pid = pool.call(0).await?;
+    known_pid::<R>("pool worker", || pool.pids().first().copied()).await?;
+    let killing = async {
+        R::sleep(Duration::from_millis(100)).await;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)
+    };
+    let (result, killed) = join(pool.call(60_000), killing).await;
+    killed?;
+    check(
+        result.as_ref().err().and_then(Error::signal) == Some(9),
+        format!("the killed call gave {result:?}"),
+    )?;
+    let events = events.lock().unwrap().clone();
+    let pid_text = pid.to_string();
+    let death = events.iter().find(|event| {
+        event.fields.get("signal").map(String::as_str) == Some("9")
+            && event.fields.get("pid") == Some(&pid_text)
+    });
+    let Some(death) = death else {
+        return Err(format!("no death event with pid {pid} and signal 9 in {events:#?}").into());
+    };
+    check(
+        death.level == tracing::Level::WARN,
+        format!("death level: {death:?}"),
+    )?;
+    check(
+        death.span.get("pid") == Some(&pid_text),
+        format!("death event outside the worker's span: {death:?}"),
+    )?;
+    check(
+        events.iter().any(|event| {
+            event.level == tracing::Level::INFO
+                && event
+                    .fields
+                    .get("message")
+                    .is_some_and(|m| m.contains("replacing pool worker"))
+        }),
+        format!("no replacement event in {events:#?}"),
+    )?;
+    check(
+        events.iter().any(|event| {
+            event
+                .fields
+                .get("message")
+                .is_some_and(|m| m.contains("worker ready"))
+        }),
+        "no ready event",
+    )
+}
+
+/// One event as the test subscriber saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    level: tracing::Level,
+    fields: HashMap<String, String>,
+    /// The fields of the span it happened in (none: empty).
+    span: HashMap<String, String>,
+}
+
+/// A minimal subscriber: spans by id with their fields, a per-thread stack
+/// of entered spans, every event recorded.
+#[derive(Default)]
+struct Collector {
+    next: AtomicU64,
+    spans: Mutex<HashMap<u64, HashMap<String, String>>>,
+    events: Arc<Mutex<Vec<Seen>>>,
+}
+
+thread_local! {
+    static STACK: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+impl tracing::Subscriber for Collector {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut fields = HashMap::new();
+        span.record(&mut Fields(&mut fields));
+        self.spans.lock().unwrap().insert(id, fields);
+        tracing::span::Id::from_u64(id)
+    }
+
+    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        if let Some(fields) = self.spans.lock().unwrap().get_mut(&span.into_u64()) {
+            values.record(&mut Fields(fields));
+        }
+    }
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        let parent = match event.parent() {
+            Some(id) => Some(id.into_u64()),
+            None if event.is_contextual() => STACK.with(|stack| stack.borrow().last().copied()),
+            None => None,
+        };
+        let span = parent
+            .and_then(|id| self.spans.lock().unwrap().get(&id).cloned())
+            .unwrap_or_default();
+        self.events.lock().unwrap().push(Seen {
+            level: *event.metadata().level(),
+            fields,
+            span,
+        });
+    }
+
+    fn enter(&self, span: &tracing::span::Id) {
+        STACK.with(|stack| stack.borrow_mut().push(span.into_u64()));
+    }
+
+    fn exit(&self, span: &tracing::span::Id) {
+        STACK.with(|stack| {
+            let mut stack = stack.borrow_mut();
+            if let Some(at) = stack.iter().rposition(|id| *id == span.into_u64()) {
+                stack.remove(at);
+            }
+        });
+    }
+}
