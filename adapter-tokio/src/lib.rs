@@ -93,6 +93,27 @@
 //! # Descriptors
 //!
 //! An [`Fd`] inside a `process` message travels as a real file descriptor.
+//! # Shutting down on SIGTERM
+//!
+//! [`Parallel::shutdown`] stops new work, lets workers finish within a grace
+//! period, then sends SIGTERM and SIGKILL. Wire it to the parent's SIGTERM
+//! (tokio's `signal` feature):
+//!
+//! ```ignore
+//! let parallel = parallel_tokio::init()?;
+//! let on_term = parallel.clone();
+//! tokio::spawn(async move {
+//!     use tokio::signal::unix::{signal, SignalKind};
+//!     let mut term = signal(SignalKind::terminate())?;
+//!     term.recv().await;
+//!     on_term.shutdown(std::time::Duration::from_secs(10)).await;
+//!     std::process::exit(0);
+//!     # Ok::<(), std::io::Error>(())
+//! });
+//! ```
+//!
+//! (On smol, `async-signal`'s `Signals::new([Signal::Term])`; on glommio, a
+//! `signal-hook` thread that sends on an `async-channel` a task awaits.)
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(clippy::missing_errors_doc)]

@@ -77,16 +77,10 @@ pub struct EnvChange {
     pub value: Option<Vec<u8>>,
 }
 
-/// The bytes of an OS string (Unix strings are bytes; elsewhere, lossy UTF-8).
+/// The bytes of an OS string: on Unix exactly its bytes (the encoding
+/// `as_encoded_bytes` documents as the platform's own there).
 fn os_bytes(value: &std::ffi::OsStr) -> Vec<u8> {
-    #[cfg(unix)]
-    {
-        std::os::unix::ffi::OsStrExt::as_bytes(value).to_vec()
-    }
-    #[cfg(not(unix))]
-    {
-        value.to_string_lossy().into_owned().into_bytes()
-    }
+    value.as_encoded_bytes().to_vec()
 }
 
 impl SpawnOptions {

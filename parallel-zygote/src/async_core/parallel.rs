@@ -186,25 +186,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     ///
     /// # Wiring it to the parent's SIGTERM
     ///
-    /// On tokio (`tokio` with its `signal` feature):
-    ///
-    /// ```ignore
-    /// let parallel = parallel_tokio::init()?;
-    /// let on_term = parallel.clone();
-    /// tokio::spawn(async move {
-    ///     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    ///     term.recv().await;
-    ///     on_term.shutdown(std::time::Duration::from_secs(10)).await;
-    ///     std::process::exit(0);
-    ///     # Ok::<(), std::io::Error>(())
-    /// });
-    /// ```
-    ///
-    /// On smol, `async-signal` (`Signals::new([Signal::Term])`, then
-    /// `signals.next().await`) or `signal-hook-async-std` give the same
-    /// stream; on glommio, a `signal-hook` thread that sends on an
-    /// `async-channel` the glommio task awaits. Register the handler after
-    /// `init()` (the zygote starts first), in the parent only.
+    /// Await the runtime's own signal stream in a task of the parent, then
+    /// call `shutdown` and exit: each adapter's crate docs show it for its
+    /// runtime. Register the handler after `init()` (the zygote starts
+    /// first), in the parent only.
     pub async fn shutdown(&self, grace: Duration) {
         self.scope.closed.store(true, Ordering::Relaxed);
         tracing::info!(?grace, "shutting down: draining workers");
