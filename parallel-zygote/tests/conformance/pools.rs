@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::{join, join3};
 use futures_util::StreamExt;
 use libtest_mimic::Failed;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use parallel_zygote::async_core::{AnyPool, Error, Parallel, Pool, PoolConfig, Runtime};
 use parallel_zygote::SpawnOptions;
 
@@ -50,10 +48,10 @@ async fn reaped<R: Runtime>(pid: i32) -> Result<(), Failed> {
 /// One call per worker of a pool of 4 (each holds its worker 300 ms):
 /// worker name (from `/proc/self/comm`, checked against `WORKER_INDEX`) → pid.
 async fn names_of_4<R: Runtime>(
-    pool: &Pool<(), (String, i32), parallel_zygote::async_core::Postcard, R>,
+    pool: &Pool<u64, (String, i32), parallel_zygote::async_core::Postcard, R>,
 ) -> Result<BTreeMap<String, i32>, Failed> {
     let answers: Vec<_> = pool
-        .map(futures_util::stream::iter(std::iter::repeat(()).take(4)))
+        .map(futures_util::stream::iter(std::iter::repeat(300).take(4)))
         .collect()
         .await;
     let mut names = BTreeMap::new();
@@ -73,8 +71,8 @@ pub async fn pool_worker_i_keeps_its_options_after_a_replacement<R: Runtime>(
 ) -> Result<(), Failed> {
     let pool = Pool::with_worker_options(
         &parallel,
-        |_: ()| async move {
-            R::sleep(Duration::from_millis(300)).await;
+        |millis: u64| async move {
+            R::sleep(Duration::from_millis(millis)).await;
             // Both per-worker settings: the name `ps` shows and the
             // environment (the usual case: one GPU or core set per worker).
             let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
@@ -94,15 +92,36 @@ pub async fn pool_worker_i_keeps_its_options_after_a_replacement<R: Runtime>(
         },
     )?;
     let before = names_of_4(&pool).await?;
-    let victim = before["w2"];
-    kill(Pid::from_raw(victim), Signal::SIGKILL)?;
+    // Replace one worker through the pool: kill the worker running a long
+    // call. (A SIGKILL from outside races glommio's io_uring teardown, which
+    // holds a dead worker's socket open a moment after it is reaped, so a
+    // call written then counts as delivered and is not retried.)
+    let mut task = pool.submit(60_000);
+    let _ = within::<R, _>(Duration::from_millis(100), &mut task).await;
+    let victim = known_pid::<R>("the long call's worker", || task.pid()).await?;
+    task.kill();
+    let killed = task.await;
+    check(
+        matches!(killed, Err(Error::WorkerDied { .. })),
+        format!("the killed call: {killed:?}"),
+    )?;
+    let Some(victim_name) = before
+        .iter()
+        .find(|(_, pid)| **pid == victim)
+        .map(|(name, _)| name.clone())
+    else {
+        return Err(format!("worker {victim} is not one of {before:?}").into());
+    };
     reaped::<R>(victim).await?;
     let after = names_of_4(&pool).await?;
     check(
-        after["w2"] != victim,
-        format!("w2 was replaced: {before:?} then {after:?}"),
+        after[&victim_name] != victim,
+        format!("{victim_name} was replaced: {before:?} then {after:?}"),
     )?;
-    for name in ["w0", "w1", "w3"] {
+    for name in ["w0", "w1", "w2", "w3"]
+        .into_iter()
+        .filter(|n| *n != victim_name)
+    {
         check(
             after[name] == before[name],
             format!("{name} kept its worker: {before:?} then {after:?}"),
