@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use parallel_zygote::async_core::{Error, Parallel, Runtime};
 use parallel_zygote::ExitStatus;
 
-use super::{check, known_pid, wait_gone, within, Harness, HELPER_ENV};
+use super::{check, known_pid, wait_gone, within, Harness};
 
 pub async fn run_call_panic_reports_message_and_location_and_worker_survives<R: Runtime>(
     parallel: Parallel<R>,
@@ -154,20 +154,7 @@ pub const ZYGOTE_GONE_HELPER: &str = "zygote-gone";
 /// Kills a zygote: done in a helper process (this test binary run again
 /// with [`HELPER_ENV`] set), so that the other trials keep theirs.
 pub fn zygote_gone_gives_a_clear_error_promptly() -> Result<(), Failed> {
-    let output = std::process::Command::new(std::env::current_exe()?)
-        .env(HELPER_ENV, ZYGOTE_GONE_HELPER)
-        .output()?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    if output.status.success() && text.starts_with("ok") {
-        Ok(())
-    } else {
-        Err(format!(
-            "helper ({}) said: {text} {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into())
-    }
+    super::run_helper(ZYGOTE_GONE_HELPER)
 }
 
 /// The helper process: a zygote of its own, killed mid-way. Prints `ok` on

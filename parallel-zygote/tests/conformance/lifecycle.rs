@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use parallel_zygote::async_core::{Error, Parallel, Pool, PoolConfig, Runtime};
 
-use super::{check, known_pid, Harness, HELPER_ENV};
+use super::{check, known_pid, Harness};
 
 pub async fn pool_graceful_shutdown_drains_then_terminates<R: Runtime>(
     parallel: Parallel<R>,
@@ -196,20 +196,7 @@ pub const TRACING_HELPER: &str = "tracing";
 /// thread (tokio's driver tasks run on its worker threads), and only this
 /// scenario's.
 pub fn tracing_reports_a_killed_worker_and_its_replacement() -> Result<(), Failed> {
-    let output = std::process::Command::new(std::env::current_exe()?)
-        .env(HELPER_ENV, TRACING_HELPER)
-        .output()?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    if output.status.success() && text.starts_with("ok") {
-        Ok(())
-    } else {
-        Err(format!(
-            "helper ({}) said: {text} {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into())
-    }
+    super::run_helper(TRACING_HELPER)
 }
 
 /// The helper process: installs [`Collector`] globally, then runs the

@@ -171,6 +171,25 @@ pub fn main<H: Harness>() {
     libtest_mimic::run(&args, all).exit();
 }
 
+/// Runs this test binary again as the helper `which` (see [`helper`]); the
+/// helper prints `ok` on success, what went wrong otherwise.
+pub fn run_helper(which: &str) -> Result<(), Failed> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .env(HELPER_ENV, which)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() && text.starts_with("ok") {
+        Ok(())
+    } else {
+        Err(format!(
+            "helper ({}) said: {text} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into())
+    }
+}
+
 /// When [`HELPER_ENV`] is set, runs the helper process it names and returns
 /// true (the caller then returns from `main`); otherwise returns false.
 pub fn helper<H: Harness>() -> bool {
