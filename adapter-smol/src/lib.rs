@@ -120,8 +120,8 @@ use parallel_zygote::async_core as core;
 #[allow(unused_imports)] // Empty without a codec feature.
 pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
-    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicLocation, PanicReport,
-    PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle,
+    Codec, CodecError, Error, Fd, LimitExceeded, MessageSender, MessageStream, PanicLocation,
+    PanicReport, PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle,
 };
 /// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
 /// the argument tuple (see [`parallel_zygote::spawn!`]).

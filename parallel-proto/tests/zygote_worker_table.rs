@@ -76,7 +76,10 @@ fn a_kill_for_an_already_reaped_worker_produces_no_event() {
         pair.parent_events,
         [ZygoteEvent::Exited { worker: 1, status }]
     );
-    assert_eq!(status.to_string(), "killed by signal 11 (core dumped)");
+    assert_eq!(
+        status.to_string(),
+        "killed by signal 11 (SIGSEGV, core dumped)"
+    );
     // The server still serves requests afterwards.
     pair.parent
         .spawn(entry(), SpawnOptions::default(), 0)
@@ -179,4 +182,20 @@ fn shutdown_reaches_the_server_as_an_event() {
         [500],
         "the OS layer terminates the live children"
     );
+}
+
+#[test]
+fn exit_statuses_read_as_words_naming_the_signal() {
+    let signaled = |signal| ExitStatus::Signaled {
+        signal,
+        core_dumped: false,
+    };
+    assert_eq!(signaled(9).to_string(), "killed by signal 9 (SIGKILL)");
+    assert_eq!(signaled(24).to_string(), "killed by signal 24 (SIGXCPU)");
+    assert_eq!(signaled(31).to_string(), "killed by signal 31 (SIGSYS)");
+    // Real-time and unknown signals: the number alone.
+    assert_eq!(signaled(40).to_string(), "killed by signal 40");
+    assert_eq!(signaled(0).to_string(), "killed by signal 0");
+    assert_eq!(signaled(-3).to_string(), "killed by signal -3");
+    assert_eq!(ExitStatus::Exited(3).to_string(), "exited with code 3");
 }

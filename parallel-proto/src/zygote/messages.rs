@@ -93,6 +93,12 @@ impl SpawnOptions {
 
     /// Adds a resource limit (`u64::MAX` means unlimited), applied in the
     /// child before its entry runs.
+    ///
+    /// A worker that dies the way the kernel or the Rust runtime enforces a
+    /// limit (SIGXCPU or SIGKILL for CPU time, SIGXFSZ for file size, an
+    /// abort after a failed allocation under an address-space, data or
+    /// stack limit) gets a death error naming that limit and its values
+    /// (`parallel_zygote::async_core::Error::limit`).
     #[must_use = "the setter returns the changed options"]
     pub fn limit(mut self, resource: Resource, soft: u64, hard: u64) -> Self {
         self.rlimits.push(ResourceLimit {
@@ -265,13 +271,78 @@ impl std::fmt::Display for ExitStatus {
                 core_dumped,
             } => {
                 write!(f, "killed by signal {signal}")?;
-                if *core_dumped {
-                    f.write_str(" (core dumped)")?;
+                match (signal_name(*signal), *core_dumped) {
+                    (Some(name), true) => write!(f, " ({name}, core dumped)"),
+                    (Some(name), false) => write!(f, " ({name})"),
+                    (None, true) => f.write_str(" (core dumped)"),
+                    (None, false) => Ok(()),
                 }
-                Ok(())
             }
         }
     }
+}
+
+/// The name of a signal as Linux numbers it on the common architectures
+/// (x86, Arm, RISC-V, PowerPC, s390; MIPS, SPARC and Alpha number some
+/// differently, so they get numbers only), for messages.
+#[cfg(all(
+    target_os = "linux",
+    not(any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "sparc",
+        target_arch = "sparc64"
+    ))
+))]
+fn signal_name(signal: i32) -> Option<&'static str> {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    let index = usize::try_from(signal).ok()?.checked_sub(1)?;
+    NAMES.get(index).copied()
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    not(any(
+        target_arch = "mips",
+        target_arch = "mips64",
+        target_arch = "sparc",
+        target_arch = "sparc64"
+    ))
+)))]
+fn signal_name(_signal: i32) -> Option<&'static str> {
+    None
 }
 
 /// Why the zygote could not start a worker or snapshot.

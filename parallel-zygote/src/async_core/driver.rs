@@ -252,6 +252,7 @@ impl<R: Runtime> Future for Driver<R> {
                         spawn_error: this.killer.spawn_error(),
                         zygote_gone,
                         protocol: this.broke.take(),
+                        limit: None,
                     };
                     trace_death(&span, &death);
                     this.report_death(death);
@@ -440,7 +441,7 @@ impl<R: Runtime> Driver<R> {
     /// The channel broke before the task returned: tell every waiter why,
     /// naming the call each one was waiting for.
     fn report_death(&mut self, death: Death) {
-        self.killer.record_death(death.clone());
+        let death = self.killer.record_death(death);
         for (call, reply) in self.calls.drain() {
             let _ = reply.send(Err(CallFailed {
                 error: death.error(Some(call)),

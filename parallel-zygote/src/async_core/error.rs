@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::codec::CodecError;
-use crate::ExitStatus;
+use crate::{ExitStatus, Resource, ResourceLimit};
 use parallel_proto::channel::PanicReport;
 
 /// Errors of the async API, the same for every adapter.
@@ -27,7 +27,13 @@ pub enum Error {
         report: PanicReport,
     },
     /// The worker process died before answering.
-    #[error("worker {} died ({}){}", pid_text(*pid), status_text(status), call_suffix(*call))]
+    #[error(
+        "worker {} died ({}){}{}",
+        pid_text(*pid),
+        status_text(status),
+        call_suffix(*call),
+        limit_suffix(limit)
+    )]
     WorkerDied {
         /// Its pid, if it got that far.
         pid: Option<i32>,
@@ -35,6 +41,11 @@ pub enum Error {
         status: Option<ExitStatus>,
         /// The `run` call that was in flight and is lost.
         call: Option<u64>,
+        /// The resource limit (set through [`SpawnOptions::limit`]) that
+        /// explains the death, when the way it died points at one.
+        ///
+        /// [`SpawnOptions::limit`]: crate::SpawnOptions::limit
+        limit: Option<LimitExceeded>,
     },
     /// The call or task did not finish in time; its worker was killed.
     #[error("timed out after {after:?}; worker {} was killed", pid_text(*pid))]
@@ -103,6 +114,124 @@ pub enum Error {
     Cancelled,
 }
 
+fn limit_suffix(limit: &Option<LimitExceeded>) -> String {
+    limit.map(|limit| format!(": {limit}")).unwrap_or_default()
+}
+
+/// A resource limit that explains a worker's death: the worker ran under
+/// it (set through [`SpawnOptions::limit`](crate::SpawnOptions::limit)),
+/// and the way it died is the way that limit is enforced.
+///
+/// The kernel enforces a CPU-time limit with SIGXCPU at the soft limit and
+/// SIGKILL at the hard one, and a file-size limit with SIGXFSZ. An
+/// address-space, data or stack limit makes an allocation (or the stack)
+/// fail, which a Rust program answers with an abort (SIGABRT; SIGSEGV in
+/// code that does not check).
+///
+/// ```
+/// use parallel_zygote::async_core::LimitExceeded;
+/// use parallel_zygote::{ExitStatus, Resource, ResourceLimit};
+///
+/// let cpu = ResourceLimit { resource: Resource::CpuTime, soft: 1, hard: 2 };
+/// let status = ExitStatus::Signaled { signal: libc::SIGXCPU, core_dumped: false };
+/// let limit = LimitExceeded::explain(&status, &[cpu]).unwrap();
+/// assert!(limit.certain);
+/// assert_eq!(
+///     limit.to_string(),
+///     "it exceeded its CPU-time limit (RLIMIT_CPU, soft 1 s, hard 2 s)"
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitExceeded {
+    /// The limit, as the spawn set it.
+    pub limit: ResourceLimit,
+    /// True when the way the worker died proves it (SIGXCPU for CPU time,
+    /// SIGXFSZ for file size); false when the limit is the likely cause
+    /// (SIGKILL under a CPU-time hard limit, which someone else may also
+    /// have sent; an abort or SIGSEGV under a memory limit).
+    pub certain: bool,
+}
+
+impl LimitExceeded {
+    /// The limit among `limits` that explains a worker ending with
+    /// `status`, if any (see the type's docs for the rules).
+    pub fn explain(status: &ExitStatus, limits: &[ResourceLimit]) -> Option<LimitExceeded> {
+        let ExitStatus::Signaled { signal, .. } = *status else {
+            return None;
+        };
+        let find = |wanted: &[Resource], certain: bool| {
+            limits
+                .iter()
+                .rev()
+                .find(|limit| wanted.contains(&limit.resource) && limit.soft != u64::MAX)
+                .map(|&limit| LimitExceeded { limit, certain })
+        };
+        match signal {
+            libc::SIGXCPU => find(&[Resource::CpuTime], true),
+            libc::SIGXFSZ => find(&[Resource::FileSize], true),
+            libc::SIGKILL => limits
+                .iter()
+                .rev()
+                .find(|limit| limit.resource == Resource::CpuTime && limit.hard != u64::MAX)
+                .map(|&limit| LimitExceeded {
+                    limit,
+                    certain: false,
+                }),
+            libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS => find(
+                &[Resource::AddressSpace, Resource::Data, Resource::Stack],
+                false,
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, name, unit) = match self.limit.resource {
+            Resource::CpuTime => ("CPU-time", "RLIMIT_CPU", Unit::Seconds),
+            Resource::FileSize => ("file-size", "RLIMIT_FSIZE", Unit::Bytes),
+            Resource::AddressSpace => ("address-space", "RLIMIT_AS", Unit::Bytes),
+            Resource::Data => ("data-segment", "RLIMIT_DATA", Unit::Bytes),
+            Resource::Stack => ("stack", "RLIMIT_STACK", Unit::Bytes),
+            _ => ("resource", "rlimit", Unit::Count),
+        };
+        let (soft, hard) = (unit.text(self.limit.soft), unit.text(self.limit.hard));
+        if self.certain {
+            write!(
+                f,
+                "it exceeded its {what} limit ({name}, soft {soft}, hard {hard})"
+            )
+        } else {
+            write!(
+                f,
+                "probably by its {what} limit ({name}, soft {soft}, hard {hard})"
+            )
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Seconds,
+    Bytes,
+    Count,
+}
+
+impl Unit {
+    fn text(self, value: u64) -> String {
+        const MIB: u64 = 1 << 20;
+        match self {
+            _ if value == u64::MAX => "unlimited".into(),
+            Unit::Seconds => format!("{value} s"),
+            Unit::Bytes if value >= MIB && value % MIB == 0 => format!("{} MiB", value / MIB),
+            Unit::Bytes => format!("{value} bytes"),
+            Unit::Count => value.to_string(),
+        }
+    }
+}
+
 fn call_suffix(call: Option<u64>) -> String {
     call.map(|call| format!(" during call {call}"))
         .unwrap_or_default()
@@ -150,6 +279,15 @@ impl Error {
         match self {
             Error::SpawnFailed { source } | Error::Zygote(source) => source.errno(),
             Error::Io(error) => error.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// The resource limit that explains a worker's death, if its death
+    /// points at one (see [`LimitExceeded`]).
+    pub fn limit(&self) -> Option<&LimitExceeded> {
+        match self {
+            Error::WorkerDied { limit, .. } => limit.as_ref(),
             _ => None,
         }
     }
@@ -205,5 +343,48 @@ mod tests {
         let chain = spawn.source().and_then(|s| s.source()).unwrap().to_string();
         assert_eq!(chain, "out of pids");
         assert!(!spawn.source().unwrap().to_string().contains("out of pids"));
+    }
+
+    #[test]
+    fn a_death_is_blamed_on_a_limit_only_when_it_ended_the_way_that_limit_does() {
+        use super::LimitExceeded;
+        use crate::{ExitStatus, Resource, ResourceLimit};
+        let limit = |resource, soft, hard| ResourceLimit {
+            resource,
+            soft,
+            hard,
+        };
+        let signaled = |signal| ExitStatus::Signaled {
+            signal,
+            core_dumped: false,
+        };
+        let cpu = limit(Resource::CpuTime, 1, 2);
+        let memory = limit(Resource::AddressSpace, 1 << 30, u64::MAX);
+        let files = limit(Resource::OpenFiles, 64, 64);
+        let all = [cpu, memory, files];
+        let explain = |status, limits: &[ResourceLimit]| LimitExceeded::explain(&status, limits);
+
+        let xcpu = explain(signaled(libc::SIGXCPU), &all).unwrap();
+        assert_eq!((xcpu.limit, xcpu.certain), (cpu, true));
+        let killed = explain(signaled(libc::SIGKILL), &all).unwrap();
+        assert_eq!((killed.limit, killed.certain), (cpu, false));
+        let aborted = explain(signaled(libc::SIGABRT), &all).unwrap();
+        assert_eq!((aborted.limit, aborted.certain), (memory, false));
+        assert_eq!(
+            aborted.to_string(),
+            "probably by its address-space limit (RLIMIT_AS, soft 1024 MiB, hard unlimited)"
+        );
+
+        // No limit of the kind that signal enforces: nobody to blame.
+        assert_eq!(explain(signaled(libc::SIGKILL), &[memory, files]), None);
+        assert_eq!(explain(signaled(libc::SIGABRT), &[cpu, files]), None);
+        assert_eq!(explain(signaled(libc::SIGXFSZ), &all), None);
+        assert_eq!(explain(signaled(libc::SIGTERM), &all), None);
+        // An exit code is the program's own doing.
+        assert_eq!(explain(ExitStatus::Exited(1), &all), None);
+        // An unlimited limit is no limit.
+        let unlimited = limit(Resource::CpuTime, u64::MAX, u64::MAX);
+        assert_eq!(explain(signaled(libc::SIGXCPU), &[unlimited]), None);
+        assert_eq!(explain(signaled(libc::SIGKILL), &[unlimited]), None);
     }
 }

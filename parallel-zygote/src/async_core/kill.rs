@@ -10,8 +10,9 @@ use futures_util::task::AtomicWaker;
 use parallel_proto::channel::CallId;
 use parallel_proto::zygote::SpawnFailure;
 
+use super::error::LimitExceeded;
 use super::Error;
-use crate::{ExitStatus, PendingSpawn, WorkerProcess};
+use crate::{ExitStatus, PendingSpawn, ResourceLimit, WorkerProcess};
 
 /// Kills the worker from any task, without going through the driver (which
 /// may be stuck writing to a worker that stopped reading), and knows its pid.
@@ -44,6 +45,9 @@ struct KillState {
     spawn_error: Option<Arc<crate::Error>>,
     /// How the worker ended, once the driver knows it broke.
     death: Option<Death>,
+    /// The resource limits the worker was spawned with, which may explain
+    /// its death.
+    limits: Vec<ResourceLimit>,
 }
 
 /// How a worker ended, as the driver found out.
@@ -57,6 +61,9 @@ pub(crate) struct Death {
     pub(crate) zygote_gone: Option<Arc<crate::Error>>,
     /// The worker broke the protocol (it was killed for it).
     pub(crate) protocol: Option<parallel_proto::Error>,
+    /// The resource limit that explains the death (filled in by
+    /// [`Killer::record_death`]).
+    pub(crate) limit: Option<LimitExceeded>,
 }
 
 impl Death {
@@ -79,6 +86,7 @@ impl Death {
                 pid: self.pid,
                 status: self.status,
                 call,
+                limit: self.limit,
             },
         }
     }
@@ -247,8 +255,23 @@ impl Killer {
         }
     }
 
-    pub(crate) fn record_death(&self, death: Death) {
-        self.lock().death = Some(death);
+    /// Records the limits the worker runs under (from its spawn options).
+    pub(crate) fn set_limits(&self, limits: Vec<ResourceLimit>) {
+        self.lock().limits = limits;
+    }
+
+    /// Records how the worker ended, naming the resource limit that
+    /// explains it unless the worker was killed on request; returns the
+    /// death as recorded.
+    pub(crate) fn record_death(&self, mut death: Death) -> Death {
+        let mut state = self.lock();
+        if !state.requested {
+            death.limit = death
+                .status
+                .and_then(|status| LimitExceeded::explain(&status, &state.limits));
+        }
+        state.death = Some(death.clone());
+        death
     }
 }
 

@@ -90,7 +90,7 @@ mod worker;
 pub use any_pool::AnyPool;
 pub use codec::{Codec, CodecError, Postcard};
 pub use driver::Driver;
-pub use error::Error;
+pub use error::{Error, LimitExceeded};
 pub use fd::Fd;
 pub use messages::{MessageSender, MessageStream};
 pub use parallel::Parallel;

@@ -394,6 +394,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         stream.set_nonblocking(true)?;
         let conn = Conn::new(machine, R::register(stream)?);
         let link = launch::<R>(conn, pending, span);
+        link.killer.set_limits(self.options.rlimits.clone());
         self.scope.track(&link.killer);
         Ok(link)
     }

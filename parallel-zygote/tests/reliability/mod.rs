@@ -1,6 +1,6 @@
 //! The reliability suite: hostile conditions (a parent killed, a storm of
 //! worker kills, a zygote killed under load, leaks, scale, back-pressure,
-//! bad input), each scenario measuring and asserting, written once,
+//! bad input, resource limits), each scenario measuring and asserting, written once,
 //! generic over the [`Runtime`], run by each adapter's
 //! `tests/reliability.rs` (a `harness = false` test target):
 //!
@@ -59,6 +59,7 @@ use parallel_zygote::async_core::{Error, Parallel, Runtime};
 
 mod bad_input;
 mod faults;
+mod limits;
 mod resources;
 
 /// A scenario's future, as [`Harness::block_on`] runs it.
@@ -130,6 +131,9 @@ fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
             "bad_input_on_the_zygote_socket",
             bad_input::zygote_socket::<H>,
         ),
+        in_process("limits_cpu_time_and_address_space", |p| {
+            Box::pin(limits::limits(p))
+        }),
     ]
 }
 
