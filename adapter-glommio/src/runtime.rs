@@ -13,7 +13,9 @@ use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use glommio::timer::Timer;
@@ -86,6 +88,8 @@ pub struct GlommioSocket {
     peer: Rc<glommio::net::UnixStream>,
     /// The peek in flight, if the last read found nothing.
     peek: Option<Peek>,
+    /// What the peek is polled with (see [`PeekWaker`]).
+    peek_waker: Arc<PeekWaker>,
     /// Read before waiting: no `EAGAIN` or draining read since the last wait.
     try_read: bool,
     /// The timer before the next write-readiness check, after an `EAGAIN`.
@@ -113,6 +117,7 @@ impl GlommioSocket {
             socket,
             peer: Rc::new(parallel_zygote::sys::adopt_fd(copy)),
             peek: None,
+            peek_waker: Arc::default(),
             try_read: true,
             write_wait: None,
             write_delay: WRITE_WAIT_MIN,
@@ -128,6 +133,8 @@ impl AsyncSocket for GlommioSocket {
     ) -> Poll<io::Result<ReadOutcome>> {
         loop {
             if !self.try_read {
+                self.peek_waker.task_is(cx.waker());
+                let fresh = self.peek.is_none();
                 let peer = &self.peer;
                 let peek = self.peek.get_or_insert_with(|| {
                     let peer = Rc::clone(peer);
@@ -136,7 +143,12 @@ impl AsyncSocket for GlommioSocket {
                     // the read then reports.
                     Box::pin(async move { Ok(peer.peek(&mut [0u8; 1]).await?) })
                 });
-                let peeked = ready!(peek.as_mut().poll(cx));
+                // Polled once, then only after glommio woke it.
+                if !fresh && !self.peek_waker.take_fired() {
+                    return Poll::Pending;
+                }
+                let waker = Waker::from(Arc::clone(&self.peek_waker));
+                let peeked = ready!(peek.as_mut().poll(&mut Context::from_waker(&waker)));
                 self.peek = None;
                 peeked?;
                 self.try_read = true;
@@ -175,6 +187,50 @@ impl AsyncSocket for GlommioSocket {
                 }
                 result => return Poll::Ready(result),
             }
+        }
+    }
+}
+
+/// The one waker a pending peek is polled with, forwarding glommio's
+/// wake-up to whichever task polls the socket now.
+///
+/// glommio keeps a clone of the waker of every poll of a pending read
+/// (`Source::collect_rw` pushes one per poll) and counts a task's wakers in
+/// an `i16`. Polled with the task's own waker on each of the task's wake-ups
+/// (every message sent, every write wait), a read that stayed pending for
+/// 32,768 of them overflowed that count and glommio aborted the process.
+/// Polled with this waker, and only once it fired, the peek holds one.
+#[derive(Default)]
+struct PeekWaker {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl PeekWaker {
+    /// Records the task to wake.
+    fn task_is(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !task.as_ref().is_some_and(|task| task.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+
+    /// Whether glommio woke the peek since the last call.
+    fn take_fired(&self) -> bool {
+        self.fired.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for PeekWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.wake();
         }
     }
 }

@@ -35,6 +35,7 @@ fn main() {
         trial!(spawn_run_and_process_round_trips),
         trial!(thousand_sequential_calls),
         trial!(eight_mib_each_way_through_process),
+        trial!(reads_left_pending_across_many_wake_ups),
         trial!(descriptors_both_ways),
         trial!(workers_run_glommio_timers_and_spawn_local),
         trial!(worker_options_are_used),
@@ -147,6 +148,49 @@ async fn eight_mib_each_way_through_process(parallel: Parallel) -> Result<(), Fa
     check(back.len() == LEN, format!("{} bytes came back", back.len()))?;
     let wrong = (0..LEN).find(|&i| back[i] != ((i % 251) as u8).wrapping_add(1));
     check(wrong.is_none(), format!("byte {wrong:?} differs"))
+}
+
+/// glommio keeps a clone of the task's waker for every poll of a pending
+/// read and counts a task's wakers in an `i16`: a read left pending while
+/// its task was woken 32,768 times for other reasons (each message sent)
+/// overflowed the count, and glommio aborted the process (found by the
+/// reliability suite's 1 GiB back-pressure run). Here both sides send
+/// 100,000 messages while their reads wait: the worker's while the parent
+/// sends, the parent's while the worker sends.
+async fn reads_left_pending_across_many_wake_ups(parallel: Parallel) -> Result<(), Failed> {
+    const MESSAGES: u32 = 100_000;
+    let mut worker = parallel.process(
+        |mut input: MessageStream<u32>, output: MessageSender<u32>| async move {
+            let mut received = 0;
+            while let Some(Ok(_)) = input.recv().await {
+                received += 1;
+                if received == MESSAGES {
+                    break;
+                }
+            }
+            // Now the worker's reading waits while it sends.
+            for i in 0..MESSAGES {
+                output.send(i).await.unwrap();
+            }
+        },
+    )?;
+    for i in 0..MESSAGES {
+        worker.sender.send(i).await?;
+    }
+    let mut received = 0;
+    while let Some(message) = worker.stream.next().await {
+        check(
+            message? == received,
+            format!("message {received} out of order"),
+        )?;
+        received += 1;
+    }
+    check(
+        received == MESSAGES,
+        format!("{received} of {MESSAGES} messages came back"),
+    )?;
+    worker.handle.wait().await?;
+    Ok(())
 }
 
 async fn descriptors_both_ways(parallel: Parallel) -> Result<(), Failed> {

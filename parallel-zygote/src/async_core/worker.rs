@@ -3,7 +3,7 @@
 //! `process`. Runtime-free: the adapter's [`WorkerRuntime`] builds the
 //! runtime after the fork and polls the task.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
@@ -97,8 +97,22 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
         .or_else(|| payload.downcast_ref::<String>().cloned())
 }
 
+thread_local! {
+    /// Whether this thread is polling a task function under `catching`,
+    /// which turns a panic into a report for the parent.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
 fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
+    let uncaught = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // A panic no task reports (another thread's, a runtime's): printed
+        // as it would have been, so the worker's stderr says what happened.
+        // (A second panic while one unwinds aborts; Rust says so itself.)
+        if !CATCHING.with(Cell::get) {
+            uncaught(info);
+            return;
+        }
         // Captured whatever RUST_BACKTRACE says, unless the parent said no.
         let backtrace = CAPTURE_BACKTRACES
             .load(Ordering::Relaxed)
@@ -239,10 +253,15 @@ async fn run_task(
 
 /// Runs `future`, turning a panic into a report.
 async fn catching<T>(future: impl Future<Output = T>) -> Result<T, PanicReport> {
-    AssertUnwindSafe(future)
-        .catch_unwind()
-        .await
-        .map_err(take_panic)
+    let mut future = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
+    std::future::poll_fn(|cx| {
+        let outer = CATCHING.with(|catching| catching.replace(true));
+        let polled = future.as_mut().poll(cx);
+        CATCHING.with(|catching| catching.set(outer));
+        polled
+    })
+    .await
+    .map_err(take_panic)
 }
 
 /// Calls `function` on encoded arguments; the outcome, encoded.

@@ -256,6 +256,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         pools::pool_kill_ends_all_workers,
         panics::panic_has_a_backtrace_without_rust_backtrace,
         panics::panic_has_no_backtrace_when_turned_off,
+        panics::uncaught_panics_in_a_worker_are_printed_caught_ones_reported,
         sugar::spawn_macro_passes_locals_without_a_tuple,
         options::env_set_removed_and_cleared_in_the_worker,
         options::current_dir_applies_in_the_worker,

@@ -84,3 +84,48 @@ pub async fn panic_has_no_backtrace_when_turned_off<R: Runtime>(
         format!("{report:?}"),
     )
 }
+
+/// The worker's stderr, redirected to a file the worker reads back.
+const STDERR_FILE: &str = "parallel-conformance-worker-stderr";
+
+/// A panic no task reports (here, in a thread the worker started) is
+/// printed on the worker's stderr as Rust would, so its death can be
+/// explained; a panic in the task function is reported to the parent
+/// instead, and not printed twice.
+pub async fn uncaught_panics_in_a_worker_are_printed_caught_ones_reported<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let worker = parallel.run(|step: u8| async move {
+        let path = std::env::temp_dir().join(format!("{STDERR_FILE}-{}", std::process::id()));
+        match step {
+            0 => {
+                let file = std::fs::File::create(&path).unwrap();
+                nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&file), 2).unwrap();
+                let thread = std::thread::spawn(|| panic!("uncaught in a thread"));
+                assert!(thread.join().is_err());
+                String::new()
+            }
+            1 => panic!("caught in the task"),
+            _ => {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let _ = std::fs::remove_file(&path);
+                text
+            }
+        }
+    })?;
+    worker.call(0).await?;
+    let caught = worker.call(1).await;
+    check(
+        matches!(&caught, Err(Error::Panicked { report, .. }) if report.message == "caught in the task"),
+        format!("the task's panic is reported: {caught:?}"),
+    )?;
+    let stderr = worker.call(2).await?;
+    check(
+        stderr.contains("panicked at") && stderr.contains("uncaught in a thread"),
+        format!("the thread's panic is printed: {stderr:?}"),
+    )?;
+    check(
+        !stderr.contains("caught in the task"),
+        format!("the task's panic is not printed: {stderr:?}"),
+    )
+}
