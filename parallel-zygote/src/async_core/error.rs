@@ -27,7 +27,7 @@ pub enum Error {
         report: PanicReport,
     },
     /// The worker process died before answering.
-    #[error("worker {} died ({}){}", pid_text(*pid), status_text(status), call_suffix(*call))]
+    #[error("worker {} died ({}){}{}", pid_text(*pid), status_text(status), call_suffix(*call), tail_suffix(stderr_tail))]
     WorkerDied {
         /// Its pid, if it got that far.
         pid: Option<i32>,
@@ -35,6 +35,12 @@ pub enum Error {
         status: Option<ExitStatus>,
         /// The `run` call that was in flight and is lost.
         call: Option<u64>,
+        /// The last lines the worker wrote to its stderr, oldest first, when
+        /// it was captured ([`Output::Capture`](super::Output::Capture)):
+        /// at most [`STDERR_TAIL_LINES`](super::STDERR_TAIL_LINES) lines and
+        /// [`STDERR_TAIL_BYTES`](super::STDERR_TAIL_BYTES) bytes. `Display`
+        /// shows the last one only.
+        stderr_tail: Vec<String>,
     },
     /// The call or task did not finish in time; its worker was killed.
     #[error("timed out after {after:?}; worker {} was killed", pid_text(*pid))]
@@ -108,6 +114,20 @@ fn call_suffix(call: Option<u64>) -> String {
         .unwrap_or_default()
 }
 
+/// The last stderr line, cut to a readable length.
+fn tail_suffix(tail: &[String]) -> String {
+    const SHOWN: usize = 200;
+    let Some(last) = tail.last() else {
+        return String::new();
+    };
+    let mut end = last.len().min(SHOWN);
+    while !last.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < last.len() { "..." } else { "" };
+    format!("; its last stderr line: {:?}{more}", &last[..end])
+}
+
 fn pid_text(pid: Option<i32>) -> String {
     pid.map(|pid| pid.to_string())
         .unwrap_or_else(|| "(not started)".into())
@@ -151,6 +171,15 @@ impl Error {
             Error::SpawnFailed { source } | Error::Zygote(source) => source.errno(),
             Error::Io(error) => error.raw_os_error(),
             _ => None,
+        }
+    }
+
+    /// The last lines a dead worker wrote to its captured stderr, oldest
+    /// first (empty when stderr was not captured, or for other errors).
+    pub fn stderr_tail(&self) -> &[String] {
+        match self {
+            Error::WorkerDied { stderr_tail, .. } => stderr_tail,
+            _ => &[],
         }
     }
 

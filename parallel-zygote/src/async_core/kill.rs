@@ -57,6 +57,8 @@ pub(crate) struct Death {
     pub(crate) zygote_gone: Option<Arc<crate::Error>>,
     /// The worker broke the protocol (it was killed for it).
     pub(crate) protocol: Option<parallel_proto::Error>,
+    /// The last lines of its captured stderr (empty when not captured).
+    pub(crate) stderr_tail: Vec<String>,
 }
 
 impl Death {
@@ -79,6 +81,7 @@ impl Death {
                 pid: self.pid,
                 status: self.status,
                 call,
+                stderr_tail: self.stderr_tail.clone(),
             },
         }
     }

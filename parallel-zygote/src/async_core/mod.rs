@@ -75,8 +75,10 @@ mod conn;
 mod driver;
 mod error;
 mod fd;
+mod forward;
 mod kill;
 mod messages;
+mod output;
 mod parallel;
 mod pool;
 mod pool_core;
@@ -92,7 +94,12 @@ pub use codec::{Codec, CodecError, Postcard};
 pub use driver::Driver;
 pub use error::Error;
 pub use fd::Fd;
+pub use forward::MAX_PENDING as MAX_TRACING_BUFFER;
 pub use messages::{MessageSender, MessageStream};
+pub use output::{
+    Output, OutputLine, OutputLines, OutputSink, StdStream, MAX_LINE_LEN, STDERR_TAIL_BYTES,
+    STDERR_TAIL_LINES,
+};
 pub use parallel::Parallel;
 pub use parallel_proto::channel::{PanicLocation, PanicReport};
 pub use pool::{Pool, PoolConfig, PoolStats};

@@ -16,6 +16,7 @@ use super::conn::Conn;
 use super::driver::{launch, Link};
 use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
+use super::output::{Output, OutputConfig};
 use super::process::Process;
 use super::run::Run;
 use super::runtime::{Runtime, WorkerRuntime};
@@ -58,6 +59,8 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
     options: SpawnOptions,
     /// Whether workers capture a backtrace when they panic.
     backtraces: bool,
+    /// Where workers' stdout and stderr go; tracing forwarding.
+    output: OutputConfig,
     /// The shutdown scope this handle and its clones share.
     scope: Arc<Scope>,
     _types: PhantomData<fn() -> (R, C)>,
@@ -112,6 +115,7 @@ impl<R: Runtime, C: Codec> Clone for Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            output: self.output.clone(),
             scope: Arc::clone(&self.scope),
             _types: PhantomData,
         }
@@ -138,6 +142,7 @@ impl<R: Runtime> Parallel<R, Postcard> {
             worker: WorkerChoice::of(&R::Worker::default()),
             options: SpawnOptions::default(),
             backtraces: true,
+            output: OutputConfig::default(),
             scope: Arc::default(),
             _types: PhantomData,
         }
@@ -215,6 +220,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            output: self.output.clone(),
             scope: Arc::clone(&self.scope),
             _types: PhantomData,
         }
@@ -257,6 +263,63 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         self.backtraces
     }
 
+    /// Where the stdout and stderr of each new worker go: inherited (the
+    /// default), discarded, or captured line by line and attributed to the
+    /// worker (see [`Output`]). For one spawn, call it on a derived handle:
+    /// `parallel.clone().worker_output(Output::Null).spawn(..)`. A pool's
+    /// workers take the setting of the handle the pool is made from.
+    #[must_use = "worker_output returns a new handle; the old one is unchanged"]
+    pub fn worker_output(mut self, output: Output) -> Self {
+        self.output.stdout = output.clone();
+        self.output.stderr = output;
+        self
+    }
+
+    /// Where each new worker's stdout goes (see [`worker_output`](Self::worker_output)).
+    #[must_use = "worker_stdout returns a new handle; the old one is unchanged"]
+    pub fn worker_stdout(mut self, output: Output) -> Self {
+        self.output.stdout = output;
+        self
+    }
+
+    /// Where each new worker's stderr goes (see [`worker_output`](Self::worker_output)).
+    #[must_use = "worker_stderr returns a new handle; the old one is unchanged"]
+    pub fn worker_stderr(mut self, output: Output) -> Self {
+        self.output.stderr = output;
+        self
+    }
+
+    /// Forwards the `tracing` events of each new worker, at `max_level` and
+    /// above (`None`, the default: none), to this process: each is
+    /// re-emitted here with target `parallel::worker::log` inside the
+    /// worker's `worker` span, at its own level, with the fields `pid`,
+    /// `worker_target` (the target in the worker), `spans` (the worker's
+    /// spans it happened in, `outer:inner`), `fields` (its other fields as
+    /// `name=value` text) and its message. So one subscriber, here, sees the
+    /// whole tree.
+    ///
+    /// In the worker, the forwarder is the default subscriber of the thread
+    /// that runs the task, for as long as it runs: a subscriber the function
+    /// sets for its own scope (`tracing::subscriber::with_default`,
+    /// `set_default`) takes precedence there, and a global one it installs
+    /// (`set_global_default`, `tracing_subscriber::fmt().init()`) only
+    /// sees other threads (a multi-threaded worker runtime's). The worker
+    /// never waits for the parent: it buffers up to
+    /// [`MAX_TRACING_BUFFER`](super::MAX_TRACING_BUFFER) bytes of events,
+    /// drops what does not fit, and the parent warns with the count.
+    ///
+    /// ```no_run
+    /// # fn demo<R: parallel_zygote::async_core::Runtime>(parallel: parallel_zygote::async_core::Parallel<R>) {
+    /// let traced = parallel.forward_worker_tracing(Some(tracing::Level::INFO));
+    /// let handle = traced.spawn(|n: u32| async move { tracing::info!(n, "working"); n }, 1);
+    /// # drop(handle); }
+    /// ```
+    #[must_use = "forward_worker_tracing returns a new handle; the old one is unchanged"]
+    pub fn forward_worker_tracing(mut self, max_level: Option<tracing::Level>) -> Self {
+        self.output.tracing = max_level;
+        self
+    }
+
     /// The spawn options each new worker gets.
     pub fn spawn_options(&self) -> &SpawnOptions {
         &self.options
@@ -280,6 +343,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            output: self.output.clone(),
             scope: Arc::clone(&self.scope),
             _types: PhantomData,
         })
@@ -383,17 +447,25 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             name = self.options.name.as_deref(),
         );
         tracing::debug!(parent: &span, runtime = self.worker.name, "spawn requested");
+        let mut prepared = self.output.prepare()?;
+        let io = prepared.io;
+        let fds = std::mem::take(&mut prepared.fds);
         let (stream, pending) =
             self.zygote
-                .spawn_entry((self.worker.boot)()?, self.options.clone(), Vec::new())?;
+                .spawn_entry((self.worker.boot)()?, self.options.clone(), fds)?;
         let mut machine = ParentChannel::new(Limits::default());
         machine.start(
             task,
-            worker::start_args(&self.worker.options, args, self.backtraces),
+            worker::start_args(&self.worker.options, args, self.backtraces, io),
         )?;
         stream.set_nonblocking(true)?;
         let conn = Conn::new(machine, R::register(stream)?);
-        let link = launch::<R>(conn, pending, span);
+        let captured = if self.output.reads_anything() {
+            prepared.register::<R>(self.options.name.as_deref())?
+        } else {
+            None
+        };
+        let link = launch::<R>(conn, pending, span, captured);
         self.scope.track(&link.killer);
         Ok(link)
     }

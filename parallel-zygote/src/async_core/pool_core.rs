@@ -439,10 +439,16 @@ impl<C: Codec, Rt: Runtime> Drop for Busy<'_, C, Rt> {
 /// A pool's error, without the worker's internal call number.
 fn without_call(error: Error) -> Error {
     match error {
-        Error::WorkerDied { pid, status, .. } => Error::WorkerDied {
+        Error::WorkerDied {
+            pid,
+            status,
+            stderr_tail,
+            ..
+        } => Error::WorkerDied {
             pid,
             status,
             call: None,
+            stderr_tail,
         },
         other => other,
     }

@@ -278,20 +278,21 @@ async fn traced<R: Runtime>(
 
 /// One event as the test subscriber saw it.
 #[derive(Debug, Clone)]
-struct Seen {
-    level: tracing::Level,
-    fields: HashMap<String, String>,
+pub struct Seen {
+    pub level: tracing::Level,
+    pub target: String,
+    pub fields: HashMap<String, String>,
     /// The fields of the span it happened in (none: empty).
-    span: HashMap<String, String>,
+    pub span: HashMap<String, String>,
 }
 
 /// A minimal subscriber: spans by id with their fields, a per-thread stack
 /// of entered spans, every event recorded.
 #[derive(Default)]
-struct Collector {
+pub struct Collector {
     next: AtomicU64,
     spans: Mutex<HashMap<u64, HashMap<String, String>>>,
-    events: Arc<Mutex<Vec<Seen>>>,
+    pub events: Arc<Mutex<Vec<Seen>>>,
 }
 
 thread_local! {
@@ -343,6 +344,7 @@ impl tracing::Subscriber for Collector {
             .unwrap_or_default();
         self.events.lock().unwrap().push(Seen {
             level: *event.metadata().level(),
+            target: event.metadata().target().to_string(),
             fields,
             span,
         });
