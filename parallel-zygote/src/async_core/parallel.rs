@@ -17,6 +17,7 @@ use super::driver::{launch, Link};
 use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
 use super::output::{Output, OutputConfig};
+use super::pool_core::ScopedPool;
 use super::process::Process;
 use super::run::Run;
 use super::runtime::{Runtime, WorkerRuntime};
@@ -73,6 +74,8 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
 struct Scope {
     closed: AtomicBool,
     workers: Mutex<Tracked>,
+    /// The pools made from the scope's handles (weakly, as the workers).
+    pools: Mutex<Vec<Weak<dyn ScopedPool>>>,
 }
 
 /// The workers a scope started, and the length at which the finished ones
@@ -99,6 +102,26 @@ impl Scope {
             tracked.prune();
         }
         tracked.workers.push(Arc::downgrade(killer));
+    }
+
+    fn track_pool(&self, pool: Weak<dyn ScopedPool>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.push(pool);
+    }
+
+    /// Shuts every live pool of the scope down.
+    fn close_pools(&self) {
+        let pools: Vec<Arc<dyn ScopedPool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .filter_map(|pool| pool.upgrade())
+            .collect();
+        for pool in pools {
+            pool.close();
+        }
     }
 
     fn live(&self) -> Vec<Arc<Killer>> {
@@ -197,6 +220,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// first), in the parent only.
     pub async fn shutdown(&self, grace: Duration) {
         self.scope.closed.store(true, Ordering::Relaxed);
+        // Its pools refuse calls from now on (queued ones get
+        // `Error::ShutDown`, `is_shut_down` says so) and let their idle
+        // workers exit at once rather than at the SIGTERM.
+        self.scope.close_pools();
         tracing::info!(?grace, "shutting down: draining workers");
         if settle::<R>(&self.scope, grace).await {
             return;
@@ -430,6 +457,17 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker::process_task::<F, In, Out, Fut, C>(function, context)
         })?;
         Ok(Process::new(self.launch(task, Vec::new())?))
+    }
+
+    /// Puts a pool made from this handle in its shutdown scope.
+    pub(crate) fn track_pool(&self, pool: Weak<dyn ScopedPool>) {
+        if self.is_shut_down() {
+            if let Some(pool) = pool.upgrade() {
+                pool.close();
+            }
+            return;
+        }
+        self.scope.track_pool(pool);
     }
 
     /// Sends the spawn request and the task in one go (zero round trips) and

@@ -275,6 +275,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         lifecycle::pool_graceful_shutdown_drains_then_terminates,
         lifecycle::parallel_shutdown_drains_and_refuses_new_work,
         lifecycle::parallel_shutdown_terminates_what_outlives_the_grace,
+        lifecycle::parallel_shutdown_shuts_its_pools_down,
         lifecycle::pool_recycles_workers_over_the_memory_limit,
         output::captured_output_is_attributed_to_its_worker,
         output::null_output_goes_to_dev_null,
