@@ -77,9 +77,9 @@ pub enum Output {
 }
 
 impl Output {
-    /// Capture into a stream that holds up to `capacity` lines (at least
-    /// 1) not yet read: the parent never blocks a worker for a slow reader,
-    /// so a line that finds the stream full is dropped and counted
+    /// Capture into a stream that holds up to `capacity` unread lines (one
+    /// at least). The parent never blocks a worker for a slow reader: a
+    /// line that finds the stream full is dropped and counted
     /// ([`OutputLines::dropped`]); tracing still sees it. The stream ends
     /// once every handle and worker using the returned [`Output`] is gone.
     pub fn lines(capacity: usize) -> (Output, OutputLines) {

@@ -199,6 +199,9 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// Shuts down this handle and every clone of it (its scope, see
     /// [`scope`](Self::scope)): from now on `spawn`, `run`, `process`,
     /// pools made from it and their calls fail with [`Error::ShutDown`].
+    /// Its pools are shut down as by [`Pool::shutdown`](super::Pool::shutdown)
+    /// (their `is_shut_down` and stats say so, queued calls are refused,
+    /// idle workers exit at once).
     /// The workers it started are drained: each may finish and exit by
     /// itself within `grace`; those still running then get SIGTERM, and
     /// those still running a second `grace` later SIGKILL. Resolves once
