@@ -1,5 +1,5 @@
-//! The demo on glommio: lwt-parallel's 64-task test, then a pool speed-up
-//! (the body is shared by every adapter's demo).
+//! The demo on glommio: lwt-parallel's 64-task test, then a pool speed-up and
+//! captured worker output (the body is shared by every adapter's demo).
 //!
 //! Run: `cargo run --release -p parallel-glommio --example glommio_demo`
 

@@ -170,8 +170,10 @@ use parallel_zygote::async_core as core;
 #[allow(unused_imports)] // Empty without a codec feature.
 pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
-    Codec, CodecError, Error, Fd, LimitExceeded, MessageSender, MessageStream, PanicLocation,
-    PanicReport, PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle,
+    Codec, CodecError, Error, Fd, LimitExceeded, MessageSender, MessageStream, Output, OutputLine,
+    OutputLines, OutputSink, PanicLocation, PanicReport, PoolConfig, PoolStats, PoolTask, Postcard,
+    Process, ProcessHandle, StdStream, MAX_LINE_LEN, MAX_TRACING_BUFFER, STDERR_TAIL_BYTES,
+    STDERR_TAIL_LINES,
 };
 /// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
 /// the argument tuple (see [`parallel_zygote::spawn!`]).

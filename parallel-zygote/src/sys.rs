@@ -2,7 +2,7 @@
 //! adapters forbid `unsafe`; it lives here, each use with its reason).
 
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 /// Hands an owned descriptor to a type that takes raw descriptors only
 /// (a runtime's socket type without `From<OwnedFd>`), which owns it from
@@ -48,5 +48,25 @@ pub(crate) fn set_nice(nice: i32) -> Result<(), nix::errno::Errno> {
     if result < 0 {
         return Err(nix::errno::Errno::last());
     }
+    Ok(())
+}
+
+/// Puts `fd` on descriptor `target` (1 for stdout, 2 for stderr) of this
+/// process: a worker's captured or discarded output, set before its task
+/// runs. `None` points `target` at `/dev/null`.
+///
+/// # Errors
+/// `/dev/null` could not be opened, or `dup2` failed.
+pub(crate) fn redirect_output(fd: Option<BorrowedFd<'_>>, target: RawFd) -> io::Result<()> {
+    let null;
+    let source = match fd {
+        Some(fd) => fd.as_raw_fd(),
+        None => {
+            null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+            null.as_raw_fd()
+        }
+    };
+    // dup2 leaves the new descriptor without close-on-exec, as stdio must be.
+    nix::unistd::dup2(source, target).map_err(io::Error::from)?;
     Ok(())
 }

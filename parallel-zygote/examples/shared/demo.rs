@@ -7,13 +7,19 @@
 //!    equal (same code, same seed, separate processes).
 //! 2. A CPU-bound job mapped over a pool of 1 worker, then of N workers
 //!    (N = available cores), showing the speed-up.
+//! 3. Captured output: a pool's workers print as they work, and each line
+//!    comes back attributed to its worker's pid and stream; a worker that
+//!    writes an error to stderr and exits shows it in its death error.
+//!
+//! Progress is a bar (indicatif) when stderr is a terminal, and a few plain
+//! lines otherwise.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Runtime};
+use parallel_zygote::async_core::{Output, Parallel, Pool, PoolConfig, Runtime};
 
 const TASKS: usize = 64;
 const FLOATS: usize = 4 << 20;
@@ -50,51 +56,110 @@ async fn count_primes(limit: u64) -> u64 {
         .count() as u64
 }
 
-struct Progress {
-    label: &'static str,
-    total: usize,
-    done: usize,
-    terminal: bool,
+/// A progress bar (indicatif) when stderr is a terminal; plain lines, a few
+/// per part, otherwise (CI, a pipe, a file).
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines {
+        label: &'static str,
+        total: usize,
+        done: usize,
+    },
 }
 
 impl Progress {
     fn new(label: &'static str, total: usize) -> Self {
-        let progress = Progress {
-            label,
-            total,
-            done: 0,
-            terminal: std::io::stderr().is_terminal(),
-        };
-        progress.draw();
-        progress
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg:<28} [{bar:40}] {pos:>3}/{len} {elapsed}",
+            )
+            .expect("a valid template")
+            .progress_chars("#>.");
+            bar.set_style(style);
+            bar.set_message(label);
+            Progress::Bar(bar)
+        } else {
+            eprintln!("{label}: 0/{total}");
+            Progress::Lines {
+                label,
+                total,
+                done: 0,
+            }
+        }
     }
 
     fn tick(&mut self) {
-        self.done += 1;
-        self.draw();
-    }
-
-    fn draw(&self) {
-        let mut err = std::io::stderr();
-        if self.terminal {
-            let width = 40;
-            let filled = width * self.done / self.total.max(1);
-            let _ = write!(
-                err,
-                "\r{:<28} [{}{}] {:>3}/{}",
-                self.label,
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                self.done,
-                self.total
-            );
-            if self.done == self.total {
-                let _ = writeln!(err);
+        match self {
+            Progress::Bar(bar) => {
+                bar.inc(1);
+                if bar.position() >= bar.length().unwrap_or(0) {
+                    bar.finish();
+                }
             }
-        } else if self.done == self.total || self.done % (self.total / 8).max(1) == 0 {
-            let _ = writeln!(err, "{}: {}/{}", self.label, self.done, self.total);
+            Progress::Lines { label, total, done } => {
+                *done += 1;
+                if *done == *total || *done % (*total / 8).max(1) == 0 {
+                    eprintln!("{label}: {done}/{total}");
+                }
+            }
         }
     }
+}
+
+/// A pooled job that reports as it goes, on stdout, and warns on stderr.
+async fn chatty_job(job: u32) -> u32 {
+    for step in 1..=2 {
+        println!("job {job}: step {step} of 2");
+    }
+    if job % 3 == 0 {
+        eprintln!("job {job}: divisible by 3, double-checking");
+    }
+    job * job
+}
+
+/// A job that fails the way real ones do: a message on stderr, then exit.
+async fn failing_job(code: i32) -> u32 {
+    eprintln!("loading the model...");
+    eprintln!("error: the model file is truncated");
+    std::process::exit(code)
+}
+
+/// Part 3: workers' output captured, each line attributed to its worker.
+async fn captured_output<R: Runtime>(
+    parallel: &Parallel<R>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\ncaptured output (each line attributed to the worker that wrote it):");
+    let (output, mut lines) = Output::lines(256);
+    let capturing = parallel.clone().worker_output(output);
+    let pool = Pool::new(&capturing, chatty_job, PoolConfig::default().size(2))?;
+    // Four jobs at once on two workers: the lines interleave, each tagged.
+    let jobs: FuturesUnordered<_> = (1..=4).map(|job| pool.call(job)).collect();
+    for answer in jobs.collect::<Vec<_>>().await {
+        answer?;
+    }
+    let expected: usize = (1..=4u32).map(|job| 2 + usize::from(job % 3 == 0)).sum();
+    for _ in 0..expected {
+        let Some(line) = lines.next().await else {
+            break;
+        };
+        println!(
+            "  [worker {} {}] {}",
+            line.pid,
+            line.stream.as_str(),
+            line.text
+        );
+    }
+    match capturing.spawn(failing_job, 3).await {
+        Err(error) => {
+            println!("  a failing worker: {error}");
+            for line in error.stderr_tail() {
+                println!("    stderr: {line}");
+            }
+        }
+        Ok(_) => return Err("the failing job did not fail".into()),
+    }
+    Ok(())
 }
 
 /// Runs the demo on the runtime `R` the caller is inside of.
@@ -177,6 +242,9 @@ pub async fn run<R: Runtime>(parallel: Parallel<R>) -> Result<(), Box<dyn std::e
     if !all_equal || !same_answers {
         return Err("results differ between workers".into());
     }
+
+    // Part 3: what workers print, attributed.
+    captured_output(&parallel).await?;
     println!("\ndemo passed");
     Ok(())
 }

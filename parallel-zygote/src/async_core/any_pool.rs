@@ -92,7 +92,7 @@ impl<C: Codec, Rt: Runtime> AnyPool<C, Rt> {
     ) -> Result<Self, Error> {
         let task = worker::task_entry(worker::any_task_loop)?;
         Ok(AnyPool {
-            core: Arc::new(PoolCore::start(parallel, task, config, options)?),
+            core: PoolCore::start(parallel, task, config, options)?,
         })
     }
 

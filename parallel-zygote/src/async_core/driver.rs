@@ -21,6 +21,7 @@ use parallel_proto::channel::{CallId, Outcome, ParentChannel, ParentEvent};
 use super::conn::Conn;
 use super::kill::{Death, Killer};
 use super::messages::{RawMessage, QUEUE_DEPTH};
+use super::output::Captured;
 use super::runtime::Runtime;
 use super::Error;
 use crate::PendingSpawn;
@@ -33,6 +34,10 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_millis(200);
 /// How long a worker that returned may take to close its channel and exit.
 const DRAIN: Duration = Duration::from_secs(1);
+/// How long the driver reads a worker's captured output after its exit,
+/// waiting for the end of the streams: a process the worker started may
+/// hold them open, and must not hold up the death report.
+const OUTPUT_WAIT: Duration = Duration::from_millis(500);
 
 /// What handles ask of the driver.
 pub(crate) enum Command {
@@ -80,6 +85,7 @@ pub(crate) fn launch<R: Runtime>(
     conn: Conn<ParentChannel, R::Socket>,
     pending: PendingSpawn,
     span: tracing::Span,
+    output: Option<Captured<R>>,
 ) -> Link {
     let (commands, command_rx) = async_channel::bounded(QUEUE_DEPTH);
     let (outgoing, outgoing_rx) = async_channel::bounded(QUEUE_DEPTH);
@@ -98,6 +104,7 @@ pub(crate) fn launch<R: Runtime>(
         returned: Some(returned_tx),
         write_broken: false,
         broke: None,
+        output,
         phase: Phase::Serve,
     });
     Link {
@@ -133,6 +140,8 @@ pub struct Driver<R: Runtime> {
     write_broken: bool,
     /// The worker broke the protocol: what every waiter is told.
     broke: Option<parallel_proto::Error>,
+    /// The worker's captured output and forwarded tracing, if any.
+    output: Option<Captured<R>>,
     phase: Phase<R>,
 }
 
@@ -164,6 +173,12 @@ enum Phase<R: Runtime> {
         deadline: Pin<Box<R::Sleep>>,
         killed: bool,
     },
+    /// The worker is gone: read the rest of its output (bounded), then
+    /// report its death, if it died.
+    Output {
+        deadline: Pin<Box<R::Sleep>>,
+        death: Option<Death>,
+    },
     Done,
 }
 
@@ -180,6 +195,7 @@ impl<R: Runtime> Future for Driver<R> {
         let span = this.killer.span().clone();
         let _entered = span.enter();
         loop {
+            this.poll_output(cx);
             match &mut this.phase {
                 Phase::Serve => {
                     this.phase = match this.poll_serve(cx) {
@@ -200,7 +216,10 @@ impl<R: Runtime> Future for Driver<R> {
                 Phase::Drain(deadline) => {
                     if deadline.as_mut().poll(cx).is_ready() || this.poll_drained(cx).is_ready() {
                         tracing::debug!(pid = this.killer.pid(), "worker finished");
-                        this.phase = Phase::Done;
+                        this.phase = Phase::Output {
+                            deadline: sleep::<R>(OUTPUT_WAIT),
+                            death: None,
+                        };
                     } else {
                         return Poll::Pending;
                     }
@@ -253,9 +272,27 @@ impl<R: Runtime> Future for Driver<R> {
                         zygote_gone,
                         protocol: this.broke.take(),
                         limit: None,
+                        stderr_tail: Vec::new(),
                     };
-                    trace_death(&span, &death);
-                    this.report_death(death);
+                    this.phase = Phase::Output {
+                        deadline: sleep::<R>(OUTPUT_WAIT),
+                        death: Some(death),
+                    };
+                }
+                Phase::Output { deadline, death } => {
+                    let done = this.output.as_ref().map_or(true, Captured::is_done);
+                    if !done && deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if let Some(mut death) = death.take() {
+                        if let Some(output) = &this.output {
+                            death.stderr_tail = output.stderr_tail();
+                        }
+                        trace_death(&span, &death);
+                        this.report_death(death);
+                    }
+                    // Whatever still holds the streams open is not ours to wait for.
+                    this.output = None;
                     this.phase = Phase::Done;
                 }
                 Phase::Done => {
@@ -268,6 +305,38 @@ impl<R: Runtime> Future for Driver<R> {
 }
 
 impl<R: Runtime> Driver<R> {
+    /// Reads the worker's captured output and tracing, once its pid is
+    /// known (every line is attributed to it): the pid comes with the
+    /// worker's hello or the zygote's answer, whichever is first.
+    fn poll_output(&mut self, cx: &mut Context<'_>) {
+        let Some(output) = &mut self.output else {
+            return;
+        };
+        let pid = match self.killer.pid() {
+            Some(pid) => pid,
+            None => {
+                let _ = self.killer.poll_resolve(cx);
+                match self.killer.pid() {
+                    Some(pid) => pid,
+                    // The spawn failed or was abandoned: no worker wrote anything.
+                    None if !matches!(self.phase, Phase::Serve) => {
+                        if self.killer.spawn_error().is_some() {
+                            self.output = None;
+                        }
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        };
+        if output.attribute(pid) {
+            // Learnt here before the worker's hello: its span says it now,
+            // so that the lines' events sit in a span that names the pid.
+            self.killer.span().record("pid", pid);
+        }
+        output.poll_read(cx, pid);
+    }
+
     /// Serves until the task returns (true) or the channel breaks (false).
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {

@@ -28,11 +28,12 @@ pub enum Error {
     },
     /// The worker process died before answering.
     #[error(
-        "worker {} died ({}){}{}",
+        "worker {} died ({}){}{}{}",
         pid_text(*pid),
         status_text(status),
         call_suffix(*call),
-        limit_suffix(limit)
+        limit_suffix(limit),
+        tail_suffix(stderr_tail)
     )]
     WorkerDied {
         /// Its pid, if it got that far.
@@ -46,6 +47,12 @@ pub enum Error {
         ///
         /// [`SpawnOptions::limit`]: crate::SpawnOptions::limit
         limit: Option<LimitExceeded>,
+        /// The last lines the worker wrote to its stderr, oldest first, when
+        /// it was captured ([`Output::Capture`](super::Output::Capture)):
+        /// at most [`STDERR_TAIL_LINES`](super::STDERR_TAIL_LINES) lines and
+        /// [`STDERR_TAIL_BYTES`](super::STDERR_TAIL_BYTES) bytes. `Display`
+        /// shows the last one only.
+        stderr_tail: Vec<String>,
     },
     /// The call or task did not finish in time; its worker was killed.
     #[error("timed out after {after:?}; worker {} was killed", pid_text(*pid))]
@@ -237,6 +244,20 @@ fn call_suffix(call: Option<u64>) -> String {
         .unwrap_or_default()
 }
 
+/// The last stderr line, cut to a readable length.
+fn tail_suffix(tail: &[String]) -> String {
+    const SHOWN: usize = 200;
+    let Some(last) = tail.last() else {
+        return String::new();
+    };
+    let mut end = last.len().min(SHOWN);
+    while !last.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < last.len() { "..." } else { "" };
+    format!("; its last stderr line: {:?}{more}", &last[..end])
+}
+
 fn pid_text(pid: Option<i32>) -> String {
     pid.map(|pid| pid.to_string())
         .unwrap_or_else(|| "(not started)".into())
@@ -289,6 +310,15 @@ impl Error {
         match self {
             Error::WorkerDied { limit, .. } => limit.as_ref(),
             _ => None,
+        }
+    }
+
+    /// The last lines a dead worker wrote to its captured stderr, oldest
+    /// first (empty when stderr was not captured, or for other errors).
+    pub fn stderr_tail(&self) -> &[String] {
+        match self {
+            Error::WorkerDied { stderr_tail, .. } => stderr_tail,
+            _ => &[],
         }
     }
 

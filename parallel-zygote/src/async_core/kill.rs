@@ -64,6 +64,8 @@ pub(crate) struct Death {
     /// The resource limit that explains the death (filled in by
     /// [`Killer::record_death`]).
     pub(crate) limit: Option<LimitExceeded>,
+    /// The last lines of its captured stderr (empty when not captured).
+    pub(crate) stderr_tail: Vec<String>,
 }
 
 impl Death {
@@ -87,6 +89,7 @@ impl Death {
                 status: self.status,
                 call,
                 limit: self.limit,
+                stderr_tail: self.stderr_tail.clone(),
             },
         }
     }

@@ -31,6 +31,20 @@
 //!   its clones, see [`Parallel::scope`]) started, and refuses new work
 //!   with [`Error::ShutDown`]. Its docs show how to run it on the parent's
 //!   SIGTERM.
+//! - **worker output**: [`Parallel::worker_output`] (or `worker_stdout`,
+//!   `worker_stderr`) picks [`Output::Inherit`] (the default),
+//!   [`Output::Null`] or [`Output::Capture`]: captured lines become events
+//!   (target `parallel::worker::output`) in the worker's span and, with
+//!   [`Output::lines`], items of an [`OutputLines`] stream; a dead worker's
+//!   [`Error::WorkerDied`] carries its last stderr lines
+//!   ([`Error::stderr_tail`]). The streams are socketpairs the worker puts
+//!   on its descriptors 1 and 2 before the task runs; after the worker's
+//!   exit the driver waits at most 500 ms for their end (a process the
+//!   worker started may keep them open) before it reports the death.
+//! - **worker tracing**: [`Parallel::forward_worker_tracing`] re-emits a
+//!   worker's own events here (target `parallel::worker::log`) inside its
+//!   span, over a socket of its own; a slow parent costs dropped events
+//!   (counted, warned about), never a blocked worker.
 //! - **recycling by memory**: [`PoolConfig::max_worker_rss`] replaces a
 //!   pooled worker after a call once its resident memory exceeds a limit
 //!   (counted in [`PoolStats::recycled_for_memory`]), next to
@@ -75,8 +89,10 @@ mod conn;
 mod driver;
 mod error;
 mod fd;
+mod forward;
 mod kill;
 mod messages;
+mod output;
 mod parallel;
 mod pool;
 mod pool_core;
@@ -92,7 +108,12 @@ pub use codec::{Codec, CodecError, Postcard};
 pub use driver::Driver;
 pub use error::{Error, LimitExceeded};
 pub use fd::Fd;
+pub use forward::MAX_PENDING as MAX_TRACING_BUFFER;
 pub use messages::{MessageSender, MessageStream};
+pub use output::{
+    Output, OutputLine, OutputLines, OutputSink, StdStream, MAX_LINE_LEN, STDERR_TAIL_BYTES,
+    STDERR_TAIL_LINES,
+};
 pub use parallel::Parallel;
 pub use parallel_proto::channel::{PanicLocation, PanicReport};
 pub use pool::{Pool, PoolConfig, PoolStats};

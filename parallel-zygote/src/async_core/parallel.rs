@@ -16,6 +16,8 @@ use super::conn::Conn;
 use super::driver::{launch, Link};
 use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
+use super::output::{Output, OutputConfig};
+use super::pool_core::ScopedPool;
 use super::process::Process;
 use super::run::Run;
 use super::runtime::{Runtime, WorkerRuntime};
@@ -58,6 +60,8 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
     options: SpawnOptions,
     /// Whether workers capture a backtrace when they panic.
     backtraces: bool,
+    /// Where workers' stdout and stderr go; tracing forwarding.
+    output: OutputConfig,
     /// The shutdown scope this handle and its clones share.
     scope: Arc<Scope>,
     _types: PhantomData<fn() -> (R, C)>,
@@ -70,6 +74,8 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
 struct Scope {
     closed: AtomicBool,
     workers: Mutex<Tracked>,
+    /// The pools made from the scope's handles (weakly, as the workers).
+    pools: Mutex<Vec<Weak<dyn ScopedPool>>>,
 }
 
 /// The workers a scope started, and the length at which the finished ones
@@ -98,6 +104,26 @@ impl Scope {
         tracked.workers.push(Arc::downgrade(killer));
     }
 
+    fn track_pool(&self, pool: Weak<dyn ScopedPool>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.push(pool);
+    }
+
+    /// Shuts every live pool of the scope down.
+    fn close_pools(&self) {
+        let pools: Vec<Arc<dyn ScopedPool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .filter_map(|pool| pool.upgrade())
+            .collect();
+        for pool in pools {
+            pool.close();
+        }
+    }
+
     fn live(&self) -> Vec<Arc<Killer>> {
         let mut tracked = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         tracked.prune();
@@ -112,6 +138,7 @@ impl<R: Runtime, C: Codec> Clone for Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            output: self.output.clone(),
             scope: Arc::clone(&self.scope),
             _types: PhantomData,
         }
@@ -138,6 +165,7 @@ impl<R: Runtime> Parallel<R, Postcard> {
             worker: WorkerChoice::of(&R::Worker::default()),
             options: SpawnOptions::default(),
             backtraces: true,
+            output: OutputConfig::default(),
             scope: Arc::default(),
             _types: PhantomData,
         }
@@ -171,6 +199,9 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// Shuts down this handle and every clone of it (its scope, see
     /// [`scope`](Self::scope)): from now on `spawn`, `run`, `process`,
     /// pools made from it and their calls fail with [`Error::ShutDown`].
+    /// Its pools are shut down as by [`Pool::shutdown`](super::Pool::shutdown)
+    /// (their `is_shut_down` and stats say so, queued calls are refused,
+    /// idle workers exit at once).
     /// The workers it started are drained: each may finish and exit by
     /// itself within `grace`; those still running then get SIGTERM, and
     /// those still running a second `grace` later SIGKILL. Resolves once
@@ -192,6 +223,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// first), in the parent only.
     pub async fn shutdown(&self, grace: Duration) {
         self.scope.closed.store(true, Ordering::Relaxed);
+        // Its pools refuse calls from now on (queued ones get
+        // `Error::ShutDown`, `is_shut_down` says so) and let their idle
+        // workers exit at once rather than at the SIGTERM.
+        self.scope.close_pools();
         tracing::info!(?grace, "shutting down: draining workers");
         if settle::<R>(&self.scope, grace).await {
             return;
@@ -215,6 +250,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            output: self.output.clone(),
             scope: Arc::clone(&self.scope),
             _types: PhantomData,
         }
@@ -257,6 +293,63 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         self.backtraces
     }
 
+    /// Where the stdout and stderr of each new worker go: inherited (the
+    /// default), discarded, or captured line by line and attributed to the
+    /// worker (see [`Output`]). For one spawn, call it on a derived handle:
+    /// `parallel.clone().worker_output(Output::Null).spawn(..)`. A pool's
+    /// workers take the setting of the handle the pool is made from.
+    #[must_use = "worker_output returns a new handle; the old one is unchanged"]
+    pub fn worker_output(mut self, output: Output) -> Self {
+        self.output.stdout = output.clone();
+        self.output.stderr = output;
+        self
+    }
+
+    /// Where each new worker's stdout goes (see [`worker_output`](Self::worker_output)).
+    #[must_use = "worker_stdout returns a new handle; the old one is unchanged"]
+    pub fn worker_stdout(mut self, output: Output) -> Self {
+        self.output.stdout = output;
+        self
+    }
+
+    /// Where each new worker's stderr goes (see [`worker_output`](Self::worker_output)).
+    #[must_use = "worker_stderr returns a new handle; the old one is unchanged"]
+    pub fn worker_stderr(mut self, output: Output) -> Self {
+        self.output.stderr = output;
+        self
+    }
+
+    /// Forwards the `tracing` events of each new worker, at `max_level` and
+    /// above (`None`, the default: none), to this process: each is
+    /// re-emitted here with target `parallel::worker::log` inside the
+    /// worker's `worker` span, at its own level, with the fields `pid`,
+    /// `worker_target` (the target in the worker), `spans` (the worker's
+    /// spans it happened in, `outer:inner`), `fields` (its other fields as
+    /// `name=value` text) and its message. So one subscriber, here, sees the
+    /// whole tree.
+    ///
+    /// In the worker, the forwarder is the default subscriber of the thread
+    /// that runs the task, for as long as it runs: a subscriber the function
+    /// sets for its own scope (`tracing::subscriber::with_default`,
+    /// `set_default`) takes precedence there, and a global one it installs
+    /// (`set_global_default`, `tracing_subscriber::fmt().init()`) only
+    /// sees other threads (a multi-threaded worker runtime's). The worker
+    /// never waits for the parent: it buffers up to
+    /// [`MAX_TRACING_BUFFER`](super::MAX_TRACING_BUFFER) bytes of events,
+    /// drops what does not fit, and the parent warns with the count.
+    ///
+    /// ```no_run
+    /// # fn demo<R: parallel_zygote::async_core::Runtime>(parallel: parallel_zygote::async_core::Parallel<R>) {
+    /// let traced = parallel.forward_worker_tracing(Some(tracing::Level::INFO));
+    /// let handle = traced.spawn(|n: u32| async move { tracing::info!(n, "working"); n }, 1);
+    /// # drop(handle); }
+    /// ```
+    #[must_use = "forward_worker_tracing returns a new handle; the old one is unchanged"]
+    pub fn forward_worker_tracing(mut self, max_level: Option<tracing::Level>) -> Self {
+        self.output.tracing = max_level;
+        self
+    }
+
     /// The spawn options each new worker gets.
     pub fn spawn_options(&self) -> &SpawnOptions {
         &self.options
@@ -280,6 +373,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker: self.worker.clone(),
             options: self.options.clone(),
             backtraces: self.backtraces,
+            output: self.output.clone(),
             scope: Arc::clone(&self.scope),
             _types: PhantomData,
         })
@@ -368,6 +462,17 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         Ok(Process::new(self.launch(task, Vec::new())?))
     }
 
+    /// Puts a pool made from this handle in its shutdown scope.
+    pub(crate) fn track_pool(&self, pool: Weak<dyn ScopedPool>) {
+        if self.is_shut_down() {
+            if let Some(pool) = pool.upgrade() {
+                pool.close();
+            }
+            return;
+        }
+        self.scope.track_pool(pool);
+    }
+
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
     fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link, Error> {
@@ -383,17 +488,25 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             name = self.options.name.as_deref(),
         );
         tracing::debug!(parent: &span, runtime = self.worker.name, "spawn requested");
+        let mut prepared = self.output.prepare()?;
+        let io = prepared.io;
+        let fds = std::mem::take(&mut prepared.fds);
         let (stream, pending) =
             self.zygote
-                .spawn_entry((self.worker.boot)()?, self.options.clone(), Vec::new())?;
+                .spawn_entry((self.worker.boot)()?, self.options.clone(), fds)?;
         let mut machine = ParentChannel::new(Limits::default());
         machine.start(
             task,
-            worker::start_args(&self.worker.options, args, self.backtraces),
+            worker::start_args(&self.worker.options, args, self.backtraces, io),
         )?;
         stream.set_nonblocking(true)?;
         let conn = Conn::new(machine, R::register(stream)?);
-        let link = launch::<R>(conn, pending, span);
+        let captured = if self.output.reads_anything() {
+            prepared.register::<R>(self.options.name.as_deref())?
+        } else {
+            None
+        };
+        let link = launch::<R>(conn, pending, span, captured);
         link.killer.set_limits(self.options.rlimits.clone());
         self.scope.track(&link.killer);
         Ok(link)

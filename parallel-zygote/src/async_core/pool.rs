@@ -227,7 +227,7 @@ where
     {
         let task = run_entry::<F, A, Fut, R, C>(function)?;
         Ok(Pool {
-            core: Arc::new(PoolCore::start(parallel, task, config, options)?),
+            core: PoolCore::start(parallel, task, config, options)?,
             _types: PhantomData,
         })
     }

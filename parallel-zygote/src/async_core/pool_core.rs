@@ -80,7 +80,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         task: WireEntry,
         config: PoolConfig,
         options: Option<WorkerOptions>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Arc<Self>, Error> {
         let size = config.size.max(1);
         let core = PoolCore {
             parallel: parallel.clone(),
@@ -100,6 +100,10 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             let slot = core.fresh_slot(index)?;
             lock(&core.idle).push(slot);
         }
+        let core = Arc::new(core);
+        // `Parallel::shutdown` on the handle's scope shuts this pool down too.
+        let member: Arc<dyn ScopedPool> = core.clone();
+        parallel.track_pool(Arc::downgrade(&member));
         Ok(core)
     }
 
@@ -132,7 +136,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             idle: lock(&self.idle).len(),
             active: lock(&self.busy).len(),
             queued: counters.queued.load(Ordering::Relaxed),
-            shut_down: self.closed.load(Ordering::Relaxed),
+            shut_down: self.is_shut_down(),
         }
     }
 
@@ -440,14 +444,32 @@ impl<C: Codec, Rt: Runtime> Drop for Busy<'_, C, Rt> {
 fn without_call(error: Error) -> Error {
     match error {
         Error::WorkerDied {
-            pid, status, limit, ..
+            pid,
+            status,
+            limit,
+            stderr_tail,
+            ..
         } => Error::WorkerDied {
             pid,
             status,
             call: None,
             limit,
+            stderr_tail,
         },
         other => other,
+    }
+}
+
+/// A pool as the shutdown scope of its [`Parallel`] sees it.
+pub(crate) trait ScopedPool: Send + Sync {
+    /// [`PoolCore::shutdown`]: no new calls, queued ones refused, idle
+    /// workers ended.
+    fn close(&self);
+}
+
+impl<C: Codec, Rt: Runtime> ScopedPool for PoolCore<C, Rt> {
+    fn close(&self) {
+        self.shutdown();
     }
 }
 

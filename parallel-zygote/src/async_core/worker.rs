@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -24,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::Codec;
 use super::conn::Conn;
+use super::forward::Forwarder;
 use super::messages::{MessageSender, MessageStream, RawMessage, QUEUE_DEPTH};
+use super::output::{Redirect, WorkerIo};
 use super::runtime::{AsyncSocket, LocalTask, WorkerRuntime};
 use crate::io::{Inbox, Outbox};
 use crate::{Entry, WorkerContext};
@@ -38,6 +41,8 @@ struct StartArgs {
     args: Vec<u8>,
     /// Whether a panic captures a backtrace (without `RUST_BACKTRACE`).
     backtraces: bool,
+    /// Where stdout and stderr go, and whether tracing is forwarded.
+    io: WorkerIo,
 }
 
 /// Why a worker gives no value, as an `Outcome::Err` carries it (postcard),
@@ -66,11 +71,12 @@ impl WorkerFailure {
 }
 
 /// Encodes a Start frame's arguments.
-pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>, backtraces: bool) -> Vec<u8> {
+pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>, backtraces: bool, io: WorkerIo) -> Vec<u8> {
     postcard::to_stdvec(&StartArgs {
         runtime: runtime.to_vec(),
         args,
         backtraces,
+        io,
     })
     .expect("postcard encodes a plain struct")
 }
@@ -152,6 +158,7 @@ struct Booted {
 fn boot<W: WorkerRuntime>(context: WorkerContext) {
     install_panic_hook();
     let stream = context.channel;
+    let fds = context.fds;
     let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
     let mut inbox = Inbox::new();
     // Small: Hello and Start are a few dozen bytes, and anything read past
@@ -175,9 +182,9 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
     };
     let decoded = postcard::from_bytes::<StartArgs>(&start_args).and_then(|start| {
         CAPTURE_BACKTRACES.store(start.backtraces, Ordering::Relaxed);
-        postcard::from_bytes::<W>(&start.runtime).map(|runtime| (runtime, start.args))
+        postcard::from_bytes::<W>(&start.runtime).map(|runtime| (runtime, start.args, start.io))
     });
-    let (runtime, args) = match decoded {
+    let (runtime, args, io) = match decoded {
         Ok(decoded) => decoded,
         Err(error) => {
             let message = format!("bad start arguments for a {} worker: {error}", W::NAME);
@@ -187,6 +194,12 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
     if let Err(error) = stream.set_nonblocking(true) {
         return fail_before_runtime(stream, machine, error.to_string());
     }
+    // Before anything of the user runs: stdout and stderr where the parent
+    // asked, and the tracing forwarder.
+    let forwarder = match apply_io(io, fds) {
+        Ok(forwarder) => forwarder,
+        Err(message) => return fail_before_runtime(stream, machine, message),
+    };
     let booted = Rc::new(RefCell::new(Some(Booted {
         machine,
         stream,
@@ -194,7 +207,7 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
         unparsed,
     })));
     let handed = Rc::clone(&booted);
-    let result = runtime.block_on(Box::pin(async move {
+    let task: LocalTask = Box::pin(async move {
         let Some(booted) = handed.borrow_mut().take() else {
             return;
         };
@@ -204,7 +217,20 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
         };
         let conn = Conn::resume(booted.machine, socket, booted.inbox, &booted.unparsed);
         run_task(task, conn, args).await;
-    }));
+    });
+    let result = match forwarder {
+        // This thread's default subscriber while the task runs (see
+        // `Parallel::forward_worker_tracing` for who wins over whom).
+        Some(forwarder) => {
+            let dispatch = tracing::Dispatch::new(forwarder);
+            let result = tracing::dispatcher::with_default(&dispatch, || runtime.block_on(task));
+            if let Some(forwarder) = dispatch.downcast_ref::<Forwarder>() {
+                forwarder.finish();
+            }
+            result
+        }
+        None => runtime.block_on(task),
+    };
     if let Err(message) = result {
         if let Some(booted) = booted.borrow_mut().take() {
             let message = format!("building the {} runtime failed: {message}", W::NAME);
@@ -216,6 +242,32 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(0);
+}
+
+/// Points stdout and stderr where `io` says, and builds the tracing
+/// forwarder it asks for; `fds` are the spawn's descriptors.
+fn apply_io(io: WorkerIo, fds: Vec<OwnedFd>) -> Result<Option<Forwarder>, String> {
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    for (redirect, target, what) in [(io.stdout, 1, "stdout"), (io.stderr, 2, "stderr")] {
+        let result = match redirect {
+            Redirect::Inherit => continue,
+            Redirect::Null => crate::sys::redirect_output(None, target),
+            Redirect::Fd(index) => match fds.get(index as usize).and_then(Option::as_ref) {
+                Some(fd) => crate::sys::redirect_output(Some(fd.as_fd()), target),
+                None => return Err(format!("the descriptor for the worker's {what} is missing")),
+            },
+        };
+        result.map_err(|error| format!("redirecting the worker's {what} failed: {error}"))?;
+    }
+    let Some((index, level)) = io.tracing else {
+        return Ok(None);
+    };
+    let Some(fd) = fds.get_mut(index as usize).and_then(Option::take) else {
+        return Err("the descriptor for the worker's tracing is missing".into());
+    };
+    Forwarder::new(UnixStream::from(fd), level)
+        .map(Some)
+        .map_err(|error| format!("setting up the worker's tracing failed: {error}"))
 }
 
 /// Tells the parent why the task cannot run, with plain blocking writes

@@ -107,6 +107,66 @@ pub async fn parallel_shutdown_drains_and_refuses_new_work<R: Runtime>(
     check(still == 2, "the other scope still works")
 }
 
+pub async fn parallel_shutdown_shuts_its_pools_down<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let scope = parallel.scope();
+    let pool = Pool::new(
+        &scope,
+        |ms: u64| async move {
+            R::sleep(Duration::from_millis(ms)).await;
+            ms
+        },
+        PoolConfig::default().size(1),
+    )?;
+    check(pool.call(0).await? == 0, "warm-up call")?;
+    let idle = super::known_pid::<R>("pool worker", || pool.pids().first().copied()).await?;
+    let other = Pool::new(
+        &scope,
+        |x: u32| async move { x },
+        PoolConfig::default().size(1),
+    )?;
+    let other_pid =
+        super::known_pid::<R>("other pool's worker", || other.pids().first().copied()).await?;
+    // One call runs, one waits for the only worker; then the scope shuts down.
+    let running = pool.call(300);
+    let queued = async {
+        R::sleep(Duration::from_millis(50)).await;
+        pool.call(1).await
+    };
+    let shutting = async {
+        R::sleep(Duration::from_millis(100)).await;
+        scope.shutdown(Duration::from_secs(10)).await;
+    };
+    let ((ran, refused), ()) = join(join(running, queued), shutting).await;
+    check(matches!(ran, Ok(300)), format!("the running call: {ran:?}"))?;
+    check(
+        matches!(refused, Err(Error::ShutDown)),
+        format!("the queued call: {refused:?}"),
+    )?;
+    for pool_shut in [pool.is_shut_down(), other.is_shut_down()] {
+        check(pool_shut, "a pool of the scope reports shut down")?;
+    }
+    check(
+        pool.stats().shut_down && other.stats().shut_down,
+        format!("stats: {:?} {:?}", pool.stats(), other.stats()),
+    )?;
+    let late = other.call(5).await;
+    check(
+        matches!(late, Err(Error::ShutDown)),
+        format!("a call after shutdown: {late:?}"),
+    )?;
+    // The idle worker exited by itself (it was let go, not left for the
+    // SIGTERM: it is gone although the grace is 10 s).
+    for pid in [idle, other_pid] {
+        check(
+            super::wait_gone::<R>(pid, Duration::from_secs(8)).await,
+            format!("pool worker {pid} still runs"),
+        )?;
+    }
+    Ok(())
+}
+
 pub async fn parallel_shutdown_terminates_what_outlives_the_grace<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
@@ -278,20 +338,21 @@ async fn traced<R: Runtime>(
 
 /// One event as the test subscriber saw it.
 #[derive(Debug, Clone)]
-struct Seen {
-    level: tracing::Level,
-    fields: HashMap<String, String>,
+pub struct Seen {
+    pub level: tracing::Level,
+    pub target: String,
+    pub fields: HashMap<String, String>,
     /// The fields of the span it happened in (none: empty).
-    span: HashMap<String, String>,
+    pub span: HashMap<String, String>,
 }
 
 /// A minimal subscriber: spans by id with their fields, a per-thread stack
 /// of entered spans, every event recorded.
 #[derive(Default)]
-struct Collector {
+pub struct Collector {
     next: AtomicU64,
     spans: Mutex<HashMap<u64, HashMap<String, String>>>,
-    events: Arc<Mutex<Vec<Seen>>>,
+    pub events: Arc<Mutex<Vec<Seen>>>,
 }
 
 thread_local! {
@@ -343,6 +404,7 @@ impl tracing::Subscriber for Collector {
             .unwrap_or_default();
         self.events.lock().unwrap().push(Seen {
             level: *event.metadata().level(),
+            target: event.metadata().target().to_string(),
             fields,
             span,
         });

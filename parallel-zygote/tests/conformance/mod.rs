@@ -53,6 +53,10 @@
 //!   (drain, SIGTERM), recycling a worker over its memory limit, and the
 //!   tracing events of a killed worker (a helper process with a global
 //!   test subscriber);
+//! - `output.rs`: workers' stdout and stderr captured line by line and
+//!   attributed (pid, stream, a pool's workers each), discarded, inherited,
+//!   cut when over-long, the stderr tail in a death error, and a worker's
+//!   tracing events forwarded into its span (a helper process, as above);
 //! - `options.rs`: per-worker `SpawnOptions` read back in the worker
 //!   (environment, working directory, uid/gid, CPU affinity, nice) and a
 //!   refused setting failing the spawn with its name and errno.
@@ -111,6 +115,7 @@ mod cancel;
 mod failures;
 mod lifecycle;
 mod options;
+mod output;
 mod panics;
 mod pool;
 mod pools;
@@ -202,6 +207,10 @@ pub fn helper<H: Harness>() -> bool {
             lifecycle::tracing_helper::<H>();
             true
         }
+        Ok(which) if which == output::FORWARDING_HELPER => {
+            output::forwarding_helper::<H>();
+            true
+        }
         Ok(which) => panic!("{HELPER_ENV}={which}: no such helper"),
         Err(_) => false,
     }
@@ -267,7 +276,14 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         lifecycle::pool_graceful_shutdown_drains_then_terminates,
         lifecycle::parallel_shutdown_drains_and_refuses_new_work,
         lifecycle::parallel_shutdown_terminates_what_outlives_the_grace,
+        lifecycle::parallel_shutdown_shuts_its_pools_down,
         lifecycle::pool_recycles_workers_over_the_memory_limit,
+        output::captured_output_is_attributed_to_its_worker,
+        output::null_output_goes_to_dev_null,
+        output::inherited_output_is_the_parents,
+        output::death_error_carries_the_stderr_tail,
+        output::over_long_lines_are_cut_and_marked,
+        output::pool_workers_output_is_attributed_to_each_worker,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,
@@ -276,6 +292,10 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
     trials.push(skippable::<H>(
         lifecycle::TRACING,
         lifecycle::tracing_reports_a_killed_worker_and_its_replacement,
+    ));
+    trials.push(skippable::<H>(
+        output::FORWARDING,
+        output::worker_tracing_and_output_reach_a_parent_subscriber,
     ));
     trials
 }
