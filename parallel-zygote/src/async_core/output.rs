@@ -306,8 +306,7 @@ impl Prepared {
                     kind: Kind::Lines {
                         stream,
                         sink,
-                        line: Vec::new(),
-                        discarding: false,
+                        lines: LineSplitter::default(),
                     },
                     eof: false,
                 });
@@ -350,12 +349,58 @@ enum Kind {
     Lines {
         stream: StdStream,
         sink: Option<OutputSink>,
-        /// The line so far (never longer than [`MAX_LINE_LEN`]).
-        line: Vec<u8>,
-        /// The current line was cut: skip to its newline.
-        discarding: bool,
+        lines: LineSplitter,
     },
     Records(RecordReader),
+}
+
+/// Cuts a byte stream into lines of at most [`MAX_LINE_LEN`] bytes,
+/// whatever the chunking.
+#[derive(Default)]
+struct LineSplitter {
+    /// The line so far (never longer than [`MAX_LINE_LEN`]).
+    line: Vec<u8>,
+    /// The current line was cut: skip to its newline.
+    discarding: bool,
+}
+
+impl LineSplitter {
+    /// Takes bytes; calls `line(bytes, truncated)` for each line completed
+    /// (or cut).
+    fn push(&mut self, mut bytes: &[u8], line: &mut dyn FnMut(&[u8], bool)) {
+        while !bytes.is_empty() {
+            let newline = bytes.iter().position(|&b| b == b'\n');
+            let (part, rest) = match newline {
+                Some(at) => (&bytes[..at], &bytes[at + 1..]),
+                None => (bytes, &[][..]),
+            };
+            bytes = rest;
+            if !self.discarding {
+                let room = MAX_LINE_LEN - self.line.len();
+                self.line.extend_from_slice(&part[..part.len().min(room)]);
+                if part.len() > room {
+                    line(&self.line, true);
+                    self.line.clear();
+                    self.discarding = true;
+                }
+            }
+            if newline.is_some() {
+                if !self.discarding {
+                    line(&self.line, false);
+                    self.line.clear();
+                }
+                self.discarding = false;
+            }
+        }
+    }
+
+    /// At the end of the stream: the last line, if it had no newline.
+    fn finish(&mut self, line: &mut dyn FnMut(&[u8], bool)) {
+        if !self.line.is_empty() && !self.discarding {
+            line(&self.line, false);
+        }
+        self.line.clear();
+    }
 }
 
 /// The last stderr lines, bounded in count and bytes.
@@ -442,7 +487,7 @@ fn read_chunk(fd: BorrowedFd<'_>, chunk: &mut [u8]) -> std::io::Result<ReadOutco
 }
 
 impl<R: Runtime> Reader<R> {
-    fn take(&mut self, mut bytes: &[u8], pid: i32, name: &Option<Arc<str>>, tail: &mut Tail) {
+    fn take(&mut self, bytes: &[u8], pid: i32, name: &Option<Arc<str>>, tail: &mut Tail) {
         match &mut self.kind {
             Kind::Records(records) => {
                 if records.push(bytes, pid).is_err() {
@@ -454,32 +499,10 @@ impl<R: Runtime> Reader<R> {
             Kind::Lines {
                 stream,
                 sink,
-                line,
-                discarding,
-            } => {
-                while !bytes.is_empty() {
-                    let newline = bytes.iter().position(|&b| b == b'\n');
-                    let (part, rest) = match newline {
-                        Some(at) => (&bytes[..at], &bytes[at + 1..]),
-                        None => (bytes, &[][..]),
-                    };
-                    bytes = rest;
-                    if !*discarding {
-                        let room = MAX_LINE_LEN - line.len();
-                        line.extend_from_slice(&part[..part.len().min(room)]);
-                        if part.len() > room {
-                            deliver(*stream, sink, line, true, pid, name, tail);
-                            *discarding = true;
-                        }
-                    }
-                    if newline.is_some() {
-                        if !*discarding {
-                            deliver(*stream, sink, line, false, pid, name, tail);
-                        }
-                        *discarding = false;
-                    }
-                }
-            }
+                lines,
+            } => lines.push(bytes, &mut |line, truncated| {
+                deliver(*stream, sink, line, truncated, pid, name, tail)
+            }),
         }
     }
 
@@ -488,13 +511,12 @@ impl<R: Runtime> Reader<R> {
         if let Kind::Lines {
             stream,
             sink,
-            line,
-            discarding,
+            lines,
         } = &mut self.kind
         {
-            if !line.is_empty() && !*discarding {
-                deliver(*stream, sink, line, false, pid, name, tail);
-            }
+            lines.finish(&mut |line, truncated| {
+                deliver(*stream, sink, line, truncated, pid, name, tail)
+            });
         }
     }
 }
@@ -502,14 +524,13 @@ impl<R: Runtime> Reader<R> {
 fn deliver(
     stream: StdStream,
     sink: &Option<OutputSink>,
-    line: &mut Vec<u8>,
+    line: &[u8],
     truncated: bool,
     pid: i32,
     name: &Option<Arc<str>>,
     tail: &mut Tail,
 ) {
     let mut text = String::from_utf8_lossy(line).into_owned();
-    line.clear();
     if text.ends_with('\r') {
         text.pop();
     }
@@ -537,7 +558,42 @@ fn deliver(
 
 #[cfg(test)]
 mod tests {
-    use super::Tail;
+    use super::{LineSplitter, Tail, MAX_LINE_LEN};
+
+    fn split(chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
+        let mut splitter = LineSplitter::default();
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            splitter.push(chunk, &mut |line, cut| lines.push((line.to_vec(), cut)));
+        }
+        splitter.finish(&mut |line, cut| lines.push((line.to_vec(), cut)));
+        lines
+    }
+
+    #[test]
+    fn lines_are_the_same_whatever_the_chunking() {
+        let long = "y".repeat(MAX_LINE_LEN + 10);
+        let text = format!(
+            "one\n\ntwo\r\n{long}\nafter\n{}\nlast",
+            "z".repeat(MAX_LINE_LEN)
+        );
+        let bytes = text.as_bytes();
+        let whole = split(&[bytes]);
+        let expected: Vec<(Vec<u8>, bool)> = vec![
+            (b"one".to_vec(), false),
+            (Vec::new(), false),
+            (b"two\r".to_vec(), false),
+            (long.as_bytes()[..MAX_LINE_LEN].to_vec(), true),
+            (b"after".to_vec(), false),
+            ("z".repeat(MAX_LINE_LEN).into_bytes(), false),
+            (b"last".to_vec(), false),
+        ];
+        assert_eq!(whole, expected);
+        for size in [1, 2, 3, 7, 100, 4096, MAX_LINE_LEN, MAX_LINE_LEN + 1] {
+            let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+            assert_eq!(split(&chunks), expected, "chunks of {size}");
+        }
+    }
 
     #[test]
     fn stderr_tail_keeps_the_last_lines_within_its_bounds() {
