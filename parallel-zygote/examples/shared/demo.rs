@@ -61,14 +61,15 @@ async fn count_primes(limit: u64) -> u64 {
 enum Progress {
     Bar(indicatif::ProgressBar),
     Lines {
-        label: &'static str,
+        label: String,
         total: usize,
         done: usize,
     },
 }
 
 impl Progress {
-    fn new(label: &'static str, total: usize) -> Self {
+    fn new(label: impl Into<String>, total: usize) -> Self {
+        let label = label.into();
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(total as u64);
             let style = indicatif::ProgressStyle::with_template(
@@ -205,9 +206,9 @@ pub async fn run<R: Runtime>(parallel: Parallel<R>) -> Result<(), Box<dyn std::e
     for size in [1, cores] {
         let pool = Pool::new(&parallel, count_primes, PoolConfig::default().size(size))?;
         let label = if size == 1 {
-            "pool of 1 worker"
+            "pool of 1 worker".to_string()
         } else {
-            "pool of N workers"
+            format!("pool of {size} workers")
         };
         let mut progress = Progress::new(label, inputs.len());
         let started = Instant::now();
