@@ -190,6 +190,28 @@ impl Killer {
         state.process.as_ref().map(|p| p.pid()).or(state.hello_pid)
     }
 
+    /// Whether someone asked for the worker to be killed.
+    pub(crate) fn kill_requested(&self) -> bool {
+        self.lock().requested
+    }
+
+    /// The error for a call made after the worker was killed on request:
+    /// its death if the driver recorded it, otherwise a death whose exit
+    /// status is not known yet (the SIGKILL may still be on its way).
+    pub(crate) fn killed_error(&self) -> Error {
+        let state = self.lock();
+        match &state.death {
+            Some(death) => death.error(None),
+            None => Error::WorkerDied {
+                pid: state.process.as_ref().map(|p| p.pid()).or(state.hello_pid),
+                status: None,
+                call: None,
+                limit: None,
+                stderr_tail: Vec::new(),
+            },
+        }
+    }
+
     /// Whether the worker was killed or is known to have exited.
     pub(crate) fn is_dead(&self) -> bool {
         let state = self.lock();

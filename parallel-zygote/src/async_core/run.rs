@@ -86,6 +86,12 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     /// Sends encoded arguments and waits for the outcome, saying on failure
     /// whether the call reached the worker.
     pub(crate) async fn call_encoded(&self, args: Vec<u8>) -> Result<(u64, Outcome), CallFailed> {
+        // The kill may not have landed yet (it goes through the zygote):
+        // a call sent now could still be answered by a worker its caller
+        // already killed.
+        if self.killer.kill_requested() {
+            return Err(CallFailed::undelivered(self.killer.killed_error()));
+        }
         let (reply, answer) = oneshot::channel();
         let mut guard = KillOnDrop::new(Arc::clone(&self.killer));
         if self
@@ -137,7 +143,10 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
         self.killer.pid()
     }
 
-    /// Kills the worker (SIGKILL); calls in flight fail with [`Error::WorkerDied`].
+    /// Kills the worker (SIGKILL); calls in flight fail with
+    /// [`Error::WorkerDied`], and so does every call made afterwards, at
+    /// once, without reaching the worker (its `status` is `None` until the
+    /// worker's death is known).
     pub fn kill(&self) {
         self.killer.kill();
     }

@@ -132,7 +132,29 @@ pub async fn limits<R: Runtime>(parallel: Parallel<R>) -> Result<(), Failed> {
     )
     .await?;
 
-    // A worker killed on request is not blamed on its limits.
+    // A worker killed on request is not blamed on its limits, though it
+    // dies by the signal its CPU-time hard limit would send.
+    let sleeper = cpu.spawn(
+        |_: ()| async move {
+            std::thread::sleep(Duration::from_secs(600));
+            0u64
+        },
+        (),
+    );
+    let started = Instant::now();
+    while sleeper.pid().is_none() && started.elapsed() < DETECT_WITHIN {
+        R::sleep(Duration::from_millis(5)).await;
+    }
+    sleeper.abort();
+    let error = match within::<R, _>(DETECT_WITHIN, sleeper).await {
+        Some(Err(error)) => error,
+        other => return Err(format!("a killed worker: {other:?}").into()),
+    };
+    check(
+        error.signal() == Some(libc::SIGKILL) && error.limit().is_none(),
+        format!("a worker killed on request: {error}"),
+    )?;
+    // And a call made after a kill fails without reaching the worker.
     let killed = cpu.run(|x: u64| async move { x })?;
     killed.kill();
     let error = killed
@@ -141,8 +163,8 @@ pub async fn limits<R: Runtime>(parallel: Parallel<R>) -> Result<(), Failed> {
         .err()
         .ok_or("a killed worker answered")?;
     check(
-        error.limit().is_none(),
-        format!("a worker killed on request was blamed on a limit: {error}"),
+        matches!(error, Error::WorkerDied { limit: None, .. }),
+        format!("a call after a kill: {error}"),
     )?;
 
     let next = parallel.spawn(|x: u64| async move { x + 1 }, 41).await?;
