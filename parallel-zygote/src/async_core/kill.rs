@@ -31,6 +31,9 @@ pub(crate) struct Killer {
     /// The driver completed (or was dropped): nothing of the worker is
     /// left to wait for.
     finished: std::sync::atomic::AtomicBool,
+    /// Closed once the death is recorded or the driver finished: what
+    /// [`wait_death`](Self::wait_death) waits on (nothing is ever sent).
+    died: (async_channel::Sender<()>, async_channel::Receiver<()>),
 }
 
 #[derive(Default)]
@@ -131,6 +134,7 @@ impl Killer {
             driver: AtomicWaker::new(),
             span,
             finished: std::sync::atomic::AtomicBool::new(false),
+            died: async_channel::bounded(1),
         }
     }
 
@@ -143,6 +147,7 @@ impl Killer {
     pub(crate) fn finish(&self) {
         self.finished
             .store(true, std::sync::atomic::Ordering::Release);
+        self.died.0.close();
     }
 
     /// Whether the driver is done: the worker exited (or its exit could not
@@ -196,20 +201,11 @@ impl Killer {
     }
 
     /// The error for a call made after the worker was killed on request:
-    /// its death if the driver recorded it, otherwise a death whose exit
-    /// status is not known yet (the SIGKILL may still be on its way).
-    pub(crate) fn killed_error(&self) -> Error {
-        let state = self.lock();
-        match &state.death {
-            Some(death) => death.error(None),
-            None => Error::WorkerDied {
-                pid: state.process.as_ref().map(|p| p.pid()).or(state.hello_pid),
-                status: None,
-                call: None,
-                limit: None,
-                stderr_tail: Vec::new(),
-            },
-        }
+    /// its death, once the driver learnt how it ended.
+    pub(crate) async fn killed_error(&self) -> Error {
+        // Never sent to: returns when the channel closes.
+        let _ = self.died.1.recv().await;
+        self.death(None)
     }
 
     /// Whether the worker was killed or is known to have exited.
@@ -296,6 +292,8 @@ impl Killer {
                 .and_then(|status| LimitExceeded::explain(&status, &state.limits));
         }
         state.death = Some(death.clone());
+        drop(state);
+        self.died.0.close();
         death
     }
 }

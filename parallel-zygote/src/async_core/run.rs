@@ -90,7 +90,7 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
         // a call sent now could still be answered by a worker its caller
         // already killed.
         if self.killer.kill_requested() {
-            return Err(CallFailed::undelivered(self.killer.killed_error()));
+            return Err(CallFailed::undelivered(self.killer.killed_error().await));
         }
         let (reply, answer) = oneshot::channel();
         let mut guard = KillOnDrop::new(Arc::clone(&self.killer));
@@ -144,9 +144,8 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     }
 
     /// Kills the worker (SIGKILL); calls in flight fail with
-    /// [`Error::WorkerDied`], and so does every call made afterwards, at
-    /// once, without reaching the worker (its `status` is `None` until the
-    /// worker's death is known).
+    /// [`Error::WorkerDied`], and so does every call made afterwards,
+    /// without reaching the worker, once its death is known.
     pub fn kill(&self) {
         self.killer.kill();
     }
