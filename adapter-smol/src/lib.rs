@@ -120,7 +120,7 @@ use parallel_zygote::async_core as core;
 #[allow(unused_imports)] // Empty without a codec feature.
 pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
-    Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicLocation, PanicReport,
+    Bytes, Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicLocation, PanicReport,
     PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle,
 };
 /// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as

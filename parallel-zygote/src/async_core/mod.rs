@@ -69,6 +69,7 @@
 #![forbid(unsafe_code)]
 
 mod any_pool;
+mod bytes;
 mod codec;
 pub mod codecs;
 mod conn;
@@ -88,6 +89,7 @@ mod sugar;
 mod worker;
 
 pub use any_pool::AnyPool;
+pub use bytes::Bytes;
 pub use codec::{Codec, CodecError, Postcard};
 pub use driver::Driver;
 pub use error::Error;
