@@ -91,6 +91,7 @@ mod exec;
 pub mod io;
 mod server;
 mod start;
+pub mod shm;
 pub mod sys;
 
 use std::os::fd::OwnedFd;

@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
+use super::shared::Payload;
 use super::Error;
 
 /// A message's bytes and the descriptors that ride with it.
-pub(crate) type RawMessage = (Vec<u8>, Vec<OwnedFd>);
+pub(crate) type RawMessage = (Payload, Vec<OwnedFd>);
 
 /// How many messages may wait in each direction before the sender waits:
 /// the bound that keeps a slow consumer from growing memory.
@@ -53,8 +54,8 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
         Pin::new(&mut self.receiver).poll_next(cx).map(|item| {
             item.map(|raw| {
-                let (bytes, fds) = raw?;
-                decode_with_fds(fds, || C::decode::<T>(&bytes)).map_err(Error::decode::<T>)
+                let (payload, fds) = raw?;
+                decode_with_fds(fds, || C::decode::<T>(payload.bytes())).map_err(Error::decode::<T>)
             })
         })
     }
@@ -76,8 +77,18 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// Send with [`send`](Self::send) from `&self`, or use it as a
 /// [`Sink`](futures_sink::Sink) (`SinkExt::send`, `forward`). Either way at
 /// most 16 messages wait in the queue: a full queue makes the sender wait.
+///
+/// A message whose encoding reaches 1 MiB travels through shared memory:
+/// `send` copies it into a sealed memfd that the other side maps, instead of
+/// writing it through the socket (one copy instead of three, and no
+/// socket round trips). For bulk data, use [`Bytes`](super::Bytes) (or
+/// `serde_bytes`) rather than a plain `Vec<u8>`, which serde encodes one
+/// element at a time.
 pub struct MessageSender<T, C: Codec = Postcard> {
     sender: async_channel::Sender<RawMessage>,
+    /// Whether large messages may go through shared memory (the channel
+    /// passes descriptors).
+    shared: bool,
     /// The Sink's message on its way into the queue. In a `Mutex` only so
     /// that the sender stays `Sync`; the Sink methods reach it through
     /// `&mut self` and never lock.
@@ -89,6 +100,7 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
     fn clone(&self) -> Self {
         MessageSender {
             sender: self.sender.clone(),
+            shared: self.shared,
             sink: Mutex::new(None),
             _types: PhantomData,
         }
@@ -96,9 +108,10 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
 }
 
 impl<T: Serialize, C: Codec> MessageSender<T, C> {
-    pub(crate) fn new(sender: async_channel::Sender<RawMessage>) -> Self {
+    pub(crate) fn new(sender: async_channel::Sender<RawMessage>, shared: bool) -> Self {
         MessageSender {
             sender,
+            shared,
             sink: Mutex::new(None),
             _types: PhantomData,
         }
@@ -111,8 +124,14 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     /// [`Error::Codec`] when the message cannot be encoded, and
     /// [`Error::Closed`] when the other side is gone.
     pub async fn send(&self, message: T) -> Result<(), Error> {
-        let raw = encode_with_fds(|| C::encode(&message)).map_err(Error::encode::<T>)?;
+        let raw = self.encode(&message)?;
         self.sender.send(raw).await.map_err(|_| Error::Closed)
+    }
+
+    /// The message's bytes (in a sealed memfd when large) and descriptors.
+    fn encode(&self, message: &T) -> Result<RawMessage, Error> {
+        let (bytes, fds) = encode_with_fds(|| C::encode(message)).map_err(Error::encode::<T>)?;
+        Ok((Payload::outgoing(bytes, self.shared), fds))
     }
 }
 
@@ -138,7 +157,7 @@ impl<T: Serialize, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
 
     fn start_send(self: Pin<&mut Self>, message: T) -> Result<(), Error> {
         let this = self.get_mut();
-        let raw = encode_with_fds(|| C::encode(&message)).map_err(Error::encode::<T>)?;
+        let raw = this.encode(&message)?;
         let sender = this.sender.clone();
         let send: PendingSend =
             Box::pin(async move { sender.send(raw).await.map_err(|_| Error::Closed) });

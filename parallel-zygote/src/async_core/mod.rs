@@ -84,6 +84,7 @@ mod pool_core;
 mod process;
 mod run;
 mod runtime;
+mod shared;
 mod spawn;
 mod sugar;
 mod worker;

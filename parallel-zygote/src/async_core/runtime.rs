@@ -62,6 +62,14 @@ pub trait AsyncSocket: 'static {
         cx: &mut Context<'_>,
         io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>>;
+    /// Whether the socket passes descriptors (`SCM_RIGHTS`), which large
+    /// `process` messages use to travel through shared memory instead of
+    /// the stream. True by default, as every worker channel is an AF_UNIX
+    /// socket; a byte-stream transport returns false and its large messages
+    /// take the plain byte path.
+    fn passes_descriptors(&self) -> bool {
+        true
+    }
 }
 
 impl AsyncSocket for Box<dyn AsyncSocket> {
@@ -78,6 +86,9 @@ impl AsyncSocket for Box<dyn AsyncSocket> {
         io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
         (**self).poll_write(cx, io)
+    }
+    fn passes_descriptors(&self) -> bool {
+        (**self).passes_descriptors()
     }
 }
 

@@ -1,0 +1,98 @@
+//! Which `process` messages travel through shared memory, and how they are
+//! turned into frames and back (the OS side is in [`crate::shm`]).
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use parallel_proto::RemoteError;
+
+use crate::shm::{sealed_memfd, SharedBytes};
+
+/// Encoded messages at least this large go through a sealed memfd rather
+/// than the socket, on channels that pass descriptors. Below it the memfd's
+/// own costs (create, size, seal, map, unmap: tens of µs) outweigh the
+/// socket copies they save; see BENCHMARKS.md (issue 13) for the crossover.
+pub(crate) const SHARED_MIN: usize = 1 << 20;
+
+/// A message's bytes on their way between the user's task and the driver.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// In this process's memory, written to the socket.
+    Inline(Vec<u8>),
+    /// Outgoing: copied into a sealed memfd of `len` bytes, sent with the frame.
+    Sealed { memfd: OwnedFd, len: u64 },
+    /// Incoming: the sender's memfd, mapped read-only.
+    Mapped(SharedBytes),
+}
+
+impl Payload {
+    /// An encoded message to send: in a sealed memfd when it is large and
+    /// the channel passes descriptors, else as it is. A memfd that cannot be
+    /// made (out of descriptors, say) leaves the message on the socket path.
+    pub(crate) fn outgoing(bytes: Vec<u8>, shared: bool) -> Payload {
+        if shared && bytes.len() >= SHARED_MIN {
+            if let Ok(memfd) = sealed_memfd(&bytes) {
+                return Payload::Sealed {
+                    memfd,
+                    len: bytes.len() as u64,
+                };
+            }
+        }
+        Payload::Inline(bytes)
+    }
+
+    /// The bytes of a received message.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes) => bytes,
+            Payload::Mapped(mapping) => mapping.as_slice(),
+            // Only outgoing messages are sealed; nothing decodes them.
+            Payload::Sealed { .. } => &[],
+        }
+    }
+}
+
+/// A `SharedData` event's message: the first descriptor is the memfd (checked
+/// and mapped here, then closed: the mapping keeps the memory), the rest are
+/// the message's own.
+///
+/// # Errors
+/// [`RemoteError::BadSharedMemory`] when the memfd is missing, unsealed, of
+/// another size, or cannot be mapped: the peer broke the protocol.
+pub(crate) fn receive(
+    len: u64,
+    mut fds: Vec<OwnedFd>,
+) -> Result<(Payload, Vec<OwnedFd>), RemoteError> {
+    if fds.is_empty() {
+        return Err(RemoteError::BadSharedMemory {
+            reason: "no descriptor came with it".into(),
+        });
+    }
+    let memfd = fds.remove(0);
+    let mapping = SharedBytes::map(memfd.as_fd(), len)
+        .map_err(|reason| RemoteError::BadSharedMemory { reason })?;
+    Ok((Payload::Mapped(mapping), fds))
+}
+
+/// What a channel machine needs to send a message either way.
+pub(crate) trait SendData {
+    fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), parallel_proto::Error>;
+    fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), parallel_proto::Error>;
+}
+
+impl SendData for parallel_proto::channel::ParentChannel {
+    fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), parallel_proto::Error> {
+        self.send_data(payload, fds)
+    }
+    fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), parallel_proto::Error> {
+        self.send_shared_data(len, fds)
+    }
+}
+
+impl SendData for parallel_proto::channel::WorkerChannel {
+    fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), parallel_proto::Error> {
+        self.send_data(payload, fds)
+    }
+    fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), parallel_proto::Error> {
+        self.send_shared_data(len, fds)
+    }
+}
