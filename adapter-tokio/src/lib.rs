@@ -93,6 +93,17 @@
 //! # Descriptors
 //!
 //! An [`Fd`] inside a `process` message travels as a real file descriptor.
+//!
+//! # Bulk data
+//!
+//! Put bulk bytes in a [`Bytes`] (or a `Vec<u8>` marked
+//! `#[serde(with = "serde_bytes")]`), not a plain `Vec<u8>`: serde hands a
+//! `Vec<u8>` to the codec one element at a time, which is about ten times
+//! slower. A `process` message whose encoding reaches 1 MiB travels through
+//! shared memory (a sealed memfd that the other side maps) instead of the
+//! socket; [`MessageSender::with_shared_memory_min`] moves or removes that
+//! threshold.
+//!
 //! # Shutting down on SIGTERM
 //!
 //! [`Parallel::shutdown`] stops new work, lets workers finish within a grace

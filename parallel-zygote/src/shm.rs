@@ -17,7 +17,7 @@
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
@@ -37,6 +37,19 @@ fn required_seals() -> SealFlag {
 /// The kernel refused the memfd (`EMFILE`, `ENOMEM`, a kernel without
 /// memfd sealing) or the copy (`ENOSPC` past the memory cgroup's limit).
 pub fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    sealed_memfd_with(bytes.len(), |file| file.write_all(bytes))
+}
+
+/// Like [`sealed_memfd`], but `fill` writes the `len` bytes (an encoder
+/// writing straight into the memfd, with no buffer in between).
+///
+/// # Errors
+/// As [`sealed_memfd`], whatever `fill` returns, and
+/// [`io::ErrorKind::InvalidData`] when `fill` wrote other than `len` bytes.
+pub fn sealed_memfd_with(
+    len: usize,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<OwnedFd> {
     const NAME: &CStr = c"parallel-message";
     let fd = memfd_create(
         NAME,
@@ -44,8 +57,14 @@ pub fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
     )?;
     let mut file = File::from(fd);
     // Sized first: the kernel then allocates no more than the message.
-    file.set_len(bytes.len() as u64)?;
-    file.write_all(bytes)?;
+    file.set_len(len as u64)?;
+    fill(&mut file)?;
+    if file.stream_position()? != len as u64 || file.metadata()?.len() != len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the encoder wrote other than the {len} bytes it announced"),
+        ));
+    }
     let fd = OwnedFd::from(file);
     fcntl(
         fd.as_raw_fd(),

@@ -1,14 +1,18 @@
 //! Which `process` messages travel through shared memory, and how they are
 //! turned into frames and back (the OS side is in [`crate::shm`]).
 
+use std::io::{BufWriter, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use parallel_proto::RemoteError;
 
-use crate::shm::{sealed_memfd, SharedBytes};
+use super::codec::Codec;
+use crate::shm::{sealed_memfd, sealed_memfd_with, SharedBytes};
 
-/// Encoded messages at least this large go through a sealed memfd rather
-/// than the socket, on channels that pass descriptors. Below it the memfd's
+/// By default, encoded messages at least this large go through a sealed
+/// memfd rather than the socket, on channels that pass descriptors
+/// (`MessageSender::with_shared_memory_min` changes it). Below it the memfd's
 /// own costs (create, size, seal, map, unmap: tens of µs) outweigh the
 /// socket copies they save; see BENCHMARKS.md (issue 13) for the crossover.
 pub(crate) const SHARED_MIN: usize = 1 << 20;
@@ -20,16 +24,17 @@ pub(crate) enum Payload {
     Inline(Vec<u8>),
     /// Outgoing: copied into a sealed memfd of `len` bytes, sent with the frame.
     Sealed { memfd: OwnedFd, len: u64 },
-    /// Incoming: the sender's memfd, mapped read-only.
-    Mapped(SharedBytes),
+    /// Incoming: the sender's memfd, mapped read-only (shared with the
+    /// `Bytes` decoded from it).
+    Mapped(Arc<SharedBytes>),
 }
 
 impl Payload {
-    /// An encoded message to send: in a sealed memfd when it is large and
-    /// the channel passes descriptors, else as it is. A memfd that cannot be
+    /// An encoded message to send: in a sealed memfd when `shared` (the
+    /// sender's threshold said so), else as it is. A memfd that cannot be
     /// made (out of descriptors, say) leaves the message on the socket path.
     pub(crate) fn outgoing(bytes: Vec<u8>, shared: bool) -> Payload {
-        if shared && bytes.len() >= SHARED_MIN {
+        if shared {
             if let Ok(memfd) = sealed_memfd(&bytes) {
                 return Payload::Sealed {
                     memfd,
@@ -38,6 +43,25 @@ impl Payload {
             }
         }
         Payload::Inline(bytes)
+    }
+
+    /// `value` encoded straight into a sealed memfd of `len` bytes (the
+    /// codec's [`encoded_len`](Codec::encoded_len)), with no buffer in
+    /// between; `None` if anything fails (the caller then takes the
+    /// ordinary path, which reports a codec error as such).
+    pub(crate) fn encode_sealed<C: Codec, T: serde::Serialize>(value: &T, len: usize) -> Option<Payload> {
+        let memfd = sealed_memfd_with(len, |file| {
+            // Small writes (the fields around bulk bytes) are gathered;
+            // bulk bytes larger than the buffer go straight through.
+            let mut writer = BufWriter::with_capacity(64 * 1024, file);
+            C::encode_to(value, &mut writer).map_err(std::io::Error::other)?;
+            writer.flush()
+        })
+        .ok()?;
+        Some(Payload::Sealed {
+            memfd,
+            len: len as u64,
+        })
     }
 
     /// The bytes of a received message.
@@ -70,7 +94,7 @@ pub(crate) fn receive(
     let memfd = fds.remove(0);
     let mapping = SharedBytes::map(memfd.as_fd(), len)
         .map_err(|reason| RemoteError::BadSharedMemory { reason })?;
-    Ok((Payload::Mapped(mapping), fds))
+    Ok((Payload::Mapped(Arc::new(mapping)), fds))
 }
 
 /// What a channel machine needs to send a message either way.

@@ -229,8 +229,9 @@ type Bulk = (Bytes, u64, Option<Fd>);
 #[derive(serde::Serialize, serde::Deserialize)]
 enum BulkEcho {
     /// A message back: its bytes, their checksum as the worker computed it,
-    /// and the text of the file whose descriptor came with it.
-    Data(Bytes, u64, Option<String>),
+    /// whether they arrived in shared memory, and the text of the file whose
+    /// descriptor came with it.
+    Data(Bytes, u64, bool, Option<String>),
     /// The input ended: the worker's open descriptors after the first round
     /// and at the end, and the shared-memory mappings it still holds.
     Done {
@@ -279,7 +280,11 @@ async fn bulk_echo(mut input: MessageStream<Bulk>, output: MessageSender<BulkEch
             text
         });
         let sum = checksum(&data);
-        output.send(BulkEcho::Data(data, sum, text)).await.unwrap();
+        let shared = data.is_shared();
+        output
+            .send(BulkEcho::Data(data, sum, shared, text))
+            .await
+            .unwrap();
         seen += 1;
         if seen == BULK_SIZES.len() {
             fds_after_first_round = open_fds();
@@ -317,9 +322,20 @@ pub async fn large_messages_arrive_intact_both_ways_and_leak_nothing<R: Runtime>
             let Some(echo) = process.stream.next().await else {
                 return Err(format!("the stream ended after {sent} messages").into());
             };
-            let BulkEcho::Data(back, back_sum, text) = echo? else {
+            let BulkEcho::Data(back, back_sum, shared_there, text) = echo? else {
                 return Err("expected an echo".into());
             };
+            // From 1 MiB (the default threshold) the bytes come through a
+            // memfd, both ways, and are not copied out of it.
+            let large = size >= 1 << 19;
+            check(
+                shared_there == large && back.is_shared() == large,
+                format!(
+                    "message {seed} of {size} bytes: shared in the worker {shared_there}, \
+                     back here {}",
+                    back.is_shared()
+                ),
+            )?;
             check(
                 back_sum == sum,
                 format!("message {seed} of {size} bytes changed on the way out"),
