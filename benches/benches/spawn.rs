@@ -701,7 +701,12 @@ fn throughput_section(
                 move |budget| adapter.raw_throughput(raw, size, count, budget),
             );
             let rows = [
-                ("bytes", "serde_bytes", Encoding::Bytes, SharedMemory::Default),
+                (
+                    "bytes",
+                    "serde_bytes",
+                    Encoding::Bytes,
+                    SharedMemory::Default,
+                ),
                 ("bytes-other", other_name, Encoding::Bytes, other),
                 ("ours", "Bytes", Encoding::Ours, SharedMemory::Default),
                 ("seq", "plain Vec<u8>", Encoding::Seq, SharedMemory::Default),
@@ -1039,11 +1044,7 @@ fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
         ("64 MiB", "bytes", 1.5),
         ("1 MiB", "seq", 0.5),
     ] {
-        let what = if key == "seq" {
-            "plain Vec<u8> "
-        } else {
-            ""
-        };
+        let what = if key == "seq" { "plain Vec<u8> " } else { "" };
         specs.push((
             format!("{label} `process` {what}throughput ≥ {limit} × raw"),
             format!("tp/{a}/{label}/{key}"),

@@ -257,7 +257,9 @@ fn shared_data_goes_both_ways_as_its_length_and_fds() {
             fds: 1
         }]
     );
-    assert!(pair.parent_events.contains(&ParentEvent::SharedData { len: 7, fds: 2 }));
+    assert!(pair
+        .parent_events
+        .contains(&ParentEvent::SharedData { len: 7, fds: 2 }));
 }
 
 #[test]

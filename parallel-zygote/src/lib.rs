@@ -90,8 +90,8 @@ mod error;
 mod exec;
 pub mod io;
 mod server;
-mod start;
 pub mod shm;
+mod start;
 pub mod sys;
 
 use std::os::fd::OwnedFd;

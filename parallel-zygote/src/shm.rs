@@ -202,7 +202,10 @@ mod tests {
     fn a_wrong_size_or_missing_seal_is_refused() {
         let fd = sealed_memfd(&[1; 4096]).unwrap();
         let error = SharedBytes::map(fd.as_fd(), 8192).unwrap_err();
-        assert_eq!(error, "the memfd holds 4096 bytes, the frame announced 8192");
+        assert_eq!(
+            error,
+            "the memfd holds 4096 bytes, the frame announced 8192"
+        );
 
         let unsealed = memfd_create(c"test", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
         let error = SharedBytes::map(unsealed.as_fd(), 0).unwrap_err();

@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
-use super::adapter::{clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases,
-    SharedMemory,
+use super::adapter::{
+    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};

@@ -335,7 +335,11 @@ mod shared_tests {
         assert_eq!(decoded, message);
         let mut bytes = decoded.1;
         assert!(bytes.is_shared());
-        assert_eq!(Arc::strong_count(&mapping), 2, "the Bytes holds the mapping");
+        assert_eq!(
+            Arc::strong_count(&mapping),
+            2,
+            "the Bytes holds the mapping"
+        );
         bytes[0] = 1;
         assert!(!bytes.is_shared(), "changing it made a copy");
         assert_eq!(Arc::strong_count(&mapping), 1);

@@ -12,9 +12,9 @@ use futures_core::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::bytes::decode_from_mapping;
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
-use super::bytes::decode_from_mapping;
 use super::shared::{Payload, SHARED_MIN};
 use super::Error;
 

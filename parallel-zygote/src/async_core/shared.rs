@@ -1,5 +1,16 @@
 //! Which `process` messages travel through shared memory, and how they are
 //! turned into frames and back (the OS side is in [`crate::shm`]).
+//!
+//! Memory held in memfds is bounded as message buffers are: a message's
+//! bytes live in its memfd *instead of* a `Vec`, and the same queues bound
+//! how many exist per channel (16 messages each way between the user's
+//! task and the driver, one frame being written, and on the receiving side
+//! one held message plus 16 in the stream's queue; the driver stops reading
+//! the socket while they are full). The receiver maps nothing larger than
+//! `max_frame_len` (the state machine refuses a longer `SharedData` before
+//! the transport looks at the descriptor). A mapping lives as long as the
+//! decoded message's [`Bytes`](super::Bytes) that point into it, exactly as
+//! a `Vec` would.
 
 use std::io::{BufWriter, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -49,7 +60,10 @@ impl Payload {
     /// codec's [`encoded_len`](Codec::encoded_len)), with no buffer in
     /// between; `None` if anything fails (the caller then takes the
     /// ordinary path, which reports a codec error as such).
-    pub(crate) fn encode_sealed<C: Codec, T: serde::Serialize>(value: &T, len: usize) -> Option<Payload> {
+    pub(crate) fn encode_sealed<C: Codec, T: serde::Serialize>(
+        value: &T,
+        len: usize,
+    ) -> Option<Payload> {
         let memfd = sealed_memfd_with(len, |file| {
             // Small writes (the fields around bulk bytes) are gathered;
             // bulk bytes larger than the buffer go straight through.

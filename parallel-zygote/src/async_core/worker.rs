@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::codec::Codec;
 use super::conn::Conn;
 use super::messages::{MessageSender, MessageStream, RawMessage, QUEUE_DEPTH};
-use super::shared::{self, Payload};
 use super::runtime::{AsyncSocket, LocalTask, WorkerRuntime};
+use super::shared::{self, Payload};
 use crate::io::{Inbox, Outbox};
 use crate::{Entry, WorkerContext};
 

@@ -252,7 +252,9 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 fn bulk_bytes(size: usize, seed: usize) -> Bytes {
-    (0..size).map(|i| (i.wrapping_mul(31) ^ seed) as u8).collect()
+    (0..size)
+        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
+        .collect()
 }
 
 fn open_fds() -> usize {

@@ -345,9 +345,15 @@ pub fn zygote_socket_helper<H: Harness>(arg: &str) -> Result<Vec<String>, Failed
 fn shared_case(which: u8) -> (&'static str, &'static str) {
     match which {
         0 => ("an unsealed memfd", "not sealed"),
-        1 => ("a memfd shorter than announced", "the memfd holds 4096 bytes"),
+        1 => (
+            "a memfd shorter than announced",
+            "the memfd holds 4096 bytes",
+        ),
         2 => ("a pipe instead of a memfd", "not a sealable memfd"),
-        _ => ("more than max_frame_len announced", "more than max_frame_len"),
+        _ => (
+            "more than max_frame_len announced",
+            "more than max_frame_len",
+        ),
     }
 }
 
