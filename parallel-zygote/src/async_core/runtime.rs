@@ -37,8 +37,9 @@ pub struct ReadOutcome {
 /// `io`; the runtime only says when to try. Workers' channels are AF_UNIX
 /// sockets, which also carry descriptors; nothing else in the connection
 /// layer needs AF_UNIX, so a plain byte stream (a TCP socket to a worker on
-/// another host) works the same way as long as no message carries an `Fd`.
-/// Both polls
+/// another host) works the same way as long as no message carries an `Fd`
+/// and [`passes_descriptors`](Self::passes_descriptors) says false (large
+/// messages then stay on the byte path). Both polls
 /// follow one contract: call `io` when the socket may be ready; when `io`
 /// fails with [`io::ErrorKind::WouldBlock`], forget the readiness that `io`
 /// was tried under and wait for the next; any other result is returned.
