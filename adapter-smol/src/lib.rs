@@ -109,6 +109,16 @@
 //! # Descriptors
 //!
 //! An [`Fd`] inside a `process` message travels as a real file descriptor.
+//!
+//! # Bulk data
+//!
+//! Put bulk bytes in a [`Bytes`] (or a `Vec<u8>` marked
+//! `#[serde(with = "serde_bytes")]`), not a plain `Vec<u8>`: serde hands a
+//! `Vec<u8>` to the codec one element at a time, which is about ten times
+//! slower. A `process` message whose encoding reaches 1 MiB travels through
+//! shared memory (a sealed memfd that the other side maps) instead of the
+//! socket; [`MessageSender::with_shared_memory_min`] moves or removes that
+//! threshold.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(clippy::missing_errors_doc)]
@@ -120,10 +130,10 @@ use parallel_zygote::async_core as core;
 #[allow(unused_imports)] // Empty without a codec feature.
 pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
-    Codec, CodecError, Error, Fd, LimitExceeded, MessageSender, MessageStream, Output, OutputLine,
-    OutputLines, OutputSink, PanicLocation, PanicReport, PoolConfig, PoolStats, PoolTask, Postcard,
-    Process, ProcessHandle, StdStream, MAX_LINE_LEN, MAX_TRACING_BUFFER, STDERR_TAIL_BYTES,
-    STDERR_TAIL_LINES,
+    Bytes, Codec, CodecError, Error, Fd, LimitExceeded, MessageSender, MessageStream, Output,
+    OutputLine, OutputLines, OutputSink, PanicLocation, PanicReport, PoolConfig, PoolStats,
+    PoolTask, Postcard, Process, ProcessHandle, StdStream, MAX_LINE_LEN, MAX_TRACING_BUFFER,
+    STDERR_TAIL_BYTES, STDERR_TAIL_LINES,
 };
 /// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
 /// the argument tuple (see [`parallel_zygote::spawn!`]).

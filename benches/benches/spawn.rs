@@ -36,7 +36,7 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::adapter::{Adapter, Encoding, Phases};
+use harness::adapter::{Adapter, Encoding, Phases, SharedMemory};
 use harness::glommio_adapter::GlommioAdapter;
 use harness::os::{self, ExecTarget, Heap};
 use harness::raw::{RawKind, RawZygote};
@@ -102,6 +102,30 @@ struct Config {
     pipelined_calls: usize,
     /// Bytes moved per throughput sample.
     throughput_bytes: usize,
+    /// `--only a,b`: run only the sections named (see [`SECTIONS`]).
+    only: Option<Vec<String>>,
+}
+
+/// The sections `--only` can name, in the order they run.
+const SECTIONS: [&str; 8] = [
+    "spawn",
+    "phases",
+    "round-trip",
+    "throughput",
+    "stages",
+    "peers",
+    "scaling",
+    "big-parent",
+];
+
+impl Config {
+    /// Whether the section named `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        match &self.only {
+            None => true,
+            Some(only) => only.iter().any(|wanted| wanted == name),
+        }
+    }
 }
 
 impl Config {
@@ -110,6 +134,7 @@ impl Config {
         let mut heap_gib = None;
         let mut poll_idle = true;
         let mut profile = None;
+        let mut only = None;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -120,6 +145,21 @@ impl Config {
                 }
                 "--no-poll-idle" => poll_idle = false,
                 "--profile" => profile = args.next(),
+                "--only" => {
+                    let names: Vec<String> = args
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect();
+                    for name in &names {
+                        assert!(
+                            SECTIONS.contains(&name.as_str()),
+                            "--only takes sections among {SECTIONS:?}, not {name:?}"
+                        );
+                    }
+                    only = Some(names);
+                }
                 "--bench" => {} // added by `cargo bench`
                 other => eprintln!("ignoring unknown argument {other:?}"),
             }
@@ -143,6 +183,7 @@ impl Config {
                 bulk: budget(1, 3, 20, 250),
                 pipelined_calls: 20 * IN_FLIGHT,
                 throughput_bytes: 64 * MIB,
+                only,
             }
         } else {
             Config {
@@ -157,6 +198,7 @@ impl Config {
                 bulk: budget(2, 10, 200, 2_000),
                 pipelined_calls: 100 * IN_FLIGHT,
                 throughput_bytes: 256 * MIB,
+                only,
             }
         }
     }
@@ -194,22 +236,36 @@ fn main() {
     let mut report = Report::default();
     let big = format!("{} GiB", config.heap_gib);
 
-    spawn_section(
-        &mut report,
-        &config,
-        &raw,
-        &zygote,
-        &adapters,
-        &exec,
-        "0 GiB",
-    );
-    phases_section(&mut report, &config, &raw, &adapters);
-    round_trip_section(&mut report, &config, &raw, &adapters);
-    throughput_section(&mut report, &config, &raw, &adapters);
-    stages_section(&mut report, &config);
-    peers_section(&mut report, &config, &adapters, &big);
-    scaling_section(&mut report, &config, &raw, &zygote, &adapters);
-    {
+    if config.runs("spawn") {
+        spawn_section(
+            &mut report,
+            &config,
+            &raw,
+            &zygote,
+            &adapters,
+            &exec,
+            "0 GiB",
+        );
+    }
+    if config.runs("phases") {
+        phases_section(&mut report, &config, &raw, &adapters);
+    }
+    if config.runs("round-trip") {
+        round_trip_section(&mut report, &config, &raw, &adapters);
+    }
+    if config.runs("throughput") {
+        throughput_section(&mut report, &config, &raw, &adapters);
+    }
+    if config.runs("stages") {
+        stages_section(&mut report, &config);
+    }
+    if config.runs("peers") {
+        peers_section(&mut report, &config, &adapters, &big);
+    }
+    if config.runs("scaling") {
+        scaling_section(&mut report, &config, &raw, &zygote, &adapters);
+    }
+    if config.runs("big-parent") {
         eprintln!("touching a {big} heap in the parent ...");
         let touch = Instant::now();
         let heap = Heap::touch(config.heap_gib * GIB);
@@ -222,8 +278,11 @@ fn main() {
         spawn_section(&mut report, &config, &raw, &zygote, &adapters, &exec, &big);
         drop(heap);
     }
-    side_by_side(&mut report, &adapters, &big);
-    targets(&mut report, &adapters, &big);
+    if config.only.is_none() {
+        // Both tables draw on every section.
+        side_by_side(&mut report, &adapters, &big);
+        targets(&mut report, &adapters, &big);
+    }
 
     println!("## Results\n");
     println!(
@@ -610,11 +669,23 @@ fn throughput_section(
             config.throughput_bytes / MIB
         ),
     );
-    for (size, label) in [(64 * KIB, "64 KiB"), (MIB, "1 MiB"), (64 * MIB, "64 MiB")] {
+    let sizes = [
+        (64 * KIB, "64 KiB"),
+        (256 * KIB, "256 KiB"),
+        (MIB, "1 MiB"),
+        (64 * MIB, "64 MiB"),
+    ];
+    for (size, label) in sizes {
         let count = (config.throughput_bytes / size).max(1);
         let rate = Measure::Rate {
             amount: (size * count) as f64,
             unit: Unit::BytesPerSec,
+        };
+        // The path the default does not take at this size, for the crossover.
+        let (other, other_name) = if size >= MIB {
+            (SharedMemory::Off, "socket only")
+        } else {
+            (SharedMemory::Always, "memfd always")
         };
         let mut group = Group::new();
         for adapter in adapters {
@@ -629,22 +700,35 @@ fn throughput_section(
                 rate,
                 move |budget| adapter.raw_throughput(raw, size, count, budget),
             );
-            group.add(
-                format!("tp/{a}/{label}/bytes"),
-                format!("{name}: `process`, {label} serde_bytes"),
-                Some(raw_key.clone()),
-                config.bulk,
-                rate,
-                move |budget| adapter.process_throughput(size, count, Encoding::Bytes, budget),
-            );
-            group.add(
-                format!("tp/{a}/{label}/seq"),
-                format!("{name}: `process`, {label} plain Vec<u8>"),
-                Some(raw_key),
-                config.bulk,
-                rate,
-                move |budget| adapter.process_throughput(size, count, Encoding::Seq, budget),
-            );
+            let rows = [
+                (
+                    "bytes",
+                    "serde_bytes",
+                    Encoding::Bytes,
+                    SharedMemory::Default,
+                ),
+                ("bytes-other", other_name, Encoding::Bytes, other),
+                ("ours", "Bytes", Encoding::Ours, SharedMemory::Default),
+                ("seq", "plain Vec<u8>", Encoding::Seq, SharedMemory::Default),
+            ];
+            for (key, what, encoding, shared) in rows {
+                if size == 256 * KIB && encoding != Encoding::Bytes {
+                    continue; // Only the crossover at this size.
+                }
+                let what = if key == "bytes-other" {
+                    format!("serde_bytes, {what}")
+                } else {
+                    what.to_string()
+                };
+                group.add(
+                    format!("tp/{a}/{label}/{key}"),
+                    format!("{name}: `process`, {label} {what}"),
+                    Some(raw_key.clone()),
+                    config.bulk,
+                    rate,
+                    move |budget| adapter.process_throughput(size, count, encoding, shared, budget),
+                );
+            }
         }
         group.run(report, config.rounds);
     }
@@ -842,7 +926,9 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "call" => adapter.run_round_trip(budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "pool" => adapter.pool_call(budget),
-        "process-1mib" => adapter.process_throughput(MIB, 64, Encoding::Bytes, budget),
+        "process-1mib" => {
+            adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Default, budget)
+        }
         "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
         "phases" | "raw-phases" => {
             let phases = if operation == "phases" {
@@ -952,13 +1038,21 @@ fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
         false,
         1.5,
     ));
-    specs.push((
-        "1 MiB `process` throughput ≥ 0.8 × raw".to_string(),
-        format!("tp/{a}/1 MiB/bytes"),
-        format!("tp/{a}/1 MiB/raw"),
-        true,
-        0.8,
-    ));
+    for (label, key, limit) in [
+        ("64 KiB", "bytes", 0.8),
+        ("1 MiB", "bytes", 0.8),
+        ("64 MiB", "bytes", 1.5),
+        ("1 MiB", "seq", 0.5),
+    ] {
+        let what = if key == "seq" { "plain Vec<u8> " } else { "" };
+        specs.push((
+            format!("{label} `process` {what}throughput ≥ {limit} × raw"),
+            format!("tp/{a}/{label}/{key}"),
+            format!("tp/{a}/{label}/raw"),
+            true,
+            limit,
+        ));
+    }
     specs
 }
 
@@ -1086,6 +1180,16 @@ fn side_by_side(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
         rows.push((
             format!("`process`, {label} serde_bytes (/ raw writes)"),
             format!("tp/{{a}}/{label}/bytes"),
+            Some(raw.clone()),
+        ));
+        rows.push((
+            format!("`process`, {label} `Bytes` (/ raw writes)"),
+            format!("tp/{{a}}/{label}/ours"),
+            Some(raw.clone()),
+        ));
+        rows.push((
+            format!("`process`, {label} plain Vec<u8> (/ raw writes)"),
+            format!("tp/{{a}}/{label}/seq"),
             Some(raw),
         ));
     }

@@ -43,6 +43,6 @@ fuzz_target!(|data: &[u8]| {
     // unknown kind or two next to it) so that most inputs reach a decoder.
     to_worker(selector, payload);
     from_worker(selector, payload);
-    to_worker(0x11 + selector % 6, payload);
-    from_worker(0x91 + selector % 6, payload);
+    to_worker(0x11 + selector % 7, payload);
+    from_worker(0x91 + selector % 8, payload);
 });

@@ -58,9 +58,11 @@ impl FuzzOutcome {
 enum Op {
     Start { offset: i64, args: Vec<u8> },
     ParentData { len: u16, fill: u8, fds: usize },
+    ParentSharedData { len: u64, fds: usize },
     Call { args: Vec<u8> },
     ParentEnd,
     WorkerData { len: u16, fill: u8, fds: usize },
+    WorkerSharedData { len: u64, fds: usize },
     WorkerEnd,
     Reply { call: Pick, outcome: FuzzOutcome },
     Finish { outcome: FuzzOutcome },
@@ -120,6 +122,10 @@ fuzz_target!(|input: Input| {
                 let result = parent.machine.send_data(vec![fill; len.into()], fds);
                 parent_refused = !parent.local(&result);
             }
+            Op::ParentSharedData { len, fds } => {
+                let result = parent.machine.send_shared_data(len, fds);
+                parent_refused = !parent.local(&result);
+            }
             Op::Call { args } => {
                 let result = parent.machine.call(args);
                 parent_refused = !parent.local(&result);
@@ -131,6 +137,11 @@ fuzz_target!(|input: Input| {
             }
             Op::WorkerData { len, fill, fds } => {
                 let result = worker.machine.send_data(vec![fill; len.into()], fds);
+                worker_refused = !worker.local(&result);
+                worker_sent = !worker_refused;
+            }
+            Op::WorkerSharedData { len, fds } => {
+                let result = worker.machine.send_shared_data(len, fds);
                 worker_refused = !worker.local(&result);
                 worker_sent = !worker_refused;
             }

@@ -91,7 +91,9 @@ impl Endpoint for ParentChannel {
     }
     fn event_fds(event: &ParentEvent) -> usize {
         match event {
-            ParentEvent::Data { fds, .. } => usize::from(*fds),
+            ParentEvent::Data { fds, .. } | ParentEvent::SharedData { fds, .. } => {
+                usize::from(*fds)
+            }
             _ => 0,
         }
     }
@@ -113,7 +115,9 @@ impl Endpoint for WorkerChannel {
     }
     fn event_fds(event: &WorkerEvent) -> usize {
         match event {
-            WorkerEvent::Data { fds, .. } => usize::from(*fds),
+            WorkerEvent::Data { fds, .. } | WorkerEvent::SharedData { fds, .. } => {
+                usize::from(*fds)
+            }
             _ => 0,
         }
     }

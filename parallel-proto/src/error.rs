@@ -144,6 +144,22 @@ pub enum RemoteError {
         /// The configured limit.
         max: usize,
     },
+    /// The peer announced shared memory larger than a frame may be.
+    #[error("peer sent SharedData of {len} bytes, more than max_frame_len ({max} bytes)")]
+    SharedTooLong {
+        /// The announced length.
+        len: u64,
+        /// The configured limit.
+        max: u32,
+    },
+    /// The shared memory that came with a `SharedData` message is not what
+    /// the protocol requires (a sealed memfd of exactly the announced
+    /// length). The transport checks this, not the state machine.
+    #[error("peer sent SharedData whose shared memory is unusable: {reason}")]
+    BadSharedMemory {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An entry point failed verification.
     #[error("peer sent a bad entry point")]
     Entry(#[from] EntryError),

@@ -117,7 +117,9 @@
 //! # Wire format
 //!
 //! See [`frame`] for the header. Payloads are [postcard] encodings of the
-//! message bodies, except `Data`, whose payload is the raw bytes. Golden byte
+//! message bodies, except `Data`, whose payload is the raw bytes. `SharedData`
+//! carries only a length: its bytes are in the frame's first descriptor, a
+//! sealed memfd (for transports that pass descriptors). Golden byte
 //! fixtures in the tests pin every message kind.
 //!
 //! [postcard]: https://docs.rs/postcard

@@ -243,3 +243,46 @@ fn a_full_conversation_ends_with_returned_and_no_pending_calls() {
     assert_eq!(pair.parent.calls_in_flight(), 0);
     assert_eq!(pair.parent.worker_pid(), Some(support::WORKER_PID));
 }
+
+#[test]
+fn shared_data_goes_both_ways_as_its_length_and_fds() {
+    let mut pair = started_pair();
+    pair.parent.send_shared_data(3 << 20, 1).unwrap();
+    pair.child.send_shared_data(7, 2).unwrap();
+    pair.settle();
+    assert_eq!(
+        pair.child_events,
+        [WorkerEvent::SharedData {
+            len: 3 << 20,
+            fds: 1
+        }]
+    );
+    assert!(pair
+        .parent_events
+        .contains(&ParentEvent::SharedData { len: 7, fds: 2 }));
+}
+
+#[test]
+fn shared_data_without_fds_or_too_long_is_refused_with_nothing_queued() {
+    let mut pair = started_pair();
+    let queued = pair.parent.queued_bytes();
+    assert_eq!(
+        pair.parent.send_shared_data(8, 0).unwrap_err(),
+        invalid(
+            "send shared data",
+            "no descriptors: the memfd must come along (fds >= 1)"
+        )
+    );
+    let max = Limits::default().max_frame_len();
+    assert_eq!(
+        pair.child
+            .send_shared_data(u64::from(max) + 1, 1)
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "message of {} bytes exceeds max_frame_len ({max} bytes); split it or raise the limit",
+            u64::from(max) + 1
+        )
+    );
+    assert_eq!(pair.parent.queued_bytes(), queued);
+}

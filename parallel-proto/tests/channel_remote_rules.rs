@@ -22,7 +22,7 @@ fn from_worker(message: FromWorker, fds: usize) -> Vec<u8> {
 }
 
 fn hello_to_worker() -> Vec<u8> {
-    to_worker(ToWorker::Hello { version: 2 }, 0)
+    to_worker(ToWorker::Hello { version: 3 }, 0)
 }
 
 fn start() -> Vec<u8> {
@@ -36,7 +36,7 @@ fn start() -> Vec<u8> {
 }
 
 fn worker_hello() -> Vec<u8> {
-    from_worker(FromWorker::Hello { version: 2, pid: 9 }, 0)
+    from_worker(FromWorker::Hello { version: 3, pid: 9 }, 0)
 }
 
 fn unexpected(message: &'static str, reason: &'static str) -> Error {
@@ -156,16 +156,16 @@ fn start_before_hello_from_parent_is_sticky_fatal() {
 fn wrong_version_from_parent_is_sticky_fatal() {
     let expected = Error::Remote(RemoteError::VersionMismatch {
         protocol: "worker channel",
-        ours: 2,
-        theirs: 3,
+        ours: 3,
+        theirs: 4,
     });
     assert_eq!(
         expected.to_string(),
-        "peer speaks worker channel protocol version 3, we speak 2; both sides must come from the same build"
+        "peer speaks worker channel protocol version 4, we speak 3; both sides must come from the same build"
     );
     worker_fails(
         WorkerChannel::new(Limits::default(), 9),
-        &to_worker(ToWorker::Hello { version: 3 }, 0),
+        &to_worker(ToWorker::Hello { version: 4 }, 0),
         expected,
     );
 }
@@ -182,7 +182,7 @@ fn second_hello_from_parent_is_sticky_fatal() {
 #[test]
 fn fds_on_a_message_other_than_data_are_sticky_fatal_for_the_worker() {
     let cases = [
-        (ToWorker::Hello { version: 2 }, "Hello", false),
+        (ToWorker::Hello { version: 3 }, "Hello", false),
         (
             ToWorker::Start {
                 task: entry(),
@@ -210,7 +210,7 @@ fn fds_on_a_message_other_than_data_are_sticky_fatal_for_the_worker() {
         let expected = Error::Remote(RemoteError::WrongFdCount {
             message: name,
             got: 2,
-            expected: "none (only Data carries descriptors)",
+            expected: "none (only Data and SharedData carry descriptors)",
         });
         worker_fails(worker, &to_worker(message, 2), expected);
     }
@@ -350,7 +350,7 @@ fn wrong_version_from_worker_is_sticky_fatal() {
     parent.start(entry(), Vec::new()).unwrap();
     let expected = Error::Remote(RemoteError::VersionMismatch {
         protocol: "worker channel",
-        ours: 2,
+        ours: 3,
         theirs: 0,
     });
     let hello = from_worker(FromWorker::Hello { version: 0, pid: 9 }, 0);
@@ -429,11 +429,11 @@ fn fds_on_a_message_other_than_data_are_sticky_fatal_for_the_parent() {
     let expected = Error::Remote(RemoteError::WrongFdCount {
         message: "Reply",
         got: 1,
-        expected: "none (only Data carries descriptors)",
+        expected: "none (only Data and SharedData carry descriptors)",
     });
     assert_eq!(
         expected.to_string(),
-        "peer sent Reply with 1 file descriptors, expected none (only Data carries descriptors)"
+        "peer sent Reply with 1 file descriptors, expected none (only Data and SharedData carry descriptors)"
     );
     parent_fails(ready_parent(1), &reply, expected);
     let hello = frame(0x91, 1, &[1, 2]);
@@ -445,7 +445,7 @@ fn fds_on_a_message_other_than_data_are_sticky_fatal_for_the_parent() {
         Error::Remote(RemoteError::WrongFdCount {
             message: "Hello",
             got: 1,
-            expected: "none (only Data carries descriptors)",
+            expected: "none (only Data and SharedData carry descriptors)",
         }),
     );
 }
@@ -491,4 +491,94 @@ fn a_stream_that_ends_between_frames_is_fine() {
     assert_eq!(worker.end_of_input(), Ok(()));
     let mut parent = ready_parent(0);
     assert_eq!(parent.end_of_input(), Ok(()));
+}
+
+// ---- data in shared memory ----
+
+#[test]
+fn shared_data_from_parent_is_an_event_with_its_length_and_fds() {
+    let mut worker = started_worker();
+    let mut events = Vec::new();
+    let bytes = to_worker(ToWorker::SharedData { len: 5 << 20 }, 2);
+    feed(&mut worker, &bytes, &[], &mut events).unwrap();
+    assert_eq!(
+        events,
+        [WorkerEvent::SharedData {
+            len: 5 << 20,
+            fds: 2
+        }]
+    );
+}
+
+#[test]
+fn shared_data_from_worker_is_an_event_with_its_length_and_fds() {
+    let mut parent = ready_parent(0);
+    let mut events = Vec::new();
+    let bytes = from_worker(FromWorker::SharedData { len: 1 << 20 }, 1);
+    feed(&mut parent, &bytes, &[], &mut events).unwrap();
+    assert_eq!(
+        events,
+        [ParentEvent::SharedData {
+            len: 1 << 20,
+            fds: 1
+        }]
+    );
+}
+
+#[test]
+fn shared_data_without_its_memfd_is_sticky_fatal() {
+    let expected = Error::Remote(RemoteError::WrongFdCount {
+        message: "SharedData",
+        got: 0,
+        expected: "at least 1 (the shared memory)",
+    });
+    worker_fails(
+        started_worker(),
+        &to_worker(ToWorker::SharedData { len: 1 << 20 }, 0),
+        expected.clone(),
+    );
+    parent_fails(
+        ready_parent(0),
+        &from_worker(FromWorker::SharedData { len: 1 << 20 }, 0),
+        expected,
+    );
+}
+
+#[test]
+fn shared_data_longer_than_a_frame_may_be_is_sticky_fatal() {
+    let max = Limits::default().max_frame_len();
+    let len = u64::from(max) + 1;
+    let expected = Error::Remote(RemoteError::SharedTooLong { len, max });
+    assert_eq!(
+        expected.to_string(),
+        format!("peer sent SharedData of {len} bytes, more than max_frame_len ({max} bytes)")
+    );
+    worker_fails(
+        started_worker(),
+        &to_worker(ToWorker::SharedData { len }, 1),
+        expected.clone(),
+    );
+    parent_fails(
+        ready_parent(0),
+        &from_worker(FromWorker::SharedData { len }, 1),
+        expected,
+    );
+}
+
+#[test]
+fn shared_data_after_the_worker_ended_its_stream_is_sticky_fatal() {
+    let mut parent = ready_parent(0);
+    let mut events = Vec::new();
+    feed(
+        &mut parent,
+        &from_worker(FromWorker::End, 0),
+        &[],
+        &mut events,
+    )
+    .unwrap();
+    parent_fails(
+        parent,
+        &from_worker(FromWorker::SharedData { len: 1 }, 1),
+        unexpected("SharedData", "after the worker ended its stream"),
+    );
 }

@@ -78,7 +78,7 @@ fn frame_header_golden() {
 #[test]
 fn protocol_versions_are_pinned() {
     assert_eq!(ZYGOTE_PROTOCOL_VERSION, 2);
-    assert_eq!(CHANNEL_PROTOCOL_VERSION, 2);
+    assert_eq!(CHANNEL_PROTOCOL_VERSION, 3);
 }
 
 // ---- zygote protocol, parent → zygote ----
@@ -412,6 +412,19 @@ fn channel_data_to_worker_golden_is_raw_bytes() {
 }
 
 #[test]
+fn channel_shared_data_to_worker_golden_is_its_length() {
+    // 1 MiB as a varint; the memfd and one descriptor of the message's own
+    // ride along.
+    to_worker(
+        ToWorker::SharedData { len: 1 << 20 },
+        2,
+        &[
+            0xb7, 0x16, 0x02, 0x00, 0x03, 0x00, 0x00, 0x00, 0x80, 0x80, 0x40,
+        ],
+    );
+}
+
+#[test]
 fn channel_end_to_worker_golden() {
     to_worker(
         ToWorker::End,
@@ -456,6 +469,14 @@ fn channel_data_from_worker_golden_is_raw_bytes() {
         &[
             0xb7, 0x93, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x6f, 0x75, 0x74,
         ],
+    );
+}
+
+#[test]
+fn channel_shared_data_from_worker_golden_is_its_length() {
+    from_worker(
+        FromWorker::SharedData { len: 300 },
+        &[0xb7, 0x97, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xac, 0x02],
     );
 }
 
@@ -538,12 +559,12 @@ fn new_state_machines_queue_exactly_their_hello() {
         ),
         (
             support::wire(&support::drain(&mut ParentChannel::new(limits))),
-            &[0xb7, 0x11, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02],
+            &[0xb7, 0x11, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x03],
         ),
         (
             support::wire(&support::drain(&mut WorkerChannel::new(limits, 4242))),
             &[
-                0xb7, 0x91, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0xa4, 0x42,
+                0xb7, 0x91, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x03, 0xa4, 0x42,
             ],
         ),
     ];

@@ -3,7 +3,9 @@
 
 mod support;
 
-use parallel_proto::channel::{Outcome, ParentChannel, ToWorker, WorkerChannel};
+use parallel_proto::channel::{
+    Outcome, ParentChannel, ToWorker, WorkerChannel, CHANNEL_PROTOCOL_VERSION,
+};
 use parallel_proto::frame::{FrameHeader, HEADER_LEN, MAGIC};
 use parallel_proto::{EntryKey, Limits, Transmit, WireEntry};
 use support::{drain, frame, wire};
@@ -31,7 +33,14 @@ fn small_frames_without_fds_coalesce_into_one_transmit() {
     let transmits = drain(&mut parent);
     assert_eq!(transmits.len(), 1);
     let expected = [
-        frame(0x11, 0, &ToWorker::Hello { version: 2 }.into_payload()),
+        frame(
+            0x11,
+            0,
+            &ToWorker::Hello {
+                version: CHANNEL_PROTOCOL_VERSION,
+            }
+            .into_payload(),
+        ),
         frame(
             0x12,
             0,

@@ -90,6 +90,7 @@ mod error;
 mod exec;
 pub mod io;
 mod server;
+pub mod shm;
 mod start;
 pub mod sys;
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use parallel_zygote::async_core::{Codec, CodecError, Postcard};
+use parallel_zygote::async_core::{Bytes, Codec, CodecError, Postcard};
 use serde::de::{Deserialize, Deserializer};
 use serde::{Deserialize as DeriveDeserialize, Serialize};
 
@@ -27,6 +27,8 @@ struct Inner {
     tags: Vec<String>,
     weight: Option<f32>,
     bytes: Vec<u8>,
+    /// Bulk bytes: a block in the binary codecs, numbers in JSON.
+    block: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, DeriveDeserialize)]
@@ -48,6 +50,7 @@ fn sample() -> Outer {
         tags: vec!["a".into(), "βγ".into(), String::new()],
         weight: Some(1.5),
         bytes: vec![0, 1, 255],
+        block: Bytes::from(vec![0, 1, 255, 128]),
     };
     Outer {
         id: u64::MAX,
@@ -58,6 +61,7 @@ fn sample() -> Outer {
             Inner {
                 weight: None,
                 bytes: Vec::new(),
+                block: Bytes::new(),
                 ..inner("two")
             },
             // Longer than any codec's scratch buffer.

@@ -69,6 +69,31 @@ pub enum Encoding {
     Bytes,
     /// A plain `Vec<u8>`: serde's sequence of `u8`, one element at a time.
     Seq,
+    /// The library's `Bytes`: one length, then the bytes, no attribute.
+    Ours,
+}
+
+/// Which path a `process` message takes (the sender's
+/// `with_shared_memory_min`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedMemory {
+    /// The library's default: a memfd from 1 MiB.
+    Default,
+    /// Always the socket.
+    Off,
+    /// Always a memfd.
+    Always,
+}
+
+impl SharedMemory {
+    /// The threshold to give the sender.
+    pub fn min(self) -> Option<usize> {
+        match self {
+            SharedMemory::Default => Some(1 << 20),
+            SharedMemory::Off => None,
+            SharedMemory::Always => Some(0),
+        }
+    }
 }
 
 /// One cold spawn cut at the moment the worker is ready (worker and parent
@@ -151,6 +176,7 @@ pub trait Adapter {
         size: usize,
         count: usize,
         encoding: Encoding,
+        shared: SharedMemory,
         budget: Budget,
     ) -> Vec<Duration>;
 

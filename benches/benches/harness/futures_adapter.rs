@@ -18,10 +18,12 @@ use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
-use super::adapter::{clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases};
+use super::adapter::{
+    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, SharedMemory,
+};
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
-use super::stages::{ByteChunk, Chunk, SeqChunk};
+use super::stages::{ByteChunk, Chunk, OurChunk, SeqChunk};
 use super::stats::{Budget, Sampler};
 
 /// One parent runtime, as the harness drives it.
@@ -72,11 +74,13 @@ impl<H: Host> HostAdapter<H> {
         &self,
         size: usize,
         count: usize,
+        shared: SharedMemory,
         budget: Budget,
     ) -> Vec<Duration> {
         let parallel = self.parallel.clone();
         self.on_runtime(async move {
             let mut process = parallel.process(sink::<T>).expect("process");
+            process.sender = process.sender.with_shared_memory_min(shared.min());
             let template = vec![1u8; size];
             let total = (size * count) as u64;
             let mut sampler = Sampler::new(budget);
@@ -359,11 +363,13 @@ impl<H: Host> Adapter for HostAdapter<H> {
         size: usize,
         count: usize,
         encoding: Encoding,
+        shared: SharedMemory,
         budget: Budget,
     ) -> Vec<Duration> {
         match encoding {
-            Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, budget),
-            Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, budget),
+            Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, shared, budget),
+            Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, shared, budget),
+            Encoding::Ours => self.process_throughput_of::<OurChunk>(size, count, shared, budget),
         }
     }
 

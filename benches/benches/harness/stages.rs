@@ -36,6 +36,28 @@ pub enum SeqChunk {
     Flush,
 }
 
+/// Bytes as the library's `Bytes`: a length, then the bytes.
+#[derive(Serialize, Deserialize)]
+pub enum OurChunk {
+    Data(parallel_tokio::Bytes),
+    Flush,
+}
+
+impl Chunk for OurChunk {
+    fn data(bytes: Vec<u8>) -> Self {
+        OurChunk::Data(bytes.into())
+    }
+    fn flush() -> Self {
+        OurChunk::Flush
+    }
+    fn payload(&self) -> Option<usize> {
+        match self {
+            OurChunk::Data(bytes) => Some(bytes.len()),
+            OurChunk::Flush => None,
+        }
+    }
+}
+
 macro_rules! chunk {
     ($type:ident) => {
         impl Chunk for $type {
@@ -128,6 +150,36 @@ pub fn stages(size: usize, budget: Budget) -> Vec<Stage> {
                 drop(std::hint::black_box(frame.expect("a frame")));
                 start.elapsed()
             }),
+        ),
+        (
+            "memfd-out",
+            "sealed memfd: create, copy the encoding in, seal (then close)",
+            timed(budget, || {
+                let start = Instant::now();
+                let memfd = parallel_zygote::shm::sealed_memfd(&bytes_encoded).expect("memfd");
+                drop(std::hint::black_box(memfd));
+                start.elapsed()
+            }),
+        ),
+        (
+            "memfd-map",
+            "sealed memfd: check, map (populated), read every page, unmap",
+            {
+                let memfd = parallel_zygote::shm::sealed_memfd(&bytes_encoded).expect("memfd");
+                timed(budget, || {
+                    let start = Instant::now();
+                    let mapped = parallel_zygote::shm::SharedBytes::map(
+                        std::os::fd::AsFd::as_fd(&memfd),
+                        bytes_encoded.len() as u64,
+                    )
+                    .expect("map");
+                    let bytes = mapped.as_slice();
+                    let touched: u64 = bytes.iter().step_by(4096).map(|&b| u64::from(b)).sum();
+                    std::hint::black_box(touched);
+                    drop(mapped);
+                    start.elapsed()
+                })
+            },
         ),
         (
             "decode-bytes",

@@ -12,10 +12,12 @@ use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
-use super::adapter::{clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases};
+use super::adapter::{
+    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, SharedMemory,
+};
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
-use super::stages::{ByteChunk, Chunk, SeqChunk};
+use super::stages::{ByteChunk, Chunk, OurChunk, SeqChunk};
 use super::stats::{Budget, Sampler};
 
 /// `parallel-tokio` with its parent runtime.
@@ -331,11 +333,13 @@ impl Adapter for TokioAdapter {
         size: usize,
         count: usize,
         encoding: Encoding,
+        shared: SharedMemory,
         budget: Budget,
     ) -> Vec<Duration> {
         match encoding {
-            Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, budget),
-            Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, budget),
+            Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, shared, budget),
+            Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, shared, budget),
+            Encoding::Ours => self.process_throughput_of::<OurChunk>(size, count, shared, budget),
         }
     }
 
@@ -378,11 +382,13 @@ impl TokioAdapter {
         &self,
         size: usize,
         count: usize,
+        shared: SharedMemory,
         budget: Budget,
     ) -> Vec<Duration> {
         let parallel = self.parallel.clone();
         self.on_runtime(async move {
             let mut process = parallel.process(sink::<T>).expect("process");
+            process.sender = process.sender.with_shared_memory_min(shared.min());
             let template = vec![1u8; size];
             let total = (size * count) as u64;
             let mut sampler = Sampler::new(budget);

@@ -8,8 +8,9 @@ use crate::RemoteError;
 
 /// Version carried in both hellos; a mismatch is fatal.
 /// Version 2: `PanicReport` carries a structured location (file, line,
-/// column) instead of a string.
-pub const CHANNEL_PROTOCOL_VERSION: u32 = 2;
+/// column) instead of a string. Version 3: `SharedData`, stream data whose
+/// bytes are in shared memory passed with the frame.
+pub const CHANNEL_PROTOCOL_VERSION: u32 = 3;
 
 /// Names one `run` call on a worker. Chosen by the parent.
 pub type CallId = u64;
@@ -94,6 +95,14 @@ pub enum ToWorker {
     },
     /// Stream data, carried raw as the frame's payload.
     Data(Vec<u8>),
+    /// Stream data whose `len` bytes are in shared memory: the frame's first
+    /// descriptor (a sealed memfd of exactly `len` bytes, which the receiver
+    /// maps instead of reading the bytes from the stream); any further
+    /// descriptors are the message's own.
+    SharedData {
+        /// The message's length in bytes: the size of the shared memory.
+        len: u64,
+    },
     /// The parent sends nothing more (no data, no calls).
     End,
     /// A `run` call.
@@ -117,6 +126,11 @@ pub enum FromWorker {
     },
     /// Stream data, carried raw as the frame's payload.
     Data(Vec<u8>),
+    /// Stream data in shared memory, as [`ToWorker::SharedData`].
+    SharedData {
+        /// The message's length in bytes: the size of the shared memory.
+        len: u64,
+    },
     /// The worker sends no more data.
     End,
     /// The answer to a `run` call.
@@ -145,6 +159,10 @@ struct StartBody {
     args: Vec<u8>,
 }
 #[derive(Serialize, Deserialize)]
+struct SharedBody {
+    len: u64,
+}
+#[derive(Serialize, Deserialize)]
 struct CallBody {
     call: CallId,
     args: Vec<u8>,
@@ -164,6 +182,7 @@ impl ToWorker {
             ToWorker::Data(_) => 0x13,
             ToWorker::End => 0x14,
             ToWorker::Call { .. } => 0x15,
+            ToWorker::SharedData { .. } => 0x16,
         }
     }
 
@@ -173,6 +192,7 @@ impl ToWorker {
             ToWorker::Hello { .. } => "Hello",
             ToWorker::Start { .. } => "Start",
             ToWorker::Data(_) => "Data",
+            ToWorker::SharedData { .. } => "SharedData",
             ToWorker::End => "End",
             ToWorker::Call { .. } => "Call",
         }
@@ -184,6 +204,7 @@ impl ToWorker {
             ToWorker::Hello { version } => encode_body(&HelloBody { version }),
             ToWorker::Start { task, args } => encode_body(&StartBody { task, args }),
             ToWorker::Data(bytes) => bytes,
+            ToWorker::SharedData { len } => encode_body(&SharedBody { len }),
             ToWorker::End => Vec::new(),
             ToWorker::Call { call, args } => encode_body(&CallBody { call, args }),
         }
@@ -222,6 +243,10 @@ impl ToWorker {
                     args: body.args,
                 }
             }
+            0x16 => {
+                let body: SharedBody = decode_body("SharedData", &payload)?;
+                ToWorker::SharedData { len: body.len }
+            }
             kind => {
                 return Err(RemoteError::UnknownKind {
                     protocol: "worker channel",
@@ -238,6 +263,7 @@ impl FromWorker {
         match self {
             FromWorker::Hello { .. } => 0x91,
             FromWorker::Data(_) => 0x93,
+            FromWorker::SharedData { .. } => 0x97,
             FromWorker::End => 0x94,
             FromWorker::Reply { .. } => 0x95,
             FromWorker::Return(_) => 0x96,
@@ -249,6 +275,7 @@ impl FromWorker {
         match self {
             FromWorker::Hello { .. } => "Hello",
             FromWorker::Data(_) => "Data",
+            FromWorker::SharedData { .. } => "SharedData",
             FromWorker::End => "End",
             FromWorker::Reply { .. } => "Reply",
             FromWorker::Return(_) => "Return",
@@ -260,6 +287,7 @@ impl FromWorker {
         match self {
             FromWorker::Hello { version, pid } => encode_body(&WorkerHelloBody { version, pid }),
             FromWorker::Data(bytes) => bytes,
+            FromWorker::SharedData { len } => encode_body(&SharedBody { len }),
             FromWorker::End => Vec::new(),
             FromWorker::Reply { call, outcome } => encode_body(&ReplyBody { call, outcome }),
             FromWorker::Return(outcome) => encode_body(&outcome),
@@ -294,6 +322,10 @@ impl FromWorker {
                 }
             }
             0x96 => FromWorker::Return(decode_body("Return", &payload)?),
+            0x97 => {
+                let body: SharedBody = decode_body("SharedData", &payload)?;
+                FromWorker::SharedData { len: body.len }
+            }
             kind => {
                 return Err(RemoteError::UnknownKind {
                     protocol: "worker channel",

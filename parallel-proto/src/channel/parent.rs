@@ -24,6 +24,17 @@ pub enum ParentEvent {
         /// Descriptors to take from the transport's queue.
         fds: u8,
     },
+    /// Stream data in shared memory: the first of the `fds` descriptors is
+    /// a memfd that must be sealed (shrink, grow, write) and exactly `len`
+    /// bytes long (at most `max_frame_len`, checked here); the transport
+    /// checks that and maps it, or fails the channel with
+    /// [`RemoteError::BadSharedMemory`]. The others are the message's own.
+    SharedData {
+        /// The message's length in bytes.
+        len: u64,
+        /// Descriptors to take from the transport's queue, the memfd first.
+        fds: u8,
+    },
     /// The worker sends no more data.
     End,
     /// A `run` call finished.
@@ -141,6 +152,38 @@ impl ParentChannel {
         Ok(())
     }
 
+    /// Sends stream data whose `len` bytes are in shared memory: the first
+    /// of the `fds` descriptors the transport passes along is a memfd of
+    /// exactly `len` bytes, sealed against shrinking, growing and writing;
+    /// the others are the message's own. Only for transports that pass
+    /// descriptors.
+    ///
+    /// # Errors
+    /// As [`send_data`](Self::send_data), and [`LocalError::InvalidState`]
+    /// also when `fds` is 0 (the memfd must come along);
+    /// [`LocalError::MessageTooLong`] when `len` exceeds `max_frame_len`
+    /// (the receiver maps no more than a frame may hold).
+    pub fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), Error> {
+        self.check_sendable("send data")?;
+        let max = self.wire.limits.max_frame_len();
+        if len > u64::from(max) {
+            return Err(LocalError::MessageTooLong {
+                len: usize::try_from(len).unwrap_or(usize::MAX),
+                max,
+            }
+            .into());
+        }
+        if fds == 0 {
+            return Err(invalid(
+                "send shared data",
+                "no descriptors: the memfd must come along (fds >= 1)",
+            )
+            .into());
+        }
+        self.queue(ToWorker::SharedData { len }, fds)?;
+        Ok(())
+    }
+
     /// Starts a `run` call; the reply comes as [`ParentEvent::Reply`].
     ///
     /// # Errors
@@ -231,12 +274,26 @@ impl ParentChannel {
     /// The one table of what the worker may send when.
     fn apply(&mut self, message: FromWorker, fds: u8) -> Result<ParentEvent, RemoteError> {
         let name = message.name();
-        if fds != 0 && !matches!(message, FromWorker::Data(_)) {
+        let carries_fds = matches!(message, FromWorker::Data(_) | FromWorker::SharedData { .. });
+        if fds != 0 && !carries_fds {
             return Err(RemoteError::WrongFdCount {
                 message: name,
                 got: fds,
-                expected: "none (only Data carries descriptors)",
+                expected: "none (only Data and SharedData carry descriptors)",
             });
+        }
+        if let FromWorker::SharedData { len } = message {
+            if fds == 0 {
+                return Err(RemoteError::WrongFdCount {
+                    message: name,
+                    got: 0,
+                    expected: "at least 1 (the shared memory)",
+                });
+            }
+            let max = self.wire.limits.max_frame_len();
+            if len > u64::from(max) {
+                return Err(RemoteError::SharedTooLong { len, max });
+            }
         }
         let refuse = |reason| {
             Err(RemoteError::Unexpected {
@@ -267,6 +324,12 @@ impl ParentChannel {
                     return refuse("after the worker ended its stream");
                 }
                 Ok(ParentEvent::Data { payload, fds })
+            }
+            FromWorker::SharedData { len } => {
+                if self.end_received {
+                    return refuse("after the worker ended its stream");
+                }
+                Ok(ParentEvent::SharedData { len, fds })
             }
             FromWorker::End => {
                 if self.end_received {

@@ -26,6 +26,17 @@ pub enum WorkerEvent {
         /// Descriptors to take from the transport's queue.
         fds: u8,
     },
+    /// Stream data in shared memory: the first of the `fds` descriptors is
+    /// a memfd that must be sealed (shrink, grow, write) and exactly `len`
+    /// bytes long (at most `max_frame_len`, checked here); the transport
+    /// checks that and maps it, or fails the channel with
+    /// [`RemoteError::BadSharedMemory`]. The others are the message's own.
+    SharedData {
+        /// The message's length in bytes.
+        len: u64,
+        /// Descriptors to take from the transport's queue, the memfd first.
+        fds: u8,
+    },
     /// The parent sends nothing more.
     End,
     /// A `run` call to answer with [`WorkerChannel::reply`].
@@ -104,6 +115,41 @@ impl WorkerChannel {
             return Err(invalid("send data", "this side already sent end-of-stream").into());
         }
         self.queue(FromWorker::Data(payload), fds)?;
+        Ok(())
+    }
+
+    /// Sends stream data whose `len` bytes are in shared memory: the first
+    /// of the `fds` descriptors the transport passes along is a memfd of
+    /// exactly `len` bytes, sealed against shrinking, growing and writing;
+    /// the others are the message's own. Only for transports that pass
+    /// descriptors.
+    ///
+    /// # Errors
+    /// As [`send_data`](Self::send_data), and [`LocalError::InvalidState`]
+    /// also when `fds` is 0 (the memfd must come along);
+    /// [`LocalError::MessageTooLong`] when `len` exceeds `max_frame_len`
+    /// (the receiver maps no more than a frame may hold).
+    pub fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), Error> {
+        self.check_sendable("send data")?;
+        if self.end_sent {
+            return Err(invalid("send data", "this side already sent end-of-stream").into());
+        }
+        let max = self.wire.limits.max_frame_len();
+        if len > u64::from(max) {
+            return Err(LocalError::MessageTooLong {
+                len: usize::try_from(len).unwrap_or(usize::MAX),
+                max,
+            }
+            .into());
+        }
+        if fds == 0 {
+            return Err(invalid(
+                "send shared data",
+                "no descriptors: the memfd must come along (fds >= 1)",
+            )
+            .into());
+        }
+        self.queue(FromWorker::SharedData { len }, fds)?;
         Ok(())
     }
 
@@ -213,12 +259,26 @@ impl WorkerChannel {
     /// The one table of what the parent may send when.
     fn apply(&mut self, message: ToWorker, fds: u8) -> Result<Option<WorkerEvent>, RemoteError> {
         let name = message.name();
-        if fds != 0 && !matches!(message, ToWorker::Data(_)) {
+        let carries_fds = matches!(message, ToWorker::Data(_) | ToWorker::SharedData { .. });
+        if fds != 0 && !carries_fds {
             return Err(RemoteError::WrongFdCount {
                 message: name,
                 got: fds,
-                expected: "none (only Data carries descriptors)",
+                expected: "none (only Data and SharedData carry descriptors)",
             });
+        }
+        if let ToWorker::SharedData { len } = message {
+            if fds == 0 {
+                return Err(RemoteError::WrongFdCount {
+                    message: name,
+                    got: 0,
+                    expected: "at least 1 (the shared memory)",
+                });
+            }
+            let max = self.wire.limits.max_frame_len();
+            if len > u64::from(max) {
+                return Err(RemoteError::SharedTooLong { len, max });
+            }
         }
         let refuse = |reason| {
             Err(RemoteError::Unexpected {
@@ -252,6 +312,7 @@ impl WorkerChannel {
             _ if !self.started => refuse("before Start"),
             _ if self.end_received => refuse("after the parent ended its stream"),
             ToWorker::Data(payload) => Ok(Some(WorkerEvent::Data { payload, fds })),
+            ToWorker::SharedData { len } => Ok(Some(WorkerEvent::SharedData { len, fds })),
             ToWorker::End => {
                 self.end_received = true;
                 Ok(Some(WorkerEvent::End))

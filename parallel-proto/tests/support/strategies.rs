@@ -184,6 +184,7 @@ pub fn to_worker() -> impl Strategy<Value = ToWorker> {
         bulk_bytes(40_000).prop_map(ToWorker::Data),
         Just(ToWorker::End),
         (any::<u64>(), small_bytes()).prop_map(|(call, args)| ToWorker::Call { call, args }),
+        any::<u64>().prop_map(|len| ToWorker::SharedData { len }),
     ]
 }
 
@@ -194,6 +195,7 @@ pub fn from_worker() -> impl Strategy<Value = FromWorker> {
         Just(FromWorker::End),
         (any::<u64>(), outcome()).prop_map(|(call, outcome)| FromWorker::Reply { call, outcome }),
         outcome().prop_map(FromWorker::Return),
+        any::<u64>().prop_map(|len| FromWorker::SharedData { len }),
     ]
 }
 

@@ -50,6 +50,27 @@ pub trait Codec: 'static {
     /// `T` (truncated, another type, garbage) or `T`'s `Deserialize` refuses
     /// the value.
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>;
+
+    /// The length of `value`'s encoding, when the codec can tell it without
+    /// encoding (a pass that copies no bytes). A large `process` message is
+    /// then encoded straight into shared memory, skipping a buffer of its
+    /// size. `None` (the default) encodes into a `Vec` first.
+    fn encoded_len<T: Serialize>(_value: &T) -> Option<usize> {
+        None
+    }
+
+    /// Encodes `value` into `writer`; by default [`encode`](Self::encode),
+    /// then one write.
+    ///
+    /// # Errors
+    /// As [`encode`](Self::encode), and the writer's errors.
+    fn encode_to<T: Serialize>(
+        value: &T,
+        writer: &mut dyn std::io::Write,
+    ) -> Result<(), CodecError> {
+        writer.write_all(&Self::encode(value)?)?;
+        Ok(())
+    }
 }
 
 /// The default codec: postcard (compact, fast, stable wire format).
@@ -76,5 +97,17 @@ impl Codec for Postcard {
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         Ok(postcard::from_bytes(bytes)?)
+    }
+
+    fn encoded_len<T: Serialize>(value: &T) -> Option<usize> {
+        postcard::experimental::serialized_size(value).ok()
+    }
+
+    fn encode_to<T: Serialize>(
+        value: &T,
+        writer: &mut dyn std::io::Write,
+    ) -> Result<(), CodecError> {
+        postcard::to_io(value, writer)?;
+        Ok(())
     }
 }

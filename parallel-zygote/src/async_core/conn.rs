@@ -10,7 +10,9 @@ use std::task::{ready, Context, Poll};
 
 use parallel_proto::Endpoint;
 
+use super::messages::RawMessage;
 use super::runtime::{AsyncSocket, ReadOutcome};
+use super::shared::{Payload, SendData};
 use super::Error;
 use crate::io::{Inbox, Outbox};
 
@@ -67,9 +69,9 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         }
     }
 
-    /// Queues descriptors for the next transmit that declares them.
-    pub(crate) fn attach_fds(&mut self, fds: Vec<OwnedFd>) {
-        self.send_fds.extend(fds);
+    /// Whether large messages may travel as sealed memfds on this socket.
+    pub(crate) fn passes_descriptors(&self) -> bool {
+        self.socket.passes_descriptors()
     }
 
     /// The next event with its descriptors, or `None` at end of stream.
@@ -198,5 +200,26 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
     /// Writes everything queued, as a future.
     pub(crate) async fn flush(&mut self) -> Result<(), Error> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+}
+
+impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
+    /// Queues one `process` message: its bytes in the frame, or its memfd
+    /// as the frame's first descriptor, then the message's own descriptors.
+    pub(crate) fn send_message(&mut self, (payload, fds): RawMessage) -> Result<(), Error> {
+        match payload {
+            Payload::Sealed { memfd, len } => {
+                self.machine.send_shared_data(len, fds.len() + 1)?;
+                self.send_fds.push(memfd);
+            }
+            Payload::Inline(bytes) => self.machine.send_data(bytes, fds.len())?,
+            // A received message sent on: its bytes, copied.
+            Payload::Mapped(mapping) => self
+                .machine
+                .send_data(mapping.as_slice().to_vec(), fds.len())?,
+        }
+        // Attached once queued: a refused send leaves no stray descriptors.
+        self.send_fds.extend(fds);
+        Ok(())
     }
 }

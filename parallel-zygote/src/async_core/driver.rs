@@ -23,6 +23,7 @@ use super::kill::{Death, Killer};
 use super::messages::{RawMessage, QUEUE_DEPTH};
 use super::output::Captured;
 use super::runtime::Runtime;
+use super::shared::{self, Payload};
 use super::Error;
 use crate::PendingSpawn;
 
@@ -75,6 +76,8 @@ pub(crate) struct Link {
     pub(crate) killer: Arc<Killer>,
     pub(crate) data: mpsc::Receiver<Result<RawMessage, Error>>,
     pub(crate) returned: oneshot::Receiver<Result<Outcome, Error>>,
+    /// Whether large messages may go through shared memory.
+    pub(crate) shared: bool,
 }
 
 /// Starts the driver for a worker whose spawn was just sent.
@@ -92,6 +95,7 @@ pub(crate) fn launch<R: Runtime>(
     let (data_tx, data) = mpsc::channel(QUEUE_DEPTH);
     let (returned_tx, returned) = oneshot::channel();
     let killer = Arc::new(Killer::new(pending, span));
+    let shared = conn.passes_descriptors();
     R::spawn_driver(Driver {
         conn,
         killer: Arc::clone(&killer),
@@ -113,6 +117,7 @@ pub(crate) fn launch<R: Runtime>(
         killer,
         data,
         returned,
+        shared,
     }
 }
 
@@ -409,6 +414,22 @@ impl<R: Runtime> Driver<R> {
             }
             if self.held.is_none() {
                 match self.conn.poll_event(cx) {
+                    Poll::Ready(Ok(Some((ParentEvent::SharedData { len, .. }, fds)))) => {
+                        match shared::receive(len, fds) {
+                            Ok(message) => {
+                                if self.data.is_some() {
+                                    self.held = Some(message);
+                                }
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "worker broke the protocol: killing it");
+                                self.broke = Some(error.into());
+                                self.killer.kill();
+                                return Poll::Ready(false);
+                            }
+                        }
+                        progress = true;
+                    }
                     Poll::Ready(Ok(Some((event, fds)))) => {
                         if self.handle(event, fds) {
                             return Poll::Ready(true);
@@ -447,10 +468,8 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    fn outgoing(&mut self, (bytes, fds): RawMessage) -> Result<(), Error> {
-        let count = fds.len();
-        self.conn.attach_fds(fds);
-        Ok(self.conn.machine.send_data(bytes, count)?)
+    fn outgoing(&mut self, message: RawMessage) -> Result<(), Error> {
+        self.conn.send_message(message)
     }
 
     /// Every handle that could send is gone: half close.
@@ -465,7 +484,7 @@ impl<R: Runtime> Driver<R> {
     fn handle(&mut self, event: ParentEvent, fds: Vec<OwnedFd>) -> bool {
         match event {
             ParentEvent::Data { payload, .. } if self.data.is_some() => {
-                self.held = Some((payload, fds));
+                self.held = Some((Payload::Inline(payload), fds));
             }
             ParentEvent::Ready { pid } => {
                 self.killer.span().record("pid", pid);

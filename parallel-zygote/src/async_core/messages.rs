@@ -12,12 +12,14 @@ use futures_core::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::bytes::decode_from_mapping;
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
+use super::shared::{Payload, SHARED_MIN};
 use super::Error;
 
 /// A message's bytes and the descriptors that ride with it.
-pub(crate) type RawMessage = (Vec<u8>, Vec<OwnedFd>);
+pub(crate) type RawMessage = (Payload, Vec<OwnedFd>);
 
 /// How many messages may wait in each direction before the sender waits:
 /// the bound that keeps a slow consumer from growing memory.
@@ -53,8 +55,16 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
         Pin::new(&mut self.receiver).poll_next(cx).map(|item| {
             item.map(|raw| {
-                let (bytes, fds) = raw?;
-                decode_with_fds(fds, || C::decode::<T>(&bytes)).map_err(Error::decode::<T>)
+                let (payload, fds) = raw?;
+                let decode = || C::decode::<T>(payload.bytes());
+                match &payload {
+                    // `Bytes` inside share the mapping rather than copy it.
+                    Payload::Mapped(mapping) => {
+                        decode_with_fds(fds, || decode_from_mapping(mapping, decode))
+                    }
+                    _ => decode_with_fds(fds, decode),
+                }
+                .map_err(Error::decode::<T>)
             })
         })
     }
@@ -76,8 +86,21 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// Send with [`send`](Self::send) from `&self`, or use it as a
 /// [`Sink`](futures_sink::Sink) (`SinkExt::send`, `forward`). Either way at
 /// most 16 messages wait in the queue: a full queue makes the sender wait.
+///
+/// A message whose encoding reaches 1 MiB travels through shared memory:
+/// `send` copies it into a sealed memfd that the other side maps, instead of
+/// writing it through the socket (the kernel's two copies and the socket
+/// round trips are saved); [`with_shared_memory_min`](Self::with_shared_memory_min)
+/// moves or removes that threshold. For bulk data, use [`Bytes`](super::Bytes) (or
+/// `serde_bytes`) rather than a plain `Vec<u8>`, which serde encodes one
+/// element at a time.
 pub struct MessageSender<T, C: Codec = Postcard> {
     sender: async_channel::Sender<RawMessage>,
+    /// Encoded messages at least this large go through shared memory;
+    /// `None` on a channel that passes no descriptors, or when turned off.
+    shared_min: Option<usize>,
+    /// Whether the channel passes descriptors.
+    passes_descriptors: bool,
     /// The Sink's message on its way into the queue. In a `Mutex` only so
     /// that the sender stays `Sync`; the Sink methods reach it through
     /// `&mut self` and never lock.
@@ -89,6 +112,8 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
     fn clone(&self) -> Self {
         MessageSender {
             sender: self.sender.clone(),
+            shared_min: self.shared_min,
+            passes_descriptors: self.passes_descriptors,
             sink: Mutex::new(None),
             _types: PhantomData,
         }
@@ -96,9 +121,11 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
 }
 
 impl<T: Serialize, C: Codec> MessageSender<T, C> {
-    pub(crate) fn new(sender: async_channel::Sender<RawMessage>) -> Self {
+    pub(crate) fn new(sender: async_channel::Sender<RawMessage>, passes_descriptors: bool) -> Self {
         MessageSender {
             sender,
+            shared_min: passes_descriptors.then_some(SHARED_MIN),
+            passes_descriptors,
             sink: Mutex::new(None),
             _types: PhantomData,
         }
@@ -111,8 +138,39 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     /// [`Error::Codec`] when the message cannot be encoded, and
     /// [`Error::Closed`] when the other side is gone.
     pub async fn send(&self, message: T) -> Result<(), Error> {
-        let raw = encode_with_fds(|| C::encode(&message)).map_err(Error::encode::<T>)?;
+        let raw = self.encode(&message)?;
         self.sender.send(raw).await.map_err(|_| Error::Closed)
+    }
+
+    /// The message's bytes (in a sealed memfd when large) and descriptors.
+    fn encode(&self, message: &T) -> Result<RawMessage, Error> {
+        if let Some(min) = self.shared_min {
+            // A message the codec can size, without descriptors inside (an
+            // `Fd` refuses to be serialized outside `encode_with_fds`), goes
+            // straight into shared memory.
+            if let Some(len) = C::encoded_len(message).filter(|&len| len >= min) {
+                if let Some(payload) = Payload::encode_sealed::<C, T>(message, len) {
+                    return Ok((payload, Vec::new()));
+                }
+            }
+        }
+        let (bytes, fds) = encode_with_fds(|| C::encode(message)).map_err(Error::encode::<T>)?;
+        let shared = self.shared_min.is_some_and(|min| bytes.len() >= min);
+        Ok((Payload::outgoing(bytes, shared), fds))
+    }
+
+    /// Sets the size from which this sender's messages (their encoding)
+    /// travel through shared memory rather than the socket: 1 MiB by
+    /// default, `None` to turn it off. A channel whose socket passes no
+    /// descriptors never uses shared memory, whatever this says. Clones
+    /// made afterwards inherit it.
+    ///
+    /// Below about 1 MiB the memfd's own costs (create, size, seal, map)
+    /// outweigh the copies it saves; see BENCHMARKS.md for measurements.
+    #[must_use]
+    pub fn with_shared_memory_min(mut self, min: Option<usize>) -> Self {
+        self.shared_min = min.filter(|_| self.passes_descriptors);
+        self
     }
 }
 
@@ -138,7 +196,7 @@ impl<T: Serialize, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
 
     fn start_send(self: Pin<&mut Self>, message: T) -> Result<(), Error> {
         let this = self.get_mut();
-        let raw = encode_with_fds(|| C::encode(&message)).map_err(Error::encode::<T>)?;
+        let raw = this.encode(&message)?;
         let sender = this.sender.clone();
         let send: PendingSend =
             Box::pin(async move { sender.send(raw).await.map_err(|_| Error::Closed) });

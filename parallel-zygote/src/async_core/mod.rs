@@ -83,6 +83,7 @@
 #![forbid(unsafe_code)]
 
 mod any_pool;
+mod bytes;
 mod codec;
 pub mod codecs;
 mod conn;
@@ -99,11 +100,13 @@ mod pool_core;
 mod process;
 mod run;
 mod runtime;
+mod shared;
 mod spawn;
 mod sugar;
 mod worker;
 
 pub use any_pool::AnyPool;
+pub use bytes::Bytes;
 pub use codec::{Codec, CodecError, Postcard};
 pub use driver::Driver;
 pub use error::{Error, LimitExceeded};

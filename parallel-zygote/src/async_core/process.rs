@@ -42,7 +42,7 @@ pub struct ProcessHandle {
 impl<In: Serialize, Out: DeserializeOwned, C: Codec> Process<In, Out, C> {
     pub(crate) fn new(link: Link) -> Self {
         Process {
-            sender: MessageSender::new(link.outgoing),
+            sender: MessageSender::new(link.outgoing, link.shared),
             stream: MessageStream::new(link.data),
             handle: ProcessHandle {
                 killer: link.killer,

@@ -37,8 +37,9 @@ pub struct ReadOutcome {
 /// `io`; the runtime only says when to try. Workers' channels are AF_UNIX
 /// sockets, which also carry descriptors; nothing else in the connection
 /// layer needs AF_UNIX, so a plain byte stream (a TCP socket to a worker on
-/// another host) works the same way as long as no message carries an `Fd`.
-/// Both polls
+/// another host) works the same way as long as no message carries an `Fd`
+/// and [`passes_descriptors`](Self::passes_descriptors) says false (large
+/// messages then stay on the byte path). Both polls
 /// follow one contract: call `io` when the socket may be ready; when `io`
 /// fails with [`io::ErrorKind::WouldBlock`], forget the readiness that `io`
 /// was tried under and wait for the next; any other result is returned.
@@ -62,6 +63,14 @@ pub trait AsyncSocket: 'static {
         cx: &mut Context<'_>,
         io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>>;
+    /// Whether the socket passes descriptors (`SCM_RIGHTS`), which large
+    /// `process` messages use to travel through shared memory instead of
+    /// the stream. True by default, as every worker channel is an AF_UNIX
+    /// socket; a byte-stream transport returns false and its large messages
+    /// take the plain byte path.
+    fn passes_descriptors(&self) -> bool {
+        true
+    }
 }
 
 impl AsyncSocket for Box<dyn AsyncSocket> {
@@ -78,6 +87,9 @@ impl AsyncSocket for Box<dyn AsyncSocket> {
         io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
         (**self).poll_write(cx, io)
+    }
+    fn passes_descriptors(&self) -> bool {
+        (**self).passes_descriptors()
     }
 }
 

@@ -29,6 +29,7 @@ use super::forward::Forwarder;
 use super::messages::{MessageSender, MessageStream, RawMessage, QUEUE_DEPTH};
 use super::output::{Redirect, WorkerIo};
 use super::runtime::{AsyncSocket, LocalTask, WorkerRuntime};
+use super::shared::{self, Payload};
 use crate::io::{Inbox, Outbox};
 use crate::{Entry, WorkerContext};
 
@@ -489,7 +490,7 @@ where
         let (out_tx, out_rx) = async_channel::bounded::<RawMessage>(QUEUE_DEPTH);
         let mut task = Box::pin(catching(function(
             MessageStream::new(in_rx),
-            MessageSender::new(out_tx),
+            MessageSender::new(out_tx, conn.passes_descriptors()),
         )));
         let mut out_rx = Box::pin(out_rx);
         let mut input = Some(in_tx);
@@ -527,7 +528,15 @@ where
             if held.is_none() && input.is_some() {
                 match conn.poll_event(cx) {
                     Poll::Ready(Ok(Some((WorkerEvent::Data { payload, .. }, fds)))) => {
-                        held = Some((payload, fds));
+                        held = Some((Payload::Inline(payload), fds));
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(Some((WorkerEvent::SharedData { len, .. }, fds)))) => {
+                        match shared::receive(len, fds) {
+                            Ok(message) => held = Some(message),
+                            // The parent broke the protocol: stop serving.
+                            Err(_) => return Poll::Ready(None),
+                        }
                         progress = true;
                     }
                     Poll::Ready(Ok(Some((WorkerEvent::End, _)) | None) | Err(_)) => {
@@ -575,12 +584,9 @@ where
 
 fn send(
     conn: &mut Conn<WorkerChannel, Box<dyn AsyncSocket>>,
-    (bytes, fds): RawMessage,
+    message: RawMessage,
 ) -> Result<(), super::Error> {
-    let count = fds.len();
-    conn.attach_fds(fds);
-    conn.machine.send_data(bytes, count)?;
-    Ok(())
+    conn.send_message(message)
 }
 
 /// The sealed boot entry of workers on `W`.

@@ -251,6 +251,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         process::fd_passed_to_a_worker_is_usable_there,
         process::fd_passed_back_from_a_worker_is_usable_here,
         process::process_sender_is_a_sink,
+        process::large_messages_arrive_intact_both_ways_and_leak_nothing,
         pool::timeout_kills_stuck_worker_and_pool_keeps_serving,
         pool::pool_of_4_over_1000_inputs_with_one_poisoned,
         pool::pool_recycles_workers_after_max_calls,

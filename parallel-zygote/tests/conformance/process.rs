@@ -1,5 +1,6 @@
 //! Typed two-way channels: half close, a panicking worker, back-pressure
-//! towards a worker that outruns its reader, descriptors both ways.
+//! towards a worker that outruns its reader, descriptors both ways, large
+//! messages through shared memory both ways.
 
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
@@ -7,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use libtest_mimic::Failed;
-use parallel_zygote::async_core::{Error, Fd, MessageSender, MessageStream, Parallel, Runtime};
+use parallel_zygote::async_core::{
+    Bytes, Error, Fd, MessageSender, MessageStream, Parallel, Runtime,
+};
 
 use super::{check, tempfile};
 
@@ -215,4 +218,166 @@ pub async fn process_sender_is_a_sink<R: Runtime>(parallel: Parallel<R>) -> Resu
     }
     let expected: Vec<u32> = (1..=100).map(|x| x * 3).collect();
     check(got == expected, format!("echoed in order: {got:?}"))
+}
+
+/// A `process` message of bulk bytes: the bytes, their checksum, and maybe
+/// a descriptor riding along (which must stay paired with its message when
+/// the bytes travel through shared memory).
+type Bulk = (Bytes, u64, Option<Fd>);
+
+/// What the bulk echo worker answers.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum BulkEcho {
+    /// A message back: its bytes, their checksum as the worker computed it,
+    /// whether they arrived in shared memory, and the text of the file whose
+    /// descriptor came with it.
+    Data(Bytes, u64, bool, Option<String>),
+    /// The input ended: the worker's open descriptors after the first round
+    /// and at the end, and the shared-memory mappings it still holds.
+    Done {
+        fds_after_first_round: usize,
+        fds_at_end: usize,
+        mappings: usize,
+    },
+}
+
+/// Sizes around the shared-memory threshold (1 MiB), and well above it.
+const BULK_SIZES: [usize; 5] = [100, (1 << 20) - 1, 1 << 20, (3 << 20) + 5, 9 << 20];
+const BULK_ROUNDS: usize = 6;
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn bulk_bytes(size: usize, seed: usize) -> Bytes {
+    (0..size)
+        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
+        .collect()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Mappings of the library's memfds (named `parallel-message`) this process holds.
+fn shared_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("parallel-message"))
+        .count()
+}
+
+async fn bulk_echo(mut input: MessageStream<Bulk>, output: MessageSender<BulkEcho>) {
+    let mut seen = 0;
+    let mut fds_after_first_round = 0;
+    while let Some(Ok((data, _sum, fd))) = input.recv().await {
+        let text = fd.map(|fd| {
+            let mut text = String::new();
+            let mut file = std::fs::File::from(fd.into_inner());
+            file.rewind().unwrap();
+            file.read_to_string(&mut text).unwrap();
+            text
+        });
+        let sum = checksum(&data);
+        let shared = data.is_shared();
+        output
+            .send(BulkEcho::Data(data, sum, shared, text))
+            .await
+            .unwrap();
+        seen += 1;
+        if seen == BULK_SIZES.len() {
+            fds_after_first_round = open_fds();
+        }
+    }
+    let done = BulkEcho::Done {
+        fds_after_first_round,
+        fds_at_end: open_fds(),
+        mappings: shared_mappings(),
+    };
+    output.send(done).await.unwrap();
+}
+
+pub async fn large_messages_arrive_intact_both_ways_and_leak_nothing<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(bulk_echo)?;
+    let mut sent = 0;
+    for round in 0..BULK_ROUNDS {
+        for (index, &size) in BULK_SIZES.iter().enumerate() {
+            let seed = round * 10 + index;
+            let data = bulk_bytes(size, seed);
+            let sum = checksum(&data);
+            // Every other message carries a file, whatever its size.
+            let fd = if seed % 2 == 0 {
+                let mut file = tempfile()?;
+                write!(file, "file {seed}")?;
+                Some(Fd(file.into()))
+            } else {
+                None
+            };
+            process.sender.send((data, sum, fd)).await?;
+            sent += 1;
+            // The echo is read back at once: the worker's queue stays short.
+            let Some(echo) = process.stream.next().await else {
+                return Err(format!("the stream ended after {sent} messages").into());
+            };
+            let BulkEcho::Data(back, back_sum, shared_there, text) = echo? else {
+                return Err("expected an echo".into());
+            };
+            // From 1 MiB (the default threshold) the bytes come through a
+            // memfd, both ways, and are not copied out of it.
+            let large = size >= 1 << 19;
+            check(
+                shared_there == large && back.is_shared() == large,
+                format!(
+                    "message {seed} of {size} bytes: shared in the worker {shared_there}, \
+                     back here {}",
+                    back.is_shared()
+                ),
+            )?;
+            check(
+                back_sum == sum,
+                format!("message {seed} of {size} bytes changed on the way out"),
+            )?;
+            check(
+                back.len() == size && checksum(&back) == sum,
+                format!("message {seed} of {size} bytes changed on the way back"),
+            )?;
+            let expected = (seed % 2 == 0).then(|| format!("file {seed}"));
+            check(
+                text == expected,
+                format!("message {seed}: descriptor text {text:?}, expected {expected:?}"),
+            )?;
+        }
+    }
+    drop(process.sender);
+    match process.stream.next().await {
+        Some(Ok(BulkEcho::Done {
+            fds_after_first_round,
+            fds_at_end,
+            mappings,
+        })) => {
+            check(
+                fds_at_end <= fds_after_first_round,
+                format!(
+                    "the worker's descriptors grew from {fds_after_first_round} to {fds_at_end} \
+                     over {BULK_ROUNDS} rounds of large messages"
+                ),
+            )?;
+            check(
+                mappings == 0,
+                format!("the worker still maps {mappings} message memfds"),
+            )?;
+        }
+        _ => return Err("expected the worker's final counts".into()),
+    }
+    check(
+        shared_mappings() == 0,
+        "the parent still maps a message memfd",
+    )?;
+    process.handle.wait().await?;
+    Ok(())
 }

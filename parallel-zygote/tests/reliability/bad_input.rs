@@ -339,3 +339,161 @@ pub fn zygote_socket_helper<H: Harness>(arg: &str) -> Result<Vec<String>, Failed
         Ok(figures)
     })
 }
+
+/// The hostile shared-memory cases, by number: (name, what the parent's
+/// error must say).
+fn shared_case(which: u8) -> (&'static str, &'static str) {
+    match which {
+        0 => ("an unsealed memfd", "not sealed"),
+        1 => (
+            "a memfd shorter than announced",
+            "the memfd holds 4096 bytes",
+        ),
+        2 => ("a pipe instead of a memfd", "not a sealable memfd"),
+        _ => (
+            "more than max_frame_len announced",
+            "more than max_frame_len",
+        ),
+    }
+}
+
+const SHARED_CASES: u8 = 4;
+
+/// A memfd named so that the parent can tell whether it kept one.
+fn hostile_memfd(len: usize, seal: bool) -> std::os::fd::OwnedFd {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let fd = memfd_create(
+        c"hostile-shared",
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )
+    .unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(len as u64).unwrap();
+    let fd = std::os::fd::OwnedFd::from(file);
+    if seal {
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            FcntlArg::F_ADD_SEALS(seals),
+        )
+        .unwrap();
+    }
+    fd
+}
+
+/// In a `process` worker: sends case `which` as a SharedData frame (kind
+/// 0x97, its length as a varint) with its descriptor, then blocks.
+async fn hostile_shared_worker(which: u8) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let (fd, announced): (std::os::fd::OwnedFd, u64) = match which {
+        0 => (hostile_memfd(4096, false), 4096),
+        1 => (hostile_memfd(4096, true), 8192),
+        2 => {
+            let (reader, _writer) = nix::unistd::pipe().unwrap();
+            (reader, 0)
+        }
+        _ => (hostile_memfd(1, true), 1 << 40),
+    };
+    let mut body = Vec::new();
+    let mut len = announced;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            body.push(byte);
+            break;
+        }
+        body.push(byte | 0x80);
+    }
+    let mut frame = header(0x97, 1, body.len() as u32);
+    frame.extend_from_slice(&body);
+    let raw = [fd.as_raw_fd()];
+    for socket in sockets() {
+        let _ = sendmsg::<()>(
+            socket,
+            &[std::io::IoSlice::new(&frame)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Descriptors of this process that point at a hostile worker's memfd.
+fn hostile_memfds_held() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("hostile-shared"))
+        .count()
+}
+
+pub async fn shared_memory_from_a_hostile_worker<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut figures = Vec::new();
+    for which in 0..SHARED_CASES {
+        let (name, expected) = shared_case(which);
+        let mut process = parallel.process(
+            |mut input: MessageStream<u8>, output: MessageSender<u8>| async move {
+                if let Some(Ok(which)) = input.recv().await {
+                    hostile_shared_worker(which).await;
+                }
+                // Held open until here: its drop would end the stream first.
+                drop(output);
+            },
+        )?;
+        process.sender.send(which).await?;
+        let pid = process.handle.pid();
+        let items = within::<R, _>(Duration::from_secs(10), async {
+            let mut items = Vec::new();
+            while let Some(item) = process.stream.next().await {
+                items.push(item.map_err(|e| error_chain(&e)));
+            }
+            items
+        })
+        .await
+        .ok_or_else(|| format!("case {name:?}: the stream did not end within 10 s"))?;
+        let waited = within::<R, _>(Duration::from_secs(10), process.handle.wait())
+            .await
+            .ok_or_else(|| format!("case {name:?}: wait hung"))?;
+        let text = match &waited {
+            Err(error @ Error::Protocol(_)) => error_chain(error),
+            other => {
+                return Err(format!(
+                    "case {name:?}: expected a protocol error, got {other:?} (stream {items:?})"
+                )
+                .into())
+            }
+        };
+        check(
+            text.contains(expected),
+            format!("case {name:?}: {text:?} does not say {expected:?}"),
+        )?;
+        let gone = match pid {
+            Some(pid) => {
+                settle::<R>(Duration::from_secs(5), || {
+                    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
+                .await
+            }
+            None => true,
+        };
+        check(gone, format!("case {name:?}: hostile worker left alive"))?;
+        figures.push(format!("{name}: \"{text}\""));
+    }
+    let released = settle::<R>(Duration::from_secs(5), || hostile_memfds_held() == 0).await;
+    check(
+        released,
+        format!(
+            "the parent still holds {} hostile memfds",
+            hostile_memfds_held()
+        ),
+    )?;
+    report::<R>("bad_shared_memory_on_a_worker_channel", &figures);
+    Ok(())
+}

@@ -127,6 +127,9 @@ fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         in_process("bad_input_on_a_worker_channel", |p| {
             Box::pin(bad_input::worker_channel(p))
         }),
+        in_process("bad_shared_memory_on_a_worker_channel", |p| {
+            Box::pin(bad_input::shared_memory_from_a_hostile_worker(p))
+        }),
         Trial::test(
             "bad_input_on_the_zygote_socket",
             bad_input::zygote_socket::<H>,
