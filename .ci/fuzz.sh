@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Smoke-fuzzes parallel-proto: builds every cargo-fuzz target in fuzz/ and
-# runs each for a few seconds. Fails on any crash, panic, leak or timeout.
+# runs each for a few seconds, starting from its checked-in corpus
+# (fuzz/corpus/<target>/, minimized after 10-minute runs: RELIABILITY.md,
+# "Fuzzing"), so every input that ever found new coverage is replayed first.
+# Fails on any crash, panic, leak or timeout.
 #
 # Run from anywhere inside the repo: bash .ci/fuzz.sh
 # FUZZ_SECONDS sets the time per target (default 6).

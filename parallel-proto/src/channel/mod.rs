@@ -24,3 +24,25 @@ mod worker;
 pub use messages::*;
 pub use parent::{ParentChannel, ParentEvent};
 pub use worker::{WorkerChannel, WorkerEvent};
+
+use crate::{Limits, LocalError};
+
+/// What either side checks before it sends a `SharedData` frame: the
+/// receiver maps no more than a frame may hold, and the memfd must come
+/// along.
+fn check_shared_data(limits: &Limits, len: u64, fds: usize) -> Result<(), LocalError> {
+    let max = limits.max_frame_len();
+    if len > u64::from(max) {
+        return Err(LocalError::MessageTooLong {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max,
+        });
+    }
+    if fds == 0 {
+        return Err(LocalError::InvalidState {
+            operation: "send shared data",
+            reason: "no descriptors: the memfd must come along (fds >= 1)",
+        });
+    }
+    Ok(())
+}

@@ -165,21 +165,7 @@ impl ParentChannel {
     /// (the receiver maps no more than a frame may hold).
     pub fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), Error> {
         self.check_sendable("send data")?;
-        let max = self.wire.limits.max_frame_len();
-        if len > u64::from(max) {
-            return Err(LocalError::MessageTooLong {
-                len: usize::try_from(len).unwrap_or(usize::MAX),
-                max,
-            }
-            .into());
-        }
-        if fds == 0 {
-            return Err(invalid(
-                "send shared data",
-                "no descriptors: the memfd must come along (fds >= 1)",
-            )
-            .into());
-        }
+        super::check_shared_data(&self.wire.limits, len, fds)?;
         self.queue(ToWorker::SharedData { len }, fds)?;
         Ok(())
     }

@@ -134,21 +134,7 @@ impl WorkerChannel {
         if self.end_sent {
             return Err(invalid("send data", "this side already sent end-of-stream").into());
         }
-        let max = self.wire.limits.max_frame_len();
-        if len > u64::from(max) {
-            return Err(LocalError::MessageTooLong {
-                len: usize::try_from(len).unwrap_or(usize::MAX),
-                max,
-            }
-            .into());
-        }
-        if fds == 0 {
-            return Err(invalid(
-                "send shared data",
-                "no descriptors: the memfd must come along (fds >= 1)",
-            )
-            .into());
-        }
+        super::check_shared_data(&self.wire.limits, len, fds)?;
         self.queue(FromWorker::SharedData { len }, fds)?;
         Ok(())
     }

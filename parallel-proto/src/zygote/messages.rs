@@ -283,17 +283,9 @@ impl std::fmt::Display for ExitStatus {
 }
 
 /// The name of a signal as Linux numbers it on the common architectures
-/// (x86, Arm, RISC-V, PowerPC, s390; MIPS, SPARC and Alpha number some
-/// differently, so they get numbers only), for messages.
-#[cfg(all(
-    target_os = "linux",
-    not(any(
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "sparc",
-        target_arch = "sparc64"
-    ))
-))]
+/// (x86, Arm, RISC-V, PowerPC, s390), for messages; elsewhere (other
+/// systems, and MIPS and SPARC, which number some signals differently) the
+/// number alone.
 fn signal_name(signal: i32) -> Option<&'static str> {
     const NAMES: [&str; 31] = [
         "SIGHUP",
@@ -328,21 +320,18 @@ fn signal_name(signal: i32) -> Option<&'static str> {
         "SIGPWR",
         "SIGSYS",
     ];
+    let linux_numbering = cfg!(target_os = "linux")
+        && !cfg!(any(
+            target_arch = "mips",
+            target_arch = "mips64",
+            target_arch = "sparc",
+            target_arch = "sparc64"
+        ));
+    if !linux_numbering {
+        return None;
+    }
     let index = usize::try_from(signal).ok()?.checked_sub(1)?;
     NAMES.get(index).copied()
-}
-
-#[cfg(not(all(
-    target_os = "linux",
-    not(any(
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "sparc",
-        target_arch = "sparc64"
-    ))
-)))]
-fn signal_name(_signal: i32) -> Option<&'static str> {
-    None
 }
 
 /// Why the zygote could not start a worker or snapshot.

@@ -9,11 +9,35 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use libtest_mimic::Failed;
-use parallel_zygote::async_core::{Error, MessageSender, MessageStream, Parallel, Runtime};
+use parallel_zygote::async_core::{
+    Error, MessageSender, MessageStream, Parallel, Postcard, Process, Runtime,
+};
 
 use super::{block_on_figures, check, report, run_helper_capturing, settle, within, Harness};
 
 pub const ZYGOTE_SOCKET: &str = "bad-input-zygote-socket";
+
+/// Reads a hostile `process` worker's stream to its end, then waits for
+/// the worker, each within 10 s: the items (errors as their chains) and
+/// how the wait ended.
+async fn drain_and_wait<R: Runtime>(
+    mut process: Process<u8, u8, Postcard>,
+    case: &str,
+) -> Result<(Vec<Result<u8, String>>, Result<(), Error>), Failed> {
+    let items = within::<R, _>(Duration::from_secs(10), async {
+        let mut items = Vec::new();
+        while let Some(item) = process.stream.next().await {
+            items.push(item.map_err(|e| error_chain(&e)));
+        }
+        items
+    })
+    .await
+    .ok_or_else(|| format!("case {case:?}: the stream did not end within 10 s"))?;
+    let waited = within::<R, _>(Duration::from_secs(10), process.handle.wait())
+        .await
+        .ok_or_else(|| format!("case {case:?}: wait hung"))?;
+    Ok((items, waited))
+}
 
 /// A frame header: magic, kind, fd count, reserved, length.
 fn header(kind: u8, fds: u8, len: u32) -> Vec<u8> {
@@ -203,26 +227,14 @@ pub async fn worker_channel<R: Runtime>(parallel: Parallel<R>) -> Result<(), Fai
         figures.push(format!("{name}: \"{text}\" ({})", super::ms(took)));
     }
     // Data after End on a process channel, the parent reading its stream.
-    let mut process =
-        parallel.process(|_: MessageStream<u8>, _: MessageSender<u8>| async move {
-            let (_, bytes, _) = case(4, false);
-            for fd in sockets() {
-                write_raw(fd, &bytes, false);
-            }
-            std::thread::sleep(Duration::from_secs(600));
-        })?;
-    let items = within::<R, _>(Duration::from_secs(10), async {
-        let mut items = Vec::new();
-        while let Some(item) = process.stream.next().await {
-            items.push(item.map_err(|e| error_chain(&e)));
+    let process = parallel.process(|_: MessageStream<u8>, _: MessageSender<u8>| async move {
+        let (_, bytes, _) = case(4, false);
+        for fd in sockets() {
+            write_raw(fd, &bytes, false);
         }
-        items
-    })
-    .await
-    .ok_or("process stream did not end within 10 s")?;
-    let waited = within::<R, _>(Duration::from_secs(10), process.handle.wait())
-        .await
-        .ok_or("process wait hung")?;
+        std::thread::sleep(Duration::from_secs(600));
+    })?;
+    let (items, waited) = drain_and_wait::<R>(process, "data after End").await?;
     figures.push(format!(
         "process, data after End: stream {items:?}, wait {}",
         match &waited {
@@ -438,7 +450,7 @@ pub async fn shared_memory_from_a_hostile_worker<R: Runtime>(
     let mut figures = Vec::new();
     for which in 0..SHARED_CASES {
         let (name, expected) = shared_case(which);
-        let mut process = parallel.process(
+        let process = parallel.process(
             |mut input: MessageStream<u8>, output: MessageSender<u8>| async move {
                 if let Some(Ok(which)) = input.recv().await {
                     hostile_shared_worker(which).await;
@@ -449,18 +461,7 @@ pub async fn shared_memory_from_a_hostile_worker<R: Runtime>(
         )?;
         process.sender.send(which).await?;
         let pid = process.handle.pid();
-        let items = within::<R, _>(Duration::from_secs(10), async {
-            let mut items = Vec::new();
-            while let Some(item) = process.stream.next().await {
-                items.push(item.map_err(|e| error_chain(&e)));
-            }
-            items
-        })
-        .await
-        .ok_or_else(|| format!("case {name:?}: the stream did not end within 10 s"))?;
-        let waited = within::<R, _>(Duration::from_secs(10), process.handle.wait())
-            .await
-            .ok_or_else(|| format!("case {name:?}: wait hung"))?;
+        let (items, waited) = drain_and_wait::<R>(process, name).await?;
         let text = match &waited {
             Err(error @ Error::Protocol(_)) => error_chain(error),
             other => {
