@@ -18,7 +18,9 @@ use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
-use super::adapter::{clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases};
+use super::adapter::{
+    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, Place,
+};
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
 use super::stages::{ByteChunk, Chunk, SeqChunk};
@@ -39,6 +41,63 @@ pub trait Host: 'static {
 
     /// Hands a socket to the runtime (called inside [`Host::block_on`]).
     fn stream(socket: UnixStream) -> Self::Stream;
+
+    /// Runs `calls` as a task spawned on the parent's runtime, awaited from
+    /// [`Host::block_on`] (the futures are `Send` on some runtimes only,
+    /// hence one method per measurement rather than a generic spawn).
+    fn in_task(&self, parallel: &Parallel<Self::Runtime>, calls: Calls, budget: Budget)
+        -> Vec<Duration>;
+}
+
+/// A measurement [`Host::in_task`] runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Calls {
+    RoundTrip,
+    Pool,
+}
+
+impl Calls {
+    /// The measurement, as a future on `parallel`.
+    pub async fn measure<R: Runtime>(self, parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+        match self {
+            Calls::RoundTrip => round_trip(parallel, budget).await,
+            Calls::Pool => pool_call(parallel, budget).await,
+        }
+    }
+}
+
+/// `Run::call` round trips.
+pub async fn round_trip<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+    let run = parallel.run(echo).expect("run");
+    run.call(0).await.expect("first call");
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0;
+    while sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        let value = run.call(x).await.expect("call");
+        sampler.record(start.elapsed());
+        assert_eq!(value, x);
+    }
+    sampler.finish()
+}
+
+/// `Pool::call`s.
+pub async fn pool_call<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+    let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
+    for x in 0..4 {
+        pool.call(x).await.expect("warm-up call");
+    }
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0;
+    while sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        let value = pool.call(x).await.expect("pool call");
+        sampler.record(start.elapsed());
+        assert_eq!(value, x);
+    }
+    sampler.finish()
 }
 
 /// An adapter on the parent runtime `H`.
@@ -208,24 +267,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
-    fn pool_call(&self, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
-            for x in 0..4 {
-                pool.call(x).await.expect("warm-up call");
-            }
-            let mut sampler = Sampler::new(budget);
-            let mut x = 0;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                let value = pool.call(x).await.expect("pool call");
-                sampler.record(start.elapsed());
-                assert_eq!(value, x);
-            }
-            sampler.finish()
-        })
+    fn pool_call(&self, place: Place, budget: Budget) -> Vec<Duration> {
+        match place {
+            Place::Task => self.host.in_task(&self.parallel, Calls::Pool, budget),
+            Place::Main => self.on_runtime(pool_call(self.parallel.clone(), budget)),
+        }
     }
 
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
@@ -246,22 +292,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
-    fn run_round_trip(&self, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let run = parallel.run(echo).expect("run");
-            run.call(0).await.expect("first call");
-            let mut sampler = Sampler::new(budget);
-            let mut x = 0;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                let value = run.call(x).await.expect("call");
-                sampler.record(start.elapsed());
-                assert_eq!(value, x);
-            }
-            sampler.finish()
-        })
+    fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
+        match place {
+            Place::Task => self.host.in_task(&self.parallel, Calls::RoundTrip, budget),
+            Place::Main => self.on_runtime(round_trip(self.parallel.clone(), budget)),
+        }
     }
 
     fn raw_pipelined(

@@ -12,7 +12,9 @@ use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
-use super::adapter::{clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases};
+use super::adapter::{
+    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, Place,
+};
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
 use super::stages::{ByteChunk, Chunk, SeqChunk};
@@ -61,6 +63,23 @@ impl TokioAdapter {
             self.runtime.block_on(task).expect("measurement task")
         } else {
             self.runtime.block_on(future)
+        }
+    }
+
+    /// Runs a measurement at `place`: a spawned task, or the `block_on`
+    /// future itself (on the calling thread, which on the multi-thread
+    /// runtime is none of its workers).
+    fn at<T: Send + 'static>(
+        &self,
+        place: Place,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        match place {
+            Place::Task => {
+                let task = self.runtime.spawn(future);
+                self.runtime.block_on(task).expect("measurement task")
+            }
+            Place::Main => self.runtime.block_on(future),
         }
     }
 }
@@ -183,9 +202,9 @@ impl Adapter for TokioAdapter {
         })
     }
 
-    fn pool_call(&self, budget: Budget) -> Vec<Duration> {
+    fn pool_call(&self, place: Place, budget: Budget) -> Vec<Duration> {
         let parallel = self.parallel.clone();
-        self.on_runtime(async move {
+        self.at(place, async move {
             let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
             for x in 0..4 {
                 pool.call(x).await.expect("warm-up call");
@@ -221,9 +240,9 @@ impl Adapter for TokioAdapter {
         })
     }
 
-    fn run_round_trip(&self, budget: Budget) -> Vec<Duration> {
+    fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
         let parallel = self.parallel.clone();
-        self.on_runtime(async move {
+        self.at(place, async move {
             let run = parallel.run(echo).expect("run");
             run.call(0).await.expect("first call");
             let mut sampler = Sampler::new(budget);
