@@ -14,6 +14,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use parallel_proto::Transmit;
 
+/// Slices one `sendmsg` gathers at most (well under the kernel's `UIO_MAXIOV`
+/// of 1024): 32 transmits of a head and a body each.
+const MAX_SLICES_PER_SEND: usize = 64;
+
 /// Descriptors one `recvmsg` can return (the kernel's `SCM_MAX_FD`).
 const MAX_FDS_PER_RECV: usize = 253;
 
@@ -61,10 +65,6 @@ impl Outbox {
     /// ...; `EINTR` is retried, and `MSG_NOSIGNAL` means no `SIGPIPE`).
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
         while let Some(front) = self.transmits.front() {
-            let head_rest = front.head.get(self.written..).unwrap_or(&[]);
-            let body_start = self.written.saturating_sub(front.head.len());
-            let body_rest = &front.body[body_start..];
-            let slices = [IoSlice::new(head_rest), IoSlice::new(body_rest)];
             let attach = if self.written == 0 { front.fds } else { 0 };
             let raw: Vec<RawFd> = self
                 .fds
@@ -78,9 +78,25 @@ impl Outbox {
                     "a transmit declares more descriptors than were queued with it",
                 ));
             }
+            // Gather the front transmit's rest and the transmits after it,
+            // up to the next that carries descriptors (they must ride with
+            // that transmit's first byte): pipelined calls and small messages
+            // go out in one system call rather than one each.
+            let mut slices = Vec::with_capacity(self.transmits.len().min(MAX_SLICES_PER_SEND / 2) * 2);
+            let head_rest = front.head.get(self.written..).unwrap_or(&[]);
+            let body_start = self.written.saturating_sub(front.head.len());
+            slices.push(IoSlice::new(head_rest));
+            slices.push(IoSlice::new(&front.body[body_start..]));
+            for next in self.transmits.iter().skip(1) {
+                if next.fds > 0 || slices.len() + 2 > MAX_SLICES_PER_SEND {
+                    break;
+                }
+                slices.push(IoSlice::new(&next.head));
+                slices.push(IoSlice::new(&next.body));
+            }
             let rights = [ControlMessage::ScmRights(&raw)];
             let cmsgs: &[ControlMessage] = if attach > 0 { &rights } else { &[] };
-            let sent = loop {
+            let mut sent = loop {
                 match sendmsg::<()>(
                     socket.as_raw_fd(),
                     &slices,
@@ -97,8 +113,14 @@ impl Outbox {
             if sent > 0 {
                 self.fds.drain(..attach);
             }
-            self.written += sent;
-            if self.written == front.len() {
+            // Retire every transmit the write covered.
+            while let Some(front) = self.transmits.front() {
+                let rest = front.len() - self.written;
+                if sent < rest {
+                    self.written += sent;
+                    break;
+                }
+                sent -= rest;
                 self.transmits.pop_front();
                 self.written = 0;
             }

@@ -370,7 +370,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
 
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
-    fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link, Error> {
+    fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link<R>, Error> {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }

@@ -352,6 +352,9 @@ pub(crate) fn any_task_loop(context: TaskContext) -> LocalTask {
     Box::pin(serve_calls(context, any_call))
 }
 
+/// Calls a worker reads per pass, at most, before it writes the answers.
+const CALL_BATCH: usize = 64;
+
 /// Answers calls with `handler`, concurrently, until the parent ends.
 async fn serve_calls<H, Fut>(context: TaskContext, handler: H)
 where
@@ -363,16 +366,12 @@ where
     let mut input_open = true;
     let finished = std::future::poll_fn(|cx| loop {
         let mut progress = false;
-        while let Poll::Ready(Some((call, outcome))) = Pin::new(&mut running).poll_next(cx) {
-            if conn.machine.reply(call, outcome).is_err() {
-                return Poll::Ready(false);
+        // Every call already read (up to a batch) first, then the answers
+        // of all that are ready, then one write for all of them.
+        for _ in 0..CALL_BATCH {
+            if !input_open {
+                break;
             }
-            progress = true;
-        }
-        if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
-            return Poll::Ready(false);
-        }
-        if input_open {
             match conn.poll_event(cx) {
                 Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
                     let answer = handler(args);
@@ -386,8 +385,17 @@ where
                 Poll::Ready(Ok(Some(_))) => progress = true,
                 // The parent is gone: nobody to answer.
                 Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
-                Poll::Pending => {}
+                Poll::Pending => break,
             }
+        }
+        while let Poll::Ready(Some((call, outcome))) = Pin::new(&mut running).poll_next(cx) {
+            if conn.machine.reply(call, outcome).is_err() {
+                return Poll::Ready(false);
+            }
+            progress = true;
+        }
+        if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+            return Poll::Ready(false);
         }
         if !input_open && running.is_empty() {
             return Poll::Ready(true);
