@@ -904,7 +904,7 @@ fn scaling_section(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// and `phases` / `raw-phases` (which also print the medians of table 1c's
 /// phases).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
@@ -927,6 +927,7 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "call-main" => adapter.run_round_trip(Place::Main, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "pool" => adapter.pool_call(Place::Task, budget),
+        "pool-main" => adapter.pool_call(Place::Main, budget),
         "process-1mib" => adapter.process_throughput(MIB, 64, Encoding::Bytes, budget),
         "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
         "phases" | "raw-phases" => {
