@@ -171,7 +171,7 @@ use parallel_zygote::async_core as core;
 pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feature
 pub use core::{
     Codec, CodecError, Error, Fd, MessageSender, MessageStream, PanicLocation, PanicReport,
-    PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle,
+    PoolConfig, PoolStats, PoolTask, Postcard, Process, ProcessHandle, WarmConfig,
 };
 /// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
 /// the argument tuple (see [`parallel_zygote::spawn!`]).

@@ -85,6 +85,7 @@ mod run;
 mod runtime;
 mod spawn;
 mod sugar;
+mod warm;
 mod worker;
 
 pub use any_pool::AnyPool;
@@ -101,3 +102,4 @@ pub use process::{Process, ProcessHandle};
 pub use run::Run;
 pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
 pub use spawn::JoinHandle;
+pub use warm::{Refill, WarmConfig};

@@ -20,6 +20,7 @@ use super::process::Process;
 use super::run::Run;
 use super::runtime::{Runtime, WorkerRuntime};
 use super::spawn::JoinHandle;
+use super::warm::{WarmConfig, WarmSet};
 use super::worker;
 use super::Error;
 use crate::{SpawnOptions, Zygote};
@@ -60,6 +61,8 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
     backtraces: bool,
     /// The shutdown scope this handle and its clones share.
     scope: Arc<Scope>,
+    /// Pre-forked workers, if asked for ([`Parallel::warm_workers`]).
+    warm: Option<Arc<WarmSet>>,
     _types: PhantomData<fn() -> (R, C)>,
 }
 
@@ -113,6 +116,7 @@ impl<R: Runtime, C: Codec> Clone for Parallel<R, C> {
             options: self.options.clone(),
             backtraces: self.backtraces,
             scope: Arc::clone(&self.scope),
+            warm: self.warm.clone(),
             _types: PhantomData,
         }
     }
@@ -139,6 +143,7 @@ impl<R: Runtime> Parallel<R, Postcard> {
             options: SpawnOptions::default(),
             backtraces: true,
             scope: Arc::default(),
+            warm: None,
             _types: PhantomData,
         }
     }
@@ -192,6 +197,9 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// first), in the parent only.
     pub async fn shutdown(&self, grace: Duration) {
         self.scope.closed.store(true, Ordering::Relaxed);
+        if let Some(warm) = &self.warm {
+            warm.close();
+        }
         tracing::info!(?grace, "shutting down: draining workers");
         if settle::<R>(&self.scope, grace).await {
             return;
@@ -216,6 +224,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             options: self.options.clone(),
             backtraces: self.backtraces,
             scope: Arc::clone(&self.scope),
+            warm: self.warm.clone(),
             _types: PhantomData,
         }
     }
@@ -226,6 +235,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     #[must_use = "worker_runtime returns a new handle; the old one is unchanged"]
     pub fn worker_runtime<W: WorkerRuntime>(mut self, runtime: W) -> Self {
         self.worker = WorkerChoice::of(&runtime);
+        self.warm = None;
         self
     }
 
@@ -233,7 +243,60 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     #[must_use = "worker_options returns a new handle; the old one is unchanged"]
     pub fn worker_options(mut self, options: SpawnOptions) -> Self {
         self.options = options;
+        self.warm = None;
         self
+    }
+
+    /// Keeps pre-forked workers ready for this handle and its clones, so
+    /// that a spawn (`spawn`, `run`, `process`, a pool's workers) costs about
+    /// a call's round trip instead of a fork: the worker is forked before its
+    /// task is known, and waits for its Start frame before building its
+    /// runtime. Forks `config.max` workers now; each spawn that takes one
+    /// refills the set to `config.min` at once and to `config.max` after
+    /// `config.refill_delay`. A worker that died while it waited is dropped,
+    /// never used.
+    ///
+    /// Off by default: every waiting worker is a live process (its pages
+    /// shared copy-on-write with the zygote, plus a socket) that a program
+    /// which spawns rarely would hold for nothing. Call it after
+    /// [`worker_runtime`](Self::worker_runtime),
+    /// [`worker_options`](Self::worker_options) and
+    /// [`snapshot`](Self::snapshot), which start from no pre-forked workers
+    /// (the set's workers were forked with the old settings). A `max` of 0
+    /// turns it off. The workers are killed when the last clone of the
+    /// handle is dropped, or at [`shutdown`](Self::shutdown).
+    ///
+    /// ```no_run
+    /// # async fn demo<R: parallel_zygote::async_core::Runtime>(parallel: parallel_zygote::async_core::Parallel<R>) -> Result<(), parallel_zygote::async_core::Error> {
+    /// use parallel_zygote::async_core::WarmConfig;
+    /// let parallel = parallel.warm_workers(WarmConfig::new(2, 4))?;
+    /// // Takes a pre-forked worker: no fork on this path.
+    /// assert_eq!(parallel.spawn(|x: u64| async move { x + 1 }, 41).await?, 42);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Zygote`] when this build cannot name the workers' boot
+    /// function. A zygote that refuses the forks is not an error here: the
+    /// spawns then fork as without this setting, and report why.
+    pub fn warm_workers(mut self, config: WarmConfig) -> Result<Self, Error> {
+        self.warm = if config.max == 0 {
+            None
+        } else {
+            Some(WarmSet::new(
+                config,
+                self.zygote.clone(),
+                (self.worker.boot)()?,
+                self.options.clone(),
+            ))
+        };
+        Ok(self)
+    }
+
+    /// How many pre-forked workers wait for a spawn now (see
+    /// [`warm_workers`](Self::warm_workers)); 0 when there are none.
+    pub fn warm_idle(&self) -> usize {
+        self.warm.as_ref().map_or(0, |warm| warm.len())
     }
 
     /// Whether a worker whose function panics captures a backtrace for the
@@ -281,6 +344,8 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             options: self.options.clone(),
             backtraces: self.backtraces,
             scope: Arc::clone(&self.scope),
+            // Forked by another zygote: the snapshot's workers are not these.
+            warm: None,
             _types: PhantomData,
         })
     }
@@ -383,9 +448,17 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             name = self.options.name.as_deref(),
         );
         tracing::debug!(parent: &span, runtime = self.worker.name, "spawn requested");
-        let (stream, pending) =
-            self.zygote
-                .spawn_entry((self.worker.boot)()?, self.options.clone(), Vec::new())?;
+        let warm = self.warm.as_ref().and_then(|warm| warm.take());
+        let from_warm = warm.is_some();
+        let (stream, pending) = match warm {
+            Some(worker) => worker,
+            None => self.zygote.spawn_entry(
+                (self.worker.boot)()?,
+                self.options.clone(),
+                Vec::new(),
+            )?,
+        };
+        tracing::trace!(parent: &span, from_warm, "worker chosen");
         let mut machine = ParentChannel::new(Limits::default());
         machine.start(
             task,
@@ -395,6 +468,11 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         let conn = Conn::new(machine, R::register(stream)?);
         let link = launch::<R>(conn, pending, span);
         self.scope.track(&link.killer);
+        if let Some(warm) = &self.warm {
+            // After the Start frame is queued: this spawn does not wait for
+            // the forks that replace its worker.
+            warm.refill::<R>();
+        }
         Ok(link)
     }
 }

@@ -116,6 +116,7 @@ mod pool;
 mod pools;
 mod process;
 mod sugar;
+mod warm;
 
 /// A scenario's future, as [`Harness::block_on`] runs it.
 pub type TestFuture = Pin<Box<dyn Future<Output = Result<(), Failed>>>>;
@@ -267,6 +268,9 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         lifecycle::parallel_shutdown_drains_and_refuses_new_work,
         lifecycle::parallel_shutdown_terminates_what_outlives_the_grace,
         lifecycle::pool_recycles_workers_over_the_memory_limit,
+        warm::warm_spawn_uses_a_preforked_worker_and_the_set_refills,
+        warm::warm_worker_killed_while_idle_is_replaced_not_used,
+        warm::warm_workers_end_with_the_handle_and_at_shutdown,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,
