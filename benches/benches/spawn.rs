@@ -573,8 +573,10 @@ fn round_trip_section(
          framing and postcard, awaited either in a task spawned on the runtime or \
          in the future given to `block_on` (how `#[tokio::main]` and \
          `smol::block_on` programs run; on tokio's multi-thread runtime that \
-         future runs on the calling thread, none of the runtime's workers). \
-         Parent holds 0 GiB.",
+         future runs on the calling thread, none of the runtime's workers), each \
+         beside a raw ping-pong made there. Warm spawn: `spawn(f, x)` on a \
+         `Parallel` with pre-forked workers (`warm_workers(WarmConfig::new(2, 4))`), \
+         beside `Run::call`; cold spawn beside it. Parent holds 0 GiB.",
     );
     let mut group = Group::new();
     group.add(
@@ -606,9 +608,34 @@ fn round_trip_section(
             move |budget| adapter.run_round_trip(Place::Task, budget),
         );
         group.add(
+            format!("rt/{a}/warm-spawn"),
+            format!("{name}: `spawn(f, x)` → result, warm (pre-forked worker)"),
+            Some(format!("rt/{a}/run")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.warm_spawn(budget),
+        );
+        group.add(
+            format!("rt/{a}/cold-spawn"),
+            format!("{name}: `spawn(f, x)` → result, cold"),
+            Some(format!("rt/{a}/warm-spawn")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.cold_spawn(budget),
+        );
+        let raw_main = format!("rt/{a}/raw-main");
+        group.add(
+            &raw_main,
+            format!("{name}: raw ping-pong, in the `block_on` future"),
+            None,
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.raw_ping_pong_main(raw, budget),
+        );
+        group.add(
             format!("rt/{a}/run-main"),
             format!("{name}: `Run::call(x)`, awaited in the `block_on` future"),
-            Some(raw_key),
+            Some(raw_main),
             config.fast,
             Measure::Time,
             move |budget| adapter.run_round_trip(Place::Main, budget),
@@ -904,7 +931,7 @@ fn scaling_section(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `warm-spawn`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// and `phases` / `raw-phases` (which also print the medians of table 1c's
 /// phases).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
@@ -924,6 +951,9 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "spawn" => adapter.cold_spawn(budget),
         "raw-floor" => adapter.raw_floor(raw, budget),
         "call" => adapter.run_round_trip(Place::Task, budget),
+        "warm-spawn" => adapter.warm_spawn(budget),
+        "pipe" => adapter.run_pipelined(20 * IN_FLIGHT, IN_FLIGHT, budget),
+        "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "call-main" => adapter.run_round_trip(Place::Main, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "pool" => adapter.pool_call(Place::Task, budget),
@@ -1016,6 +1046,20 @@ fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
             1.25,
         ));
     }
+    specs.push((
+        "`Run::call` in the `block_on` future ≤ 1.25 × raw ping-pong there".to_string(),
+        format!("rt/{a}/run-main"),
+        format!("rt/{a}/raw-main"),
+        false,
+        1.25,
+    ));
+    specs.push((
+        "warm `spawn(f, x)` → result ≤ 3 × `Run::call` round trip".to_string(),
+        format!("rt/{a}/warm-spawn"),
+        format!("rt/{a}/run"),
+        false,
+        3.0,
+    ));
     specs.push((
         format!("`Run::call`, {IN_FLIGHT} in flight ≥ 0.8 × raw"),
         format!("pipe/{a}/run"),
@@ -1164,6 +1208,16 @@ fn side_by_side(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
     }
     let fixed = [
         (
+            "`spawn(f, x)` → result, warm (/ `Run::call` in a task)",
+            "rt/{a}/warm-spawn",
+            Some("rt/{a}/run"),
+        ),
+        (
+            "`spawn(f, x)` → result, cold (/ warm)",
+            "rt/{a}/cold-spawn",
+            Some("rt/{a}/warm-spawn"),
+        ),
+        (
             "raw: request → runtime ready in worker",
             "phase/{a}/raw/to-ready",
             None,
@@ -1184,10 +1238,11 @@ fn side_by_side(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
             "rt/{a}/run",
             Some("rt/{a}/raw"),
         ),
+        ("raw ping-pong in the `block_on` future", "rt/{a}/raw-main", None),
         (
-            "`Run::call(x)` in the `block_on` future (/ raw ping-pong)",
+            "`Run::call(x)` in the `block_on` future (/ raw ping-pong there)",
             "rt/{a}/run-main",
-            Some("rt/{a}/raw"),
+            Some("rt/{a}/raw-main"),
         ),
     ];
     for (label, key, baseline) in fixed {

@@ -134,6 +134,9 @@ pub trait Adapter {
     fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
     /// Cold spawn: a trivial function in a new worker, to its result.
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration>;
+    /// Warm spawn: a trivial function in a pre-forked worker
+    /// (`Parallel::warm_workers`), to its result.
+    fn warm_spawn(&self, budget: Budget) -> Vec<Duration>;
     /// Cold spawn in phases (see [`Phases`]); `ready` is the user's function
     /// running in the worker.
     fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases>;
@@ -146,6 +149,11 @@ pub trait Adapter {
     /// Raw socketpair ping-pong (8 bytes) with a raw echo worker running the
     /// same runtime.
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
+    /// The same, from the `block_on` future itself: the floor of a call
+    /// awaited there. (On smol and glommio the other rows run there too.)
+    fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        self.raw_ping_pong(raw, budget)
+    }
     /// One call with tiny arguments (`u64 -> u64`) on a persistent worker,
     /// awaited at `place`.
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration>;

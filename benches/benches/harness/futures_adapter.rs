@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime};
+use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, WarmConfig, Run, Runtime};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
@@ -207,6 +207,27 @@ impl<H: Host> Adapter for HostAdapter<H> {
                     "  note: JoinHandle::pid() was still None after the result in \
                      {without_pid} of {spawns} cold spawns"
                 );
+            }
+            sampler.finish()
+        })
+    }
+
+    fn warm_spawn(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self
+            .parallel
+            .clone()
+            .warm_workers(WarmConfig::new(2, 4))
+            .expect("warm workers");
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let (value, pid) = parallel.spawn(echo_pid, 7).await.expect("spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                // Outside the clock: let the worker exit before the next one.
+                wait_exit(pid as i32, Duration::from_secs(5));
+                sampler.record(elapsed);
             }
             sampler.finish()
         })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use parallel_tokio::{Parallel, Pool, PoolConfig};
+use parallel_tokio::{Parallel, Pool, PoolConfig, WarmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -146,6 +146,27 @@ impl Adapter for TokioAdapter {
         })
     }
 
+    fn warm_spawn(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self
+            .parallel
+            .clone()
+            .warm_workers(WarmConfig::new(2, 4))
+            .expect("warm workers");
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let (value, pid) = parallel.spawn(echo_pid, 7).await.expect("spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                // Outside the clock: let the worker exit before the next one.
+                wait_exit(pid as i32, Duration::from_secs(5));
+                sampler.record(elapsed);
+            }
+            sampler.finish()
+        })
+    }
+
     fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases> {
         let parallel = self.parallel.clone();
         self.on_runtime(async move {
@@ -223,21 +244,11 @@ impl Adapter for TokioAdapter {
     }
 
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
-        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
-        self.on_runtime(async move {
-            let mut stream = tokio_stream(stream);
-            let mut sampler = Sampler::new(budget);
-            let mut reply = [0u8; 8];
-            let mut x = 0u64;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                stream.write_all(&x.to_le_bytes()).await.expect("write");
-                stream.read_exact(&mut reply).await.expect("read");
-                sampler.record(start.elapsed());
-            }
-            sampler.finish()
-        })
+        self.raw_ping_pong_at(Place::Task, raw, budget)
+    }
+
+    fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        self.raw_ping_pong_at(Place::Main, raw, budget)
     }
 
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
@@ -393,6 +404,24 @@ impl Adapter for TokioAdapter {
 }
 
 impl TokioAdapter {
+    fn raw_ping_pong_at(&self, place: Place, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
+        self.at(place, async move {
+            let mut stream = tokio_stream(stream);
+            let mut sampler = Sampler::new(budget);
+            let mut reply = [0u8; 8];
+            let mut x = 0u64;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                stream.write_all(&x.to_le_bytes()).await.expect("write");
+                stream.read_exact(&mut reply).await.expect("read");
+                sampler.record(start.elapsed());
+            }
+            sampler.finish()
+        })
+    }
+
     fn process_throughput_of<T: Chunk>(
         &self,
         size: usize,

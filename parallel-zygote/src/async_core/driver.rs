@@ -138,9 +138,10 @@ pub struct Driver<R: Runtime> {
 /// future beside smol's executor thread), that wake-up crossed threads
 /// once more per call than a raw socket's ping-pong does: 13 µs instead of
 /// 6 µs per call on tokio's multi-thread runtime. So a caller that finds
-/// the driver idle (its lock free, everything written, no call queued
+/// the driver idle (everything written, no call queued
 /// before it) registers its call and writes the frame itself, on its own
-/// thread, and waits for the answer as before. Whatever waiting the write
+/// thread, and waits for the answer as before (caller and driver take turns
+/// on one lock, held for a poll at most). Whatever waiting the write
 /// needs (a full socket) is registered with the driver task's waker, so
 /// the driver finishes it as if it had made the write.
 pub(crate) struct Submit<R: Runtime>(Weak<Mutex<DriverState<R>>>);
@@ -158,7 +159,11 @@ impl<R: Runtime> Submit<R> {
         let Some(state) = self.0.upgrade() else {
             return Err(command);
         };
-        let Ok(mut state) = state.try_lock() else {
+        // Waiting for the lock is bounded: the driver holds it for one poll,
+        // which never blocks (non-blocking I/O, no user code). Trying only
+        // once would mostly fail on the path this is for: the caller, woken
+        // by its previous answer, comes back while that poll still runs.
+        let Ok(mut state) = state.lock() else {
             return Err(command);
         };
         state.submit(command)
