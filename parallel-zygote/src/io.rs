@@ -47,6 +47,11 @@ impl Outbox {
         self.transmits.is_empty()
     }
 
+    /// Transmits not wholly written yet.
+    pub fn len(&self) -> usize {
+        self.transmits.len()
+    }
+
     /// Bytes still to write.
     pub fn pending_bytes(&self) -> usize {
         self.transmits.iter().map(Transmit::len).sum::<usize>() - self.written

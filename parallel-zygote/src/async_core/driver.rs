@@ -348,16 +348,29 @@ impl<R: Runtime> DriverState<R> {
     /// the caller's thread, if the driver serves, is idle and nothing was
     /// queued before it; else it goes back to the caller.
     fn submit(&mut self, command: Command) -> Result<(), Command> {
-        let idle = matches!(self.phase, Phase::Serve)
+        let serving = matches!(self.phase, Phase::Serve)
             && !self.write_broken
-            && self.commands.as_ref().is_some_and(|c| c.is_empty())
-            && self.conn.is_flushed();
-        let Some(task) = self.task.clone().filter(|_| idle) else {
+            && self.commands.as_ref().is_some_and(|c| c.is_empty());
+        let Some(task) = self.task.clone().filter(|_| serving) else {
             return Err(command);
         };
+        // Bounded as the channel is: past a batch, callers queue there.
+        let unwritten = self.conn.unwritten();
+        if unwritten >= COMMAND_BATCH {
+            return Err(command);
+        }
+        // A call alone on the channel is written now, on this thread. One
+        // among others (calls pipelined by one task, or concurrent callers)
+        // is left for the driver, woken once for all of them: they go out
+        // in one write rather than one each.
+        let alone = unwritten == 0 && self.calls.is_empty();
         let span = self.killer.span().clone();
         let _entered = span.enter();
         self.command(command);
+        if !alone {
+            task.wake();
+            return Ok(());
+        }
         // Under the driver task's waker: a write that must wait for room
         // wakes the driver, which finishes it.
         match self.conn.poll_flush(&mut Context::from_waker(&task)) {
