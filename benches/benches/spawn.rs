@@ -46,6 +46,7 @@ use harness::smol_adapter::SmolAdapter;
 use harness::stats::{Budget, Cell, Group, Measure, Report, Summary, Unit};
 use harness::tokio_adapter::TokioAdapter;
 use harness::{blocking, peers};
+use parallel_zygote::async_core::WarmConfig;
 use parallel_zygote::Zygote;
 
 const GIB: usize = 1 << 30;
@@ -54,6 +55,13 @@ const MIB: usize = 1 << 20;
 
 /// Calls in flight for the pipelined figures.
 const IN_FLIGHT: usize = 64;
+
+/// The warm-spawn rows' pre-forked workers: 2 refilled at once (forks that
+/// run while the spawn that took a worker does), up to 4 after 100 ms.
+const WARM_AT_ONCE: WarmConfig = WarmConfig::new(2, 4);
+/// The same set refilled only after 1 ms (outside the clock, between
+/// samples): the warm path without a fork competing for the CPU.
+const WARM_LATER: WarmConfig = WarmConfig::new(0, 4).refill_delay(Duration::from_millis(1));
 
 /// Live-worker counts for the scaling figures.
 const LIVE_WORKERS: [usize; 5] = [0, 1, 10, 100, 500];
@@ -613,7 +621,15 @@ fn round_trip_section(
             Some(format!("rt/{a}/run")),
             config.spawn,
             Measure::Time,
-            move |budget| adapter.warm_spawn(budget),
+            move |budget| adapter.warm_spawn(WARM_AT_ONCE, budget),
+        );
+        group.add(
+            format!("rt/{a}/warm-spawn-quiet"),
+            format!("{name}: `spawn(f, x)` → result, warm, refilled after 1 ms only"),
+            Some(format!("rt/{a}/run")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.warm_spawn(WARM_LATER, budget),
         );
         group.add(
             format!("rt/{a}/cold-spawn"),
@@ -951,7 +967,8 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "spawn" => adapter.cold_spawn(budget),
         "raw-floor" => adapter.raw_floor(raw, budget),
         "call" => adapter.run_round_trip(Place::Task, budget),
-        "warm-spawn" => adapter.warm_spawn(budget),
+        "warm-spawn" => adapter.warm_spawn(WARM_AT_ONCE, budget),
+        "warm-spawn-quiet" => adapter.warm_spawn(WARM_LATER, budget),
         "pipe" => adapter.run_pipelined(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "call-main" => adapter.run_round_trip(Place::Main, budget),
@@ -1037,7 +1054,10 @@ fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
         false,
         1.15,
     ));
-    for (place, what) in [("run", "a spawned task"), ("run-main", "the `block_on` future")] {
+    for (place, what) in [
+        ("run", "a spawned task"),
+        ("run-main", "the `block_on` future"),
+    ] {
         specs.push((
             format!("`Run::call` in {what} ≤ 1.25 × raw ping-pong"),
             format!("rt/{a}/{place}"),
@@ -1067,7 +1087,10 @@ fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
         true,
         0.8,
     ));
-    for (place, what) in [("task", "a spawned task"), ("main", "the `block_on` future")] {
+    for (place, what) in [
+        ("task", "a spawned task"),
+        ("main", "the `block_on` future"),
+    ] {
         specs.push((
             format!("procspawn's pool / `Pool::call` in {what} ≥ 2.5"),
             "peer/procspawn-pool".to_string(),
@@ -1238,7 +1261,11 @@ fn side_by_side(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
             "rt/{a}/run",
             Some("rt/{a}/raw"),
         ),
-        ("raw ping-pong in the `block_on` future", "rt/{a}/raw-main", None),
+        (
+            "raw ping-pong in the `block_on` future",
+            "rt/{a}/raw-main",
+            None,
+        ),
         (
             "`Run::call(x)` in the `block_on` future (/ raw ping-pong there)",
             "rt/{a}/run-main",

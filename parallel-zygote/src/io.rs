@@ -87,7 +87,8 @@ impl Outbox {
             // up to the next that carries descriptors (they must ride with
             // that transmit's first byte): pipelined calls and small messages
             // go out in one system call rather than one each.
-            let mut slices = Vec::with_capacity(self.transmits.len().min(MAX_SLICES_PER_SEND / 2) * 2);
+            let mut slices =
+                Vec::with_capacity(self.transmits.len().min(MAX_SLICES_PER_SEND / 2) * 2);
             let head_rest = front.head.get(self.written..).unwrap_or(&[]);
             let body_start = self.written.saturating_sub(front.head.len());
             slices.push(IoSlice::new(head_rest));

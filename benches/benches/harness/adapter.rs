@@ -15,7 +15,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parallel_zygote::async_core::{MessageSender, MessageStream};
+use parallel_zygote::async_core::{MessageSender, MessageStream, WarmConfig};
 
 use super::os::{minor_faults, monotonic_ns};
 use super::raw::{RawKind, RawZygote};
@@ -135,8 +135,8 @@ pub trait Adapter {
     /// Cold spawn: a trivial function in a new worker, to its result.
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration>;
     /// Warm spawn: a trivial function in a pre-forked worker
-    /// (`Parallel::warm_workers`), to its result.
-    fn warm_spawn(&self, budget: Budget) -> Vec<Duration>;
+    /// (`Parallel::warm_workers(config)`), to its result.
+    fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration>;
     /// Cold spawn in phases (see [`Phases`]); `ready` is the user's function
     /// running in the worker.
     fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases>;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, WarmConfig, Run, Runtime};
+use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime, WarmConfig};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
@@ -45,8 +45,12 @@ pub trait Host: 'static {
     /// Runs `calls` as a task spawned on the parent's runtime, awaited from
     /// [`Host::block_on`] (the futures are `Send` on some runtimes only,
     /// hence one method per measurement rather than a generic spawn).
-    fn in_task(&self, parallel: &Parallel<Self::Runtime>, calls: Calls, budget: Budget)
-        -> Vec<Duration>;
+    fn in_task(
+        &self,
+        parallel: &Parallel<Self::Runtime>,
+        calls: Calls,
+        budget: Budget,
+    ) -> Vec<Duration>;
 }
 
 /// A measurement [`Host::in_task`] runs.
@@ -212,11 +216,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
-    fn warm_spawn(&self, budget: Budget) -> Vec<Duration> {
+    fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration> {
         let parallel = self
             .parallel
             .clone()
-            .warm_workers(WarmConfig::new(2, 4))
+            .warm_workers(config)
             .expect("warm workers");
         self.on_runtime(async move {
             let mut sampler = Sampler::new(budget);
@@ -225,8 +229,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
                 let (value, pid) = parallel.spawn(echo_pid, 7).await.expect("spawn");
                 let elapsed = start.elapsed();
                 assert_eq!(value, 7);
-                // Outside the clock: let the worker exit before the next one.
+                // Outside the clock: let the worker exit, and the refill's
+                // forks finish, before the next one (on two vCPUs the
+                // refill would compete with the spawn it follows).
                 wait_exit(pid as i32, Duration::from_secs(5));
+                <H::Runtime as Runtime>::sleep(Duration::from_millis(2)).await;
                 sampler.record(elapsed);
             }
             sampler.finish()

@@ -32,8 +32,8 @@ use parallel_glommio::{Glommio, Parallel};
 use std::time::Duration;
 
 use super::futures_adapter::{Calls, Host, HostAdapter};
-use super::stats::Budget;
 use super::raw::RawRuntime;
+use super::stats::Budget;
 
 /// The glommio parent: one `LocalExecutor` on the bench thread.
 pub struct GlommioHost {

@@ -25,8 +25,8 @@ use parallel_smol::{Parallel, Smol};
 use std::time::Duration;
 
 use super::futures_adapter::{Calls, Host, HostAdapter};
-use super::stats::Budget;
 use super::raw::RawRuntime;
+use super::stats::Budget;
 
 /// The smol parent: `smol::block_on` on the bench thread.
 pub struct SmolHost;

@@ -146,11 +146,11 @@ impl Adapter for TokioAdapter {
         })
     }
 
-    fn warm_spawn(&self, budget: Budget) -> Vec<Duration> {
+    fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration> {
         let parallel = self
             .parallel
             .clone()
-            .warm_workers(WarmConfig::new(2, 4))
+            .warm_workers(config)
             .expect("warm workers");
         self.on_runtime(async move {
             let mut sampler = Sampler::new(budget);
@@ -159,8 +159,11 @@ impl Adapter for TokioAdapter {
                 let (value, pid) = parallel.spawn(echo_pid, 7).await.expect("spawn");
                 let elapsed = start.elapsed();
                 assert_eq!(value, 7);
-                // Outside the clock: let the worker exit before the next one.
+                // Outside the clock: let the worker exit, and the refill's
+                // forks finish, before the next one (on two vCPUs the
+                // refill would compete with the spawn it follows).
                 wait_exit(pid as i32, Duration::from_secs(5));
+                tokio::time::sleep(Duration::from_millis(2)).await;
                 sampler.record(elapsed);
             }
             sampler.finish()
@@ -404,7 +407,12 @@ impl Adapter for TokioAdapter {
 }
 
 impl TokioAdapter {
-    fn raw_ping_pong_at(&self, place: Place, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+    fn raw_ping_pong_at(
+        &self,
+        place: Place,
+        raw: &Arc<RawZygote>,
+        budget: Budget,
+    ) -> Vec<Duration> {
         let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
         self.at(place, async move {
             let mut stream = tokio_stream(stream);

@@ -452,11 +452,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         let from_warm = warm.is_some();
         let (stream, pending) = match warm {
             Some(worker) => worker,
-            None => self.zygote.spawn_entry(
-                (self.worker.boot)()?,
-                self.options.clone(),
-                Vec::new(),
-            )?,
+            None => {
+                self.zygote
+                    .spawn_entry((self.worker.boot)()?, self.options.clone(), Vec::new())?
+            }
         };
         tracing::trace!(parent: &span, from_warm, "worker chosen");
         let mut machine = ParentChannel::new(Limits::default());

@@ -52,17 +52,17 @@ pub struct WarmConfig {
 impl WarmConfig {
     /// At least `min` and at most `max` (raised to `min` if lower) idle
     /// pre-forked workers.
-    pub fn new(min: usize, max: usize) -> Self {
+    pub const fn new(min: usize, max: usize) -> Self {
         WarmConfig {
             min,
-            max: max.max(min),
+            max: if max < min { min } else { max },
             refill_delay: Duration::from_millis(100),
         }
     }
 
     /// How long after a spawn took a worker the set is topped up to `max`.
     #[must_use]
-    pub fn refill_delay(mut self, delay: Duration) -> Self {
+    pub const fn refill_delay(mut self, delay: Duration) -> Self {
         self.refill_delay = delay;
         self
     }

@@ -34,7 +34,11 @@ fn children_of(parent: i32) -> HashSet<i32> {
         return children;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -85,10 +89,16 @@ pub async fn warm_spawn_uses_a_preforked_worker_and_the_set_refills<R: Runtime>(
 ) -> Result<(), Failed> {
     let config = WarmConfig::new(1, 3).refill_delay(Duration::from_millis(20));
     let (warm, zygote) = warm_snapshot(&parallel, config)?;
-    check(warm.warm_idle() == 3, format!("{} pre-forked, not 3", warm.warm_idle()))?;
+    check(
+        warm.warm_idle() == 3,
+        format!("{} pre-forked, not 3", warm.warm_idle()),
+    )?;
     check(
         eventually::<R>(|| children_of(zygote).len() == 3).await,
-        format!("the snapshot has {} children, not 3", children_of(zygote).len()),
+        format!(
+            "the snapshot has {} children, not 3",
+            children_of(zygote).len()
+        ),
     )?;
     let preforked = children_of(zygote);
     let (value, pid) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, 41))
@@ -101,7 +111,10 @@ pub async fn warm_spawn_uses_a_preforked_worker_and_the_set_refills<R: Runtime>(
     )?;
     check(
         warm.warm_idle() >= config.min,
-        format!("{} waiting right after a spawn, fewer than the minimum", warm.warm_idle()),
+        format!(
+            "{} waiting right after a spawn, fewer than the minimum",
+            warm.warm_idle()
+        ),
     )?;
     check(
         eventually::<R>(|| warm.warm_idle() == 3).await,
@@ -137,7 +150,10 @@ pub async fn warm_worker_killed_while_idle_is_replaced_not_used<R: Runtime>(
         )?;
     }
     for &pid in &killed {
-        check(wait_gone::<R>(pid, WAIT).await, format!("killed worker {pid} lingers"))?;
+        check(
+            wait_gone::<R>(pid, WAIT).await,
+            format!("killed worker {pid} lingers"),
+        )?;
     }
     for x in 0..3 {
         let (value, pid) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, x))
@@ -172,7 +188,10 @@ pub async fn warm_workers_end_with_the_handle_and_at_shutdown<R: Runtime>(
         eventually::<R>(|| children_of(zygote).is_empty()).await,
         format!("workers {:?} outlived their handle", children_of(zygote)),
     )?;
-    check(zygote_handle.is_alive(), "the snapshot zygote itself went away")?;
+    check(
+        zygote_handle.is_alive(),
+        "the snapshot zygote itself went away",
+    )?;
 
     // Shut down: the pre-forked workers go, spawns are refused.
     let (warm, zygote) = warm_snapshot(&parallel, WarmConfig::new(2, 2))?;
@@ -181,7 +200,10 @@ pub async fn warm_workers_end_with_the_handle_and_at_shutdown<R: Runtime>(
         "the two pre-forked workers did not appear",
     )?;
     warm.shutdown(Duration::from_secs(1)).await;
-    check(warm.warm_idle() == 0, "pre-forked workers listed after shutdown")?;
+    check(
+        warm.warm_idle() == 0,
+        "pre-forked workers listed after shutdown",
+    )?;
     check(
         eventually::<R>(|| children_of(zygote).is_empty()).await,
         format!("workers {:?} outlived the shutdown", children_of(zygote)),
