@@ -67,6 +67,15 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         }
     }
 
+    /// Gives the socket up (dropped here) and returns what the connection
+    /// holds besides: the machine, the descriptors received, and the bytes
+    /// received but not parsed, for [`resume`](Self::resume) on another
+    /// socket of the same channel.
+    pub(crate) fn into_parts(self) -> (M, Inbox, Vec<u8>) {
+        let unparsed = self.read_buffer[self.parsed..self.filled].to_vec();
+        (self.machine, self.inbox, unparsed)
+    }
+
     /// Queues descriptors for the next transmit that declares them.
     pub(crate) fn attach_fds(&mut self, fds: Vec<OwnedFd>) {
         self.send_fds.extend(fds);

@@ -30,6 +30,10 @@ use crate::{SpawnOptions, Zygote};
 struct WorkerChoice {
     /// The boot entry of that runtime's workers.
     boot: fn() -> Result<WireEntry, crate::Error>,
+    /// The boot entry of pre-forked workers that build the runtime with its
+    /// default options before their Start frame arrives: for the adapter's
+    /// own worker runtime with its default options only.
+    warm_boot: Option<fn() -> Result<WireEntry, crate::Error>>,
     /// Its options, encoded.
     options: Arc<[u8]>,
     name: &'static str,
@@ -39,10 +43,20 @@ impl WorkerChoice {
     fn of<W: WorkerRuntime>(runtime: &W) -> Self {
         WorkerChoice {
             boot: worker::boot_entry::<W>,
+            warm_boot: None,
             options: postcard::to_stdvec(runtime)
                 .expect("postcard encodes runtime options")
                 .into(),
             name: W::NAME,
+        }
+    }
+
+    /// The default runtime's default options, whose pre-forked workers
+    /// build their runtime ahead.
+    fn default_of<W: WorkerRuntime + Default>() -> Self {
+        WorkerChoice {
+            warm_boot: Some(worker::warm_boot_entry::<W>),
+            ..WorkerChoice::of(&W::default())
         }
     }
 }
@@ -139,7 +153,7 @@ impl<R: Runtime> Parallel<R, Postcard> {
     pub fn new(zygote: Zygote) -> Self {
         Parallel {
             zygote,
-            worker: WorkerChoice::of(&R::Worker::default()),
+            worker: WorkerChoice::default_of::<R::Worker>(),
             options: SpawnOptions::default(),
             backtraces: true,
             scope: Arc::default(),
@@ -250,8 +264,9 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// Keeps pre-forked workers ready for this handle and its clones, so
     /// that a spawn (`spawn`, `run`, `process`, a pool's workers) costs about
     /// a call's round trip instead of a fork: the worker is forked before its
-    /// task is known, and waits for its Start frame before building its
-    /// runtime. Forks `config.max` workers now; each spawn that takes one
+    /// task is known; on the adapter's own worker runtime with its default
+    /// options it also builds that runtime before its Start frame arrives.
+    /// Forks `config.max` workers now; each spawn that takes one
     /// refills the set to `config.min` at once and to `config.max` after
     /// `config.refill_delay`. A worker that died while it waited is dropped,
     /// never used.
@@ -283,10 +298,16 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         self.warm = if config.max == 0 {
             None
         } else {
+            // With the default options the workers build their runtime
+            // while they wait; with others they wait before building it.
+            let boot = match self.worker.warm_boot {
+                Some(warm_boot) => warm_boot()?,
+                None => (self.worker.boot)()?,
+            };
             Some(WarmSet::new(
                 config,
                 self.zygote.clone(),
-                (self.worker.boot)()?,
+                boot,
                 self.options.clone(),
             ))
         };
@@ -294,9 +315,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     }
 
     /// How many pre-forked workers wait for a spawn now (see
-    /// [`warm_workers`](Self::warm_workers)); 0 when there are none.
+    /// [`warm_workers`](Self::warm_workers)); 0 when there are none. Those
+    /// known to have died while they waited are dropped here, not counted.
     pub fn warm_idle(&self) -> usize {
-        self.warm.as_ref().map_or(0, |warm| warm.len())
+        self.warm.as_ref().map_or(0, |warm| warm.waiting())
     }
 
     /// Whether a worker whose function panics captures a backtrace for the

@@ -2,9 +2,11 @@
 //! sends it its Start frame and skips the fork (as Android's USAP pool does
 //! for app processes).
 //!
-//! A worker's first frame is Start, which names its task; until then it
-//! blocks in its boot function, before any runtime exists. So a worker can
-//! be forked before anyone knows what it will run. [`WarmSet`] keeps a few
+//! A worker's first frame is Start, which names its task (and the options
+//! of its runtime). So a worker can be forked before anyone knows what it
+//! will run: it waits in its boot function, on the runtime built with the
+//! default options (or before any runtime, when the handle asks for others;
+//! see `warm_boot` in worker.rs). [`WarmSet`] keeps a few
 //! such workers per [`Parallel`](super::Parallel) handle (and its clones):
 //! when a spawn takes one, the set is refilled to its minimum at once and to
 //! its maximum after a delay, so that a burst of spawns does not turn into a
@@ -75,10 +77,15 @@ struct Warm {
 }
 
 impl Warm {
-    /// Whether the worker is still there to be started. It writes nothing
-    /// before its Start frame, so its socket is empty while it waits: end
-    /// of stream (it died: killed, OOM) or any byte means it cannot be used.
+    /// Whether the worker is still there to be started: the zygote has not
+    /// reported its exit, and its socket is empty (it writes nothing before
+    /// its Start frame), not at its end. The socket alone is not enough: a
+    /// dead worker's io_uring (glommio) can hold its end open a moment
+    /// after the process is gone.
     fn is_waiting(&self) -> bool {
+        if self.pending.has_ended() {
+            return false;
+        }
         let mut byte = [0u8; 1];
         matches!(
             recv(
@@ -132,8 +139,15 @@ impl WarmSet {
     }
 
     /// How many pre-forked workers wait now.
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.idle().len()
+    }
+
+    /// How many pre-forked workers wait now, dropping those found dead.
+    pub(crate) fn waiting(&self) -> usize {
+        let mut idle = self.idle();
+        idle.retain(Warm::is_waiting);
+        idle.len()
     }
 
     /// A waiting worker, if there is one; workers found dead are dropped

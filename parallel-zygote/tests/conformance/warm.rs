@@ -155,6 +155,15 @@ pub async fn warm_worker_killed_while_idle_is_replaced_not_used<R: Runtime>(
             format!("killed worker {pid} lingers"),
         )?;
     }
+    // Known dead by the handle once the zygote reported the exits: from then
+    // on neither may be used (a spawn racing the kill itself could be).
+    check(
+        eventually::<R>(|| warm.warm_idle() == 0).await,
+        format!(
+            "{} killed workers still listed as waiting",
+            warm.warm_idle()
+        ),
+    )?;
     for x in 0..3 {
         let (value, pid) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, x))
             .await
