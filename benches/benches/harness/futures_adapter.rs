@@ -233,7 +233,7 @@ impl<H: Host> Adapter for HostAdapter<H> {
                 // forks finish, before the next one (on two vCPUs the
                 // refill would compete with the spawn it follows).
                 wait_exit(pid as i32, Duration::from_secs(5));
-                <H::Runtime as Runtime>::sleep(Duration::from_millis(2)).await;
+                <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
                 sampler.record(elapsed);
             }
             sampler.finish()

@@ -163,7 +163,7 @@ impl Adapter for TokioAdapter {
                 // forks finish, before the next one (on two vCPUs the
                 // refill would compete with the spawn it follows).
                 wait_exit(pid as i32, Duration::from_secs(5));
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 sampler.record(elapsed);
             }
             sampler.finish()

@@ -271,6 +271,12 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// `config.refill_delay`. A worker that died while it waited is dropped,
     /// never used.
     ///
+    /// The refill to `min` forks while the spawn that took a worker runs: on
+    /// a machine with few idle cores the two compete (on 2 vCPUs a warm
+    /// spawn was then slower than a cold one); there, `min = 0` with a short
+    /// `refill_delay` keeps the forks off the spawn's path. See
+    /// BENCHMARKS.md for the figures.
+    ///
     /// Off by default: every waiting worker is a live process (its pages
     /// shared copy-on-write with the zygote, plus a socket) that a program
     /// which spawns rarely would hold for nothing. Call it after
