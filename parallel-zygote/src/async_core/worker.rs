@@ -210,6 +210,10 @@ fn start_task<W: WorkerRuntime>(booted: Booted, task: WireEntry, start_args: &[u
     }
 }
 
+/// A pre-forked worker's channel, its Start frame's task and arguments,
+/// handed from the runtime it built ahead to the one Start asks for.
+type Handoff = (Booted, WireEntry, Vec<u8>);
+
 /// The boot function of pre-forked workers whose parent asks for `W`'s
 /// default options ([`Parallel::warm_workers`](super::Parallel::warm_workers)):
 /// builds that runtime *before* Start arrives and waits for Start on it, so
@@ -228,7 +232,7 @@ fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
         exit_worker();
     }
     // What the runtime's task hands back when Start asks for other options.
-    let handoff: Rc<RefCell<Option<(Booted, WireEntry, Vec<u8>)>>> = Rc::default();
+    let handoff: Rc<RefCell<Option<Handoff>>> = Rc::default();
     let handback = Rc::clone(&handoff);
     let spare_for_task = spare.try_clone();
     let result = W::default().block_on(Box::pin(async move {
