@@ -269,6 +269,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         lifecycle::parallel_shutdown_terminates_what_outlives_the_grace,
         lifecycle::pool_recycles_workers_over_the_memory_limit,
         warm::warm_spawn_uses_a_preforked_worker_and_the_set_refills,
+        warm::warm_workers_that_wait_before_building_their_runtime_serve_too,
         warm::warm_worker_killed_while_idle_is_replaced_not_used,
         warm::warm_workers_end_with_the_handle_and_at_shutdown,
     ];

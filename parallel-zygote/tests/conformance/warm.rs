@@ -133,6 +133,34 @@ pub async fn warm_spawn_uses_a_preforked_worker_and_the_set_refills<R: Runtime>(
     Ok(())
 }
 
+pub async fn warm_workers_that_wait_before_building_their_runtime_serve_too<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // Options named explicitly: the workers wait for Start with no runtime
+    // (the path for options other than the adapter's defaults).
+    let snapshot = parallel.scope().snapshot(nothing, Vec::new())?;
+    let zygote = snapshot.zygote().pid();
+    let warm = snapshot
+        .worker_runtime(<R::Worker as Default>::default())
+        .warm_workers(WarmConfig::new(1, 2))?;
+    check(
+        eventually::<R>(|| children_of(zygote).len() == 2).await,
+        "the two pre-forked workers did not appear",
+    )?;
+    let preforked = children_of(zygote);
+    let (value, pid) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, 1))
+        .await
+        .ok_or("a warm spawn did not answer")??;
+    check(value == 2, format!("warm spawn answered {value}"))?;
+    check(
+        preforked.contains(&pid),
+        format!("the spawn ran in {pid}, not one of the pre-forked {preforked:?}"),
+    )?;
+    let run = warm.run(double)?;
+    let doubled = run.call(21).await?;
+    check(doubled == 42, format!("run call answered {doubled}"))
+}
+
 pub async fn warm_worker_killed_while_idle_is_replaced_not_used<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
