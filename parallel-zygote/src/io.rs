@@ -291,3 +291,80 @@ impl Inbox {
         Some(self.fds.drain(..count).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn transmit(head: &[u8], body: &[u8], fds: usize) -> Transmit {
+        Transmit {
+            head: head.to_vec(),
+            body: body.to_vec(),
+            fds,
+        }
+    }
+
+    #[test]
+    fn queued_transmits_arrive_whole_and_in_order() {
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        let mut outbox = Outbox::new();
+        let mut expected = Vec::new();
+        // More than one sendmsg's worth of slices, some with bodies.
+        for i in 0..100u8 {
+            let body = if i % 3 == 0 { vec![i; 100] } else { Vec::new() };
+            let t = transmit(&[i, i, i], &body, 0);
+            expected.extend_from_slice(&t.head);
+            expected.extend_from_slice(&t.body);
+            outbox.push(t, []);
+        }
+        outbox.flush(&sender).unwrap();
+        assert!(outbox.is_empty());
+        drop(sender);
+        let mut received = Vec::new();
+        let mut inbox = Inbox::new();
+        let mut buffer = vec![0u8; 1024];
+        loop {
+            match inbox.read(&receiver, &mut buffer).unwrap() {
+                0 => break,
+                n => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+        assert_eq!(received, expected);
+    }
+
+    #[test]
+    fn a_batched_write_stops_before_a_transmit_with_descriptors() {
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        let (mut pipe_writer, pipe_reader) = {
+            let (reader, writer) = nix::unistd::pipe().unwrap();
+            (std::fs::File::from(writer), reader)
+        };
+        let mut outbox = Outbox::new();
+        outbox.push(transmit(b"first", b"", 0), []);
+        outbox.push(transmit(b"second", b"", 1), [pipe_reader]);
+        outbox.push(transmit(b"third", b"", 0), []);
+        outbox.flush(&sender).unwrap();
+        assert!(outbox.is_empty());
+
+        let mut inbox = Inbox::new();
+        let mut buffer = vec![0u8; 1024];
+        // The first transmit went alone: reading exactly its bytes brings no
+        // descriptor (had it shared a write with the next, the descriptor
+        // would come with its first byte).
+        let n = inbox.read(&receiver, &mut buffer[..5]).unwrap();
+        assert_eq!(&buffer[..n], b"first");
+        assert_eq!(inbox.pending_fds(), 0);
+        // The one with the descriptor, and the one after it, in one write.
+        let n = inbox.read(&receiver, &mut buffer).unwrap();
+        assert_eq!(&buffer[..n], b"secondthird");
+        let fds = inbox.take_fds(1).expect("the descriptor came along");
+        // It is the pipe: what goes in one end comes out of the received one.
+        pipe_writer.write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        let read = nix::unistd::read(fds[0].as_raw_fd(), &mut byte).unwrap();
+        assert_eq!((read, byte), (1, *b"x"));
+    }
+}
