@@ -182,8 +182,8 @@ pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feat
 pub use core::{
     Bytes, Codec, CodecError, Error, Fd, LimitExceeded, MessageSender, MessageStream, Output,
     OutputLine, OutputLines, OutputSink, PanicLocation, PanicReport, PoolConfig, PoolStats,
-    PoolTask, Postcard, Process, ProcessHandle, StdStream, MAX_LINE_LEN, MAX_TRACING_BUFFER,
-    STDERR_TAIL_BYTES, STDERR_TAIL_LINES,
+    PoolTask, Postcard, Process, ProcessHandle, StdStream, WarmConfig, MAX_LINE_LEN,
+    MAX_TRACING_BUFFER, STDERR_TAIL_BYTES, STDERR_TAIL_LINES,
 };
 /// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
 /// the argument tuple (see [`parallel_zygote::spawn!`]).

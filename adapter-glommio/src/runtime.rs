@@ -23,7 +23,9 @@ use glommio::{GlommioError, LocalExecutorBuilder, Placement};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
-use parallel_zygote::async_core::{self as core, AsyncSocket, Driver, LocalTask, ReadOutcome};
+use parallel_zygote::async_core::{
+    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill,
+};
 use serde::{Deserialize, Serialize};
 
 /// The glommio runtime, as the core sees it. You rarely name it: the aliases
@@ -66,6 +68,10 @@ impl core::Runtime for Glommio {
     /// executor running while the worker's handles are in use.
     fn spawn_driver(driver: Driver<Self>) {
         glommio::spawn_local(driver).detach();
+    }
+
+    fn spawn_refill(refill: Refill<Self>) {
+        glommio::spawn_local(refill).detach();
     }
 }
 

@@ -17,7 +17,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
-use parallel_zygote::async_core::{self as core, AsyncSocket, Driver, LocalTask, ReadOutcome};
+use parallel_zygote::async_core::{
+    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill,
+};
 use serde::{Deserialize, Serialize};
 use smol::LocalExecutor;
 
@@ -50,6 +52,10 @@ impl core::Runtime for Smol {
 
     fn spawn_driver(driver: Driver<Self>) {
         smol::spawn(driver).detach();
+    }
+
+    fn spawn_refill(refill: Refill<Self>) {
+        smol::spawn(refill).detach();
     }
 }
 

@@ -7,7 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use parallel_zygote::async_core::{self as core, AsyncSocket, Driver, LocalTask, ReadOutcome};
+use parallel_zygote::async_core::{
+    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -39,6 +41,10 @@ impl core::Runtime for Tokio {
 
     fn spawn_driver(driver: Driver<Self>) {
         tokio::spawn(driver);
+    }
+
+    fn spawn_refill(refill: Refill<Self>) {
+        tokio::spawn(refill);
     }
 }
 

@@ -977,6 +977,20 @@ impl PendingSpawn {
         Some(self.finish(result))
     }
 
+    /// Whether the spawn is known to be over, without waiting: the zygote
+    /// refused it, or reported the worker's exit. `false` while unanswered,
+    /// and after the answer was taken ([`wait`](Self::wait), [`try_wait`](Self::try_wait)).
+    pub fn has_ended(&self) -> bool {
+        if self.resolved {
+            return false;
+        }
+        match self.slot.peek() {
+            Some(Ok(started)) => started.exit.peek().is_some(),
+            Some(Err(_)) => true,
+            None => false,
+        }
+    }
+
     /// Like [`wait`](Self::wait), giving up after `timeout` (the request stays
     /// in flight; `None` gives it back).
     ///

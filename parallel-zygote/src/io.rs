@@ -14,6 +14,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use parallel_proto::Transmit;
 
+/// Slices one `sendmsg` gathers at most (well under the kernel's `UIO_MAXIOV`
+/// of 1024): 32 transmits of a head and a body each.
+const MAX_SLICES_PER_SEND: usize = 64;
+
 /// Descriptors one `recvmsg` can return (the kernel's `SCM_MAX_FD`).
 const MAX_FDS_PER_RECV: usize = 253;
 
@@ -43,6 +47,11 @@ impl Outbox {
         self.transmits.is_empty()
     }
 
+    /// Transmits not wholly written yet.
+    pub fn len(&self) -> usize {
+        self.transmits.len()
+    }
+
     /// Bytes still to write.
     pub fn pending_bytes(&self) -> usize {
         self.transmits.iter().map(Transmit::len).sum::<usize>() - self.written
@@ -61,10 +70,6 @@ impl Outbox {
     /// ...; `EINTR` is retried, and `MSG_NOSIGNAL` means no `SIGPIPE`).
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
         while let Some(front) = self.transmits.front() {
-            let head_rest = front.head.get(self.written..).unwrap_or(&[]);
-            let body_start = self.written.saturating_sub(front.head.len());
-            let body_rest = &front.body[body_start..];
-            let slices = [IoSlice::new(head_rest), IoSlice::new(body_rest)];
             let attach = if self.written == 0 { front.fds } else { 0 };
             let raw: Vec<RawFd> = self
                 .fds
@@ -78,9 +83,26 @@ impl Outbox {
                     "a transmit declares more descriptors than were queued with it",
                 ));
             }
+            // Gather the front transmit's rest and the transmits after it,
+            // up to the next that carries descriptors (they must ride with
+            // that transmit's first byte): pipelined calls and small messages
+            // go out in one system call rather than one each.
+            let mut slices =
+                Vec::with_capacity(self.transmits.len().min(MAX_SLICES_PER_SEND / 2) * 2);
+            let head_rest = front.head.get(self.written..).unwrap_or(&[]);
+            let body_start = self.written.saturating_sub(front.head.len());
+            slices.push(IoSlice::new(head_rest));
+            slices.push(IoSlice::new(&front.body[body_start..]));
+            for next in self.transmits.iter().skip(1) {
+                if next.fds > 0 || slices.len() + 2 > MAX_SLICES_PER_SEND {
+                    break;
+                }
+                slices.push(IoSlice::new(&next.head));
+                slices.push(IoSlice::new(&next.body));
+            }
             let rights = [ControlMessage::ScmRights(&raw)];
             let cmsgs: &[ControlMessage] = if attach > 0 { &rights } else { &[] };
-            let sent = loop {
+            let mut sent = loop {
                 match sendmsg::<()>(
                     socket.as_raw_fd(),
                     &slices,
@@ -97,8 +119,14 @@ impl Outbox {
             if sent > 0 {
                 self.fds.drain(..attach);
             }
-            self.written += sent;
-            if self.written == front.len() {
+            // Retire every transmit the write covered.
+            while let Some(front) = self.transmits.front() {
+                let rest = front.len() - self.written;
+                if sent < rest {
+                    self.written += sent;
+                    break;
+                }
+                sent -= rest;
                 self.transmits.pop_front();
                 self.written = 0;
             }
@@ -261,5 +289,82 @@ impl Inbox {
             return None;
         }
         Some(self.fds.drain(..count).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn transmit(head: &[u8], body: &[u8], fds: usize) -> Transmit {
+        Transmit {
+            head: head.to_vec(),
+            body: body.to_vec(),
+            fds,
+        }
+    }
+
+    #[test]
+    fn queued_transmits_arrive_whole_and_in_order() {
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        let mut outbox = Outbox::new();
+        let mut expected = Vec::new();
+        // More than one sendmsg's worth of slices, some with bodies.
+        for i in 0..100u8 {
+            let body = if i % 3 == 0 { vec![i; 100] } else { Vec::new() };
+            let t = transmit(&[i, i, i], &body, 0);
+            expected.extend_from_slice(&t.head);
+            expected.extend_from_slice(&t.body);
+            outbox.push(t, []);
+        }
+        outbox.flush(&sender).unwrap();
+        assert!(outbox.is_empty());
+        drop(sender);
+        let mut received = Vec::new();
+        let mut inbox = Inbox::new();
+        let mut buffer = vec![0u8; 1024];
+        loop {
+            match inbox.read(&receiver, &mut buffer).unwrap() {
+                0 => break,
+                n => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+        assert_eq!(received, expected);
+    }
+
+    #[test]
+    fn a_batched_write_stops_before_a_transmit_with_descriptors() {
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        let (mut pipe_writer, pipe_reader) = {
+            let (reader, writer) = nix::unistd::pipe().unwrap();
+            (std::fs::File::from(writer), reader)
+        };
+        let mut outbox = Outbox::new();
+        outbox.push(transmit(b"first", b"", 0), []);
+        outbox.push(transmit(b"second", b"", 1), [pipe_reader]);
+        outbox.push(transmit(b"third", b"", 0), []);
+        outbox.flush(&sender).unwrap();
+        assert!(outbox.is_empty());
+
+        let mut inbox = Inbox::new();
+        let mut buffer = vec![0u8; 1024];
+        // The first transmit went alone: reading exactly its bytes brings no
+        // descriptor (had it shared a write with the next, the descriptor
+        // would come with its first byte).
+        let n = inbox.read(&receiver, &mut buffer[..5]).unwrap();
+        assert_eq!(&buffer[..n], b"first");
+        assert_eq!(inbox.pending_fds(), 0);
+        // The one with the descriptor, and the one after it, in one write.
+        let n = inbox.read(&receiver, &mut buffer).unwrap();
+        assert_eq!(&buffer[..n], b"secondthird");
+        let fds = inbox.take_fds(1).expect("the descriptor came along");
+        // It is the pipe: what goes in one end comes out of the received one.
+        pipe_writer.write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        let read = nix::unistd::read(fds[0].as_raw_fd(), &mut byte).unwrap();
+        assert_eq!((read, byte), (1, *b"x"));
     }
 }

@@ -15,7 +15,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parallel_zygote::async_core::{MessageSender, MessageStream};
+use parallel_zygote::async_core::{MessageSender, MessageStream, WarmConfig};
 
 use super::os::{minor_faults, monotonic_ns};
 use super::raw::{RawKind, RawZygote};
@@ -113,6 +113,30 @@ pub struct Phases {
     pub tail: Duration,
 }
 
+/// Where a measurement's future runs on the parent's runtime: the wake-ups
+/// a call's answer costs differ (on tokio's multi-thread runtime the
+/// `block_on` future runs on the caller's thread, outside the workers, so
+/// an answer crosses threads to wake it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A task spawned on the runtime (`tokio::spawn`, `smol::spawn`,
+    /// glommio's `spawn_local`), awaited from `block_on`.
+    Task,
+    /// The future given to `block_on` itself: how `#[tokio::main]`,
+    /// `smol::block_on(async { .. })` and README code run.
+    Main,
+}
+
+impl Place {
+    /// For row keys and labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Place::Task => "task",
+            Place::Main => "main",
+        }
+    }
+}
+
 /// Workers held alive for the scaling and memory figures.
 pub struct IdleWorkers {
     pub pids: Vec<i32>,
@@ -135,20 +159,29 @@ pub trait Adapter {
     fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
     /// Cold spawn: a trivial function in a new worker, to its result.
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration>;
+    /// Warm spawn: a trivial function in a pre-forked worker
+    /// (`Parallel::warm_workers(config)`), to its result.
+    fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration>;
     /// Cold spawn in phases (see [`Phases`]); `ready` is the user's function
     /// running in the worker.
     fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases>;
     /// The raw floor in phases; `ready` is the raw worker's runtime built.
     /// `kind` is one of the `RuntimeClock*` kinds: how the worker ends.
     fn raw_floor_phases(&self, raw: &Arc<RawZygote>, kind: RawKind, budget: Budget) -> Vec<Phases>;
-    /// Warm spawn: one call on a pool of pre-forked workers.
-    fn pool_call(&self, budget: Budget) -> Vec<Duration>;
+    /// Warm spawn: one call on a pool of pre-forked workers, awaited at `place`.
+    fn pool_call(&self, place: Place, budget: Budget) -> Vec<Duration>;
 
     /// Raw socketpair ping-pong (8 bytes) with a raw echo worker running the
     /// same runtime.
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
-    /// One call with tiny arguments (`u64 -> u64`) on a persistent worker.
-    fn run_round_trip(&self, budget: Budget) -> Vec<Duration>;
+    /// The same, from the `block_on` future itself: the floor of a call
+    /// awaited there. (On smol and glommio the other rows run there too.)
+    fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        self.raw_ping_pong(raw, budget)
+    }
+    /// One call with tiny arguments (`u64 -> u64`) on a persistent worker,
+    /// awaited at `place`.
+    fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration>;
     /// Time for `calls` raw 8-byte ping-pongs with `in_flight` outstanding.
     fn raw_pipelined(
         &self,

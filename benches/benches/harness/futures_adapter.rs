@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime};
+use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime, WarmConfig};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, SharedMemory,
+    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, Place, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -41,6 +41,67 @@ pub trait Host: 'static {
 
     /// Hands a socket to the runtime (called inside [`Host::block_on`]).
     fn stream(socket: UnixStream) -> Self::Stream;
+
+    /// Runs `calls` as a task spawned on the parent's runtime, awaited from
+    /// [`Host::block_on`] (the futures are `Send` on some runtimes only,
+    /// hence one method per measurement rather than a generic spawn).
+    fn in_task(
+        &self,
+        parallel: &Parallel<Self::Runtime>,
+        calls: Calls,
+        budget: Budget,
+    ) -> Vec<Duration>;
+}
+
+/// A measurement [`Host::in_task`] runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Calls {
+    RoundTrip,
+    Pool,
+}
+
+impl Calls {
+    /// The measurement, as a future on `parallel`.
+    pub async fn measure<R: Runtime>(self, parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+        match self {
+            Calls::RoundTrip => round_trip(parallel, budget).await,
+            Calls::Pool => pool_call(parallel, budget).await,
+        }
+    }
+}
+
+/// `Run::call` round trips.
+pub async fn round_trip<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+    let run = parallel.run(echo).expect("run");
+    run.call(0).await.expect("first call");
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0;
+    while sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        let value = run.call(x).await.expect("call");
+        sampler.record(start.elapsed());
+        assert_eq!(value, x);
+    }
+    sampler.finish()
+}
+
+/// `Pool::call`s.
+pub async fn pool_call<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+    let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
+    for x in 0..4 {
+        pool.call(x).await.expect("warm-up call");
+    }
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0;
+    while sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        let value = pool.call(x).await.expect("pool call");
+        sampler.record(start.elapsed());
+        assert_eq!(value, x);
+    }
+    sampler.finish()
 }
 
 /// An adapter on the parent runtime `H`.
@@ -157,6 +218,30 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
+    fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration> {
+        let parallel = self
+            .parallel
+            .clone()
+            .warm_workers(config)
+            .expect("warm workers");
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let (value, pid) = parallel.spawn(echo_pid, 7).await.expect("spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                // Outside the clock: let the worker exit, and the refill's
+                // forks finish, before the next one (on two vCPUs the
+                // refill would compete with the spawn it follows).
+                wait_exit(pid as i32, Duration::from_secs(5));
+                <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
+                sampler.record(elapsed);
+            }
+            sampler.finish()
+        })
+    }
+
     fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases> {
         let parallel = self.parallel.clone();
         self.on_runtime(async move {
@@ -212,24 +297,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
-    fn pool_call(&self, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
-            for x in 0..4 {
-                pool.call(x).await.expect("warm-up call");
-            }
-            let mut sampler = Sampler::new(budget);
-            let mut x = 0;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                let value = pool.call(x).await.expect("pool call");
-                sampler.record(start.elapsed());
-                assert_eq!(value, x);
-            }
-            sampler.finish()
-        })
+    fn pool_call(&self, place: Place, budget: Budget) -> Vec<Duration> {
+        match place {
+            Place::Task => self.host.in_task(&self.parallel, Calls::Pool, budget),
+            Place::Main => self.on_runtime(pool_call(self.parallel.clone(), budget)),
+        }
     }
 
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
@@ -250,22 +322,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
-    fn run_round_trip(&self, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let run = parallel.run(echo).expect("run");
-            run.call(0).await.expect("first call");
-            let mut sampler = Sampler::new(budget);
-            let mut x = 0;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                let value = run.call(x).await.expect("call");
-                sampler.record(start.elapsed());
-                assert_eq!(value, x);
-            }
-            sampler.finish()
-        })
+    fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
+        match place {
+            Place::Task => self.host.in_task(&self.parallel, Calls::RoundTrip, budget),
+            Place::Main => self.on_runtime(round_trip(self.parallel.clone(), budget)),
+        }
     }
 
     fn raw_pipelined(

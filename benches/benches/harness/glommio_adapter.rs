@@ -29,8 +29,11 @@ use std::os::unix::net::UnixStream;
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 use parallel_glommio::{Glommio, Parallel};
 
-use super::futures_adapter::{Host, HostAdapter};
+use std::time::Duration;
+
+use super::futures_adapter::{Calls, Host, HostAdapter};
 use super::raw::RawRuntime;
+use super::stats::Budget;
 
 /// The glommio parent: one `LocalExecutor` on the bench thread.
 pub struct GlommioHost {
@@ -50,6 +53,13 @@ impl Host for GlommioHost {
         // SAFETY: `into_raw_fd` gives up ownership of an open descriptor and
         // `from_raw_fd` takes it over; nothing else refers to it.
         unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }
+    }
+
+    /// A `spawn_local` task on the same executor (glommio has no other).
+    fn in_task(&self, parallel: &Parallel, calls: Calls, budget: Budget) -> Vec<Duration> {
+        let parallel = parallel.clone();
+        self.executor
+            .run(async move { glommio::spawn_local(calls.measure(parallel, budget)).await })
     }
 }
 

@@ -22,8 +22,11 @@ use std::os::unix::net::UnixStream;
 use async_io::Async;
 use parallel_smol::{Parallel, Smol};
 
-use super::futures_adapter::{Host, HostAdapter};
+use std::time::Duration;
+
+use super::futures_adapter::{Calls, Host, HostAdapter};
 use super::raw::RawRuntime;
+use super::stats::Budget;
 
 /// The smol parent: `smol::block_on` on the bench thread.
 pub struct SmolHost;
@@ -39,6 +42,11 @@ impl Host for SmolHost {
 
     fn stream(socket: UnixStream) -> Async<UnixStream> {
         Async::new(socket).expect("async-io stream")
+    }
+
+    /// On smol's global executor, where the drivers run too.
+    fn in_task(&self, parallel: &Parallel, calls: Calls, budget: Budget) -> Vec<Duration> {
+        smol::block_on(smol::spawn(calls.measure(parallel.clone(), budget)))
     }
 }
 

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use parallel_tokio::{Parallel, Pool, PoolConfig};
+use parallel_tokio::{Parallel, Pool, PoolConfig, WarmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, SharedMemory,
+    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, Place, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -63,6 +63,23 @@ impl TokioAdapter {
             self.runtime.block_on(task).expect("measurement task")
         } else {
             self.runtime.block_on(future)
+        }
+    }
+
+    /// Runs a measurement at `place`: a spawned task, or the `block_on`
+    /// future itself (on the calling thread, which on the multi-thread
+    /// runtime is none of its workers).
+    fn at<T: Send + 'static>(
+        &self,
+        place: Place,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        match place {
+            Place::Task => {
+                let task = self.runtime.spawn(future);
+                self.runtime.block_on(task).expect("measurement task")
+            }
+            Place::Main => self.runtime.block_on(future),
         }
     }
 }
@@ -129,6 +146,30 @@ impl Adapter for TokioAdapter {
         })
     }
 
+    fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration> {
+        let parallel = self
+            .parallel
+            .clone()
+            .warm_workers(config)
+            .expect("warm workers");
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let (value, pid) = parallel.spawn(echo_pid, 7).await.expect("spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                // Outside the clock: let the worker exit, and the refill's
+                // forks finish, before the next one (on two vCPUs the
+                // refill would compete with the spawn it follows).
+                wait_exit(pid as i32, Duration::from_secs(5));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                sampler.record(elapsed);
+            }
+            sampler.finish()
+        })
+    }
+
     fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases> {
         let parallel = self.parallel.clone();
         self.on_runtime(async move {
@@ -185,9 +226,9 @@ impl Adapter for TokioAdapter {
         })
     }
 
-    fn pool_call(&self, budget: Budget) -> Vec<Duration> {
+    fn pool_call(&self, place: Place, budget: Budget) -> Vec<Duration> {
         let parallel = self.parallel.clone();
-        self.on_runtime(async move {
+        self.at(place, async move {
             let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
             for x in 0..4 {
                 pool.call(x).await.expect("warm-up call");
@@ -206,26 +247,16 @@ impl Adapter for TokioAdapter {
     }
 
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
-        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
-        self.on_runtime(async move {
-            let mut stream = tokio_stream(stream);
-            let mut sampler = Sampler::new(budget);
-            let mut reply = [0u8; 8];
-            let mut x = 0u64;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                stream.write_all(&x.to_le_bytes()).await.expect("write");
-                stream.read_exact(&mut reply).await.expect("read");
-                sampler.record(start.elapsed());
-            }
-            sampler.finish()
-        })
+        self.raw_ping_pong_at(Place::Task, raw, budget)
     }
 
-    fn run_round_trip(&self, budget: Budget) -> Vec<Duration> {
+    fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        self.raw_ping_pong_at(Place::Main, raw, budget)
+    }
+
+    fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
         let parallel = self.parallel.clone();
-        self.on_runtime(async move {
+        self.at(place, async move {
             let run = parallel.run(echo).expect("run");
             run.call(0).await.expect("first call");
             let mut sampler = Sampler::new(budget);
@@ -378,6 +409,29 @@ impl Adapter for TokioAdapter {
 }
 
 impl TokioAdapter {
+    fn raw_ping_pong_at(
+        &self,
+        place: Place,
+        raw: &Arc<RawZygote>,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
+        self.at(place, async move {
+            let mut stream = tokio_stream(stream);
+            let mut sampler = Sampler::new(budget);
+            let mut reply = [0u8; 8];
+            let mut x = 0u64;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                stream.write_all(&x.to_le_bytes()).await.expect("write");
+                stream.read_exact(&mut reply).await.expect("read");
+                sampler.record(start.elapsed());
+            }
+            sampler.finish()
+        })
+    }
+
     fn process_throughput_of<T: Chunk>(
         &self,
         size: usize,

@@ -74,6 +74,15 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         self.socket.passes_descriptors()
     }
 
+    /// Gives the socket up (dropped here) and returns what the connection
+    /// holds besides: the machine, the descriptors received, and the bytes
+    /// received but not parsed, for [`resume`](Self::resume) on another
+    /// socket of the same channel.
+    pub(crate) fn into_parts(self) -> (M, Inbox, Vec<u8>) {
+        let unparsed = self.read_buffer[self.parsed..self.filled].to_vec();
+        (self.machine, self.inbox, unparsed)
+    }
+
     /// The next event with its descriptors, or `None` at end of stream.
     ///
     /// Small frames are cut out of `read_buffer`, many per read; once a
@@ -184,6 +193,12 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
     pub(crate) fn is_flushed(&mut self) -> bool {
         self.collect_transmits();
         self.outbox.is_empty()
+    }
+
+    /// How many frames wait to be written.
+    pub(crate) fn unwritten(&mut self) -> usize {
+        self.collect_transmits();
+        self.outbox.len()
     }
 
     /// Writes everything the state machine has queued.

@@ -103,6 +103,7 @@ mod runtime;
 mod shared;
 mod spawn;
 mod sugar;
+mod warm;
 mod worker;
 
 pub use any_pool::AnyPool;
@@ -125,3 +126,4 @@ pub use process::{Process, ProcessHandle};
 pub use run::Run;
 pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
 pub use spawn::JoinHandle;
+pub use warm::{Refill, WarmConfig};

@@ -220,6 +220,20 @@ pub(crate) struct WorkerIo {
     pub(crate) tracing: Option<(u8, u8)>,
 }
 
+impl WorkerIo {
+    /// Nothing to apply: both streams inherited, no tracing forwarded.
+    pub(crate) fn is_inherit(&self) -> bool {
+        matches!(
+            self,
+            WorkerIo {
+                stdout: Redirect::Inherit,
+                stderr: Redirect::Inherit,
+                tracing: None,
+            }
+        )
+    }
+}
+
 impl Default for WorkerIo {
     fn default() -> Self {
         WorkerIo {

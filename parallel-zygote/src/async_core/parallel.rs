@@ -22,6 +22,7 @@ use super::process::Process;
 use super::run::Run;
 use super::runtime::{Runtime, WorkerRuntime};
 use super::spawn::JoinHandle;
+use super::warm::{WarmConfig, WarmSet};
 use super::worker;
 use super::Error;
 use crate::{SpawnOptions, Zygote};
@@ -31,6 +32,10 @@ use crate::{SpawnOptions, Zygote};
 struct WorkerChoice {
     /// The boot entry of that runtime's workers.
     boot: fn() -> Result<WireEntry, crate::Error>,
+    /// The boot entry of pre-forked workers that build the runtime with its
+    /// default options before their Start frame arrives: for the adapter's
+    /// own worker runtime with its default options only.
+    warm_boot: Option<fn() -> Result<WireEntry, crate::Error>>,
     /// Its options, encoded.
     options: Arc<[u8]>,
     name: &'static str,
@@ -40,10 +45,20 @@ impl WorkerChoice {
     fn of<W: WorkerRuntime>(runtime: &W) -> Self {
         WorkerChoice {
             boot: worker::boot_entry::<W>,
+            warm_boot: None,
             options: postcard::to_stdvec(runtime)
                 .expect("postcard encodes runtime options")
                 .into(),
             name: W::NAME,
+        }
+    }
+
+    /// The default runtime's default options, whose pre-forked workers
+    /// build their runtime ahead.
+    fn default_of<W: WorkerRuntime + Default>() -> Self {
+        WorkerChoice {
+            warm_boot: Some(worker::warm_boot_entry::<W>),
+            ..WorkerChoice::of(&W::default())
         }
     }
 }
@@ -64,6 +79,8 @@ pub struct Parallel<R: Runtime, C: Codec = Postcard> {
     output: OutputConfig,
     /// The shutdown scope this handle and its clones share.
     scope: Arc<Scope>,
+    /// Pre-forked workers, if asked for ([`Parallel::warm_workers`]).
+    warm: Option<Arc<WarmSet>>,
     _types: PhantomData<fn() -> (R, C)>,
 }
 
@@ -140,6 +157,7 @@ impl<R: Runtime, C: Codec> Clone for Parallel<R, C> {
             backtraces: self.backtraces,
             output: self.output.clone(),
             scope: Arc::clone(&self.scope),
+            warm: self.warm.clone(),
             _types: PhantomData,
         }
     }
@@ -162,11 +180,12 @@ impl<R: Runtime> Parallel<R, Postcard> {
     pub fn new(zygote: Zygote) -> Self {
         Parallel {
             zygote,
-            worker: WorkerChoice::of(&R::Worker::default()),
+            worker: WorkerChoice::default_of::<R::Worker>(),
             options: SpawnOptions::default(),
             backtraces: true,
             output: OutputConfig::default(),
             scope: Arc::default(),
+            warm: None,
             _types: PhantomData,
         }
     }
@@ -227,6 +246,9 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         // `Error::ShutDown`, `is_shut_down` says so) and let their idle
         // workers exit at once rather than at the SIGTERM.
         self.scope.close_pools();
+        if let Some(warm) = &self.warm {
+            warm.close();
+        }
         tracing::info!(?grace, "shutting down: draining workers");
         if settle::<R>(&self.scope, grace).await {
             return;
@@ -252,6 +274,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             backtraces: self.backtraces,
             output: self.output.clone(),
             scope: Arc::clone(&self.scope),
+            warm: self.warm.clone(),
             _types: PhantomData,
         }
     }
@@ -262,6 +285,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     #[must_use = "worker_runtime returns a new handle; the old one is unchanged"]
     pub fn worker_runtime<W: WorkerRuntime>(mut self, runtime: W) -> Self {
         self.worker = WorkerChoice::of(&runtime);
+        self.warm = None;
         self
     }
 
@@ -269,7 +293,74 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     #[must_use = "worker_options returns a new handle; the old one is unchanged"]
     pub fn worker_options(mut self, options: SpawnOptions) -> Self {
         self.options = options;
+        self.warm = None;
         self
+    }
+
+    /// Keeps pre-forked workers ready for this handle and its clones, so
+    /// that a spawn (`spawn`, `run`, `process`, a pool's workers) costs about
+    /// a call's round trip instead of a fork: the worker is forked before its
+    /// task is known; on the adapter's own worker runtime with its default
+    /// options it also builds that runtime before its Start frame arrives.
+    /// Forks `config.max` workers now; each spawn that takes one
+    /// refills the set to `config.min` at once and to `config.max` after
+    /// `config.refill_delay`. A worker that died while it waited is dropped,
+    /// never used.
+    ///
+    /// The refill to `min` forks while the spawn that took a worker runs: on
+    /// a machine with few idle cores the two compete (on 2 vCPUs a warm
+    /// spawn was then slower than a cold one); there, `min = 0` with a short
+    /// `refill_delay` keeps the forks off the spawn's path. See
+    /// BENCHMARKS.md for the figures.
+    ///
+    /// Off by default: every waiting worker is a live process (its pages
+    /// shared copy-on-write with the zygote, plus a socket) that a program
+    /// which spawns rarely would hold for nothing. Call it after
+    /// [`worker_runtime`](Self::worker_runtime),
+    /// [`worker_options`](Self::worker_options) and
+    /// [`snapshot`](Self::snapshot), which start from no pre-forked workers
+    /// (the set's workers were forked with the old settings). A `max` of 0
+    /// turns it off. The workers are killed when the last clone of the
+    /// handle is dropped, or at [`shutdown`](Self::shutdown).
+    ///
+    /// ```no_run
+    /// # async fn demo<R: parallel_zygote::async_core::Runtime>(parallel: parallel_zygote::async_core::Parallel<R>) -> Result<(), parallel_zygote::async_core::Error> {
+    /// use parallel_zygote::async_core::WarmConfig;
+    /// let parallel = parallel.warm_workers(WarmConfig::new(2, 4))?;
+    /// // Takes a pre-forked worker: no fork on this path.
+    /// assert_eq!(parallel.spawn(|x: u64| async move { x + 1 }, 41).await?, 42);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Zygote`] when this build cannot name the workers' boot
+    /// function. A zygote that refuses the forks is not an error here: the
+    /// spawns then fork as without this setting, and report why.
+    pub fn warm_workers(mut self, config: WarmConfig) -> Result<Self, Error> {
+        self.warm = if config.max == 0 {
+            None
+        } else {
+            // With the default options the workers build their runtime
+            // while they wait; with others they wait before building it.
+            let boot = match self.worker.warm_boot {
+                Some(warm_boot) => warm_boot()?,
+                None => (self.worker.boot)()?,
+            };
+            Some(WarmSet::new(
+                config,
+                self.zygote.clone(),
+                boot,
+                self.options.clone(),
+            ))
+        };
+        Ok(self)
+    }
+
+    /// How many pre-forked workers wait for a spawn now (see
+    /// [`warm_workers`](Self::warm_workers)); 0 when there are none. Those
+    /// known to have died while they waited are dropped here, not counted.
+    pub fn warm_idle(&self) -> usize {
+        self.warm.as_ref().map_or(0, |warm| warm.waiting())
     }
 
     /// Whether a worker whose function panics captures a backtrace for the
@@ -375,6 +466,8 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             backtraces: self.backtraces,
             output: self.output.clone(),
             scope: Arc::clone(&self.scope),
+            // Forked by another zygote: the snapshot's workers are not these.
+            warm: None,
             _types: PhantomData,
         })
     }
@@ -475,7 +568,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
 
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
-    fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link, Error> {
+    fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link<R>, Error> {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
@@ -491,9 +584,20 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         let mut prepared = self.output.prepare()?;
         let io = prepared.io;
         let fds = std::mem::take(&mut prepared.fds);
-        let (stream, pending) =
-            self.zygote
-                .spawn_entry((self.worker.boot)()?, self.options.clone(), fds)?;
+        // A pre-forked worker came with no descriptors and applies nothing
+        // before its task: it serves spawns whose output is inherited.
+        let warm = match &self.warm {
+            Some(warm) if io.is_inherit() => warm.take(),
+            _ => None,
+        };
+        let from_warm = warm.is_some();
+        let (stream, pending) = match warm {
+            Some(worker) => worker,
+            None => self
+                .zygote
+                .spawn_entry((self.worker.boot)()?, self.options.clone(), fds)?,
+        };
+        tracing::trace!(parent: &span, from_warm, "worker chosen");
         let mut machine = ParentChannel::new(Limits::default());
         machine.start(
             task,
@@ -509,6 +613,11 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         let link = launch::<R>(conn, pending, span, captured);
         link.killer.set_limits(self.options.rlimits.clone());
         self.scope.track(&link.killer);
+        if let Some(warm) = &self.warm {
+            // After the Start frame is queued: this spawn does not wait for
+            // the forks that replace its worker.
+            warm.refill::<R>();
+        }
         Ok(link)
     }
 }

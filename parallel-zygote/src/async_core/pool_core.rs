@@ -15,6 +15,7 @@ use parallel_proto::channel::Outcome;
 use parallel_proto::WireEntry;
 
 use super::codec::Codec;
+use super::driver::Command;
 use super::kill::Killer;
 use super::parallel::Parallel;
 use super::pool::{PoolConfig, PoolStats};
@@ -68,12 +69,71 @@ pub(crate) struct PoolCore<C: Codec, Rt: Runtime> {
     busy: Mutex<HashMap<u64, RawRun<C, Rt>>>,
     permits: Semaphore,
     counters: Counters,
+    /// What a shutdown from elsewhere (the handle's scope) touches.
+    signals: Arc<PoolSignals>,
+}
+
+/// The part of a pool that its scope's shutdown reaches from any thread:
+/// `Send + Sync` whatever the runtime (a worker's handle, holding the
+/// driver's state, is not for glommio).
+pub(crate) struct PoolSignals {
     closed: AtomicBool,
     /// Closed (never sent to) at shutdown: wakes every queued call.
     shutdown: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// The idle workers' call channels, by pool index: closing one ends
+    /// its worker gracefully (the driver then sends End).
+    idle_ends: Mutex<HashMap<usize, async_channel::WeakSender<Command>>>,
+}
+
+impl Default for PoolSignals {
+    fn default() -> Self {
+        PoolSignals {
+            closed: AtomicBool::new(false),
+            shutdown: async_channel::bounded(1),
+            idle_ends: Mutex::default(),
+        }
+    }
+}
+
+impl PoolSignals {
+    /// No new calls, queued ones refused, idle workers ended.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.shutdown.0.close();
+        for (_, end) in lock(&self.idle_ends).drain() {
+            if let Some(commands) = end.upgrade() {
+                commands.close();
+            }
+        }
+    }
+}
+
+impl ScopedPool for PoolSignals {
+    fn close(&self) {
+        PoolSignals::close(self);
+    }
 }
 
 impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
+    /// Puts a worker among the idle ones.
+    fn push_idle(&self, slot: Slot<C, Rt>) {
+        lock(&self.signals.idle_ends).insert(slot.index, slot.run.downgrade_commands());
+        lock(&self.idle).push(slot);
+    }
+
+    /// Takes the next idle worker.
+    fn pop_idle(&self) -> Option<Slot<C, Rt>> {
+        let slot = lock(&self.idle).pop()?;
+        lock(&self.signals.idle_ends).remove(&slot.index);
+        Some(slot)
+    }
+
+    /// Takes every idle worker.
+    fn take_idle(&self) -> Vec<Slot<C, Rt>> {
+        lock(&self.signals.idle_ends).clear();
+        std::mem::take(&mut *lock(&self.idle))
+    }
+
     /// Starts `config.size` workers running `task`.
     pub(crate) fn start(
         parallel: &Parallel<Rt, C>,
@@ -92,17 +152,16 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             busy: Mutex::new(HashMap::new()),
             permits: Semaphore::new(size),
             counters: Counters::default(),
-            closed: AtomicBool::new(false),
-            shutdown: async_channel::bounded(1),
+            signals: Arc::default(),
         };
         // Index 0 is popped first.
         for index in (0..size).rev() {
             let slot = core.fresh_slot(index)?;
-            lock(&core.idle).push(slot);
+            core.push_idle(slot);
         }
         let core = Arc::new(core);
         // `Parallel::shutdown` on the handle's scope shuts this pool down too.
-        let member: Arc<dyn ScopedPool> = core.clone();
+        let member: Arc<dyn ScopedPool> = core.signals.clone();
         parallel.track_pool(Arc::downgrade(&member));
         Ok(core)
     }
@@ -141,7 +200,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {
-        self.closed.load(Ordering::Relaxed) || self.parallel.is_shut_down()
+        self.signals.closed.load(Ordering::Relaxed) || self.parallel.is_shut_down()
     }
 
     /// [`shutdown`](Self::shutdown), then a bounded drain: calls in flight
@@ -177,11 +236,9 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     /// No new calls; queued ones fail with [`Error::ShutDown`], idle
     /// workers exit now, busy ones once their call is answered.
     pub(crate) fn shutdown(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        self.shutdown.0.close();
+        self.signals.close();
         // Dropping an idle worker's last `Run` ends it gracefully.
-        let idle = std::mem::take(&mut *lock(&self.idle));
-        drop(idle);
+        drop(self.take_idle());
     }
 
     /// Whether the worker that just served a call is over the memory limit.
@@ -200,9 +257,8 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
 
     /// Shuts down and kills every worker, idle or busy.
     pub(crate) fn kill(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        self.shutdown.0.close();
-        let idle = std::mem::take(&mut *lock(&self.idle));
+        self.signals.close();
+        let idle = self.take_idle();
         for slot in &idle {
             slot.run.kill();
         }
@@ -231,7 +287,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     /// dead is replaced (same index) before it is given a call.
     fn take_slot(&self) -> Result<Slot<C, Rt>, Error> {
         loop {
-            let popped = lock(&self.idle).pop();
+            let popped = self.pop_idle();
             let Some(slot) = popped else {
                 let index = lock(&self.vacant).pop();
                 let fresh = self.fresh_slot(index.unwrap_or(0));
@@ -257,7 +313,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         }
         let queued = Queued::new(&self.counters.queued);
         let mut permit = pin!(self.permits.acquire());
-        let mut shut = pin!(self.shutdown.1.recv());
+        let mut shut = pin!(self.signals.shutdown.1.recv());
         let mut withdrawn = pin!(control.withdrawn.recv());
         let permit = poll_fn(|cx| {
             if shut.as_mut().poll(cx).is_ready() {
@@ -353,11 +409,11 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                 );
                 // Replace it now, so the next call finds a warm worker.
                 match self.fresh_slot(slot.index) {
-                    Ok(next) => lock(&self.idle).push(next),
+                    Ok(next) => self.push_idle(next),
                     Err(_) => lock(&self.vacant).push(slot.index),
                 }
             } else {
-                lock(&self.idle).push(slot);
+                self.push_idle(slot);
             }
             return result;
         }
@@ -465,12 +521,6 @@ pub(crate) trait ScopedPool: Send + Sync {
     /// [`PoolCore::shutdown`]: no new calls, queued ones refused, idle
     /// workers ended.
     fn close(&self);
-}
-
-impl<C: Codec, Rt: Runtime> ScopedPool for PoolCore<C, Rt> {
-    fn close(&self) {
-        self.shutdown();
-    }
 }
 
 /// What a [`PoolTask`] shares with its call in flight.

@@ -40,7 +40,7 @@ pub struct ProcessHandle {
 }
 
 impl<In: Serialize, Out: DeserializeOwned, C: Codec> Process<In, Out, C> {
-    pub(crate) fn new(link: Link) -> Self {
+    pub(crate) fn new<R: super::runtime::Runtime>(link: Link<R>) -> Self {
         Process {
             sender: MessageSender::new(link.outgoing, link.shared),
             stream: MessageStream::new(link.data),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::codec::Codec;
 use std::any::type_name;
 
-use super::driver::{CallFailed, Command, Link};
+use super::driver::{CallFailed, Command, Link, Submit};
 use super::kill::{KillOnDrop, Killer};
 use super::runtime::{timeout, Runtime};
 use super::worker::WorkerFailure;
@@ -27,6 +27,7 @@ use super::Error;
 /// what each handle's drop does in [Dropping handles](crate::async_core#dropping-handles).
 pub struct Run<A, T, C: Codec, R: Runtime> {
     commands: async_channel::Sender<Command>,
+    submit: Submit<R>,
     killer: Arc<Killer>,
     _types: PhantomData<fn(A) -> T>,
     _codec: PhantomData<fn() -> (C, R)>,
@@ -36,6 +37,7 @@ impl<A, T, C: Codec, R: Runtime> Clone for Run<A, T, C, R> {
     fn clone(&self) -> Self {
         Run {
             commands: self.commands.clone(),
+            submit: self.submit.clone(),
             killer: Arc::clone(&self.killer),
             _types: PhantomData,
             _codec: PhantomData,
@@ -52,12 +54,13 @@ impl<A, T, C: Codec, R: Runtime> std::fmt::Debug for Run<A, T, C, R> {
 }
 
 impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
-    pub(crate) fn new(link: Link) -> Self {
+    pub(crate) fn new(link: Link<R>) -> Self {
         // `run` sends no stream data: close that direction now, so that
         // dropping the last `Run` is what ends the worker's input.
         drop(link.outgoing);
         Run {
             commands: link.commands,
+            submit: link.submit,
             killer: link.killer,
             _types: PhantomData,
             _codec: PhantomData,
@@ -94,14 +97,12 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
         }
         let (reply, answer) = oneshot::channel();
         let mut guard = KillOnDrop::new(Arc::clone(&self.killer));
-        if self
-            .commands
-            .send(Command::Call { args, reply })
-            .await
-            .is_err()
-        {
-            guard.disarm();
-            return Err(CallFailed::undelivered(self.killer.death(None)));
+        // Written at once when the driver is idle; queued for it otherwise.
+        if let Err(command) = self.submit.try_call(Command::Call { args, reply }) {
+            if self.commands.send(command).await.is_err() {
+                guard.disarm();
+                return Err(CallFailed::undelivered(self.killer.death(None)));
+            }
         }
         let outcome = answer.await;
         guard.disarm();
@@ -109,6 +110,13 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
             Ok(result) => result,
             Err(_) => Err(CallFailed::undelivered(self.killer.death(None))),
         }
+    }
+
+    /// A handle on the call channel that does not keep it open: closing
+    /// it through [`async_channel::WeakSender::upgrade`] ends the worker
+    /// gracefully, as dropping every handle does.
+    pub(crate) fn downgrade_commands(&self) -> async_channel::WeakSender<Command> {
+        self.commands.downgrade()
     }
 
     /// The worker's kill and pid bookkeeping.

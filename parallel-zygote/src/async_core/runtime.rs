@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::driver::Driver;
+use super::warm::Refill;
 
 /// A task as a worker runs it: one future, polled on the worker's thread.
 pub type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
@@ -129,6 +130,11 @@ pub trait Runtime: Sized + 'static {
 
     /// Runs a worker channel's driver as a task of its own until it completes.
     fn spawn_driver(driver: Driver<Self>);
+
+    /// Runs the delayed refill of a set of pre-forked workers (see
+    /// [`Parallel::warm_workers`](super::Parallel::warm_workers)) as a task
+    /// of its own until it completes.
+    fn spawn_refill(refill: Refill<Self>);
 }
 
 /// How a worker builds its runtime after the fork, and runs its task there.

@@ -41,7 +41,7 @@ struct Running {
 }
 
 impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
-    pub(crate) fn new(started: Result<Link, Error>, arguments: &'static str) -> Self {
+    pub(crate) fn new(started: Result<Link<R>, Error>, arguments: &'static str) -> Self {
         JoinHandle {
             state: match started {
                 Ok(link) => Ok(Running {

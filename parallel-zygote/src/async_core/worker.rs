@@ -152,20 +152,26 @@ struct Booted {
     stream: UnixStream,
     inbox: Inbox,
     unparsed: Vec<u8>,
+    /// Descriptors that came with the spawn (captured output, tracing).
+    fds: Vec<OwnedFd>,
 }
 
 /// The boot function of every worker on `W`: waits for its Start frame,
 /// builds the runtime it asks for, and runs the task it names.
 fn boot<W: WorkerRuntime>(context: WorkerContext) {
     install_panic_hook();
-    let stream = context.channel;
-    let fds = context.fds;
+    boot_blocking::<W>(context.channel, context.fds);
+    exit_worker();
+}
+
+/// Waits for Start with blocking reads (no runtime yet: a pre-forked worker
+/// of non-default options idles here), then starts the task.
+fn boot_blocking<W: WorkerRuntime>(stream: UnixStream, fds: Vec<OwnedFd>) {
     let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
     let mut inbox = Inbox::new();
     // Small: Hello and Start are a few dozen bytes, and anything read past
     // them moves on to the connection's own buffer.
     let mut buffer = vec![0u8; 4096];
-    // Block (no runtime yet) until Start arrives: a warm worker idles here.
     let (task, start_args, unparsed) = loop {
         let read = match inbox.read(&stream, &mut buffer) {
             // The parent went away before starting us: nothing to do.
@@ -181,7 +187,19 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
             Ok(Some(_)) | Err(_) => return,
         }
     };
-    let decoded = postcard::from_bytes::<StartArgs>(&start_args).and_then(|start| {
+    let booted = Booted {
+        machine,
+        stream,
+        inbox,
+        unparsed,
+        fds,
+    };
+    start_task::<W>(booted, task, &start_args);
+}
+
+/// Builds the runtime Start asks for and runs its task there.
+fn start_task<W: WorkerRuntime>(booted: Booted, task: WireEntry, start_args: &[u8]) {
+    let decoded = postcard::from_bytes::<StartArgs>(start_args).and_then(|start| {
         CAPTURE_BACKTRACES.store(start.backtraces, Ordering::Relaxed);
         postcard::from_bytes::<W>(&start.runtime).map(|runtime| (runtime, start.args, start.io))
     });
@@ -189,14 +207,21 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
         Ok(decoded) => decoded,
         Err(error) => {
             let message = format!("bad start arguments for a {} worker: {error}", W::NAME);
-            return fail_before_runtime(stream, machine, message);
+            return fail_before_runtime(booted.stream, booted.machine, message);
         }
     };
-    if let Err(error) = stream.set_nonblocking(true) {
-        return fail_before_runtime(stream, machine, error.to_string());
+    if let Err(error) = booted.stream.set_nonblocking(true) {
+        return fail_before_runtime(booted.stream, booted.machine, error.to_string());
     }
     // Before anything of the user runs: stdout and stderr where the parent
     // asked, and the tracing forwarder.
+    let Booted {
+        machine,
+        stream,
+        inbox,
+        unparsed,
+        fds,
+    } = booted;
     let forwarder = match apply_io(io, fds) {
         Ok(forwarder) => forwarder,
         Err(message) => return fail_before_runtime(stream, machine, message),
@@ -206,6 +231,7 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
         stream,
         inbox,
         unparsed,
+        fds: Vec::new(),
     })));
     let handed = Rc::clone(&booted);
     let task: LocalTask = Box::pin(async move {
@@ -238,8 +264,87 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
             fail_before_runtime(booted.stream, booted.machine, message);
         }
     }
-    // The outcome is flushed: the process is done. Exiting here skips tearing
-    // the runtime down, which the parent would otherwise wait through.
+}
+
+/// A pre-forked worker's channel, its Start frame's task and arguments,
+/// handed from the runtime it built ahead to the one Start asks for.
+type Handoff = (Booted, WireEntry, Vec<u8>);
+
+/// The boot function of pre-forked workers whose parent asks for `W`'s
+/// default options ([`Parallel::warm_workers`](super::Parallel::warm_workers)):
+/// builds that runtime *before* Start arrives and waits for Start on it, so
+/// that a spawn taking this worker does not wait for a runtime to be built
+/// (about 50 µs for tokio's current-thread runtime). Start asking for other
+/// options hands over to the usual path, on a duplicate of the channel.
+fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
+    install_panic_hook();
+    let stream = context.channel;
+    let (Ok(spare), Ok(default)) = (stream.try_clone(), postcard::to_stdvec(&W::default())) else {
+        boot_blocking::<W>(stream, Vec::new());
+        exit_worker();
+    };
+    if stream.set_nonblocking(true).is_err() {
+        boot_blocking::<W>(stream, Vec::new());
+        exit_worker();
+    }
+    // What the runtime's task hands back when Start asks for other options.
+    let handoff: Rc<RefCell<Option<Handoff>>> = Rc::default();
+    let handback = Rc::clone(&handoff);
+    let spare_for_task = spare.try_clone();
+    let result = W::default().block_on(Box::pin(async move {
+        let Ok(spare) = spare_for_task else {
+            return;
+        };
+        let Ok(socket) = W::register(stream) else {
+            return;
+        };
+        let machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
+        let mut conn = Conn::new(machine, socket);
+        let (task, start_args) = match std::future::poll_fn(|cx| conn.poll_event(cx)).await {
+            Ok(Some((WorkerEvent::Start { task, args }, _))) => (task, args),
+            // The parent went away, or broke the protocol.
+            _ => return,
+        };
+        let start = postcard::from_bytes::<StartArgs>(&start_args)
+            .ok()
+            .filter(|start| start.runtime == default && start.io.is_inherit());
+        match start {
+            Some(start) => {
+                CAPTURE_BACKTRACES.store(start.backtraces, Ordering::Relaxed);
+                run_task(task, conn, start.args).await;
+            }
+            None => {
+                let (machine, inbox, unparsed) = conn.into_parts();
+                let booted = Booted {
+                    machine,
+                    stream: spare,
+                    inbox,
+                    unparsed,
+                    fds: Vec::new(),
+                };
+                *handback.borrow_mut() = Some((booted, task, start_args));
+            }
+        }
+    }));
+    match result {
+        Ok(()) => {
+            if let Some((booted, task, start_args)) = handoff.borrow_mut().take() {
+                start_task::<W>(booted, task, &start_args);
+            }
+        }
+        // The default runtime cannot be built here: wait for Start as any
+        // worker does (its options may build).
+        Err(_) => {
+            let _ = spare.set_nonblocking(false);
+            boot_blocking::<W>(spare, Vec::new());
+        }
+    }
+    exit_worker();
+}
+
+/// The outcome is flushed: the process is done. Exiting here skips tearing
+/// the runtime down, which the parent would otherwise wait through.
+fn exit_worker() -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(0);
@@ -424,6 +529,9 @@ pub(crate) fn any_task_loop(context: TaskContext) -> LocalTask {
     Box::pin(serve_calls(context, any_call))
 }
 
+/// Calls a worker reads per pass, at most, before it writes the answers.
+const CALL_BATCH: usize = 64;
+
 /// Answers calls with `handler`, concurrently, until the parent ends.
 async fn serve_calls<H, Fut>(context: TaskContext, handler: H)
 where
@@ -435,16 +543,12 @@ where
     let mut input_open = true;
     let finished = std::future::poll_fn(|cx| loop {
         let mut progress = false;
-        while let Poll::Ready(Some((call, outcome))) = Pin::new(&mut running).poll_next(cx) {
-            if conn.machine.reply(call, outcome).is_err() {
-                return Poll::Ready(false);
+        // Every call already read (up to a batch) first, then the answers
+        // of all that are ready, then one write for all of them.
+        for _ in 0..CALL_BATCH {
+            if !input_open {
+                break;
             }
-            progress = true;
-        }
-        if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
-            return Poll::Ready(false);
-        }
-        if input_open {
             match conn.poll_event(cx) {
                 Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
                     let answer = handler(args);
@@ -458,8 +562,17 @@ where
                 Poll::Ready(Ok(Some(_))) => progress = true,
                 // The parent is gone: nobody to answer.
                 Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
-                Poll::Pending => {}
+                Poll::Pending => break,
             }
+        }
+        while let Poll::Ready(Some((call, outcome))) = Pin::new(&mut running).poll_next(cx) {
+            if conn.machine.reply(call, outcome).is_err() {
+                return Poll::Ready(false);
+            }
+            progress = true;
+        }
+        if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+            return Poll::Ready(false);
         }
         if !input_open && running.is_empty() {
             return Poll::Ready(true);
@@ -592,6 +705,12 @@ fn send(
 /// The sealed boot entry of workers on `W`.
 pub(crate) fn boot_entry<W: WorkerRuntime>() -> Result<WireEntry, crate::Error> {
     Ok(Entry::<WorkerContext>::new(boot::<W>)?.wire())
+}
+
+/// The sealed boot entry of pre-forked workers on `W` with its default
+/// options (see `warm_boot`).
+pub(crate) fn warm_boot_entry<W: WorkerRuntime + Default>() -> Result<WireEntry, crate::Error> {
+    Ok(Entry::<WorkerContext>::new(warm_boot::<W>)?.wire())
 }
 
 /// Seals a task entry from a zero-sized driver closure.

@@ -121,6 +121,7 @@ mod pool;
 mod pools;
 mod process;
 mod sugar;
+mod warm;
 
 /// A scenario's future, as [`Harness::block_on`] runs it.
 pub type TestFuture = Pin<Box<dyn Future<Output = Result<(), Failed>>>>;
@@ -285,6 +286,10 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         output::death_error_carries_the_stderr_tail,
         output::over_long_lines_are_cut_and_marked,
         output::pool_workers_output_is_attributed_to_each_worker,
+        warm::warm_spawn_uses_a_preforked_worker_and_the_set_refills,
+        warm::warm_workers_that_wait_before_building_their_runtime_serve_too,
+        warm::warm_worker_killed_while_idle_is_replaced_not_used,
+        warm::warm_workers_end_with_the_handle_and_at_shutdown,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,
