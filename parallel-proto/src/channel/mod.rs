@@ -25,7 +25,7 @@ pub use messages::*;
 pub use parent::{ParentChannel, ParentEvent};
 pub use worker::{WorkerChannel, WorkerEvent};
 
-use crate::{Limits, LocalError};
+use crate::{Limits, LocalError, RemoteError};
 
 /// What either side checks before it sends a `SharedData` frame: the
 /// receiver maps no more than a frame may hold, and the memfd must come
@@ -43,6 +43,39 @@ fn check_shared_data(limits: &Limits, len: u64, fds: usize) -> Result<(), LocalE
             operation: "send shared data",
             reason: "no descriptors: the memfd must come along (fds >= 1)",
         });
+    }
+    Ok(())
+}
+
+/// What either side checks of a received frame's descriptors: only `Data`
+/// and `SharedData` carry any, `SharedData` at least its memfd, and a
+/// `SharedData` (`shared_len`) holds no more than a frame may.
+fn check_received_fds(
+    limits: &Limits,
+    message: &'static str,
+    fds: u8,
+    carries_fds: bool,
+    shared_len: Option<u64>,
+) -> Result<(), RemoteError> {
+    if fds != 0 && !carries_fds {
+        return Err(RemoteError::WrongFdCount {
+            message,
+            got: fds,
+            expected: "none (only Data and SharedData carry descriptors)",
+        });
+    }
+    if let Some(len) = shared_len {
+        if fds == 0 {
+            return Err(RemoteError::WrongFdCount {
+                message,
+                got: 0,
+                expected: "at least 1 (the shared memory)",
+            });
+        }
+        let max = limits.max_frame_len();
+        if len > u64::from(max) {
+            return Err(RemoteError::SharedTooLong { len, max });
+        }
     }
     Ok(())
 }

@@ -261,26 +261,11 @@ impl ParentChannel {
     fn apply(&mut self, message: FromWorker, fds: u8) -> Result<ParentEvent, RemoteError> {
         let name = message.name();
         let carries_fds = matches!(message, FromWorker::Data(_) | FromWorker::SharedData { .. });
-        if fds != 0 && !carries_fds {
-            return Err(RemoteError::WrongFdCount {
-                message: name,
-                got: fds,
-                expected: "none (only Data and SharedData carry descriptors)",
-            });
-        }
-        if let FromWorker::SharedData { len } = message {
-            if fds == 0 {
-                return Err(RemoteError::WrongFdCount {
-                    message: name,
-                    got: 0,
-                    expected: "at least 1 (the shared memory)",
-                });
-            }
-            let max = self.wire.limits.max_frame_len();
-            if len > u64::from(max) {
-                return Err(RemoteError::SharedTooLong { len, max });
-            }
-        }
+        let shared_len = match message {
+            FromWorker::SharedData { len } => Some(len),
+            _ => None,
+        };
+        super::check_received_fds(&self.wire.limits, name, fds, carries_fds, shared_len)?;
         let refuse = |reason| {
             Err(RemoteError::Unexpected {
                 message: name,
