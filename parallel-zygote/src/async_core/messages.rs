@@ -142,19 +142,29 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
         self.sender.send(raw).await.map_err(|_| Error::Closed)
     }
 
-    /// The message's bytes (in a sealed memfd when large) and descriptors.
+    /// The message's bytes (in a sealed memfd when large) and descriptors
+    /// (its `Fd`s, and the memfds of shared `Bytes` when the channel passes
+    /// descriptors).
     fn encode(&self, message: &T) -> Result<RawMessage, Error> {
+        let attach = self.passes_descriptors;
         if let Some(min) = self.shared_min {
-            // A message the codec can size, without descriptors inside (an
-            // `Fd` refuses to be serialized outside `encode_with_fds`), goes
-            // straight into shared memory.
-            if let Some(len) = C::encoded_len(message).filter(|&len| len >= min) {
-                if let Some(payload) = Payload::encode_sealed::<C, T>(message, len) {
-                    return Ok((payload, Vec::new()));
+            // A message the codec can size goes straight into shared
+            // memory. Sized as it will be encoded (a shared `Bytes` as its
+            // memfd's reference); the descriptors of that pass are dropped.
+            let sized = encode_with_fds(attach, || Ok::<_, Error>(C::encoded_len(message)));
+            if let Ok((Some(len), _)) = sized {
+                if len >= min {
+                    let (payload, fds) = encode_with_fds(attach, || {
+                        Ok::<_, Error>(Payload::encode_sealed::<C, T>(message, len))
+                    })?;
+                    if let Some(payload) = payload {
+                        return Ok((payload, fds));
+                    }
                 }
             }
         }
-        let (bytes, fds) = encode_with_fds(|| C::encode(message)).map_err(Error::encode::<T>)?;
+        let (bytes, fds) =
+            encode_with_fds(attach, || C::encode(message)).map_err(Error::encode::<T>)?;
         let shared = self.shared_min.is_some_and(|min| bytes.len() >= min);
         Ok((Payload::outgoing(bytes, shared), fds))
     }
