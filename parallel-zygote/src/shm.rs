@@ -329,8 +329,8 @@ impl SharedBytes {
         if start == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let start =
-            NonNull::new(start.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let start = NonNull::new(start.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(SharedBytes {
             start,
             len,

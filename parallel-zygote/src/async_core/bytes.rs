@@ -531,10 +531,17 @@ mod memfd_tests {
         let message = (5u8, bytes.clone());
         let (encoded, fds) = encode_with_fds(true, || Postcard::encode(&message)).unwrap();
         assert_eq!(fds.len(), 1, "the memfd rides along");
-        assert!(encoded.len() < 40, "only a reference: {} bytes", encoded.len());
+        assert!(
+            encoded.len() < 40,
+            "only a reference: {} bytes",
+            encoded.len()
+        );
         let back: (u8, Bytes) = decode_with_fds(fds, || Postcard::decode(&encoded)).unwrap();
         assert_eq!(back, message);
-        assert!(back.1.is_shared() && back.1.memfd().is_some(), "mapped, can go on");
+        assert!(
+            back.1.is_shared() && back.1.memfd().is_some(),
+            "mapped, can go on"
+        );
         // Sent on from the receiver: again only the reference.
         let (again, fds) = encode_with_fds(true, || Postcard::encode(&back.1)).unwrap();
         assert_eq!((again.len() < 40, fds.len()), (true, 1));
@@ -547,7 +554,11 @@ mod memfd_tests {
         let (encoded, fds) = encode_with_fds(false, || Postcard::encode(&bytes)).unwrap();
         assert!(fds.is_empty());
         assert_eq!(encoded, plain, "a Vec<u8>'s encoding");
-        assert_eq!(Postcard::encode(&bytes).unwrap(), plain, "outside a message too");
+        assert_eq!(
+            Postcard::encode(&bytes).unwrap(),
+            plain,
+            "outside a message too"
+        );
         let back: Bytes = Postcard::decode(&encoded).unwrap();
         assert_eq!(back, bytes);
         assert!(!back.is_shared());
@@ -579,11 +590,9 @@ mod memfd_tests {
         let reference = Postcard::encode(&wire::attached(0, 8)).unwrap();
         let error = Postcard::decode::<Bytes>(&reference).unwrap_err();
         assert!(!error.to_string().is_empty());
-        let unsealed = nix::sys::memfd::memfd_create(
-            c"test",
-            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-        )
-        .unwrap();
+        let unsealed =
+            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+                .unwrap();
         let error = decode_with_fds(vec![unsealed], || {
             postcard::from_bytes::<Bytes>(&reference).map_err(|e| e.to_string())
         })

@@ -77,13 +77,11 @@ impl Serialize for Fd {
 impl<'de> Deserialize<'de> for Fd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Fd, D::Error> {
         let index = u32::deserialize(deserializer)?;
-        take_incoming(index)
-            .map(Fd)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "descriptor #{index} did not arrive with the message (or was used twice)"
-                ))
-            })
+        take_incoming(index).map(Fd).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "descriptor #{index} did not arrive with the message (or was used twice)"
+            ))
+        })
     }
 }
 

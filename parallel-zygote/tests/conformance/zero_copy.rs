@@ -1,0 +1,179 @@
+//! `SharedBytesMut`: buffers filled in shared memory, whose sealed memfd
+//! travels beside a `process` message instead of their bytes, both ways,
+//! sent on from the receiver, and released by both processes.
+
+use futures_util::StreamExt;
+use libtest_mimic::Failed;
+use parallel_zygote::async_core::{
+    Bytes, Error, MessageSender, MessageStream, Parallel, Runtime, SharedBytesMut,
+};
+
+use super::check;
+
+/// Sizes from empty to past the message threshold (off in this scenario).
+const SIZES: [usize; 5] = [0, 1, 4096, 100_003, (3 << 20) + 5];
+const ROUNDS: usize = 4;
+
+/// To the worker: a buffer and its checksum, or a request for one of
+/// the worker's own, or the end with the worker's counts.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum ToWorker {
+    /// Echo this buffer back (sent on without a copy).
+    Echo(Bytes, u64),
+    /// Fill a buffer of this size with this seed and send it.
+    Make(usize, usize),
+}
+
+/// From the worker.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum FromWorker {
+    /// A buffer, the checksum the worker computed, and whether it had
+    /// arrived as a memfd there (echoes only).
+    Data(Bytes, u64, bool),
+    /// The input ended: the worker's open descriptors after the first
+    /// round and at the end, and the buffer mappings it still holds.
+    Done {
+        fds_after_first_round: usize,
+        fds_at_end: usize,
+        mappings: usize,
+    },
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn filled(size: usize, seed: usize) -> Result<Bytes, Error> {
+    let mut buffer = SharedBytesMut::zeroed(size)?;
+    for (i, byte) in buffer.iter_mut().enumerate() {
+        *byte = (i.wrapping_mul(29) ^ seed) as u8;
+    }
+    buffer.freeze()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Mappings of `SharedBytesMut` memfds (named `parallel-bytes`) this process holds.
+fn buffer_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("parallel-bytes"))
+        .count()
+}
+
+async fn shared_echo(mut input: MessageStream<ToWorker>, output: MessageSender<FromWorker>) {
+    // Off: a `Bytes` that arrives shared came as its own memfd.
+    let output = output.with_shared_memory_min(None);
+    let (mut seen, mut fds_after_first_round) = (0, 0);
+    while let Some(Ok(request)) = input.recv().await {
+        let reply = match request {
+            ToWorker::Echo(data, _) => {
+                let (sum, shared) = (checksum(&data), data.is_shared());
+                FromWorker::Data(data, sum, shared)
+            }
+            ToWorker::Make(size, seed) => {
+                let data = filled(size, seed).unwrap();
+                let sum = checksum(&data);
+                FromWorker::Data(data, sum, false)
+            }
+        };
+        output.send(reply).await.unwrap();
+        seen += 1;
+        if seen == 2 * SIZES.len() {
+            fds_after_first_round = open_fds();
+        }
+    }
+    let done = FromWorker::Done {
+        fds_after_first_round,
+        fds_at_end: open_fds(),
+        mappings: buffer_mappings(),
+    };
+    output.send(done).await.unwrap();
+}
+
+pub async fn shared_buffers_travel_as_memfds_both_ways_are_sent_on_and_leak_nothing<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(shared_echo)?;
+    process.sender = process.sender.with_shared_memory_min(None);
+    let fds_before = open_fds();
+    for round in 0..ROUNDS {
+        for (index, &size) in SIZES.iter().enumerate() {
+            let seed = round * 10 + index;
+            // Parent → worker → parent: the worker sends on what it got.
+            let data = filled(size, seed)?;
+            let sum = checksum(&data);
+            process.sender.send(ToWorker::Echo(data, sum)).await?;
+            let Some(echo) = process.stream.next().await else {
+                return Err("the stream ended early".into());
+            };
+            let FromWorker::Data(back, back_sum, shared_there) = echo? else {
+                return Err("expected an echo".into());
+            };
+            check(
+                shared_there && back.is_shared(),
+                format!(
+                    "buffer {seed} of {size} bytes was copied (shared in the worker: \
+                     {shared_there}, back here: {})",
+                    back.is_shared()
+                ),
+            )?;
+            check(
+                back_sum == sum && back.len() == size && checksum(&back) == sum,
+                format!("buffer {seed} of {size} bytes changed on the way"),
+            )?;
+            // Worker → parent: a buffer the worker filled.
+            process.sender.send(ToWorker::Make(size, seed)).await?;
+            let Some(made) = process.stream.next().await else {
+                return Err("the stream ended early".into());
+            };
+            let FromWorker::Data(made, made_sum, _) = made? else {
+                return Err("expected a buffer".into());
+            };
+            let expected = filled(size, seed)?;
+            check(
+                made.is_shared() && made == expected && checksum(&made) == made_sum,
+                format!("the worker's buffer {seed} of {size} bytes arrived changed or copied"),
+            )?;
+        }
+    }
+    drop(process.sender);
+    match process.stream.next().await {
+        Some(Ok(FromWorker::Done {
+            fds_after_first_round,
+            fds_at_end,
+            mappings,
+        })) => {
+            check(
+                fds_at_end <= fds_after_first_round,
+                format!(
+                    "the worker's descriptors grew from {fds_after_first_round} to \
+                     {fds_at_end} over {ROUNDS} rounds of shared buffers"
+                ),
+            )?;
+            check(
+                mappings == 0,
+                format!("the worker still maps {mappings} shared buffers"),
+            )?;
+        }
+        _ => return Err("expected the worker's final counts".into()),
+    }
+    process.handle.wait().await?;
+    check(
+        buffer_mappings() == 0,
+        format!("the parent still maps {} shared buffers", buffer_mappings()),
+    )?;
+    check(
+        open_fds() <= fds_before,
+        format!(
+            "the parent's descriptors grew from {fds_before} to {}",
+            open_fds()
+        ),
+    )?;
+    Ok(())
+}
