@@ -762,10 +762,26 @@ fn throughput_section(
                 ("bytes-other", other_name, Encoding::Bytes, other),
                 ("ours", "Bytes", Encoding::Ours, SharedMemory::Default),
                 ("seq", "plain Vec<u8>", Encoding::Seq, SharedMemory::Default),
+                (
+                    "zc-ready",
+                    "SharedBytesMut filled before the clock",
+                    Encoding::SharedReady,
+                    SharedMemory::Default,
+                ),
+                (
+                    "zc-filled",
+                    "SharedBytesMut filled in the clock",
+                    Encoding::SharedFilled,
+                    SharedMemory::Default,
+                ),
             ];
             for (key, what, encoding, shared) in rows {
                 if size == 256 * KIB && encoding != Encoding::Bytes {
                     continue; // Only the crossover at this size.
+                }
+                let zero_copy = matches!(encoding, Encoding::SharedReady | Encoding::SharedFilled);
+                if zero_copy && size < MIB {
+                    continue; // Made for large payloads.
                 }
                 let what = if key == "bytes-other" {
                     format!("serde_bytes, {what}")

@@ -43,6 +43,17 @@ pub enum OurChunk {
     Flush,
 }
 
+impl OurChunk {
+    /// A message whose bytes are a copy of `template` in a new shared
+    /// buffer, frozen: what travels is its memfd.
+    pub fn shared(template: &[u8]) -> OurChunk {
+        let mut buffer =
+            parallel_tokio::SharedBytesMut::zeroed(template.len()).expect("shared buffer");
+        buffer.copy_from_slice(template);
+        OurChunk::Data(buffer.freeze().expect("freeze"))
+    }
+}
+
 impl Chunk for OurChunk {
     fn data(bytes: Vec<u8>) -> Self {
         OurChunk::Data(bytes.into())

@@ -23,8 +23,8 @@ use crate::shm::WritableMemfd;
 /// Worth it from about 1 MiB (below, the memfd's own costs — create, map,
 /// seal — outweigh a copy); each shared `Bytes` alive holds a descriptor
 /// and a mapping, each message carries at most 15 of them (with its `Fd`s).
-/// Pages are allocated as they are first written: fill it once, from the
-/// start (the zeroed pages cost their allocation either way).
+/// Its pages are allocated (zeroed) when it is created, all at once: a
+/// buffer of the size you will fill, not much larger.
 ///
 /// ```
 /// use parallel_zygote::async_core::{Bytes, SharedBytesMut};
@@ -51,8 +51,9 @@ impl SharedBytesMut {
     /// A buffer of `len` zero bytes in a new memfd.
     ///
     /// # Errors
-    /// [`Error::SharedMemory`] when the kernel refuses the memfd, its size
-    /// or its mapping (out of descriptors or memory, an address-space limit).
+    /// [`Error::SharedMemory`] when the kernel refuses the memfd, its size,
+    /// its mapping or its pages (out of descriptors or memory, an
+    /// address-space or memory-cgroup limit).
     pub fn zeroed(len: usize) -> Result<SharedBytesMut, Error> {
         let memfd = WritableMemfd::new(len).map_err(|source| Error::SharedMemory {
             action: "create",
