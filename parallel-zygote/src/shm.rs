@@ -260,7 +260,7 @@ fn check_sealed(fd: BorrowedFd<'_>, len: u64) -> Result<usize, String> {
         .st_size;
     if u64::try_from(size).ok() != Some(len) {
         return Err(format!(
-            "the memfd holds {size} bytes, the frame announced {len}"
+            "the memfd holds {size} bytes, {len} were announced"
         ));
     }
     usize::try_from(len).map_err(|_| format!("{len} bytes do not fit in this address space"))
@@ -437,10 +437,7 @@ mod tests {
     fn a_wrong_size_or_missing_seal_is_refused() {
         let fd = sealed_memfd(&[1; 4096]).unwrap();
         let error = SharedBytes::map(fd.as_fd(), 8192).unwrap_err();
-        assert_eq!(
-            error,
-            "the memfd holds 4096 bytes, the frame announced 8192"
-        );
+        assert_eq!(error, "the memfd holds 4096 bytes, 8192 were announced");
 
         let unsealed = memfd_create(c"test", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
         let error = SharedBytes::map(unsealed.as_fd(), 0).unwrap_err();

@@ -12,6 +12,7 @@ use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fd::{attach_memfd, take_incoming};
+use super::shared::{self, Charge};
 use crate::shm::SharedBytes;
 
 /// A byte buffer that serializes as one block of bytes: use it for bulk
@@ -78,6 +79,8 @@ enum Repr {
         mapping: Arc<SharedBytes>,
         start: usize,
         len: usize,
+        /// The receiving stream's budget, charged while the mapping lives.
+        _charge: Option<Arc<Charge>>,
     },
 }
 
@@ -127,6 +130,7 @@ impl Bytes {
                 mapping,
                 start,
                 len,
+                ..
             } => &mapping.as_slice()[*start..*start + *len],
         }
     }
@@ -150,13 +154,14 @@ impl Bytes {
     }
 
     /// A `Bytes` of the whole of `mapping` (a sealed memfd kept open).
-    pub(crate) fn from_sealed(mapping: SharedBytes) -> Bytes {
+    pub(crate) fn from_sealed(mapping: SharedBytes, charge: Option<Charge>) -> Bytes {
         let len = mapping.len();
         Bytes {
             repr: Repr::Shared {
                 mapping: Arc::new(mapping),
                 start: 0,
                 len,
+                _charge: charge.map(Arc::new),
             },
         }
     }
@@ -170,6 +175,7 @@ impl Bytes {
                 mapping,
                 start: 0,
                 len,
+                ..
             } if *len == mapping.len() => mapping.memfd(),
             _ => None,
         }
@@ -188,6 +194,7 @@ impl Bytes {
                 mapping: Arc::clone(mapping),
                 start: part.start as usize - whole.start as usize,
                 len: bytes.len(),
+                _charge: None,
             })
         });
         Bytes {
@@ -393,9 +400,12 @@ impl Bytes {
                          with the message (or was used twice)"
                     )
                 })?;
+                // Counted before it is mapped: a peer's memfd may be sparse,
+                // its pages allocated here as they are mapped.
+                let charge = shared::charge(len)?;
                 let mapping = SharedBytes::map_keeping(memfd, len)
                     .map_err(|reason| format!("a shared Bytes' memory was refused: {reason}"))?;
-                Ok(Bytes::from_sealed(mapping))
+                Ok(Bytes::from_sealed(mapping, charge))
             }
         }
     }
@@ -408,10 +418,12 @@ impl Bytes {
     }
 }
 
-/// A marked block's refusal as a codec error; traced too, since some codecs
+/// A marked block's refusal as a codec error; noted for the stream (which
+/// reports these words as the error's cause) and traced, since some codecs
 /// (postcard) keep only the kind of a custom error, not its words.
 fn refused<E: serde::de::Error>(reason: String) -> E {
     tracing::warn!(%reason, "a received Bytes was refused");
+    shared::note_refusal(&reason);
     E::custom(reason)
 }
 

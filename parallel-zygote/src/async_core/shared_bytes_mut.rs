@@ -22,7 +22,9 @@ use crate::shm::WritableMemfd;
 ///
 /// Worth it from about 1 MiB (below, the memfd's own costs — create, map,
 /// seal — outweigh a copy); each shared `Bytes` alive holds a descriptor
-/// and a mapping, each message carries at most 15 of them (with its `Fd`s).
+/// and a mapping; a message carries at most 15 of them with its `Fd`s (by
+/// default); and the receiving stream bounds how many bytes of them it
+/// keeps mapped ([`MessageStream::with_shared_memory_limit`](super::MessageStream::with_shared_memory_limit)).
 /// Its pages are allocated (zeroed) when it is created, all at once: a
 /// buffer of the size you will fill, not much larger.
 ///
@@ -82,7 +84,7 @@ impl SharedBytesMut {
             len,
             source,
         })?;
-        Ok(Bytes::from_sealed(mapping))
+        Ok(Bytes::from_sealed(mapping, None))
     }
 }
 

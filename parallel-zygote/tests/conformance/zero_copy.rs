@@ -177,3 +177,101 @@ pub async fn shared_buffers_travel_as_memfds_both_ways_are_sent_on_and_leak_noth
     )?;
     Ok(())
 }
+
+/// To the limited worker: a buffer to keep, or release all kept.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Keep {
+    Buffer(Bytes),
+    ReleaseAll,
+}
+
+/// What the limited worker saw: the message decoded or the error's chain,
+/// and the shared bytes its stream has mapped afterwards.
+type KeepReport = (Result<(), String>, u64);
+
+const KEPT: usize = 2 << 20;
+const LIMIT: u64 = 5 << 20;
+
+async fn keeper(input: MessageStream<Keep>, output: MessageSender<KeepReport>) {
+    let mut input = input.with_shared_memory_limit(LIMIT);
+    let mut kept = Vec::new();
+    while let Some(item) = input.recv().await {
+        let outcome = match item {
+            Ok(Keep::Buffer(data)) => {
+                kept.push(data);
+                Ok(())
+            }
+            Ok(Keep::ReleaseAll) => {
+                kept.clear();
+                Ok(())
+            }
+            Err(error) => {
+                let mut chain = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    chain += &format!(": {cause}");
+                    source = cause.source();
+                }
+                Err(chain)
+            }
+        };
+        let report = (outcome, input.shared_memory_mapped());
+        output.send(report).await.unwrap();
+    }
+}
+
+async fn exchange(
+    sender: &MessageSender<Keep>,
+    stream: &mut MessageStream<KeepReport>,
+    message: Keep,
+) -> Result<KeepReport, Failed> {
+    sender.send(message).await?;
+    match stream.next().await {
+        Some(report) => Ok(report?),
+        None => Err("the stream ended early".into()),
+    }
+}
+
+pub async fn shared_buffers_past_a_streams_limit_are_refused_until_released<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(keeper)?;
+    let (sender, stream) = (&process.sender, &mut process.stream);
+    let kept = KEPT as u64;
+    // Two buffers fit under the limit (5 MiB); the third does not.
+    for expected_mapped in [kept, 2 * kept] {
+        let (outcome, mapped) = exchange(sender, stream, Keep::Buffer(filled(KEPT, 1)?)).await?;
+        check(
+            outcome.is_ok() && mapped == expected_mapped,
+            format!("kept buffer: {outcome:?}, {mapped} bytes mapped (expected {expected_mapped})"),
+        )?;
+    }
+    let (outcome, mapped) = exchange(sender, stream, Keep::Buffer(filled(KEPT, 2)?)).await?;
+    let text = outcome.err().unwrap_or_default();
+    check(
+        text.contains("could not decode") && text.contains("past its limit of 5242880 bytes"),
+        format!("the third buffer: {text:?}"),
+    )?;
+    check(
+        mapped == 2 * kept,
+        format!("the refused buffer left {mapped} bytes mapped"),
+    )?;
+    // Released, the same buffer goes in again.
+    let (outcome, mapped) = exchange(sender, stream, Keep::ReleaseAll).await?;
+    check(
+        outcome.is_ok() && mapped == 0,
+        format!("released: {mapped} bytes still counted"),
+    )?;
+    let (outcome, mapped) = exchange(sender, stream, Keep::Buffer(filled(KEPT, 3)?)).await?;
+    check(
+        outcome.is_ok() && mapped == kept,
+        format!("after the release: {outcome:?}, {mapped} bytes mapped"),
+    )?;
+    drop(process.sender);
+    check(
+        process.stream.next().await.is_none(),
+        "the worker sent more reports than messages",
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
