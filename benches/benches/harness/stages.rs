@@ -193,6 +193,42 @@ pub fn stages(size: usize, budget: Budget) -> Vec<Stage> {
             },
         ),
         (
+            "shared-create",
+            "`SharedBytesMut::zeroed` (pages allocated), then dropped",
+            timed(budget, || {
+                let start = Instant::now();
+                let buffer = parallel_tokio::SharedBytesMut::zeroed(size).expect("buffer");
+                drop(std::hint::black_box(buffer));
+                start.elapsed()
+            }),
+        ),
+        (
+            "shared-fill",
+            "`SharedBytesMut`: create, copy in, freeze, drop (a sender filling in the clock)",
+            timed(budget, || {
+                let start = Instant::now();
+                drop(std::hint::black_box(OurChunk::shared(&source)));
+                start.elapsed()
+            }),
+        ),
+        (
+            "shared-map",
+            "shared `Bytes` received: dup its memfd, check, map (populated), unmap, close",
+            {
+                // A sealed memfd of the same size: the receiver's work is
+                // the same (check seals and size, map, unmap, close).
+                let memfd = parallel_zygote::shm::sealed_memfd(&source).expect("memfd");
+                timed(budget, || {
+                    let start = Instant::now();
+                    let copy = memfd.try_clone().expect("dup");
+                    let mapped = parallel_zygote::shm::SharedBytes::map_keeping(copy, size as u64)
+                        .expect("map");
+                    drop(std::hint::black_box(mapped));
+                    start.elapsed()
+                })
+            },
+        ),
+        (
             "decode-bytes",
             "postcard decode, serde_bytes (into a new `Vec`)",
             timed(budget, || {
