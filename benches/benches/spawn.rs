@@ -717,7 +717,10 @@ fn throughput_section(
              worker reading 256 KiB at a time. `process`: `MessageSender::send` of an \
              enum whose data variant is a `Vec<u8>`, either `#[serde(with = \
              \"serde_bytes\")]` or plain (serde's sequence of u8); messages are built \
-             before the clock starts.",
+             before the clock starts. `SharedBytesMut` rows (1 MiB and up): a shared \
+             buffer whose memfd travels instead of its bytes, filled before the clock \
+             and sent again per message, or created, filled and frozen per message \
+             inside the clock.",
             config.throughput_bytes / MIB
         ),
     );

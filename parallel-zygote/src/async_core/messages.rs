@@ -63,7 +63,6 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
     /// clone is dropped. It bounds what the other side can make this
     /// process map through the channel (a memfd's pages are allocated as
     /// they are mapped, whoever made it).
-    #[must_use]
     pub fn with_shared_memory_limit(self, bytes: u64) -> Self {
         self.budget.set_limit(bytes);
         self
