@@ -94,8 +94,9 @@ fn seal(fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// Name of the memfds behind [`WritableMemfd`]s (seen in `/proc/*/maps`).
-pub const BUFFER_NAME: &str = "parallel-bytes";
+/// Name of the memfds behind [`WritableMemfd`]s (seen in `/proc/*/maps`
+/// and `/proc/*/fd` as `memfd:parallel-bytes`).
+pub const BUFFER_NAME: &CStr = c"parallel-bytes";
 
 /// A new memfd, writable and mapped read-write, for a caller to fill in
 /// place; [`seal`](Self::seal) turns it into a sealed, read-only
@@ -129,7 +130,7 @@ impl WritableMemfd {
     /// mapping (`ENOMEM`, an address-space limit).
     pub fn new(len: usize) -> io::Result<WritableMemfd> {
         let memfd = memfd_create(
-            c"parallel-bytes",
+            BUFFER_NAME,
             MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
         )?;
         let file = File::from(memfd);
