@@ -271,7 +271,7 @@ fn check_sealed(fd: BorrowedFd<'_>, len: u64) -> Result<usize, String> {
 /// one shared buffer.
 ///
 /// Unmapped when dropped. The memfd itself may be closed once mapped (the
-/// mapping keeps its memory alive), or kept ([`map_owned`](Self::map_owned))
+/// mapping keeps its memory alive), or kept ([`map_keeping`](Self::map_keeping))
 /// to pass it on to another process.
 #[derive(Debug)]
 pub struct SharedBytes {
