@@ -23,6 +23,10 @@ use super::Error;
 /// A message's bytes and the descriptors that ride with it.
 pub(crate) type RawMessage = (Payload, Vec<OwnedFd>);
 
+/// The most descriptors one message may carry: a frame's limit, less the
+/// one a large message's memfd takes.
+const MAX_MESSAGE_FDS: usize = parallel_proto::Limits::DEFAULT.max_fds_per_frame() as usize - 1;
+
 /// How many messages may wait in each direction before the sender waits:
 /// the bound that keeps a slow consumer from growing memory.
 pub(crate) const QUEUE_DEPTH: usize = 16;
@@ -171,7 +175,8 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     /// Any [`Fd`](super::Fd) inside travels as a real descriptor.
     ///
     /// # Errors
-    /// [`Error::Codec`] when the message cannot be encoded, and
+    /// [`Error::Codec`] when the message cannot be encoded (or carries more
+    /// than 15 descriptors: `Fd`s and shared `Bytes`), and
     /// [`Error::Closed`] when the other side is gone.
     pub async fn send(&self, message: T) -> Result<(), Error> {
         let raw = self.encode(&message)?;
@@ -182,6 +187,21 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     /// (its `Fd`s, and the memfds of shared `Bytes` when the channel passes
     /// descriptors).
     fn encode(&self, message: &T) -> Result<RawMessage, Error> {
+        let (payload, fds) = self.encode_payload(message)?;
+        if fds.len() > MAX_MESSAGE_FDS {
+            // Refused here, with words: the channel would otherwise refuse
+            // the frame and end.
+            let refusal = format!(
+                "the message carries {} descriptors (its Fds and shared Bytes' memfds); \
+                 at most {MAX_MESSAGE_FDS} fit in one message",
+                fds.len()
+            );
+            return Err(Error::encode::<T>(refusal.into()));
+        }
+        Ok((payload, fds))
+    }
+
+    fn encode_payload(&self, message: &T) -> Result<RawMessage, Error> {
         let attach = self.passes_descriptors;
         if let Some(min) = self.shared_min {
             // A message the codec can size goes straight into shared

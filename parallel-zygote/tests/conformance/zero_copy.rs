@@ -275,3 +275,45 @@ pub async fn shared_buffers_past_a_streams_limit_are_refused_until_released<R: R
     process.handle.wait().await?;
     Ok(())
 }
+
+pub async fn a_message_with_too_many_shared_buffers_is_refused_and_the_channel_goes_on<
+    R: Runtime,
+>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(
+        |mut input: MessageStream<Vec<Bytes>>, output: MessageSender<usize>| async move {
+            while let Some(Ok(buffers)) = input.recv().await {
+                let shared = buffers.iter().filter(|b| b.is_shared()).count();
+                output.send(shared).await.unwrap();
+            }
+        },
+    )?;
+    let buffer = filled(4096, 7)?;
+    let fds_before = open_fds();
+    let refused = process.sender.send(vec![buffer.clone(); 16]).await;
+    let text = match refused {
+        Err(error @ Error::Codec { .. }) => {
+            let cause = std::error::Error::source(&error).map(ToString::to_string);
+            format!("{error}: {}", cause.unwrap_or_default())
+        }
+        other => return Err(format!("16 shared buffers in one message: {other:?}").into()),
+    };
+    check(
+        text.contains("carries 16 descriptors") && text.contains("at most 15"),
+        format!("the refusal says {text:?}"),
+    )?;
+    check(
+        open_fds() <= fds_before,
+        "the refused message's descriptor copies were kept",
+    )?;
+    process.sender.send(vec![buffer; 15]).await?;
+    let shared = process.stream.next().await.ok_or("the stream ended")??;
+    check(
+        shared == 15,
+        format!("15 buffers went, {shared} arrived shared"),
+    )?;
+    drop(process.sender);
+    process.handle.wait().await?;
+    Ok(())
+}
