@@ -168,7 +168,9 @@
 //! slower. A `process` message whose encoding reaches 1 MiB travels through
 //! shared memory (a sealed memfd that the other side maps) instead of the
 //! socket; [`MessageSender::with_shared_memory_min`] moves or removes that
-//! threshold.
+//! threshold. For the largest payloads, fill a [`SharedBytesMut`] (a buffer
+//! in shared memory) and freeze it into a `Bytes`: only its sealed memfd
+//! travels with the message, and no byte is copied on either side.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(clippy::missing_errors_doc)]
@@ -182,8 +184,8 @@ pub use core::codecs::*; // Json, MessagePack, Cbor, Bincode: each with its feat
 pub use core::{
     Bytes, Codec, CodecError, Error, Fd, LimitExceeded, MessageSender, MessageStream, Output,
     OutputLine, OutputLines, OutputSink, PanicLocation, PanicReport, PoolConfig, PoolStats,
-    PoolTask, Postcard, Process, ProcessHandle, StdStream, WarmConfig, MAX_LINE_LEN,
-    MAX_TRACING_BUFFER, STDERR_TAIL_BYTES, STDERR_TAIL_LINES,
+    PoolTask, Postcard, Process, ProcessHandle, SharedBytesMut, StdStream, WarmConfig,
+    MAX_LINE_LEN, MAX_TRACING_BUFFER, STDERR_TAIL_BYTES, STDERR_TAIL_LINES,
 };
 /// `spawn!(parallel, (a, b, c) || async move { .. })`: the listed values as
 /// the argument tuple (see [`parallel_zygote::spawn!`]).

@@ -717,7 +717,10 @@ fn throughput_section(
              worker reading 256 KiB at a time. `process`: `MessageSender::send` of an \
              enum whose data variant is a `Vec<u8>`, either `#[serde(with = \
              \"serde_bytes\")]` or plain (serde's sequence of u8); messages are built \
-             before the clock starts.",
+             before the clock starts. `SharedBytesMut` rows (1 MiB and up): a shared \
+             buffer whose memfd travels instead of its bytes, filled before the clock \
+             and sent again per message, or created, filled and frozen per message \
+             inside the clock.",
             config.throughput_bytes / MIB
         ),
     );
@@ -762,10 +765,26 @@ fn throughput_section(
                 ("bytes-other", other_name, Encoding::Bytes, other),
                 ("ours", "Bytes", Encoding::Ours, SharedMemory::Default),
                 ("seq", "plain Vec<u8>", Encoding::Seq, SharedMemory::Default),
+                (
+                    "zc-ready",
+                    "SharedBytesMut filled before the clock",
+                    Encoding::SharedReady,
+                    SharedMemory::Default,
+                ),
+                (
+                    "zc-filled",
+                    "SharedBytesMut filled in the clock",
+                    Encoding::SharedFilled,
+                    SharedMemory::Default,
+                ),
             ];
             for (key, what, encoding, shared) in rows {
                 if size == 256 * KIB && encoding != Encoding::Bytes {
                     continue; // Only the crossover at this size.
+                }
+                let zero_copy = matches!(encoding, Encoding::SharedReady | Encoding::SharedFilled);
+                if zero_copy && size < MIB {
+                    continue; // Made for large payloads.
                 }
                 let what = if key == "bytes-other" {
                     format!("serde_bytes, {what}")

@@ -71,6 +71,13 @@ pub enum Encoding {
     Seq,
     /// The library's `Bytes`: one length, then the bytes, no attribute.
     Ours,
+    /// A `Bytes` frozen from a `SharedBytesMut` filled before the clock
+    /// (as raw writes' buffer is), sent again and again: its memfd travels,
+    /// no byte is copied.
+    SharedReady,
+    /// The same, each message's `SharedBytesMut` created and filled (a copy
+    /// from a buffer into its fresh pages) and frozen inside the clock.
+    SharedFilled,
 }
 
 /// Which path a `process` message takes (the sender's

@@ -43,6 +43,17 @@ pub enum OurChunk {
     Flush,
 }
 
+impl OurChunk {
+    /// A message whose bytes are a copy of `template` in a new shared
+    /// buffer, frozen: what travels is its memfd.
+    pub fn shared(template: &[u8]) -> OurChunk {
+        let mut buffer =
+            parallel_tokio::SharedBytesMut::zeroed(template.len()).expect("shared buffer");
+        buffer.copy_from_slice(template);
+        OurChunk::Data(buffer.freeze().expect("freeze"))
+    }
+}
+
 impl Chunk for OurChunk {
     fn data(bytes: Vec<u8>) -> Self {
         OurChunk::Data(bytes.into())
@@ -177,6 +188,42 @@ pub fn stages(size: usize, budget: Budget) -> Vec<Stage> {
                     let touched: u64 = bytes.iter().step_by(4096).map(|&b| u64::from(b)).sum();
                     std::hint::black_box(touched);
                     drop(mapped);
+                    start.elapsed()
+                })
+            },
+        ),
+        (
+            "shared-create",
+            "`SharedBytesMut::zeroed` (pages allocated), then dropped",
+            timed(budget, || {
+                let start = Instant::now();
+                let buffer = parallel_tokio::SharedBytesMut::zeroed(size).expect("buffer");
+                drop(std::hint::black_box(buffer));
+                start.elapsed()
+            }),
+        ),
+        (
+            "shared-fill",
+            "`SharedBytesMut`: create, copy in, freeze, drop (a sender filling in the clock)",
+            timed(budget, || {
+                let start = Instant::now();
+                drop(std::hint::black_box(OurChunk::shared(&source)));
+                start.elapsed()
+            }),
+        ),
+        (
+            "shared-map",
+            "shared `Bytes` received: dup its memfd, check, map (populated), unmap, close",
+            {
+                // A sealed memfd of the same size: the receiver's work is
+                // the same (check seals and size, map, unmap, close).
+                let memfd = parallel_zygote::shm::sealed_memfd(&source).expect("memfd");
+                timed(budget, || {
+                    let start = Instant::now();
+                    let copy = memfd.try_clone().expect("dup");
+                    let mapped = parallel_zygote::shm::SharedBytes::map_keeping(copy, size as u64)
+                        .expect("map");
+                    drop(std::hint::black_box(mapped));
                     start.elapsed()
                 })
             },

@@ -371,6 +371,12 @@ impl Adapter for TokioAdapter {
             Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, shared, budget),
             Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, shared, budget),
             Encoding::Ours => self.process_throughput_of::<OurChunk>(size, count, shared, budget),
+            Encoding::SharedReady | Encoding::SharedFilled => self.process_throughput_shared(
+                size,
+                count,
+                encoding == Encoding::SharedFilled,
+                budget,
+            ),
         }
     }
 
@@ -455,6 +461,45 @@ impl TokioAdapter {
                 }
                 process.sender.send(T::flush()).await.expect("send");
                 let received = process.stream.recv().await.expect("count").expect("count");
+                sampler.record(start.elapsed());
+                assert_eq!(received, total);
+            }
+            sampler.finish()
+        })
+    }
+
+    /// `process` throughput of `SharedBytesMut` buffers: one filled before
+    /// the clock and sent `count` times, or (`fill_in_clock`) a new one per
+    /// message, created, filled and frozen inside the clock.
+    fn process_throughput_shared(
+        &self,
+        size: usize,
+        count: usize,
+        fill_in_clock: bool,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let process = parallel.process(sink::<OurChunk>).expect("process");
+            let (sender, mut stream) = (process.sender, process.stream);
+            let template = vec![1u8; size];
+            let total = (size * count) as u64;
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let ready = (!fill_in_clock).then(|| match OurChunk::shared(&template) {
+                    OurChunk::Data(bytes) => bytes,
+                    OurChunk::Flush => unreachable!(),
+                });
+                let start = Instant::now();
+                for _ in 0..count {
+                    let message = match &ready {
+                        Some(bytes) => OurChunk::Data(bytes.clone()),
+                        None => OurChunk::shared(&template),
+                    };
+                    sender.send(message).await.expect("send");
+                }
+                sender.send(OurChunk::Flush).await.expect("send");
+                let received = stream.recv().await.expect("count").expect("count");
                 sampler.record(start.elapsed());
                 assert_eq!(received, total);
             }

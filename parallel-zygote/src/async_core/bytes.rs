@@ -5,11 +5,14 @@ use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::{Deref, DerefMut};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::fd::{attach_memfd, take_incoming};
+use super::shared::{self, Charge};
 use crate::shm::SharedBytes;
 
 /// A byte buffer that serializes as one block of bytes: use it for bulk
@@ -32,6 +35,17 @@ use crate::shm::SharedBytes;
 /// copies it into a `Vec` of its own. Cloning such a `Bytes` is cheap.
 ///
 /// It derefs to `[u8]`, and converts from a `Vec<u8>` without copying.
+///
+/// # Without any copy: `SharedBytesMut`
+///
+/// For the largest payloads, fill a [`SharedBytesMut`](super::SharedBytesMut)
+/// (a buffer in shared memory) and [`freeze`](super::SharedBytesMut::freeze)
+/// it into a `Bytes`: sent in a `process` message on a local channel, only
+/// its sealed memfd travels (as an [`Fd`](super::Fd) would), and the
+/// receiver maps it; no byte is copied on either side. A `Bytes` received
+/// that way is sent on the same way. Where descriptors cannot go (a codec
+/// used outside a message, call arguments, a transport without descriptor
+/// passing), its bytes are encoded as any `Bytes`'.
 ///
 /// ```
 /// use parallel_zygote::async_core::{Bytes, Codec, Postcard};
@@ -59,11 +73,14 @@ pub struct Bytes {
 #[derive(Clone)]
 enum Repr {
     Owned(Vec<u8>),
-    /// `len` bytes at `start` of a received message's mapping.
+    /// `len` bytes at `start` of a mapping: a received message's, or the
+    /// whole of a shared buffer's (which keeps its memfd, to send it on).
     Shared {
         mapping: Arc<SharedBytes>,
         start: usize,
         len: usize,
+        /// The receiving stream's budget, charged while the mapping lives.
+        _charge: Option<Arc<Charge>>,
     },
 }
 
@@ -113,6 +130,7 @@ impl Bytes {
                 mapping,
                 start,
                 len,
+                ..
             } => &mapping.as_slice()[*start..*start + *len],
         }
     }
@@ -128,10 +146,39 @@ impl Bytes {
         }
     }
 
-    /// Whether the bytes point into a received message's shared memory
-    /// rather than a buffer of their own.
+    /// Whether the bytes are in shared memory (a received message's, or a
+    /// [`SharedBytesMut`](super::SharedBytesMut)'s) rather than a buffer of
+    /// their own.
     pub fn is_shared(&self) -> bool {
         matches!(self.repr, Repr::Shared { .. })
+    }
+
+    /// A `Bytes` of the whole of `mapping` (a sealed memfd kept open).
+    pub(crate) fn from_sealed(mapping: SharedBytes, charge: Option<Charge>) -> Bytes {
+        let len = mapping.len();
+        Bytes {
+            repr: Repr::Shared {
+                mapping: Arc::new(mapping),
+                start: 0,
+                len,
+                _charge: charge.map(Arc::new),
+            },
+        }
+    }
+
+    /// The sealed memfd holding exactly these bytes, if there is one (a
+    /// frozen [`SharedBytesMut`](super::SharedBytesMut), or such a `Bytes`
+    /// received): what travels instead of the bytes.
+    fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.repr {
+            Repr::Shared {
+                mapping,
+                start: 0,
+                len,
+                ..
+            } if *len == mapping.len() => mapping.memfd(),
+            _ => None,
+        }
     }
 
     /// A `Bytes` for `bytes` that shares the mapping being decoded if they
@@ -147,6 +194,7 @@ impl Bytes {
                 mapping: Arc::clone(mapping),
                 start: part.start as usize - whole.start as usize,
                 len: bytes.len(),
+                _charge: None,
             })
         });
         Bytes {
@@ -247,7 +295,24 @@ impl FromIterator<u8> for Bytes {
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.as_slice())
+        if let Some(memfd) = self.memfd() {
+            match attach_memfd(memfd) {
+                Some(Ok(index)) => {
+                    return serializer.serialize_bytes(&wire::attached(index, self.len() as u64))
+                }
+                Some(Err(error)) => {
+                    return Err(serde::ser::Error::custom(format!(
+                        "duplicating the memfd of a shared Bytes failed: {error}"
+                    )))
+                }
+                None => {} // No descriptors here: the bytes themselves.
+            }
+        }
+        let bytes = self.as_slice();
+        if wire::is_marked(bytes) {
+            return serializer.serialize_bytes(&wire::escaped(bytes));
+        }
+        serializer.serialize_bytes(bytes)
     }
 }
 
@@ -255,6 +320,111 @@ impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
         deserializer.deserialize_byte_buf(BytesVisitor)
     }
+}
+
+/// How a `Bytes` whose memfd travels beside the message is told apart from
+/// bytes: a block that starts with [`MARK`](wire::MARK) is not data, and
+/// data that starts with it is escaped. Anything else (all but data
+/// beginning with those 8 bytes) is the block a `Vec<u8>` with
+/// `serde_bytes` would make, so both forms decode with any codec.
+///
+/// - attached: `MARK`, `1`, the descriptor's index in the message (u32 LE),
+///   the length (u64 LE);
+/// - escaped: `MARK`, `0`, the data.
+mod wire {
+    pub(super) const MARK: [u8; 8] = *b"\xffPARbuf\x00";
+    const ESCAPED: u8 = 0;
+    const ATTACHED: u8 = 1;
+    const ATTACHED_LEN: usize = MARK.len() + 1 + 4 + 8;
+
+    pub(super) fn is_marked(bytes: &[u8]) -> bool {
+        bytes.starts_with(&MARK)
+    }
+
+    pub(super) fn attached(index: u32, len: u64) -> Vec<u8> {
+        let mut block = Vec::with_capacity(ATTACHED_LEN);
+        block.extend_from_slice(&MARK);
+        block.push(ATTACHED);
+        block.extend_from_slice(&index.to_le_bytes());
+        block.extend_from_slice(&len.to_le_bytes());
+        block
+    }
+
+    pub(super) fn escaped(bytes: &[u8]) -> Vec<u8> {
+        let mut block = Vec::with_capacity(MARK.len() + 1 + bytes.len());
+        block.extend_from_slice(&MARK);
+        block.push(ESCAPED);
+        block.extend_from_slice(bytes);
+        block
+    }
+
+    /// What a marked block holds.
+    pub(super) enum Marked<'a> {
+        /// Data that began with the mark.
+        Escaped(&'a [u8]),
+        /// A memfd among the message's descriptors, and its length.
+        Attached { index: u32, len: u64 },
+    }
+
+    /// Reads a block that [`is_marked`].
+    pub(super) fn parse(block: &[u8]) -> Result<Marked<'_>, String> {
+        let rest = &block[MARK.len()..];
+        match rest.split_first() {
+            Some((&ESCAPED, data)) => Ok(Marked::Escaped(data)),
+            Some((&ATTACHED, fields)) if block.len() == ATTACHED_LEN => {
+                let (index, len) = fields.split_at(4);
+                Ok(Marked::Attached {
+                    index: u32::from_le_bytes(index.try_into().expect("4 bytes")),
+                    len: u64::from_le_bytes(len.try_into().expect("8 bytes")),
+                })
+            }
+            _ => Err(format!(
+                "a Bytes block of {} bytes starts with the shared-memory mark but is \
+                 neither escaped data nor a memfd reference",
+                block.len()
+            )),
+        }
+    }
+}
+
+impl Bytes {
+    /// The `Bytes` a marked block stands for: escaped data, or a shared
+    /// buffer whose memfd came with the message (checked and mapped here).
+    fn from_marked(block: &[u8]) -> Result<Bytes, String> {
+        match wire::parse(block)? {
+            wire::Marked::Escaped(data) => Ok(Bytes::from(data)),
+            wire::Marked::Attached { index, len } => {
+                let memfd = take_incoming(index).ok_or_else(|| {
+                    format!(
+                        "the memfd of a shared Bytes (descriptor #{index}) did not arrive \
+                         with the message (or was used twice)"
+                    )
+                })?;
+                // Counted before it is mapped: a peer's memfd may be sparse,
+                // its pages allocated here as they are mapped.
+                let charge = shared::charge(len)?;
+                let mapping = SharedBytes::map_keeping(memfd, len)
+                    .map_err(|reason| format!("a shared Bytes' memory was refused: {reason}"))?;
+                Ok(Bytes::from_sealed(mapping, charge))
+            }
+        }
+    }
+
+    fn from_block<E: serde::de::Error>(block: Vec<u8>) -> Result<Bytes, E> {
+        if wire::is_marked(&block) {
+            return Bytes::from_marked(&block).map_err(refused);
+        }
+        Ok(Bytes::from(block))
+    }
+}
+
+/// A marked block's refusal as a codec error; noted for the stream (which
+/// reports these words as the error's cause) and traced, since some codecs
+/// (postcard) keep only the kind of a custom error, not its words.
+fn refused<E: serde::de::Error>(reason: String) -> E {
+    tracing::warn!(%reason, "a received Bytes was refused");
+    shared::note_refusal(&reason);
+    E::custom(reason)
 }
 
 /// Accepts what each codec makes of `serialize_bytes`: a block of bytes
@@ -273,13 +443,16 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Bytes, E> {
+        if wire::is_marked(bytes) {
+            return Bytes::from_marked(bytes).map_err(refused);
+        }
         // Codecs that decode from a slice hand out parts of it, borrowed
         // or not: from a shared-memory message, those are shared.
         Ok(Bytes::from_decoded(bytes))
     }
 
     fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Bytes, E> {
-        Ok(Bytes::from(bytes))
+        Bytes::from_block(bytes)
     }
 
     fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Bytes, E> {
@@ -296,7 +469,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
         while let Some(byte) = seq.next_element::<u8>()? {
             bytes.push(byte);
         }
-        Ok(Bytes::from(bytes))
+        Bytes::from_block(bytes)
     }
 }
 
@@ -347,5 +520,95 @@ mod shared_tests {
         // Outside a mapping's decode, nothing is shared.
         let plain: (u32, Bytes) = Postcard::decode(&encoded).unwrap();
         assert!(!plain.1.is_shared());
+    }
+}
+
+#[cfg(test)]
+mod memfd_tests {
+    use super::*;
+    use crate::async_core::fd::{decode_with_fds, encode_with_fds};
+    use crate::async_core::{Codec, Postcard, SharedBytesMut};
+
+    fn frozen(len: usize) -> Bytes {
+        let mut buffer = SharedBytesMut::zeroed(len).unwrap();
+        for (i, byte) in buffer.iter_mut().enumerate() {
+            *byte = (i % 253) as u8;
+        }
+        buffer.freeze().unwrap()
+    }
+
+    #[test]
+    fn a_frozen_buffer_travels_as_its_memfd_and_maps_back() {
+        let bytes = frozen(300_000);
+        let message = (5u8, bytes.clone());
+        let (encoded, fds) = encode_with_fds(true, || Postcard::encode(&message)).unwrap();
+        assert_eq!(fds.len(), 1, "the memfd rides along");
+        assert!(
+            encoded.len() < 40,
+            "only a reference: {} bytes",
+            encoded.len()
+        );
+        let back: (u8, Bytes) = decode_with_fds(fds, || Postcard::decode(&encoded)).unwrap();
+        assert_eq!(back, message);
+        assert!(
+            back.1.is_shared() && back.1.memfd().is_some(),
+            "mapped, can go on"
+        );
+        // Sent on from the receiver: again only the reference.
+        let (again, fds) = encode_with_fds(true, || Postcard::encode(&back.1)).unwrap();
+        assert_eq!((again.len() < 40, fds.len()), (true, 1));
+    }
+
+    #[test]
+    fn without_descriptors_a_frozen_buffer_is_encoded_as_bytes() {
+        let bytes = frozen(10_000);
+        let plain = Postcard::encode(&bytes.to_vec()).unwrap();
+        let (encoded, fds) = encode_with_fds(false, || Postcard::encode(&bytes)).unwrap();
+        assert!(fds.is_empty());
+        assert_eq!(encoded, plain, "a Vec<u8>'s encoding");
+        assert_eq!(
+            Postcard::encode(&bytes).unwrap(),
+            plain,
+            "outside a message too"
+        );
+        let back: Bytes = Postcard::decode(&encoded).unwrap();
+        assert_eq!(back, bytes);
+        assert!(!back.is_shared());
+    }
+
+    #[test]
+    fn data_that_starts_like_a_reference_is_escaped_and_round_trips() {
+        for data in [
+            wire::MARK.to_vec(),
+            wire::attached(0, 4096),
+            [&wire::MARK[..], &[0, 1, 2]].concat(),
+        ] {
+            let bytes = Bytes::from(data.clone());
+            let encoded = Postcard::encode(&bytes).unwrap();
+            let back: Bytes = Postcard::decode(&encoded).unwrap();
+            assert_eq!(back.as_slice(), &data[..]);
+            #[cfg(feature = "json")]
+            {
+                let json = serde_json::to_vec(&bytes).unwrap();
+                let back: Bytes = serde_json::from_slice(&json).unwrap();
+                assert_eq!(back.as_slice(), &data[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reference_without_its_memfd_or_to_a_bad_one_is_refused() {
+        // A plain Vec<u8> encodes as a block in postcard: unescaped.
+        let reference = Postcard::encode(&wire::attached(0, 8)).unwrap();
+        let error = Postcard::decode::<Bytes>(&reference).unwrap_err();
+        assert!(!error.to_string().is_empty());
+        let unsealed =
+            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+                .unwrap();
+        let error = decode_with_fds(vec![unsealed], || {
+            postcard::from_bytes::<Bytes>(&reference).map_err(|e| e.to_string())
+        })
+        .unwrap_err();
+        assert!(!error.is_empty());
     }
 }

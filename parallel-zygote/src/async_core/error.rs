@@ -108,6 +108,18 @@ pub enum Error {
         /// The runtime the adapter binds to ("tokio").
         runtime: &'static str,
     },
+    /// A [`SharedBytesMut`](super::SharedBytesMut) could not be created or
+    /// frozen: the kernel's reason is the `source`.
+    #[error("could not {action} a shared buffer of {len} bytes")]
+    SharedMemory {
+        /// "create" or "seal".
+        action: &'static str,
+        /// The buffer's length.
+        len: usize,
+        /// What the kernel said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The worker or channel was already closed.
     #[error("the worker channel is closed")]
     Closed,

@@ -6,14 +6,26 @@
 //! `SCM_RIGHTS`, and only its index goes into the bytes; on the other side the
 //! index is swapped back for the received descriptor. This works with any
 //! serde codec.
+//!
+//! A shared [`Bytes`](super::Bytes) (from a
+//! [`SharedBytesMut`](super::SharedBytesMut), or received as one) uses the
+//! same side list for its sealed memfd, when the channel passes descriptors.
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The descriptors collected while one message is encoded.
+struct Outgoing {
+    fds: Vec<OwnedFd>,
+    /// Whether the channel passes descriptors, so that a shared `Bytes`
+    /// may send its memfd rather than its bytes.
+    attach_memfds: bool,
+}
+
 thread_local! {
-    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
@@ -44,9 +56,10 @@ impl Serialize for Fd {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let index = OUTGOING.with(|outgoing| {
             let mut outgoing = outgoing.borrow_mut();
-            let list = outgoing
+            let list = &mut outgoing
                 .as_mut()
-                .ok_or("an Fd can only be sent inside a parallel message")?;
+                .ok_or("an Fd can only be sent inside a parallel message")?
+                .fds;
             let copy = self
                 .0
                 .try_clone()
@@ -63,32 +76,58 @@ impl Serialize for Fd {
 
 impl<'de> Deserialize<'de> for Fd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Fd, D::Error> {
-        let index = u32::deserialize(deserializer)? as usize;
-        INCOMING
-            .with(|incoming| {
-                incoming
-                    .borrow_mut()
-                    .as_mut()
-                    .and_then(|list| list.get_mut(index))
-                    .and_then(Option::take)
-            })
-            .map(Fd)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "descriptor #{index} did not arrive with the message (or was used twice)"
-                ))
-            })
+        let index = u32::deserialize(deserializer)?;
+        take_incoming(index).map(Fd).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "descriptor #{index} did not arrive with the message (or was used twice)"
+            ))
+        })
     }
 }
 
-/// Encodes with the descriptors it contains collected on the side.
-pub(crate) fn encode_with_fds<E>(
-    encode: impl FnOnce() -> Result<Vec<u8>, E>,
-) -> Result<(Vec<u8>, Vec<OwnedFd>), E> {
-    OUTGOING.with(|outgoing| *outgoing.borrow_mut() = Some(Vec::new()));
-    let bytes = encode();
-    let fds = OUTGOING.with(|outgoing| outgoing.borrow_mut().take().unwrap_or_default());
-    Ok((bytes?, fds))
+/// Adds a duplicate of `memfd` to the message being encoded, if the
+/// channel passes descriptors: its index among the message's descriptors.
+/// `None` outside a message or on a channel without descriptors (the
+/// caller then sends the bytes themselves).
+pub(crate) fn attach_memfd(memfd: BorrowedFd<'_>) -> Option<Result<u32, std::io::Error>> {
+    OUTGOING.with(|outgoing| {
+        let mut outgoing = outgoing.borrow_mut();
+        let outgoing = outgoing.as_mut().filter(|o| o.attach_memfds)?;
+        Some(memfd.try_clone_to_owned().map(|copy| {
+            outgoing.fds.push(copy);
+            outgoing.fds.len() as u32 - 1
+        }))
+    })
+}
+
+/// The received descriptor at `index` of the message being decoded, taken
+/// (each is claimed once).
+pub(crate) fn take_incoming(index: u32) -> Option<OwnedFd> {
+    INCOMING.with(|incoming| {
+        incoming
+            .borrow_mut()
+            .as_mut()
+            .and_then(|list| list.get_mut(index as usize))
+            .and_then(Option::take)
+    })
+}
+
+/// Runs `encode` with the descriptors the message contains collected on
+/// the side; `attach_memfds` when the channel passes descriptors (shared
+/// `Bytes` then send their memfd).
+pub(crate) fn encode_with_fds<R, E>(
+    attach_memfds: bool,
+    encode: impl FnOnce() -> Result<R, E>,
+) -> Result<(R, Vec<OwnedFd>), E> {
+    let previous = OUTGOING.with(|outgoing| {
+        outgoing.borrow_mut().replace(Outgoing {
+            fds: Vec::new(),
+            attach_memfds,
+        })
+    });
+    let encoded = encode();
+    let fds = OUTGOING.with(|outgoing| std::mem::replace(&mut *outgoing.borrow_mut(), previous));
+    Ok((encoded?, fds.map(|o| o.fds).unwrap_or_default()))
 }
 
 /// Decodes with `fds` available to the [`Fd`]s inside.

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_channel::mpsc;
@@ -15,11 +15,17 @@ use serde::Serialize;
 use super::bytes::decode_from_mapping;
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
-use super::shared::{Payload, SHARED_MIN};
+use super::shared::{
+    decode_within, Payload, SharedBudget, DEFAULT_SHARED_MEMORY_LIMIT, SHARED_MIN,
+};
 use super::Error;
 
 /// A message's bytes and the descriptors that ride with it.
 pub(crate) type RawMessage = (Payload, Vec<OwnedFd>);
+
+/// The most descriptors one message may carry: a frame's limit, less the
+/// one a large message's memfd takes.
+const MAX_MESSAGE_FDS: usize = parallel_proto::Limits::DEFAULT.max_fds_per_frame() as usize - 1;
 
 /// How many messages may wait in each direction before the sender waits:
 /// the bound that keeps a slow consumer from growing memory.
@@ -29,9 +35,20 @@ pub(crate) const QUEUE_DEPTH: usize = 16;
 ///
 /// A [`Stream`] of `Result<T, Error>`; it ends when the other side ends its
 /// half (or returns), and yields one `Err` first if the worker died.
+///
+/// Shared buffers (a [`Bytes`](super::Bytes) from a
+/// [`SharedBytesMut`](super::SharedBytesMut), whose memfd came with the
+/// message) are mapped as they are decoded, and stay mapped while any
+/// `Bytes` of them lives. How many bytes of them the stream may have
+/// mapped at once is bounded: 1 GiB by default,
+/// [`with_shared_memory_limit`](Self::with_shared_memory_limit) changes it.
+/// A message that would pass the limit is not decoded: its item is an
+/// [`Error::Codec`] that says so, and the stream goes on.
 #[must_use = "dropping the stream discards every message the other side sends"]
 pub struct MessageStream<T, C: Codec = Postcard> {
     receiver: mpsc::Receiver<Result<RawMessage, Error>>,
+    /// Shared buffers mapped from this stream and still alive.
+    budget: Arc<SharedBudget>,
     _types: PhantomData<fn() -> (T, C)>,
 }
 
@@ -39,8 +56,26 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
     pub(crate) fn new(receiver: mpsc::Receiver<Result<RawMessage, Error>>) -> Self {
         MessageStream {
             receiver,
+            budget: SharedBudget::new(DEFAULT_SHARED_MEMORY_LIMIT),
             _types: PhantomData,
         }
+    }
+
+    /// Sets the most bytes of shared buffers this stream may have mapped at
+    /// once (1 GiB by default): received `Bytes` whose memfd came with
+    /// their message count from when they are decoded until their last
+    /// clone is dropped. It bounds what the other side can make this
+    /// process map through the channel (a memfd's pages are allocated as
+    /// they are mapped, whoever made it).
+    pub fn with_shared_memory_limit(self, bytes: u64) -> Self {
+        self.budget.set_limit(bytes);
+        self
+    }
+
+    /// The bytes of shared buffers received on this stream that are mapped
+    /// now (decoded, and not yet dropped).
+    pub fn shared_memory_mapped(&self) -> u64 {
+        self.budget.mapped()
     }
 
     /// The next message; `None` once the stream ended.
@@ -53,10 +88,11 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
+        let budget = &self.budget;
         Pin::new(&mut self.receiver).poll_next(cx).map(|item| {
             item.map(|raw| {
                 let (payload, fds) = raw?;
-                let decode = || C::decode::<T>(payload.bytes());
+                let decode = || decode_within(budget, || C::decode::<T>(payload.bytes()));
                 match &payload {
                     // `Bytes` inside share the mapping rather than copy it.
                     Payload::Mapped(mapping) => {
@@ -93,7 +129,11 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// round trips are saved); [`with_shared_memory_min`](Self::with_shared_memory_min)
 /// moves or removes that threshold. For bulk data, use [`Bytes`](super::Bytes) (or
 /// `serde_bytes`) rather than a plain `Vec<u8>`, which serde encodes one
-/// element at a time.
+/// element at a time. A `Bytes` frozen from a
+/// [`SharedBytesMut`](super::SharedBytesMut) is not copied at all: its
+/// sealed memfd rides with the message (counted with the message's `Fd`s
+/// against the descriptors a frame may carry, `Limits::max_fds_per_frame`
+/// less one: 15 by default), whatever the threshold.
 pub struct MessageSender<T, C: Codec = Postcard> {
     sender: async_channel::Sender<RawMessage>,
     /// Encoded messages at least this large go through shared memory;
@@ -135,26 +175,52 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     /// Any [`Fd`](super::Fd) inside travels as a real descriptor.
     ///
     /// # Errors
-    /// [`Error::Codec`] when the message cannot be encoded, and
+    /// [`Error::Codec`] when the message cannot be encoded (or carries more
+    /// than 15 descriptors: `Fd`s and shared `Bytes`), and
     /// [`Error::Closed`] when the other side is gone.
     pub async fn send(&self, message: T) -> Result<(), Error> {
         let raw = self.encode(&message)?;
         self.sender.send(raw).await.map_err(|_| Error::Closed)
     }
 
-    /// The message's bytes (in a sealed memfd when large) and descriptors.
+    /// The message's bytes (in a sealed memfd when large) and descriptors
+    /// (its `Fd`s, and the memfds of shared `Bytes` when the channel passes
+    /// descriptors).
     fn encode(&self, message: &T) -> Result<RawMessage, Error> {
+        let (payload, fds) = self.encode_payload(message)?;
+        if fds.len() > MAX_MESSAGE_FDS {
+            // Refused here, with words: the channel would otherwise refuse
+            // the frame and end.
+            let refusal = format!(
+                "the message carries {} descriptors (its Fds and shared Bytes' memfds); \
+                 at most {MAX_MESSAGE_FDS} fit in one message",
+                fds.len()
+            );
+            return Err(Error::encode::<T>(refusal.into()));
+        }
+        Ok((payload, fds))
+    }
+
+    fn encode_payload(&self, message: &T) -> Result<RawMessage, Error> {
+        let attach = self.passes_descriptors;
         if let Some(min) = self.shared_min {
-            // A message the codec can size, without descriptors inside (an
-            // `Fd` refuses to be serialized outside `encode_with_fds`), goes
-            // straight into shared memory.
-            if let Some(len) = C::encoded_len(message).filter(|&len| len >= min) {
-                if let Some(payload) = Payload::encode_sealed::<C, T>(message, len) {
-                    return Ok((payload, Vec::new()));
+            // A message the codec can size goes straight into shared
+            // memory. Sized as it will be encoded (a shared `Bytes` as its
+            // memfd's reference); the descriptors of that pass are dropped.
+            let sized = encode_with_fds(attach, || Ok::<_, Error>(C::encoded_len(message)));
+            if let Ok((Some(len), _)) = sized {
+                if len >= min {
+                    let (payload, fds) = encode_with_fds(attach, || {
+                        Ok::<_, Error>(Payload::encode_sealed::<C, T>(message, len))
+                    })?;
+                    if let Some(payload) = payload {
+                        return Ok((payload, fds));
+                    }
                 }
             }
         }
-        let (bytes, fds) = encode_with_fds(|| C::encode(message)).map_err(Error::encode::<T>)?;
+        let (bytes, fds) =
+            encode_with_fds(attach, || C::encode(message)).map_err(Error::encode::<T>)?;
         let shared = self.shared_min.is_some_and(|min| bytes.len() >= min);
         Ok((Payload::outgoing(bytes, shared), fds))
     }

@@ -11,14 +11,25 @@
 //! the transport looks at the descriptor). A mapping lives as long as the
 //! decoded message's [`Bytes`](super::Bytes) that point into it, exactly as
 //! a `Vec` would.
+//!
+//! Shared buffers (a [`SharedBytesMut`](super::SharedBytesMut) frozen into
+//! a `Bytes`) travel as a memfd beside the message, of any size: the
+//! sender's memory, already allocated. What a peer could make the receiver
+//! map (and allocate: a sparse memfd's pages come into being as they are
+//! mapped) is bounded per stream by a [`SharedBudget`]: the bytes of
+//! shared buffers decoded from it and still alive, 1 GiB by default. Each
+//! is charged before it is mapped and released when its last `Bytes` is
+//! dropped; one that does not fit is refused as its message's decode error.
 
+use std::cell::RefCell;
 use std::io::{BufWriter, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parallel_proto::RemoteError;
 
-use super::codec::Codec;
+use super::codec::{Codec, CodecError};
 use crate::shm::{sealed_memfd, sealed_memfd_with, SharedBytes};
 
 /// By default, encoded messages at least this large go through a sealed
@@ -147,4 +158,112 @@ impl SendData for parallel_proto::channel::WorkerChannel {
     fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), parallel_proto::Error> {
         self.send_shared_data(len, fds)
     }
+}
+
+/// By default, the most bytes of shared buffers (`Bytes` whose memfd came
+/// with a message) one [`MessageStream`](super::MessageStream) may have
+/// mapped at once: what a peer can make this process map and hold through
+/// one channel. [`MessageStream::with_shared_memory_limit`](super::MessageStream::with_shared_memory_limit)
+/// changes it.
+pub(crate) const DEFAULT_SHARED_MEMORY_LIMIT: u64 = 1 << 30;
+
+/// The bytes of shared buffers a stream has mapped and not yet released,
+/// against its limit.
+#[derive(Debug)]
+pub(crate) struct SharedBudget {
+    limit: AtomicU64,
+    mapped: AtomicU64,
+}
+
+/// One mapped shared buffer's share of a [`SharedBudget`], given back when
+/// the last `Bytes` of that buffer is dropped.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    budget: Arc<SharedBudget>,
+    len: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.mapped.fetch_sub(self.len, Ordering::AcqRel);
+    }
+}
+
+impl SharedBudget {
+    pub(crate) fn new(limit: u64) -> Arc<SharedBudget> {
+        Arc::new(SharedBudget {
+            limit: AtomicU64::new(limit),
+            mapped: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// Bytes mapped now.
+    pub(crate) fn mapped(&self) -> u64 {
+        self.mapped.load(Ordering::Acquire)
+    }
+
+    /// Reserves `len` bytes, or says why not.
+    fn charge(self: &Arc<Self>, len: u64) -> Result<Charge, String> {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.mapped
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |mapped| {
+                mapped.checked_add(len).filter(|&total| total <= limit)
+            })
+            .map_err(|mapped| {
+                format!(
+                    "a shared Bytes of {len} bytes would take the shared memory this stream \
+                     has mapped ({mapped} bytes, in received buffers still alive) past its \
+                     limit of {limit} bytes (MessageStream::with_shared_memory_limit)"
+                )
+            })?;
+        Ok(Charge {
+            budget: Arc::clone(self),
+            len,
+        })
+    }
+}
+
+thread_local! {
+    /// The budget of the stream whose message is being decoded on this thread.
+    static DECODING_BUDGET: RefCell<Option<Arc<SharedBudget>>> = const { RefCell::new(None) };
+    /// Why a shared `Bytes` of that message was refused, if one was.
+    static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with `budget` charged for the shared buffers it maps. A
+/// refused shared `Bytes` makes the error its reason (in words, whatever
+/// the codec keeps of a custom error: postcard keeps only its kind).
+pub(crate) fn decode_within<T, E: Into<CodecError>>(
+    budget: &Arc<SharedBudget>,
+    decode: impl FnOnce() -> Result<T, E>,
+) -> Result<T, CodecError> {
+    let previous = DECODING_BUDGET.with(|slot| slot.replace(Some(Arc::clone(budget))));
+    REFUSAL.with(|slot| slot.borrow_mut().take());
+    let result = decode();
+    DECODING_BUDGET.with(|slot| *slot.borrow_mut() = previous);
+    let refusal = REFUSAL.with(|slot| slot.borrow_mut().take());
+    result.map_err(|error| refusal.map_or_else(|| error.into(), CodecError::from))
+}
+
+/// Notes why a shared `Bytes` was refused (see [`decode_within`]).
+pub(crate) fn note_refusal(reason: &str) {
+    REFUSAL.with(|slot| *slot.borrow_mut() = Some(reason.to_owned()));
+}
+
+/// Charges a shared buffer of `len` bytes to the stream being decoded, if
+/// any (outside a stream, nothing is counted).
+///
+/// # Errors
+/// The stream's limit would be passed: the words of the refusal.
+pub(crate) fn charge(len: u64) -> Result<Option<Charge>, String> {
+    DECODING_BUDGET.with(|slot| {
+        slot.borrow()
+            .as_ref()
+            .map(|budget| budget.charge(len))
+            .transpose()
+    })
 }

@@ -261,7 +261,7 @@ pub async fn worker_channel<R: Runtime>(parallel: Parallel<R>) -> Result<(), Fai
 }
 
 /// An error and its sources, one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -372,7 +372,7 @@ fn shared_case(which: u8) -> (&'static str, &'static str) {
 const SHARED_CASES: u8 = 4;
 
 /// A memfd named so that the parent can tell whether it kept one.
-fn hostile_memfd(len: usize, seal: bool) -> std::os::fd::OwnedFd {
+pub(super) fn hostile_memfd(len: usize, seal: bool) -> std::os::fd::OwnedFd {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
     let fd = memfd_create(
@@ -435,7 +435,7 @@ async fn hostile_shared_worker(which: u8) {
 }
 
 /// Descriptors of this process that point at a hostile worker's memfd.
-fn hostile_memfds_held() -> usize {
+pub(super) fn hostile_memfds_held() -> usize {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return 0;
     };

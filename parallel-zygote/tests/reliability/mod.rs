@@ -58,6 +58,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use parallel_zygote::async_core::{Error, Parallel, Runtime};
 
 mod bad_input;
+mod bad_shared_buffers;
 mod faults;
 mod limits;
 mod resources;
@@ -129,6 +130,9 @@ fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         }),
         in_process("bad_shared_memory_on_a_worker_channel", |p| {
             Box::pin(bad_input::shared_memory_from_a_hostile_worker(p))
+        }),
+        in_process("bad_shared_buffers_on_a_worker_channel", |p| {
+            Box::pin(bad_shared_buffers::forged_shared_buffers_from_a_hostile_worker(p))
         }),
         Trial::test(
             "bad_input_on_the_zygote_socket",
