@@ -167,6 +167,10 @@ pub(crate) struct Answer<R: Runtime> {
     answer: Answered,
     /// Whether this caller holds the read.
     reading: bool,
+    /// Whether its waker waits with the reply's channel: the answer is then
+    /// looked for there first, without the driver's lock (pipelined calls
+    /// are woken one by one as the reader sends their answers).
+    listening: bool,
 }
 
 impl<R: Runtime> Answer<R> {
@@ -175,6 +179,7 @@ impl<R: Runtime> Answer<R> {
             state,
             answer,
             reading: false,
+            listening: false,
         }
     }
 }
@@ -185,6 +190,11 @@ impl<R: Runtime> Future for Answer<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if this.listening {
+            if let Poll::Ready(answer) = Pin::new(&mut this.answer).poll(cx) {
+                return Poll::Ready(answer);
+            }
+        }
         if let Some(state) = this.state.0.upgrade() {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             if let Poll::Ready(answer) = state.poll_answer(cx, &mut this.answer, &mut this.reading)
@@ -201,6 +211,7 @@ impl<R: Runtime> Future for Answer<R> {
         }
         // The driver or another caller reads: the answer comes through
         // the channel.
+        this.listening = true;
         Pin::new(&mut this.answer).poll(cx)
     }
 }
