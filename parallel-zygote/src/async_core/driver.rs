@@ -51,7 +51,11 @@ pub(crate) enum Command {
 
 /// Where a call's answer goes: the call's id with the worker's outcome, or
 /// why there is none.
-pub(crate) type Reply = oneshot::Sender<Result<(CallId, Outcome), CallFailed>>;
+pub(crate) type Reply = oneshot::Sender<Answered>;
+
+/// A call's answer: the call's id with the worker's outcome, or why there
+/// is none.
+pub(crate) type Answered = Result<(CallId, Outcome), CallFailed>;
 
 /// A call that got no outcome.
 #[derive(Debug)]
@@ -147,7 +151,7 @@ enum Incoming {
 }
 
 /// The receiving end of a call's [`Reply`].
-pub(crate) type Answered = oneshot::Receiver<Result<(CallId, Outcome), CallFailed>>;
+type AnswerReceiver = oneshot::Receiver<Answered>;
 
 /// A caller waiting for its call's answer.
 ///
@@ -164,7 +168,7 @@ pub(crate) type Answered = oneshot::Receiver<Result<(CallId, Outcome), CallFaile
 /// socket is empty, which leaves the reactor waking the driver again.
 pub(crate) struct Answer<R: Runtime> {
     state: Submit<R>,
-    answer: Answered,
+    answer: AnswerReceiver,
     /// Whether this caller holds the read.
     reading: bool,
     /// Whether its waker waits with the reply's channel: the answer is then
@@ -174,7 +178,7 @@ pub(crate) struct Answer<R: Runtime> {
 }
 
 impl<R: Runtime> Answer<R> {
-    pub(crate) fn new(state: Submit<R>, answer: Answered) -> Self {
+    pub(crate) fn new(state: Submit<R>, answer: AnswerReceiver) -> Self {
         Answer {
             state,
             answer,
@@ -186,7 +190,7 @@ impl<R: Runtime> Answer<R> {
 
 impl<R: Runtime> Future for Answer<R> {
     /// `Err` when the driver dropped the call unanswered (it is gone).
-    type Output = Result<Result<(CallId, Outcome), CallFailed>, oneshot::Canceled>;
+    type Output = Result<Answered, oneshot::Canceled>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -248,8 +252,8 @@ pub struct Driver<R: Runtime> {
 /// 6 µs per call on tokio's multi-thread runtime. So a caller that finds
 /// the driver idle (everything written, no call queued
 /// before it) registers its call and writes the frame itself, on its own
-/// thread, and waits for the answer as before (caller and driver take turns
-/// on one lock, held for a poll at most). Whatever waiting the write
+/// thread, and waits for the answer (see [`Answer`]; caller and driver take
+/// turns on one lock, held for a poll at most). Whatever waiting the write
 /// needs (a full socket) is registered with the driver task's waker, so
 /// the driver finishes it as if it had made the write.
 pub(crate) struct Submit<R: Runtime>(Weak<Mutex<DriverState<R>>>);
@@ -658,7 +662,11 @@ impl<R: Runtime> DriverState<R> {
     ///
     /// `mine` is the answer a reading caller waits for: its reply is
     /// returned rather than sent, so the caller is not woken for it.
-    fn poll_incoming(&mut self, cx: &mut Context<'_>, mine: Option<&Answered>) -> Poll<Incoming> {
+    fn poll_incoming(
+        &mut self,
+        cx: &mut Context<'_>,
+        mine: Option<&AnswerReceiver>,
+    ) -> Poll<Incoming> {
         let event = match ready!(self.conn.poll_event(cx)) {
             Ok(Some(event)) => event,
             Err(Error::Protocol(error)) => {
@@ -712,9 +720,9 @@ impl<R: Runtime> DriverState<R> {
     fn poll_answer(
         &mut self,
         cx: &mut Context<'_>,
-        mine: &mut Answered,
+        mine: &mut AnswerReceiver,
         reading: &mut bool,
-    ) -> Poll<Result<Result<(CallId, Outcome), CallFailed>, oneshot::Canceled>> {
+    ) -> Poll<Result<Answered, oneshot::Canceled>> {
         // Sent already (by the driver, or another caller), or failed: every
         // send happens under this lock, so nothing is sent while it reads.
         if let answer @ (Ok(Some(_)) | Err(_)) = mine.try_recv() {
@@ -781,6 +789,8 @@ impl<R: Runtime> DriverState<R> {
             task.wake();
             return;
         }
+        let span = self.killer.span().clone();
+        let _entered = span.enter();
         let mut driver = Context::from_waker(&task);
         loop {
             match self.poll_incoming(&mut driver, None) {
