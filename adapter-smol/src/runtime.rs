@@ -16,7 +16,9 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use async_io::{Async, Timer};
+use std::sync::Arc;
+
+use async_io::{Async, ReadableOwned, Timer, WritableOwned};
 use parallel_zygote::async_core::{
     self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill,
 };
@@ -37,7 +39,7 @@ impl core::Runtime for Smol {
     type Worker = SmolWorker;
 
     fn register(socket: UnixStream) -> io::Result<SmolSocket> {
-        Ok(SmolSocket(Async::new(socket)?))
+        SmolSocket::new(socket)
     }
 
     fn sleep(duration: Duration) -> SmolSleep {
@@ -65,14 +67,46 @@ impl core::Runtime for Smol {
 /// `EAGAIN` (async-io's own pattern): interest is registered per wait, so a
 /// socket that nobody waits on for writing never wakes the reactor.
 ///
+/// A wait is an owned readiness future kept until it completes, rather than
+/// `Async::poll_readable`: that one keeps one waker per direction and wakes
+/// the one it replaces, while the core polls a channel's read from two
+/// tasks in turn (a caller reading its answer, then the driver), so each
+/// hand-over would wake the other task for nothing. A kept future's waker
+/// is replaced silently, as tokio's are.
+///
 /// The core's [`ReadOutcome::drained`] hint is not used. Waiting for
 /// readiness before the read that follows a drained one saves that read's
 /// `EAGAIN`, but async-io reports an event only when a reactor tick later
 /// than the wait's registration delivered it, so a reply that the running
 /// tick delivers costs a second reactor round: 1000 sequential calls were
 /// about 30% slower that way (release build, one core).
-#[derive(Debug)]
-pub struct SmolSocket(Async<UnixStream>);
+pub struct SmolSocket {
+    socket: Arc<Async<UnixStream>>,
+    /// The wait for read readiness after a read said `EAGAIN`.
+    readable: Option<ReadableOwned<UnixStream>>,
+    /// The wait for write readiness after a write said `EAGAIN`.
+    writable: Option<WritableOwned<UnixStream>>,
+}
+
+impl SmolSocket {
+    fn new(socket: UnixStream) -> io::Result<Self> {
+        Ok(SmolSocket {
+            socket: Arc::new(Async::new(socket)?),
+            readable: None,
+            writable: None,
+        })
+    }
+}
+
+impl std::fmt::Debug for SmolSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmolSocket")
+            .field("socket", self.socket.get_ref())
+            .field("waiting_to_read", &self.readable.is_some())
+            .field("waiting_to_write", &self.writable.is_some())
+            .finish()
+    }
+}
 
 impl AsyncSocket for SmolSocket {
     fn poll_read(
@@ -80,7 +114,13 @@ impl AsyncSocket for SmolSocket {
         cx: &mut Context<'_>,
         io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<ReadOutcome>,
     ) -> Poll<io::Result<ReadOutcome>> {
-        poll_io(&self.0, cx, Async::poll_readable, io)
+        poll_io(
+            &self.socket,
+            &mut self.readable,
+            Async::readable_owned,
+            cx,
+            io,
+        )
     }
 
     fn poll_write(
@@ -88,23 +128,35 @@ impl AsyncSocket for SmolSocket {
         cx: &mut Context<'_>,
         io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<()>,
     ) -> Poll<io::Result<()>> {
-        poll_io(&self.0, cx, Async::poll_writable, io)
+        poll_io(
+            &self.socket,
+            &mut self.writable,
+            Async::writable_owned,
+            cx,
+            io,
+        )
     }
 }
 
-/// Tries `io`; on `EAGAIN`, `ready` is Ready only if an event came since
-/// its last Pending (else it registers the waker and interest), so a Ready
-/// is a fresh readiness to try `io` under again.
-fn poll_io<T>(
-    socket: &Async<UnixStream>,
+/// Finishes the wait in `waiting`, if any, then tries `io`; on `EAGAIN`
+/// starts a new wait (`wait` registers its waker and interest when first
+/// polled, and completes once a later reactor tick delivered an event).
+fn poll_io<T, W: Future<Output = io::Result<()>> + Unpin>(
+    socket: &Arc<Async<UnixStream>>,
+    waiting: &mut Option<W>,
+    wait: fn(Arc<Async<UnixStream>>) -> W,
     cx: &mut Context<'_>,
-    ready: fn(&Async<UnixStream>, &mut Context<'_>) -> Poll<io::Result<()>>,
     io: &mut dyn FnMut(BorrowedFd<'_>) -> io::Result<T>,
 ) -> Poll<io::Result<T>> {
     loop {
+        if let Some(ready) = waiting {
+            let ready = ready!(Pin::new(ready).poll(cx));
+            *waiting = None;
+            ready?;
+        }
         match io(socket.as_fd()) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                ready!(ready(socket, cx))?;
+                *waiting = Some(wait(Arc::clone(socket)));
             }
             result => return Poll::Ready(result),
         }
@@ -152,7 +204,7 @@ impl core::WorkerRuntime for SmolWorker {
     }
 
     fn register(socket: UnixStream) -> io::Result<Box<dyn AsyncSocket>> {
-        Ok(Box::new(SmolSocket(Async::new(socket)?)))
+        Ok(Box::new(SmolSocket::new(socket)?))
     }
 }
 

@@ -585,7 +585,8 @@ fn round_trip_section(
          in the future given to `block_on` (how `#[tokio::main]` and \
          `smol::block_on` programs run; on tokio's multi-thread runtime that \
          future runs on the calling thread, none of the runtime's workers), each \
-         beside a raw ping-pong made there. Warm spawn: `spawn(f, x)` on a \
+         beside a raw ping-pong made there (on smol, the task's in a `smol::spawn` \
+         task, on the global executor where the drivers run). Warm spawn: `spawn(f, x)` on a \
          `Parallel` with pre-forked workers (`warm_workers(WarmConfig::new(2, 4))`), \
          beside `Run::call`; cold spawn beside it. Parent holds 0 GiB.",
     );

@@ -51,6 +51,31 @@ pub trait Host: 'static {
         calls: Calls,
         budget: Budget,
     ) -> Vec<Duration>;
+
+    /// The raw ping-pong on `socket`, where [`Host::in_task`] runs its
+    /// calls: the floor of a call awaited there. By default in the
+    /// `block_on` future (an executor whose tasks run on this thread).
+    fn raw_in_task(&self, socket: UnixStream, budget: Budget) -> Vec<Duration> {
+        self.block_on(async move { raw_ping_pongs(Self::stream(socket), budget).await })
+    }
+}
+
+/// Raw 8-byte ping-pongs on `stream`, one at a time.
+pub async fn raw_ping_pongs<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    budget: Budget,
+) -> Vec<Duration> {
+    let mut sampler = Sampler::new(budget);
+    let mut reply = [0u8; 8];
+    let mut x = 0u64;
+    while sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        stream.write_all(&x.to_le_bytes()).await.expect("write");
+        stream.read_exact(&mut reply).await.expect("read");
+        sampler.record(start.elapsed());
+    }
+    sampler.finish()
 }
 
 /// A measurement [`Host::in_task`] runs.
@@ -345,20 +370,12 @@ impl<H: Host> Adapter for HostAdapter<H> {
 
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
         let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
-        self.on_runtime(async move {
-            let mut stream = H::stream(stream);
-            let mut sampler = Sampler::new(budget);
-            let mut reply = [0u8; 8];
-            let mut x = 0u64;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                stream.write_all(&x.to_le_bytes()).await.expect("write");
-                stream.read_exact(&mut reply).await.expect("read");
-                sampler.record(start.elapsed());
-            }
-            sampler.finish()
-        })
+        self.host.raw_in_task(stream, budget)
+    }
+
+    fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+        self.on_runtime(async move { raw_ping_pongs(H::stream(stream), budget).await })
     }
 
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {

@@ -24,7 +24,7 @@ use parallel_smol::{Parallel, Smol};
 
 use std::time::Duration;
 
-use super::futures_adapter::{Calls, Host, HostAdapter};
+use super::futures_adapter::{raw_ping_pongs, Calls, Host, HostAdapter};
 use super::raw::RawRuntime;
 use super::stats::Budget;
 
@@ -47,6 +47,13 @@ impl Host for SmolHost {
     /// On smol's global executor, where the drivers run too.
     fn in_task(&self, parallel: &Parallel, calls: Calls, budget: Budget) -> Vec<Duration> {
         smol::block_on(smol::spawn(calls.measure(parallel.clone(), budget)))
+    }
+
+    /// On smol's global executor too: the floor of the calls made there.
+    fn raw_in_task(&self, socket: UnixStream, budget: Budget) -> Vec<Duration> {
+        smol::block_on(smol::spawn(async move {
+            raw_ping_pongs(Self::stream(socket), budget).await
+        }))
     }
 }
 

@@ -39,6 +39,9 @@
 //!   SIGKILL mid-call, death before the first reply, a dead zygote);
 //! - `cancel.rs`: who stops a worker (abort, a dropped or detached spawn, a
 //!   dropped call future, the last `Run` dropped);
+//! - `readers.rs`: callers reading their own answers (passing on others'
+//!   answers, handing the read back, cancelled mid-read, the worker killed
+//!   mid-read);
 //! - `process.rs`: typed two-way channels (half close, panic, back-pressure,
 //!   descriptors both ways);
 //! - `pool.rs`: pools (timeouts, a poisoned input, recycling,
@@ -120,6 +123,7 @@ mod panics;
 mod pool;
 mod pools;
 mod process;
+mod readers;
 mod sugar;
 mod warm;
 mod zero_copy;
@@ -247,6 +251,10 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         cancel::detached_spawn_runs_to_completion,
         cancel::dropped_call_future_kills_its_worker,
         cancel::dropping_the_last_run_handle_ends_the_worker,
+        readers::waiting_caller_passes_on_the_answers_it_reads,
+        readers::answered_reader_hands_the_read_to_the_driver,
+        readers::cancelled_reading_caller_leaves_no_caller_waiting,
+        readers::worker_killed_while_a_caller_reads_fails_each_call,
         process::process_streams_both_ways_with_half_close,
         process::process_worker_panic_ends_stream_with_error,
         process::slow_consumer_keeps_memory_bounded,

@@ -1,0 +1,196 @@
+//! Callers that read their own answers: a `run` caller waiting for its
+//! answer reads the worker's socket itself while no other caller does,
+//! passes on the answers of the calls it reads for others, and hands the
+//! read back when it is answered, cancelled, or finds the worker dead.
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::future::{join, join_all, select, Either};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use libtest_mimic::Failed;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use parallel_zygote::async_core::{Error, Parallel, Runtime};
+
+use super::{check, known_pid, wait_gone, within};
+
+/// In a worker: the level its waiting calls wait for (see [`gate`]).
+static LEVEL: AtomicU32 = AtomicU32::new(0);
+
+/// What [`gate`] adds to a level to raise the gate to it rather than wait.
+const RAISE: u32 = 1000;
+
+/// What [`gate`] takes for "wait for level 1, then a while longer".
+const LATE: u32 = 100;
+
+/// Runs in a worker: `RAISE + n` raises the worker's gate to `n` and
+/// answers at once; `LATE + i` waits for level 1 then 50 ms more; any other
+/// `n` waits (polling, on the worker's runtime) until the gate is at `n` or
+/// above. Each answers its argument. Calls run concurrently in a worker, so
+/// waiting calls stay outstanding while later ones are answered.
+async fn gate<R: Runtime>(n: u32) -> u32 {
+    if let Some(level) = n.checked_sub(RAISE) {
+        LEVEL.fetch_max(level, Ordering::SeqCst);
+        return n;
+    }
+    let level = if n >= LATE { 1 } else { n };
+    while LEVEL.load(Ordering::SeqCst) < level {
+        R::sleep(Duration::from_millis(1)).await;
+    }
+    if n >= LATE {
+        R::sleep(Duration::from_millis(50)).await;
+    }
+    n
+}
+
+/// How long any step here may take on a loaded machine.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// The first caller reads the socket while it waits; the answers of the
+/// calls made after it arrive first, and must reach their callers through
+/// it.
+pub async fn waiting_caller_passes_on_the_answers_it_reads<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    // Polled first, alone on the channel: it becomes the reader.
+    let first = run.call(1);
+    let later = async {
+        // Answered while `first` waits: read by it.
+        for n in 2..40 {
+            let answer = run.call(RAISE + n).await?;
+            check(
+                answer == RAISE + n,
+                format!("call {n} was answered {answer}"),
+            )?;
+        }
+        run.call(RAISE + 1).await?;
+        Ok::<_, Failed>(())
+    };
+    match within::<R, _>(BOUND, join(first, later)).await {
+        Some((first, later)) => {
+            later?;
+            let first = first?;
+            check(first == 1, format!("the first call was answered {first}"))
+        }
+        None => Err(format!("the calls were not all answered within {BOUND:?}").into()),
+    }
+}
+
+/// Once the reading caller is answered, the read goes back to the driver,
+/// which must answer the callers still waiting, though no new call wakes
+/// it. Each call is polled only when its own waker is woken (as if each
+/// ran in a task of its own), so no caller is polled by chance.
+pub async fn answered_reader_hands_the_read_to_the_driver<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    let calls: FuturesUnordered<_> = std::iter::once(1)
+        .chain(LATE..LATE + 10)
+        .chain([RAISE + 1])
+        .map(|n| {
+            let run = run.clone();
+            // Pushed first, so polled first: `1` becomes the reader.
+            async move { (n, run.call(n).await) }
+        })
+        .collect();
+    let Some(answers) = within::<R, _>(BOUND, calls.collect::<Vec<_>>()).await else {
+        return Err(format!("the calls were not all answered within {BOUND:?}").into());
+    };
+    for (n, answer) in answers {
+        let answer = answer?;
+        check(answer == n, format!("call {n} was answered {answer}"))?;
+    }
+    Ok(())
+}
+
+/// The reading caller's future is dropped while it waits (which kills the
+/// worker, as any cancelled call does): every other caller must still hear
+/// of the death, through the driver, rather than wait for a read nobody
+/// does.
+pub async fn cancelled_reading_caller_leaves_no_caller_waiting<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    check(run.call(RAISE).await? == RAISE, "warm-up call")?;
+    let pid = known_pid::<R>("run worker", || run.pid()).await?;
+    let reader = async {
+        // Polled first: the reader. Loses the race, so it is dropped mid-read.
+        match select(
+            pin!(run.call(1)),
+            pin!(R::sleep(Duration::from_millis(100))),
+        )
+        .await
+        {
+            Either::Left((answer, _)) => Err(format!("the gated call was answered: {answer:?}")),
+            Either::Right(_) => Ok(()),
+        }
+    };
+    let others = join_all((0..10).map(|_| run.call(1)));
+    let Some((cancelled, answers)) = within::<R, _>(BOUND, join(reader, others)).await else {
+        return Err(format!("the other callers still waited after {BOUND:?}").into());
+    };
+    cancelled?;
+    for answer in answers {
+        match answer {
+            Err(Error::WorkerDied { call: Some(_), .. }) => {}
+            other => {
+                return Err(format!("expected WorkerDied naming the call, got {other:?}").into())
+            }
+        }
+    }
+    check(
+        wait_gone::<R>(pid, Duration::from_secs(2)).await,
+        format!("worker {pid} survived its cancelled call"),
+    )
+}
+
+/// The worker is killed from outside while callers wait, one of them
+/// reading: it finds the end of the stream and hands over to the driver,
+/// which must answer each caller with the death and the call it lost.
+pub async fn worker_killed_while_a_caller_reads_fails_each_call<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    check(run.call(RAISE).await? == RAISE, "warm-up call")?;
+    let pid = known_pid::<R>("run worker", || run.pid()).await?;
+    let waiting = join_all((0..10).map(|_| run.call(1)));
+    let killer = async {
+        // Let the calls reach the worker first (not required: a call that
+        // had not fails the same way).
+        R::sleep(Duration::from_millis(50)).await;
+        let sent = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if sent.is_err() {
+            run.kill(); // do not leave the calls waiting
+        }
+        sent
+    };
+    let Some((answers, sent)) = within::<R, _>(BOUND, join(waiting, killer)).await else {
+        return Err(format!("the callers still waited {BOUND:?} after the kill").into());
+    };
+    sent?;
+    let mut lost = Vec::new();
+    for answer in answers {
+        match answer {
+            Err(
+                error @ Error::WorkerDied {
+                    call: Some(call), ..
+                },
+            ) => {
+                check(error.signal() == Some(libc::SIGKILL), error.to_string())?;
+                lost.push(call);
+            }
+            other => {
+                return Err(format!("expected WorkerDied naming the call, got {other:?}").into())
+            }
+        }
+    }
+    lost.sort_unstable();
+    lost.dedup();
+    check(
+        lost.len() == 10,
+        format!("the errors named {} different calls: {lost:?}", lost.len()),
+    )
+}
