@@ -91,6 +91,8 @@ impl SetupReport {
 /// Runs the zygote loop, then exits the process. Never returns.
 pub(crate) fn serve(config: ServeConfig) -> ! {
     child::set_process_name(&config.name);
+    // Once here rather than in each worker after its fork (see there).
+    crate::async_core::install_panic_hook();
     let name = config.name.clone();
     let code = match Zygote::new(config) {
         Ok(mut zygote) => {
@@ -262,8 +264,14 @@ impl Zygote {
         // limit, an empty CPU set, an environment name with '=').
         let setup = child::Setup::new(options)?;
         let report = SetupReport::open(&setup)?;
-        let name = options.name.as_deref().unwrap_or(&self.name);
+        // The zygote's own name is inherited: most children set none.
+        let name = child::ProcessName::new(
+            options.name.as_deref().unwrap_or(&self.name),
+            Some(&self.name),
+        );
         let zygote_pid = getpid();
+        // Gathered before the fork, so the child allocates nothing for it.
+        let not_for_child = self.fds_not_for_children();
         // SAFETY: the zygote is single-threaded (forked from a process that
         // `start` checked was single-threaded, and it starts no threads), so
         // the child inherits no lock held by another thread and may run
@@ -276,11 +284,11 @@ impl Zygote {
                 };
                 child::become_worker(
                     zygote_pid,
-                    &self.fds_not_for_children(),
+                    &not_for_child,
                     &self.child_mask,
                     &setup,
                     report.map(SetupReport::into_child),
-                    name,
+                    &name,
                     move || {
                         crate::start::mark_worker();
                         boot.resolve()(context)
@@ -317,15 +325,17 @@ impl Zygote {
             .unwrap_or_else(|| format!("{}-snap", self.name));
         let limits = self.limits;
         let child_mask = self.child_mask;
+        let not_for_child = self.fds_not_for_children();
+        let process_name = child::ProcessName::new(&name, None);
         // SAFETY: as in `spawn_worker`: the zygote is single-threaded.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => child::become_worker(
                 zygote_pid,
-                &self.fds_not_for_children(),
+                &not_for_child,
                 &self.child_mask,
                 &setup,
                 report.map(SetupReport::into_child),
-                &name.clone(),
+                &process_name,
                 move || {
                     init.resolve()(args);
                     // Workers are forked from this process from now on: it

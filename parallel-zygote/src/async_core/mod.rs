@@ -127,3 +127,4 @@ pub use run::Run;
 pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
 pub use spawn::JoinHandle;
 pub use warm::{Refill, WarmConfig};
+pub(crate) use worker::install_panic_hook;
