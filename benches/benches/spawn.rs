@@ -906,7 +906,7 @@ fn scaling_section(
                 memory = Some((a, name, pss_of(&idle.pids)));
                 raw_memory = Some(pss_of(&raw_pids));
             }
-            scaling_group(report, config, raw, adapter, live);
+            scaling_group(report, config, raw, zygote, adapter, live);
             drop(idle.holder);
             drop(raw_idle);
             wait_all(&idle.pids);
@@ -917,14 +917,19 @@ fn scaling_section(
 }
 
 /// One row pair of table 5: `adapter`'s cold spawn and its raw floor with
-/// `live` workers alive.
+/// `live` workers alive; then the library zygote's CPU time per spawn over
+/// the group (only the library's spawns use that zygote): a figure the
+/// machine's other load hardly moves.
 fn scaling_group(
     report: &mut Report,
     config: &Config,
     raw: &Arc<RawZygote>,
+    zygote: &Zygote,
     adapter: &dyn Adapter,
     live: usize,
 ) {
+    let spawns = std::cell::Cell::new(0usize);
+    let cpu_before = os::cpu_ns(zygote.pid());
     let (a, name) = (adapter.key(), adapter.name());
     let raw_key = format!("scale/{a}/raw/{live}");
     let mut group = Group::new();
@@ -946,9 +951,25 @@ fn scaling_group(
         }),
         config.spawn,
         Measure::Time,
-        move |budget| adapter.cold_spawn(budget),
+        |budget| {
+            let samples = adapter.cold_spawn(budget);
+            // The warm-up spawns are taken but not returned.
+            spawns.set(spawns.get() + samples.len() + budget.warmup);
+            samples
+        },
     );
     group.run(report, config.rounds);
+    if let (Some(before), Some(after)) = (cpu_before, os::cpu_ns(zygote.pid())) {
+        let per_spawn = (after.saturating_sub(before)) / spawns.get().max(1) as u64;
+        report.add(
+            &format!("scale/{a}/zygote-cpu/{live}"),
+            &format!("{name}: the zygote's CPU time per spawn, {live} live workers"),
+            (live > 0)
+                .then(|| format!("scale/{a}/zygote-cpu/0"))
+                .as_deref(),
+            Summary::times(&[Duration::from_nanos(per_spawn)]),
+        );
+    }
 }
 
 /// Table 5b, from the idle workers of the first adapter measured.
