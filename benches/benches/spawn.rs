@@ -906,52 +906,99 @@ fn scaling_section(
     eprintln!("\n5. scaling");
     report.table(
         "5. Cold spawn with N live workers",
-        "N idle persistent workers of the library and N idle raw echo workers are \
-         kept alive (each answered once, so each built its runtime), then cold \
-         spawns are timed: the library's `spawn` and the raw floor (fork + rt + 1 \
-         byte, awaited on the same runtime), interleaved.",
+        "N idle persistent workers of the library (on the adapter's parent \
+         runtime) and N idle raw echo workers are kept alive (each answered once, \
+         so each built its runtime), then cold spawns are timed: the library's \
+         `spawn` and the raw floor (fork + rt + 1 byte, awaited on the same \
+         runtime), interleaved. Every adapter in turn.",
     );
-    let adapter: &dyn Adapter = adapters[0].as_ref();
-    let (a, name) = (adapter.key(), adapter.name());
     let mut memory = None;
     let mut raw_memory = None;
-    for live in LIVE_WORKERS {
-        let idle = adapter.idle_workers(live);
-        let raw_idle: Vec<_> = (0..live).map(|_| raw.spawn_ready(RawKind::Echo)).collect();
-        let raw_pids: Vec<i32> = raw_idle.iter().map(|(_, pid)| *pid).collect();
-        if live == MEMORY_WORKERS {
-            memory = Some(pss_of(&idle.pids));
-            raw_memory = Some(pss_of(&raw_pids));
+    for adapter in adapters {
+        let adapter: &dyn Adapter = adapter.as_ref();
+        let (a, name) = (adapter.key(), adapter.name());
+        for live in LIVE_WORKERS {
+            eprintln!("  {name}: {live} live workers");
+            let idle = adapter.idle_workers(live);
+            let raw_idle: Vec<_> = (0..live).map(|_| raw.spawn_ready(RawKind::Echo)).collect();
+            let raw_pids: Vec<i32> = raw_idle.iter().map(|(_, pid)| *pid).collect();
+            if live == MEMORY_WORKERS && memory.is_none() {
+                memory = Some((a, name, pss_of(&idle.pids)));
+                raw_memory = Some(pss_of(&raw_pids));
+            }
+            scaling_group(report, config, raw, zygote, adapter, live);
+            drop(idle.holder);
+            drop(raw_idle);
+            wait_all(&idle.pids);
+            wait_all(&raw_pids);
         }
-        let raw_key = format!("scale/raw/{live}");
-        let mut group = Group::new();
-        group.add(
-            &raw_key,
-            format!("{name}: raw floor, {live} live raw workers"),
-            (live > 0).then(|| "scale/raw/0".to_string()),
-            config.spawn,
-            Measure::Time,
-            move |budget| adapter.raw_floor(raw, budget),
-        );
-        group.add(
-            format!("scale/{a}/{live}"),
-            format!("{name}: `spawn` → result, {live} live workers"),
-            Some(if live > 0 {
-                format!("scale/{a}/0")
-            } else {
-                raw_key.clone()
-            }),
-            config.spawn,
-            Measure::Time,
-            move |budget| adapter.cold_spawn(budget),
-        );
-        group.run(report, config.rounds);
-        drop(idle.holder);
-        drop(raw_idle);
-        wait_all(&idle.pids);
-        wait_all(&raw_pids);
     }
+    memory_table(report, zygote, memory, raw_memory);
+}
 
+/// One row pair of table 5: `adapter`'s cold spawn and its raw floor with
+/// `live` workers alive; then the library zygote's CPU time per spawn over
+/// the group (only the library's spawns use that zygote): a figure the
+/// machine's other load hardly moves.
+fn scaling_group(
+    report: &mut Report,
+    config: &Config,
+    raw: &Arc<RawZygote>,
+    zygote: &Zygote,
+    adapter: &dyn Adapter,
+    live: usize,
+) {
+    let spawns = std::cell::Cell::new(0usize);
+    let cpu_before = os::cpu_ns(zygote.pid());
+    let (a, name) = (adapter.key(), adapter.name());
+    let raw_key = format!("scale/{a}/raw/{live}");
+    let mut group = Group::new();
+    group.add(
+        &raw_key,
+        format!("{name}: raw floor, {live} live raw workers"),
+        (live > 0).then(|| format!("scale/{a}/raw/0")),
+        config.spawn,
+        Measure::Time,
+        move |budget| adapter.raw_floor(raw, budget),
+    );
+    group.add(
+        format!("scale/{a}/{live}"),
+        format!("{name}: `spawn` → result, {live} live workers"),
+        Some(if live > 0 {
+            format!("scale/{a}/0")
+        } else {
+            raw_key.clone()
+        }),
+        config.spawn,
+        Measure::Time,
+        |budget| {
+            let samples = adapter.cold_spawn(budget);
+            // The warm-up spawns are taken but not returned.
+            spawns.set(spawns.get() + samples.len() + budget.warmup);
+            samples
+        },
+    );
+    group.run(report, config.rounds);
+    if let (Some(before), Some(after)) = (cpu_before, os::cpu_ns(zygote.pid())) {
+        let per_spawn = (after.saturating_sub(before)) / spawns.get().max(1) as u64;
+        report.add(
+            &format!("scale/{a}/zygote-cpu/{live}"),
+            &format!("{name}: the zygote's CPU time per spawn, {live} live workers"),
+            (live > 0)
+                .then(|| format!("scale/{a}/zygote-cpu/0"))
+                .as_deref(),
+            Summary::times(&[Duration::from_nanos(per_spawn)]),
+        );
+    }
+}
+
+/// Table 5b, from the idle workers of the first adapter measured.
+fn memory_table(
+    report: &mut Report,
+    zygote: &Zygote,
+    memory: Option<(&str, &str, (Summary, Summary))>,
+    raw_memory: Option<(Summary, Summary)>,
+) {
     report.table(
         "5b. Memory per idle worker",
         format!(
@@ -961,7 +1008,7 @@ fn scaling_section(
              current-thread runtime."
         ),
     );
-    if let (Some((raw_pss, raw_rss)), Some((pss, rss))) = (raw_memory, memory) {
+    if let (Some((raw_pss, raw_rss)), Some((a, name, (pss, rss)))) = (raw_memory, memory) {
         report.add("mem/raw/pss", "raw idle worker: PSS", None, raw_pss);
         report.add(
             &format!("mem/{a}/pss"),

@@ -70,6 +70,10 @@ fn main() {
             z(two_hundred_workers_alive_at_once),
         ),
         Trial::test(
+            "workers_exiting_at_once_all_have_their_exit_reported",
+            z(workers_exiting_at_once_all_have_their_exit_reported),
+        ),
+        Trial::test(
             "kill_reaches_only_the_live_worker",
             z(kill_reaches_only_the_live_worker),
         ),
@@ -334,6 +338,38 @@ fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
             worker.process.wait()?.success(),
             "worker exits when its channel closes",
         )?;
+    }
+    Ok(())
+}
+
+/// The zygote reaps each exited child by the pid its SIGCHLD names; exits
+/// at the same moment merge their SIGCHLDs into one, and those it did not
+/// name must still be reaped and reported (by the zygote's sweep).
+fn workers_exiting_at_once_all_have_their_exit_reported(zygote: &Zygote) -> Result<(), Failed> {
+    const WORKERS: usize = 100;
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        workers.push(zygote.spawn(|mut ctx: WorkerContext| {
+            ctx.channel.write_all(b"!").unwrap();
+            let mut rest = Vec::new();
+            let _ = ctx.channel.read_to_end(&mut rest);
+        })?);
+    }
+    for worker in &mut workers {
+        let mut byte = [0u8];
+        worker.channel.read_exact(&mut byte)?;
+    }
+    // All hang-ups in one burst, so the exits land together.
+    for worker in &workers {
+        worker.channel.shutdown(std::net::Shutdown::Both)?;
+    }
+    for (index, worker) in workers.into_iter().enumerate() {
+        match worker.process.wait_timeout(Duration::from_secs(30)) {
+            Some(status) => check(status?.success(), format!("worker {index} exited cleanly"))?,
+            None => {
+                return Err(format!("worker {index}'s exit was not reported within 30 s").into())
+            }
+        }
     }
     Ok(())
 }

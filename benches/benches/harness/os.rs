@@ -188,6 +188,18 @@ impl Heap {
     }
 }
 
+/// The CPU time a process has used so far, in nanoseconds (the first field
+/// of `/proc/<pid>/schedstat`; clock-tick counters are too coarse for a few
+/// hundred spawns).
+pub fn cpu_ns(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// PSS and RSS of a process in KiB, from `/proc/<pid>/smaps_rollup`.
 pub fn pss_rss_kib(pid: i32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;

@@ -25,7 +25,9 @@ pub struct TokioAdapter {
     name: String,
     key: String,
     parallel: Parallel,
-    runtime: Runtime,
+    /// Shared with the idle workers' holder ([`IdleRuns`]), which drops
+    /// them on it.
+    runtime: Arc<Runtime>,
     multi_thread: bool,
 }
 
@@ -36,7 +38,7 @@ impl TokioAdapter {
             name: "tokio (multi-thread parent)".into(),
             key: "tokio-mt".into(),
             parallel: parallel.clone(),
-            runtime: Runtime::new().expect("runtime"),
+            runtime: Arc::new(Runtime::new().expect("runtime")),
             multi_thread: true,
         }
     }
@@ -47,10 +49,12 @@ impl TokioAdapter {
             name: "tokio (current-thread parent)".into(),
             key: "tokio-ct".into(),
             parallel: parallel.clone(),
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime"),
+            runtime: Arc::new(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime"),
+            ),
             multi_thread: false,
         }
     }
@@ -408,9 +412,41 @@ impl Adapter for TokioAdapter {
             (runs, pids)
         });
         IdleWorkers {
-            pids,
-            holder: Box::new(runs),
+            pids: pids.clone(),
+            holder: Box::new(IdleRuns {
+                runs,
+                pids,
+                runtime: Arc::clone(&self.runtime),
+            }),
         }
+    }
+}
+
+/// Idle `run` workers. Their drivers are tasks of the parent runtime: on a
+/// current-thread runtime they run only inside `block_on`, so the handles
+/// are dropped there, and it runs until the workers have exited. (Dropped
+/// outside it, as they once were, no driver told its worker to end: the
+/// harness then waited 5 s for each worker's exit, which looked like a hang
+/// with 100 or 500 live workers.)
+struct IdleRuns {
+    runs: Vec<parallel_tokio::Run<u64, u64>>,
+    pids: Vec<i32>,
+    runtime: Arc<Runtime>,
+}
+
+impl Drop for IdleRuns {
+    fn drop(&mut self) {
+        let runs = std::mem::take(&mut self.runs);
+        let pids = std::mem::take(&mut self.pids);
+        self.runtime.block_on(async move {
+            drop(runs);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for pid in pids {
+                while !wait_exit(pid, Duration::ZERO) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
     }
 }
 

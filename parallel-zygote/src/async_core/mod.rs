@@ -129,3 +129,4 @@ pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
 pub use shared_bytes_mut::SharedBytesMut;
 pub use spawn::JoinHandle;
 pub use warm::{Refill, WarmConfig};
+pub(crate) use worker::install_panic_hook;

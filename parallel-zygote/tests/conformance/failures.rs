@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::join;
+use futures_util::future::{join, join_all};
 use libtest_mimic::Failed;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -124,6 +124,57 @@ pub async fn worker_sigkill_mid_call_reports_signal_and_call<R: Runtime>(
         }
         other => Err(format!("expected WorkerDied for call 2, got {other:?}").into()),
     }
+}
+
+/// Workers killed in one burst exit together, and their SIGCHLDs merge in
+/// the zygote: every call must still fail with the worker's real signal,
+/// which only the zygote's report of each exit gives.
+pub async fn workers_killed_at_once_each_report_their_signal<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    const WORKERS: usize = 30;
+    let mut sleepers = Vec::new();
+    for _ in 0..WORKERS {
+        sleepers.push(parallel.run(|seconds: u64| async move {
+            R::sleep(Duration::from_secs(seconds)).await;
+            seconds
+        })?);
+    }
+    let mut pids = Vec::new();
+    for sleeper in &sleepers {
+        check(sleeper.call(0).await? == 0, "warm-up call")?;
+        pids.push(known_pid::<R>("run worker", || sleeper.pid()).await?);
+    }
+    // A minute-long call on each; 100 ms into them, every worker is
+    // killed from outside, in one burst.
+    let calls = join_all(sleepers.iter().map(|sleeper| sleeper.call(60)));
+    let killer = async {
+        R::sleep(Duration::from_millis(100)).await;
+        let mut sent = Ok(());
+        for &pid in &pids {
+            sent = sent.and(kill(Pid::from_raw(pid), Signal::SIGKILL));
+        }
+        if sent.is_err() {
+            for sleeper in &sleepers {
+                sleeper.kill(); // do not leave the calls waiting a minute
+            }
+        }
+        sent
+    };
+    let (results, sent) = join(calls, killer).await;
+    sent?;
+    for (index, result) in results.into_iter().enumerate() {
+        match result {
+            Err(error @ Error::WorkerDied { .. }) => check(
+                error.signal() == Some(libc::SIGKILL),
+                format!("worker {index}: {error}"),
+            )?,
+            other => {
+                return Err(format!("worker {index}: expected WorkerDied, got {other:?}").into())
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn worker_dying_before_first_reply_errors_promptly<R: Runtime>(

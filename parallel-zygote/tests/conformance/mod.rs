@@ -245,6 +245,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         failures::spawn_panic_is_reported,
         failures::worker_abort_reports_sigabrt_and_the_call,
         failures::worker_sigkill_mid_call_reports_signal_and_call,
+        failures::workers_killed_at_once_each_report_their_signal,
         failures::worker_dying_before_first_reply_errors_promptly,
         cancel::spawn_abort_kills_the_worker,
         cancel::dropped_spawn_handle_kills_its_worker,
