@@ -217,6 +217,10 @@ pub fn helper<H: Harness>() -> bool {
             output::forwarding_helper::<H>();
             true
         }
+        Ok(which) if which.starts_with(zero_copy::HELPER_PREFIX) => {
+            zero_copy::helper::<H>(&which[zero_copy::HELPER_PREFIX.len()..]);
+            true
+        }
         Ok(which) => panic!("{HELPER_ENV}={which}: no such helper"),
         Err(_) => false,
     }
@@ -263,9 +267,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         process::fd_passed_back_from_a_worker_is_usable_here,
         process::process_sender_is_a_sink,
         process::large_messages_arrive_intact_both_ways_and_leak_nothing,
-        zero_copy::shared_buffers_travel_as_memfds_both_ways_are_sent_on_and_leak_nothing,
         zero_copy::shared_buffers_past_a_streams_limit_are_refused_until_released,
-        zero_copy::a_message_with_too_many_shared_buffers_is_refused_and_the_channel_goes_on,
         pool::timeout_kills_stuck_worker_and_pool_keeps_serving,
         pool::pool_of_4_over_1000_inputs_with_one_poisoned,
         pool::pool_recycles_workers_after_max_calls,
@@ -316,6 +318,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         output::FORWARDING,
         output::worker_tracing_and_output_reach_a_parent_subscriber,
     ));
+    trials.extend(zero_copy::alone_trials::<H>());
     trials
 }
 

@@ -8,7 +8,48 @@ use parallel_zygote::async_core::{
     Bytes, Error, MessageSender, MessageStream, Parallel, Runtime, SharedBytesMut,
 };
 
-use super::check;
+use super::{check, skippable, Harness, TestFuture};
+
+/// The trial that sends shared buffers both ways and checks that neither
+/// process keeps a descriptor or a mapping of them.
+pub const TRAVEL: &str = "shared_buffers_travel_as_memfds_both_ways_are_sent_on_and_leak_nothing";
+/// The trial that sends one shared buffer too many in a message.
+pub const TOO_MANY: &str =
+    "a_message_with_too_many_shared_buffers_is_refused_and_the_channel_goes_on";
+/// How a [`HELPER_ENV`](super::HELPER_ENV) value naming one of these
+/// trials starts.
+pub const HELPER_PREFIX: &str = "zero-copy:";
+
+/// The trials that count this process's descriptors and mappings: other
+/// trials, running beside them in the same process, open and close theirs
+/// at any moment, so each runs alone in a helper process.
+pub fn alone_trials<H: Harness>() -> Vec<libtest_mimic::Trial> {
+    [TRAVEL, TOO_MANY]
+        .into_iter()
+        .map(|name| {
+            skippable::<H>(name, move || {
+                super::run_helper(&format!("{HELPER_PREFIX}{name}"))
+            })
+        })
+        .collect()
+}
+
+/// The helper process for the trial `name`: starts the zygote, runs the
+/// trial, prints `ok` or what went wrong.
+pub fn helper<H: Harness>(name: &str) {
+    let outcome = H::init().map_err(Failed::from).and_then(|parallel| {
+        let test: TestFuture = match name {
+            TRAVEL => Box::pin(travel_both_ways_and_leak_nothing(parallel)),
+            TOO_MANY => Box::pin(too_many_refused_and_the_channel_goes_on(parallel)),
+            other => return Err(format!("no zero-copy trial called {other}").into()),
+        };
+        H::block_on(test)
+    });
+    match outcome {
+        Ok(()) => println!("ok"),
+        Err(failed) => println!("{}", failed.message().unwrap_or("failed")),
+    }
+}
 
 /// Sizes from empty to past the message threshold (off in this scenario).
 const SIZES: [usize; 5] = [0, 1, 4096, 100_003, (3 << 20) + 5];
@@ -96,7 +137,7 @@ async fn shared_echo(mut input: MessageStream<ToWorker>, output: MessageSender<F
     output.send(done).await.unwrap();
 }
 
-pub async fn shared_buffers_travel_as_memfds_both_ways_are_sent_on_and_leak_nothing<R: Runtime>(
+async fn travel_both_ways_and_leak_nothing<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let mut process = parallel.process(shared_echo)?;
@@ -276,9 +317,7 @@ pub async fn shared_buffers_past_a_streams_limit_are_refused_until_released<R: R
     Ok(())
 }
 
-pub async fn a_message_with_too_many_shared_buffers_is_refused_and_the_channel_goes_on<
-    R: Runtime,
->(
+async fn too_many_refused_and_the_channel_goes_on<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let mut process = parallel.process(
