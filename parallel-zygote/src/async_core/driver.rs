@@ -11,7 +11,7 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
@@ -51,11 +51,7 @@ pub(crate) enum Command {
 
 /// Where a call's answer goes: the call's id with the worker's outcome, or
 /// why there is none.
-pub(crate) type Reply = oneshot::Sender<Answered>;
-
-/// A call's answer: the call's id with the worker's outcome, or why there
-/// is none.
-pub(crate) type Answered = Result<(CallId, Outcome), CallFailed>;
+pub(crate) type Reply = oneshot::Sender<Result<(CallId, Outcome), CallFailed>>;
 
 /// A call that got no outcome.
 #[derive(Debug)]
@@ -119,8 +115,6 @@ pub(crate) fn launch<R: Runtime>(
         held: None,
         returned: Some(returned_tx),
         write_broken: false,
-        reader: false,
-        served: None,
         broke: None,
         output,
         phase: Phase::Serve,
@@ -135,100 +129,6 @@ pub(crate) fn launch<R: Runtime>(
         data,
         returned,
         shared,
-    }
-}
-
-/// What one event read from the worker came to.
-enum Incoming {
-    /// The answer to another call than the reader's, sent on.
-    Answered,
-    /// The reader's own answer.
-    Mine(CallId, Outcome),
-    /// Another event, applied: the driver has something to look at.
-    Other,
-    /// Serving ends: the task returned (true) or the channel broke (false).
-    Served(bool),
-}
-
-/// The receiving end of a call's [`Reply`].
-type AnswerReceiver = oneshot::Receiver<Answered>;
-
-/// A caller waiting for its call's answer.
-///
-/// The answer used to come only through the driver's task: the reactor woke
-/// the driver, which read the reply and woke the caller. Where the driver
-/// runs on another thread than the caller (smol's executor beside the
-/// program's `block_on`, a multi-thread runtime's `block_on`), that is a
-/// hop more per call than a raw socket's round trip, where the reactor
-/// wakes the reader itself. So a waiting caller reads the socket itself,
-/// under its own waker, when the driver serves and no other caller does:
-/// it keeps its own reply, sends on any other call's, and leaves the rest
-/// (the end of the channel, stream data) to the driver, which it wakes.
-/// Done (or dropped), it reads on under the driver's waker until the
-/// socket is empty, which leaves the reactor waking the driver again.
-pub(crate) struct Answer<R: Runtime> {
-    state: Submit<R>,
-    answer: AnswerReceiver,
-    /// Whether this caller holds the read.
-    reading: bool,
-    /// Whether its waker waits with the reply's channel: the answer is then
-    /// looked for there first, without the driver's lock (pipelined calls
-    /// are woken one by one as the reader sends their answers).
-    listening: bool,
-}
-
-impl<R: Runtime> Answer<R> {
-    pub(crate) fn new(state: Submit<R>, answer: AnswerReceiver) -> Self {
-        Answer {
-            state,
-            answer,
-            reading: false,
-            listening: false,
-        }
-    }
-}
-
-impl<R: Runtime> Future for Answer<R> {
-    /// `Err` when the driver dropped the call unanswered (it is gone).
-    type Output = Result<Answered, oneshot::Canceled>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if this.listening {
-            if let Poll::Ready(answer) = Pin::new(&mut this.answer).poll(cx) {
-                return Poll::Ready(answer);
-            }
-        }
-        if let Some(state) = this.state.0.upgrade() {
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Poll::Ready(answer) = state.poll_answer(cx, &mut this.answer, &mut this.reading)
-            {
-                return Poll::Ready(answer);
-            }
-        }
-        if this.reading {
-            // The reactor wakes this caller for the socket. Its waker is not
-            // left with the reply's channel too: the reply it reads itself
-            // is never sent there, and the sender's drop would wake it for
-            // nothing.
-            return Poll::Pending;
-        }
-        // The driver or another caller reads: the answer comes through
-        // the channel.
-        this.listening = true;
-        Pin::new(&mut this.answer).poll(cx)
-    }
-}
-
-impl<R: Runtime> Drop for Answer<R> {
-    fn drop(&mut self) {
-        if !self.reading {
-            return;
-        }
-        if let Some(state) = self.state.0.upgrade() {
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            state.release_read(&mut self.reading);
-        }
     }
 }
 
@@ -252,8 +152,8 @@ pub struct Driver<R: Runtime> {
 /// 6 µs per call on tokio's multi-thread runtime. So a caller that finds
 /// the driver idle (everything written, no call queued
 /// before it) registers its call and writes the frame itself, on its own
-/// thread, and waits for the answer (see [`Answer`]; caller and driver take
-/// turns on one lock, held for a poll at most). Whatever waiting the write
+/// thread, and waits for the answer as before (caller and driver take turns
+/// on one lock, held for a poll at most). Whatever waiting the write
 /// needs (a full socket) is registered with the driver task's waker, so
 /// the driver finishes it as if it had made the write.
 pub(crate) struct Submit<R: Runtime>(Weak<Mutex<DriverState<R>>>);
@@ -303,12 +203,6 @@ pub(crate) struct DriverState<R: Runtime> {
     /// The worker closed its end: stop writing, keep reading, because what
     /// it sent before closing (its result) may still be in our buffer.
     write_broken: bool,
-    /// A caller reads the socket for its answer (see [`Answer`]): the
-    /// driver leaves reading to it until it is done.
-    reader: bool,
-    /// A caller reading for its answer found the end of serving: the task
-    /// returned (true) or the channel broke (false). The driver takes it.
-    served: Option<bool>,
     /// The worker broke the protocol: what every waiter is told.
     broke: Option<parallel_proto::Error>,
     /// The worker's captured output and forwarded tracing, if any.
@@ -568,9 +462,6 @@ impl<R: Runtime> DriverState<R> {
     /// Serves until the task returns (true) or the channel breaks (false).
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
-            if let Some(served) = self.served.take() {
-                return Poll::Ready(served);
-            }
             let mut progress = false;
             // A kill is waiting for the pid: get it (the kill follows).
             if self.killer.kill_waits(cx) {
@@ -643,168 +534,44 @@ impl<R: Runtime> DriverState<R> {
                     Poll::Pending => {}
                 }
             }
-            // While a caller reads for its answer, the reactor wakes it, not
-            // the driver: reading here too would take the wait from it.
-            if self.held.is_none() && !self.reader {
-                match self.poll_incoming(cx, None) {
-                    Poll::Ready(Incoming::Served(served)) => return Poll::Ready(served),
-                    Poll::Ready(_) => progress = true,
+            if self.held.is_none() {
+                match self.conn.poll_event(cx) {
+                    Poll::Ready(Ok(Some((ParentEvent::SharedData { len, .. }, fds)))) => {
+                        match shared::receive(len, fds) {
+                            Ok(message) => {
+                                if self.data.is_some() {
+                                    self.held = Some(message);
+                                }
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "worker broke the protocol: killing it");
+                                self.broke = Some(error.into());
+                                self.killer.kill();
+                                return Poll::Ready(false);
+                            }
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(Some((event, fds)))) => {
+                        if self.handle(event, fds) {
+                            return Poll::Ready(true);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(Error::Protocol(error))) => {
+                        tracing::error!(%error, "worker broke the protocol: killing it");
+                        // A worker that breaks the protocol gets no more
+                        // service: kill it now rather than after the grace.
+                        self.broke = Some(error);
+                        self.killer.kill();
+                        return Poll::Ready(false);
+                    }
+                    Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(false),
                     Poll::Pending => {}
                 }
             }
             if !progress {
                 return Poll::Pending;
-            }
-        }
-    }
-
-    /// Reads and applies one event from the worker, under `cx`'s waker.
-    ///
-    /// `mine` is the answer a reading caller waits for: its reply is
-    /// returned rather than sent, so the caller is not woken for it.
-    fn poll_incoming(
-        &mut self,
-        cx: &mut Context<'_>,
-        mine: Option<&AnswerReceiver>,
-    ) -> Poll<Incoming> {
-        let event = match ready!(self.conn.poll_event(cx)) {
-            Ok(Some(event)) => event,
-            Err(Error::Protocol(error)) => {
-                tracing::error!(%error, "worker broke the protocol: killing it");
-                // A worker that breaks the protocol gets no more service:
-                // kill it now rather than after the grace.
-                self.broke = Some(error);
-                self.killer.kill();
-                return Poll::Ready(Incoming::Served(false));
-            }
-            Ok(None) | Err(_) => return Poll::Ready(Incoming::Served(false)),
-        };
-        Poll::Ready(match event {
-            (ParentEvent::Reply { call, outcome }, _) => {
-                tracing::trace!(call, "call answered");
-                if let Some(reply) = self.calls.remove(&call) {
-                    if mine.is_some_and(|mine| reply.is_connected_to(mine)) {
-                        return Poll::Ready(Incoming::Mine(call, outcome));
-                    }
-                    let _ = reply.send(Ok((call, outcome)));
-                }
-                Incoming::Answered
-            }
-            (ParentEvent::SharedData { len, .. }, fds) => match shared::receive(len, fds) {
-                Ok(message) => {
-                    if self.data.is_some() {
-                        self.held = Some(message);
-                    }
-                    Incoming::Other
-                }
-                Err(error) => {
-                    tracing::error!(%error, "worker broke the protocol: killing it");
-                    self.broke = Some(error.into());
-                    self.killer.kill();
-                    Incoming::Served(false)
-                }
-            },
-            (event, fds) => {
-                if self.handle(event, fds) {
-                    Incoming::Served(true)
-                } else {
-                    Incoming::Other
-                }
-            }
-        })
-    }
-
-    /// [`Answer`]: reads for the caller's answer on the caller's thread,
-    /// under the caller's waker, when the driver serves and no other
-    /// caller reads. `reading` says whether this caller holds the read.
-    fn poll_answer(
-        &mut self,
-        cx: &mut Context<'_>,
-        mine: &mut AnswerReceiver,
-        reading: &mut bool,
-    ) -> Poll<Result<Answered, oneshot::Canceled>> {
-        // Sent already (by the driver, or another caller), or failed: every
-        // send happens under this lock, so nothing is sent while it reads.
-        if let answer @ (Ok(Some(_)) | Err(_)) = mine.try_recv() {
-            if *reading {
-                self.release_read(reading);
-            }
-            return Poll::Ready(answer.map(|answer| answer.expect("matched Some")));
-        }
-        let may_read = matches!(self.phase, Phase::Serve)
-            && self.served.is_none()
-            && self.held.is_none()
-            && self.task.is_some()
-            && (*reading || !self.reader);
-        if !may_read {
-            if *reading {
-                self.release_read(reading);
-            }
-            return Poll::Pending;
-        }
-        let span = self.killer.span().clone();
-        let _entered = span.enter();
-        self.reader = true;
-        *reading = true;
-        loop {
-            match self.poll_incoming(cx, Some(&*mine)) {
-                Poll::Ready(Incoming::Mine(call, outcome)) => {
-                    self.release_read(reading);
-                    return Poll::Ready(Ok(Ok((call, outcome))));
-                }
-                Poll::Ready(Incoming::Answered) => {}
-                Poll::Ready(Incoming::Other) => {
-                    // Not a call's business (the hello, stream data, the end
-                    // of the stream): the driver looks at what changed.
-                    if let Some(task) = &self.task {
-                        task.wake_by_ref();
-                    }
-                    if self.held.is_some() {
-                        self.release_read(reading);
-                        return Poll::Pending;
-                    }
-                }
-                Poll::Ready(Incoming::Served(served)) => {
-                    // The driver settles and answers every waiter, this one too.
-                    self.served = Some(served);
-                    self.release_read(reading);
-                    return Poll::Pending;
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    /// Gives the read back to the driver: reads on under the driver task's
-    /// waker, so that the reactor wakes the driver for whatever comes next
-    /// (another call's answer, the end of the channel) without a wake-up
-    /// now; the driver is woken only when it has something to do.
-    fn release_read(&mut self, reading: &mut bool) {
-        *reading = false;
-        self.reader = false;
-        let Some(task) = self.task.clone() else {
-            return;
-        };
-        if self.served.is_some() || self.held.is_some() || !matches!(self.phase, Phase::Serve) {
-            task.wake();
-            return;
-        }
-        let span = self.killer.span().clone();
-        let _entered = span.enter();
-        let mut driver = Context::from_waker(&task);
-        loop {
-            match self.poll_incoming(&mut driver, None) {
-                Poll::Ready(Incoming::Answered) => {}
-                Poll::Ready(Incoming::Served(served)) => {
-                    self.served = Some(served);
-                    task.wake();
-                    return;
-                }
-                Poll::Ready(_) => {
-                    task.wake();
-                    return;
-                }
-                Poll::Pending => return,
             }
         }
     }
@@ -847,6 +614,12 @@ impl<R: Runtime> DriverState<R> {
                 self.killer.hello(pid);
             }
             ParentEvent::End => self.data = None,
+            ParentEvent::Reply { call, outcome } => {
+                tracing::trace!(call, "call answered");
+                if let Some(reply) = self.calls.remove(&call) {
+                    let _ = reply.send(Ok((call, outcome)));
+                }
+            }
             ParentEvent::Returned(outcome) => {
                 tracing::debug!("worker task returned");
                 self.data = None;

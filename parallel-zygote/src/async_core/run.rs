@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::codec::Codec;
 use std::any::type_name;
 
-use super::driver::{Answer, CallFailed, Command, Link, Submit};
+use super::driver::{CallFailed, Command, Link, Submit};
 use super::kill::{KillOnDrop, Killer};
 use super::runtime::{timeout, Runtime};
 use super::worker::WorkerFailure;
@@ -104,7 +104,7 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
                 return Err(CallFailed::undelivered(self.killer.death(None)));
             }
         }
-        let outcome = Answer::new(self.submit.clone(), answer).await;
+        let outcome = answer.await;
         guard.disarm();
         match outcome {
             Ok(result) => result,

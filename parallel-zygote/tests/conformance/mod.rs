@@ -260,6 +260,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         readers::answered_reader_hands_the_read_to_the_driver,
         readers::cancelled_reading_caller_leaves_no_caller_waiting,
         readers::worker_killed_while_a_caller_reads_fails_each_call,
+        readers::a_reader_set_aside_blocks_no_other_call,
         process::process_streams_both_ways_with_half_close,
         process::process_worker_panic_ends_stream_with_error,
         process::slow_consumer_keeps_memory_bounded,

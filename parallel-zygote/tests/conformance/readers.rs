@@ -194,3 +194,35 @@ pub async fn worker_killed_while_a_caller_reads_fails_each_call<R: Runtime>(
         format!("the errors named {} different calls: {lost:?}", lost.len()),
     )
 }
+
+/// A caller that holds the read but is no longer polled (its future kept
+/// aside after a timeout, say) must not keep the other calls of its task
+/// from their answers, nor lose its own.
+pub async fn a_reader_set_aside_blocks_no_other_call<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    let mut first = pin!(run.call(1));
+    // Polled alone on the channel, it becomes the reader; then set aside.
+    if within::<R, _>(Duration::from_millis(20), first.as_mut())
+        .await
+        .is_some()
+    {
+        return Err("the first call was answered before its gate was raised".into());
+    }
+    // The same task calls again while `first` is kept but not polled.
+    match within::<R, _>(BOUND, run.call(RAISE + 1)).await {
+        Some(answer) => check(answer? == RAISE + 1, "the second call got another's answer")?,
+        None => {
+            return Err(format!(
+                "a call made while an earlier caller of its task held the read, \
+                 unpolled, got no answer within {BOUND:?}"
+            )
+            .into())
+        }
+    }
+    match within::<R, _>(BOUND, first).await {
+        Some(answer) => check(answer? == 1, "the first call got another's answer"),
+        None => Err(format!("the call set aside got no answer within {BOUND:?}").into()),
+    }
+}
