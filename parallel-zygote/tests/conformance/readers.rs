@@ -1,7 +1,11 @@
-//! Callers that read their own answers: a `run` caller waiting for its
-//! answer reads the worker's socket itself while no other caller does,
-//! passes on the answers of the calls it reads for others, and hands the
-//! read back when it is answered, cancelled, or finds the worker dead.
+//! Concurrent callers of one `run` worker and who reads their answers:
+//! answers that arrive out of order reach their own callers, a caller
+//! answered or cancelled mid-wait leaves the others served, a worker killed
+//! while calls wait fails each with its own call, and a caller whose future
+//! is kept but no longer polled keeps no other call from its answer. (Written
+//! for a design in which a waiting caller read the socket itself; that
+//! design was reverted for the last case, and the scenarios hold for any
+//! reader: the driver reads today.)
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering};
