@@ -345,6 +345,21 @@ fn skippable<H: Harness>(
     }
 }
 
+/// How many descriptors this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// How many of this process's mappings are of files (memfds) whose name
+/// contains `name`.
+pub fn mappings_named(name: &str) -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(name))
+        .count()
+}
+
 /// `Ok` when `condition` holds, else a failure saying `message`.
 pub fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
     if condition {

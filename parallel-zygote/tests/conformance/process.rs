@@ -12,7 +12,7 @@ use parallel_zygote::async_core::{
     Bytes, Error, Fd, MessageSender, MessageStream, Parallel, Runtime,
 };
 
-use super::{check, tempfile};
+use super::{check, mappings_named, open_fds, tempfile};
 
 pub async fn process_streams_both_ways_with_half_close<R: Runtime>(
     parallel: Parallel<R>,
@@ -257,17 +257,9 @@ fn bulk_bytes(size: usize, seed: usize) -> Bytes {
         .collect()
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
-}
-
 /// Mappings of the library's memfds (named `parallel-message`) this process holds.
 fn shared_mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("parallel-message"))
-        .count()
+    mappings_named("parallel-message")
 }
 
 async fn bulk_echo(mut input: MessageStream<Bulk>, output: MessageSender<BulkEcho>) {

@@ -8,7 +8,7 @@ use parallel_zygote::async_core::{
     Bytes, Error, MessageSender, MessageStream, Parallel, Runtime, SharedBytesMut,
 };
 
-use super::{check, skippable, Harness, TestFuture};
+use super::{check, mappings_named, open_fds, skippable, Harness, TestFuture};
 
 /// The trial that sends shared buffers both ways and checks that neither
 /// process keeps a descriptor or a mapping of them.
@@ -94,17 +94,9 @@ fn filled(size: usize, seed: usize) -> Result<Bytes, Error> {
     buffer.freeze()
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
-}
-
 /// Mappings of `SharedBytesMut` memfds (named `parallel-bytes`) this process holds.
 fn buffer_mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| line.contains("parallel-bytes"))
-        .count()
+    mappings_named("parallel-bytes")
 }
 
 async fn shared_echo(mut input: MessageStream<ToWorker>, output: MessageSender<FromWorker>) {

@@ -434,6 +434,18 @@ async fn hostile_shared_worker(which: u8) {
     std::thread::sleep(Duration::from_secs(600));
 }
 
+/// Fails unless this process lets go of every hostile memfd within 5 s.
+pub(super) async fn hostile_memfds_released<R: Runtime>() -> Result<(), Failed> {
+    let released = settle::<R>(Duration::from_secs(5), || hostile_memfds_held() == 0).await;
+    check(
+        released,
+        format!(
+            "the parent still holds {} hostile memfds",
+            hostile_memfds_held()
+        ),
+    )
+}
+
 /// Descriptors of this process that point at a hostile worker's memfd.
 pub(super) fn hostile_memfds_held() -> usize {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
@@ -487,14 +499,7 @@ pub async fn shared_memory_from_a_hostile_worker<R: Runtime>(
         check(gone, format!("case {name:?}: hostile worker left alive"))?;
         figures.push(format!("{name}: \"{text}\""));
     }
-    let released = settle::<R>(Duration::from_secs(5), || hostile_memfds_held() == 0).await;
-    check(
-        released,
-        format!(
-            "the parent still holds {} hostile memfds",
-            hostile_memfds_held()
-        ),
-    )?;
+    hostile_memfds_released::<R>().await?;
     report::<R>("bad_shared_memory_on_a_worker_channel", &figures);
     Ok(())
 }

@@ -5,14 +5,13 @@
 //! stream goes on, and the parent keeps none of the descriptors.
 
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use libtest_mimic::Failed;
 use parallel_zygote::async_core::{Bytes, Fd, MessageSender, MessageStream, Parallel, Runtime};
 
-use super::bad_input::{error_chain, hostile_memfd, hostile_memfds_held};
-use super::{check, report, settle};
+use super::bad_input::{error_chain, hostile_memfd, hostile_memfds_released};
+use super::{check, report};
 
 /// The wire form of a shared `Bytes` (pinned here as a golden form would
 /// be): the mark, 1, the descriptor's index (u32 LE), the length (u64 LE).
@@ -146,14 +145,7 @@ pub async fn forged_shared_buffers_from_a_hostile_worker<R: Runtime>(
     drop(process.sender);
     while stream.next().await.is_some() {}
     process.handle.wait().await?;
-    let released = settle::<R>(Duration::from_secs(5), || hostile_memfds_held() == 0).await;
-    check(
-        released,
-        format!(
-            "the parent still holds {} hostile memfds",
-            hostile_memfds_held()
-        ),
-    )?;
+    hostile_memfds_released::<R>().await?;
     report::<R>("bad_shared_buffers_on_a_worker_channel", &figures);
     Ok(())
 }
