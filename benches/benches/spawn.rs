@@ -1234,13 +1234,25 @@ fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
             4.0,
         ));
     }
+    // Each size also with the fastest path a user can choose (`Bytes`, and
+    // a `SharedBytesMut` filled before the clock as raw writes' buffer is).
     for (label, key, limit) in [
         ("64 KiB", "bytes", 0.8),
+        ("64 KiB", "ours", 0.8),
         ("1 MiB", "bytes", 0.8),
+        ("1 MiB", "ours", 0.8),
+        ("1 MiB", "zc-ready", 0.8),
         ("64 MiB", "bytes", 1.5),
+        ("64 MiB", "ours", 1.5),
+        ("64 MiB", "zc-ready", 1.5),
         ("1 MiB", "seq", 0.5),
     ] {
-        let what = if key == "seq" { "plain Vec<u8> " } else { "" };
+        let what = match key {
+            "seq" => "plain Vec<u8> ",
+            "ours" => "`Bytes` ",
+            "zc-ready" => "`SharedBytesMut` (filled before the clock) ",
+            _ => "serde_bytes ",
+        };
         specs.push((
             format!("{label} `process` {what}throughput ≥ {limit} × raw"),
             format!("tp/{a}/{label}/{key}"),
