@@ -52,10 +52,9 @@ async fn gate<R: Runtime>(n: u32) -> u32 {
 /// How long any step here may take on a loaded machine.
 const BOUND: Duration = Duration::from_secs(10);
 
-/// The first caller reads the socket while it waits; the answers of the
-/// calls made after it arrive first, and must reach their callers through
-/// it.
-pub async fn waiting_caller_passes_on_the_answers_it_reads<R: Runtime>(
+/// The first caller waits while the answers of the calls made after it
+/// arrive first: each must reach its own caller.
+pub async fn answers_arriving_out_of_order_reach_their_callers<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let run = parallel.run(gate::<R>)?;
@@ -83,11 +82,10 @@ pub async fn waiting_caller_passes_on_the_answers_it_reads<R: Runtime>(
     }
 }
 
-/// Once the reading caller is answered, the read goes back to the driver,
-/// which must answer the callers still waiting, though no new call wakes
-/// it. Each call is polled only when its own waker is woken (as if each
+/// Once the first caller is answered, the callers still waiting must be
+/// answered too, though no new call wakes the driver. Each call is polled only when its own waker is woken (as if each
 /// ran in a task of its own), so no caller is polled by chance.
-pub async fn answered_reader_hands_the_read_to_the_driver<R: Runtime>(
+pub async fn callers_polled_only_when_woken_are_all_answered<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let run = parallel.run(gate::<R>)?;
@@ -110,11 +108,10 @@ pub async fn answered_reader_hands_the_read_to_the_driver<R: Runtime>(
     Ok(())
 }
 
-/// The reading caller's future is dropped while it waits (which kills the
+/// The first caller's future is dropped while it waits (which kills the
 /// worker, as any cancelled call does): every other caller must still hear
-/// of the death, through the driver, rather than wait for a read nobody
-/// does.
-pub async fn cancelled_reading_caller_leaves_no_caller_waiting<R: Runtime>(
+/// of the death rather than wait for a read nobody does.
+pub async fn a_cancelled_first_caller_leaves_no_caller_waiting<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let run = parallel.run(gate::<R>)?;
@@ -151,10 +148,9 @@ pub async fn cancelled_reading_caller_leaves_no_caller_waiting<R: Runtime>(
     )
 }
 
-/// The worker is killed from outside while callers wait, one of them
-/// reading: it finds the end of the stream and hands over to the driver,
-/// which must answer each caller with the death and the call it lost.
-pub async fn worker_killed_while_a_caller_reads_fails_each_call<R: Runtime>(
+/// The worker is killed from outside while callers wait: each caller must
+/// be answered with the death and the call it lost.
+pub async fn worker_killed_while_calls_wait_fails_each_call<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let run = parallel.run(gate::<R>)?;
@@ -199,10 +195,11 @@ pub async fn worker_killed_while_a_caller_reads_fails_each_call<R: Runtime>(
     )
 }
 
-/// A caller that holds the read but is no longer polled (its future kept
-/// aside after a timeout, say) must not keep the other calls of its task
-/// from their answers, nor lose its own.
-pub async fn a_reader_set_aside_blocks_no_other_call<R: Runtime>(
+/// A caller that waited, then is no longer polled (its future kept aside
+/// after a timeout, say), must not keep the other calls of its task from
+/// their answers, nor lose its own. (It deadlocked when a waiting caller
+/// read the socket itself: see BENCHMARKS.md, *Call round trips*.)
+pub async fn a_call_set_aside_blocks_no_other_call<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let run = parallel.run(gate::<R>)?;
