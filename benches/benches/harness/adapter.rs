@@ -13,14 +13,14 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parallel_zygote::async_core::{MessageSender, MessageStream, WarmConfig};
+use parallel_zygote::async_core::{MessageSender, MessageStream, Parallel, Runtime, WarmConfig};
 
 use super::os::{minor_faults, monotonic_ns};
 use super::raw::{RawKind, RawZygote};
-use super::stages::Chunk;
-use super::stats::Budget;
+use super::stages::{Chunk, OurChunk};
+use super::stats::{Budget, Sampler};
 
 /// The trivial worker function: its argument back.
 pub async fn echo(x: u64) -> u64 {
@@ -31,6 +31,43 @@ pub async fn echo(x: u64) -> u64 {
 /// pid, so the harness can wait for the worker's exit between samples.
 pub async fn echo_pid(x: u64) -> (u64, u32) {
     (x, std::process::id())
+}
+
+/// `process` throughput of `SharedBytesMut` buffers, the same on every
+/// adapter: one filled before the clock and sent `count` times, or
+/// (`fill_in_clock`) a new one per message, created, filled and frozen
+/// inside the clock.
+pub async fn shared_throughput<R: Runtime>(
+    parallel: Parallel<R>,
+    size: usize,
+    count: usize,
+    fill_in_clock: bool,
+    budget: Budget,
+) -> Vec<Duration> {
+    let process = parallel.process(sink::<OurChunk>).expect("process");
+    let (sender, mut stream) = (process.sender, process.stream);
+    let template = vec![1u8; size];
+    let total = (size * count) as u64;
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        let ready = (!fill_in_clock).then(|| match OurChunk::shared(&template) {
+            OurChunk::Data(bytes) => bytes,
+            OurChunk::Flush => unreachable!(),
+        });
+        let start = Instant::now();
+        for _ in 0..count {
+            let message = match &ready {
+                Some(bytes) => OurChunk::Data(bytes.clone()),
+                None => OurChunk::shared(&template),
+            };
+            sender.send(message).await.expect("send");
+        }
+        sender.send(OurChunk::Flush).await.expect("send");
+        let received = stream.recv().await.expect("count").expect("count");
+        sampler.record(start.elapsed());
+        assert_eq!(received, total);
+    }
+    sampler.finish()
 }
 
 /// The `process` worker: counts payload bytes; answers the count at a flush.

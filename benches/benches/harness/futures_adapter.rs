@@ -19,7 +19,8 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, sink, Adapter, Encoding, IdleWorkers, Phases, Place, SharedMemory,
+    clock, echo, echo_pid, nanos, shared_throughput, sink, Adapter, Encoding, IdleWorkers, Phases,
+    Place, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -186,9 +187,6 @@ impl<H: Host> HostAdapter<H> {
         })
     }
 
-    /// `process` throughput of `SharedBytesMut` buffers: one filled before
-    /// the clock and sent `count` times, or (`fill_in_clock`) a new one per
-    /// message, created, filled and frozen inside the clock.
     fn process_throughput_shared(
         &self,
         size: usize,
@@ -196,33 +194,13 @@ impl<H: Host> HostAdapter<H> {
         fill_in_clock: bool,
         budget: Budget,
     ) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let process = parallel.process(sink::<OurChunk>).expect("process");
-            let (sender, mut stream) = (process.sender, process.stream);
-            let template = vec![1u8; size];
-            let total = (size * count) as u64;
-            let mut sampler = Sampler::new(budget);
-            while sampler.next() {
-                let ready = (!fill_in_clock).then(|| match OurChunk::shared(&template) {
-                    OurChunk::Data(bytes) => bytes,
-                    OurChunk::Flush => unreachable!(),
-                });
-                let start = Instant::now();
-                for _ in 0..count {
-                    let message = match &ready {
-                        Some(bytes) => OurChunk::Data(bytes.clone()),
-                        None => OurChunk::shared(&template),
-                    };
-                    sender.send(message).await.expect("send");
-                }
-                sender.send(OurChunk::Flush).await.expect("send");
-                let received = stream.recv().await.expect("count").expect("count");
-                sampler.record(start.elapsed());
-                assert_eq!(received, total);
-            }
-            sampler.finish()
-        })
+        self.on_runtime(shared_throughput(
+            self.parallel.clone(),
+            size,
+            count,
+            fill_in_clock,
+            budget,
+        ))
     }
 }
 
