@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use parallel_zygote::{Error, ExitStatus, Resource, SpawnOptions, WorkerContext, Zygote};
+use parallel_zygote::{Error, ExitStatus, Resource, SpawnOptions, Worker, WorkerContext, Zygote};
 
 const HELPER: &str = "PARALLEL_ZYGOTE_HELPER";
 
@@ -313,11 +313,12 @@ fn panicking_boot_exits_with_101(zygote: &Zygote) -> Result<(), Failed> {
     )
 }
 
-fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
+/// `count` workers, each alive (it said so) and waiting for the parent to
+/// hang up its channel, then exiting.
+fn workers_waiting_for_hang_up(zygote: &Zygote, count: usize) -> Result<Vec<Worker>, Failed> {
     let mut workers = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..count {
         workers.push(zygote.spawn(|mut ctx: WorkerContext| {
-            // Say "alive", then wait for the parent to hang up.
             ctx.channel.write_all(b"!").unwrap();
             let mut rest = Vec::new();
             let _ = ctx.channel.read_to_end(&mut rest);
@@ -327,6 +328,11 @@ fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
         let mut byte = [0u8];
         worker.channel.read_exact(&mut byte)?;
     }
+    Ok(workers)
+}
+
+fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
+    let workers = workers_waiting_for_hang_up(zygote, 200)?;
     let alive = workers
         .iter()
         .filter(|w| std::path::Path::new(&format!("/proc/{}", w.process.pid())).exists())
@@ -347,18 +353,7 @@ fn two_hundred_workers_alive_at_once(zygote: &Zygote) -> Result<(), Failed> {
 /// name must still be reaped and reported (by the zygote's sweep).
 fn workers_exiting_at_once_all_have_their_exit_reported(zygote: &Zygote) -> Result<(), Failed> {
     const WORKERS: usize = 100;
-    let mut workers = Vec::new();
-    for _ in 0..WORKERS {
-        workers.push(zygote.spawn(|mut ctx: WorkerContext| {
-            ctx.channel.write_all(b"!").unwrap();
-            let mut rest = Vec::new();
-            let _ = ctx.channel.read_to_end(&mut rest);
-        })?);
-    }
-    for worker in &mut workers {
-        let mut byte = [0u8];
-        worker.channel.read_exact(&mut byte)?;
-    }
+    let workers = workers_waiting_for_hang_up(zygote, WORKERS)?;
     // All hang-ups in one burst, so the exits land together.
     for worker in &workers {
         worker.channel.shutdown(std::net::Shutdown::Both)?;
