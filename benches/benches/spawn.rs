@@ -612,6 +612,14 @@ fn round_trip_section(
             move |budget| adapter.raw_ping_pong(raw, budget),
         );
         group.add(
+            format!("rt/{a}/relay"),
+            format!("{name}: raw ping-pong, reply relayed by a reader task"),
+            Some(raw_key.clone()),
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.raw_relayed(raw, Place::Task, budget),
+        );
+        group.add(
             format!("rt/{a}/run"),
             format!("{name}: `Run::call(x)`, awaited in a spawned task"),
             Some(raw_key.clone()),
@@ -651,6 +659,16 @@ fn round_trip_section(
             config.fast,
             Measure::Time,
             move |budget| adapter.raw_ping_pong_main(raw, budget),
+        );
+        group.add(
+            format!("rt/{a}/relay-main"),
+            format!(
+                "{name}: raw ping-pong, reply relayed by a reader task, in the `block_on` future"
+            ),
+            Some(raw_main.clone()),
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.raw_relayed(raw, Place::Main, budget),
         );
         group.add(
             format!("rt/{a}/run-main"),

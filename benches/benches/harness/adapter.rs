@@ -12,7 +12,7 @@
 //! | `parallel-glommio` | [`HostAdapter`](super::futures_adapter::HostAdapter) of [`GlommioHost`](super::glommio_adapter::GlommioHost) |
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use parallel_zygote::async_core::{MessageSender, MessageStream, Parallel, Runtime, WarmConfig};
@@ -181,6 +181,29 @@ impl Place {
     }
 }
 
+/// The raw ping-pong in the library's shape (see [`Adapter::raw_relayed`]):
+/// the caller leaves a one-shot channel here and writes its request; a
+/// reader task reads the reply and answers through it, under this lock, as
+/// a worker's driver answers a waiting `Run::call`.
+#[derive(Clone, Default)]
+pub struct ReplySlot(Arc<Mutex<Option<futures_channel::oneshot::Sender<[u8; 8]>>>>);
+
+impl ReplySlot {
+    /// Where the next reply goes; set before the request is written.
+    pub fn expect_reply(&self) -> futures_channel::oneshot::Receiver<[u8; 8]> {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        *self.0.lock().expect("reply slot") = Some(sender);
+        receiver
+    }
+
+    /// Hands a reply read by the reader task to its caller; false once
+    /// nobody waits (the measurement is over).
+    pub fn answer(&self, reply: [u8; 8]) -> bool {
+        let sender = self.0.lock().expect("reply slot").take();
+        sender.is_some_and(|sender| sender.send(reply).is_ok())
+    }
+}
+
 /// Workers held alive for the scaling and memory figures.
 pub struct IdleWorkers {
     pub pids: Vec<i32>,
@@ -223,6 +246,14 @@ pub trait Adapter {
     fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
         self.raw_ping_pong(raw, budget)
     }
+    /// The raw ping-pong in the shape of a `Run::call`: the caller at
+    /// `place` writes its request itself, and a reader task spawned on the
+    /// runtime (where the library runs a worker's driver) reads the reply
+    /// and hands it over through a one-shot channel (see [`ReplySlot`]).
+    /// The floor of any design in which a task of its own reads the
+    /// channel, which the library needs so that no caller left unpolled
+    /// can stall the others.
+    fn raw_relayed(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration>;
     /// One call with tiny arguments (`u64 -> u64`) on a persistent worker,
     /// awaited at `place`.
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration>;

@@ -20,7 +20,7 @@ use smol::lock::Semaphore;
 
 use super::adapter::{
     clock, echo, echo_pid, nanos, shared_throughput, sink, Adapter, Encoding, IdleWorkers, Phases,
-    Place, SharedMemory,
+    Place, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -53,6 +53,10 @@ pub trait Host: 'static {
         budget: Budget,
     ) -> Vec<Duration>;
 
+    /// [`Adapter::raw_relayed`] on `socket`: the reader task reads a
+    /// duplicate of it, spawned where the library's drivers run.
+    fn raw_relayed(&self, socket: UnixStream, place: Place, budget: Budget) -> Vec<Duration>;
+
     /// The raw ping-pong on `socket`, where [`Host::in_task`] runs its
     /// calls: the floor of a call awaited there. By default in the
     /// `block_on` future (an executor whose tasks run on this thread).
@@ -75,6 +79,34 @@ pub async fn raw_ping_pongs<S: AsyncRead + AsyncWrite + Unpin>(
         stream.write_all(&x.to_le_bytes()).await.expect("write");
         stream.read_exact(&mut reply).await.expect("read");
         sampler.record(start.elapsed());
+    }
+    sampler.finish()
+}
+
+/// The reader task of [`Adapter::raw_relayed`]: each 8-byte reply on
+/// `stream` goes to whoever waits in `slot`, until either side is done.
+pub async fn relay_replies<S: AsyncRead + Unpin>(mut stream: S, slot: ReplySlot) {
+    let mut reply = [0u8; 8];
+    while stream.read_exact(&mut reply).await.is_ok() && slot.answer(reply) {}
+}
+
+/// The caller of [`Adapter::raw_relayed`]: writes each request on `stream`
+/// itself, and waits for the reply that the reader task hands over.
+pub async fn relayed_ping_pongs<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    slot: ReplySlot,
+    budget: Budget,
+) -> Vec<Duration> {
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0u64;
+    while sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        let reply = slot.expect_reply();
+        stream.write_all(&x.to_le_bytes()).await.expect("write");
+        let reply = reply.await.expect("the reader task ended");
+        sampler.record(start.elapsed());
+        assert_eq!(u64::from_le_bytes(reply), x);
     }
     sampler.finish()
 }
@@ -354,6 +386,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
     fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
         let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
         self.on_runtime(async move { raw_ping_pongs(H::stream(stream), budget).await })
+    }
+
+    fn raw_relayed(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+        self.host.raw_relayed(stream, place, budget)
     }
 
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {

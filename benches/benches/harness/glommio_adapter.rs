@@ -31,7 +31,8 @@ use parallel_glommio::{Glommio, Parallel};
 
 use std::time::Duration;
 
-use super::futures_adapter::{Calls, Host, HostAdapter};
+use super::adapter::{Place, ReplySlot};
+use super::futures_adapter::{relay_replies, relayed_ping_pongs, Calls, Host, HostAdapter};
 use super::raw::RawRuntime;
 use super::stats::Budget;
 
@@ -53,6 +54,23 @@ impl Host for GlommioHost {
         // SAFETY: `into_raw_fd` gives up ownership of an open descriptor and
         // `from_raw_fd` takes it over; nothing else refers to it.
         unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }
+    }
+
+    /// The reader a `spawn_local` task, as the drivers are; the caller
+    /// another, or the future `run` was given.
+    fn raw_relayed(&self, socket: UnixStream, place: Place, budget: Budget) -> Vec<Duration> {
+        let reader = socket.try_clone().expect("duplicate socket");
+        self.executor.run(async move {
+            let slot = ReplySlot::default();
+            let relay = glommio::spawn_local(relay_replies(Self::stream(reader), slot.clone()));
+            let calls = relayed_ping_pongs(Self::stream(socket), slot, budget);
+            let samples = match place {
+                Place::Task => glommio::spawn_local(calls).await,
+                Place::Main => calls.await,
+            };
+            let _ = relay.cancel().await;
+            samples
+        })
     }
 
     /// A `spawn_local` task on the same executor (glommio has no other).

@@ -24,7 +24,10 @@ use parallel_smol::{Parallel, Smol};
 
 use std::time::Duration;
 
-use super::futures_adapter::{raw_ping_pongs, Calls, Host, HostAdapter};
+use super::adapter::{Place, ReplySlot};
+use super::futures_adapter::{
+    raw_ping_pongs, relay_replies, relayed_ping_pongs, Calls, Host, HostAdapter,
+};
 use super::raw::RawRuntime;
 use super::stats::Budget;
 
@@ -47,6 +50,24 @@ impl Host for SmolHost {
     /// On smol's global executor, where the drivers run too.
     fn in_task(&self, parallel: &Parallel, calls: Calls, budget: Budget) -> Vec<Duration> {
         smol::block_on(smol::spawn(calls.measure(parallel.clone(), budget)))
+    }
+
+    /// The reader on smol's global executor, where the drivers run; the
+    /// caller there too, or in the `block_on` future.
+    fn raw_relayed(&self, socket: UnixStream, place: Place, budget: Budget) -> Vec<Duration> {
+        let reader = socket.try_clone().expect("duplicate socket");
+        smol::block_on(async move {
+            let slot = ReplySlot::default();
+            let relay = smol::spawn(relay_replies(Self::stream(reader), slot.clone()));
+            let calls = relayed_ping_pongs(Self::stream(socket), slot, budget);
+            let samples = match place {
+                Place::Task => smol::spawn(calls).await,
+                Place::Main => calls.await,
+            };
+            // Ends the worker: it sees the end of its input, and the reader then ours.
+            let _ = relay.cancel().await;
+            samples
+        })
     }
 
     /// On smol's global executor too: the floor of the calls made there.

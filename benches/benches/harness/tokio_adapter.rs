@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::adapter::{
     clock, echo, echo_pid, nanos, shared_throughput, sink, Adapter, Encoding, IdleWorkers, Phases,
-    Place, SharedMemory,
+    Place, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -259,6 +259,10 @@ impl Adapter for TokioAdapter {
         self.raw_ping_pong_at(Place::Main, raw, budget)
     }
 
+    fn raw_relayed(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration> {
+        self.raw_relayed_at(place, raw, budget)
+    }
+
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
         let parallel = self.parallel.clone();
         self.at(place, async move {
@@ -473,6 +477,38 @@ impl TokioAdapter {
             }
             sampler.finish()
         })
+    }
+
+    fn raw_relayed_at(&self, place: Place, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
+        let slot = ReplySlot::default();
+        let reader = {
+            let slot = slot.clone();
+            let _entered = self.runtime.enter();
+            let (mut reader, writer) = tokio_stream(stream).into_split();
+            let relay = tokio::spawn(async move {
+                let mut reply = [0u8; 8];
+                while reader.read_exact(&mut reply).await.is_ok() && slot.answer(reply) {}
+            });
+            (relay, writer)
+        };
+        let (relay, mut writer) = reader;
+        let samples = self.at(place, async move {
+            let mut sampler = Sampler::new(budget);
+            let mut x = 0u64;
+            while sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                let reply = slot.expect_reply();
+                writer.write_all(&x.to_le_bytes()).await.expect("write");
+                let reply = reply.await.expect("the reader task ended");
+                sampler.record(start.elapsed());
+                assert_eq!(u64::from_le_bytes(reply), x);
+            }
+            sampler.finish()
+        });
+        relay.abort();
+        samples
     }
 
     fn process_throughput_of<T: Chunk>(
