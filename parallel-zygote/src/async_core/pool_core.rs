@@ -311,6 +311,14 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
+        // A free worker: no waiting, so nothing to register for (the two
+        // listeners below cost more than the rest of taking a worker).
+        if let Some(permit) = self.permits.try_acquire() {
+            if control.is_killed() {
+                return Err(Error::Cancelled);
+            }
+            return Ok(permit);
+        }
         let queued = Queued::new(&self.counters.queued);
         let mut permit = pin!(self.permits.acquire());
         let mut shut = pin!(self.signals.shutdown.1.recv());

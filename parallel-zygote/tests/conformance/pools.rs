@@ -185,6 +185,35 @@ fn sleeper<R: Runtime>(
     )
 }
 
+/// A call killed before its first poll is withdrawn even though a worker
+/// is free: it never runs, and no worker is touched.
+pub async fn pool_task_killed_before_its_first_poll_never_runs<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = sleeper(&parallel, 2)?;
+    let before = all_pids::<R>(2, || pool.pids()).await?;
+    let task = pool.submit(0);
+    task.kill();
+    let result = task.await;
+    check(
+        matches!(result, Err(Error::Cancelled)),
+        format!("killed before its first poll: {result:?}"),
+    )?;
+    let stats = pool.stats();
+    check(
+        stats.deaths == 0 && stats.active == 0 && stats.queued == 0,
+        format!("no worker touched, nothing left running or queued: {stats:?}"),
+    )?;
+    // Both workers still serve.
+    let (a, b) = futures_util::future::join(pool.call(0), pool.call(0)).await;
+    let after = all_pids::<R>(2, || pool.pids()).await?;
+    check(after == before, format!("pids {before:?} then {after:?}"))?;
+    check(
+        a.is_ok() && b.is_ok(),
+        format!("calls after it: {a:?}, {b:?}"),
+    )
+}
+
 pub async fn queued_pool_call_is_cancelled_without_touching_workers<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
