@@ -1060,7 +1060,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `warm-spawn`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// and `phases` / `raw-phases` (which also print the medians of table 1c's
 /// phases).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
@@ -1086,6 +1086,8 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "call-main" => adapter.run_round_trip(Place::Main, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
+        "relay" => adapter.raw_relayed(raw, Place::Task, budget),
+        "relay-main" => adapter.raw_relayed(raw, Place::Main, budget),
         "pool" => adapter.pool_call(Place::Task, budget),
         "pool-main" => adapter.pool_call(Place::Main, budget),
         "process-1mib" => {
