@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use parallel_zygote::async_core::{Codec, CodecError, Error, Parallel, Runtime};
 
-use super::check;
+use super::{check, within};
 
 pub async fn spawn_returns_the_value<R: Runtime>(parallel: Parallel<R>) -> Result<(), Failed> {
     let value = parallel.spawn(|x: u64| async move { x * 2 }, 21).await?;
@@ -18,6 +18,36 @@ pub async fn spawn_returns_the_value<R: Runtime>(parallel: Parallel<R>) -> Resul
         )
         .await?;
     check(text == "in another process", text)
+}
+
+/// A spawn's Start frame is written inside `spawn()`, on the fresh socket;
+/// arguments larger than the socket's buffer leave the rest to the driver,
+/// and arrive whole.
+pub async fn spawn_arguments_larger_than_the_socket_buffer_arrive_whole<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let arguments: Vec<u8> = (0..(2usize << 20)).map(|i| (i % 251) as u8).collect();
+    let expected = (
+        arguments.len(),
+        arguments.iter().map(|&b| u64::from(b)).sum::<u64>(),
+    );
+    let spawned = parallel.spawn(
+        |bytes: Vec<u8>| async move {
+            (
+                bytes.len(),
+                bytes.iter().map(|&b| u64::from(b)).sum::<u64>(),
+            )
+        },
+        arguments,
+    );
+    let Some(result) = within::<R, _>(Duration::from_secs(60), spawned).await else {
+        return Err("no result within 60 s: the arguments did not all arrive".into());
+    };
+    let (len, sum) = result?;
+    check(
+        (len, sum) == expected,
+        format!("the worker saw {len} bytes summing to {sum}, not {expected:?}"),
+    )
 }
 
 pub async fn spawn_runs_in_another_process<R: Runtime>(
