@@ -6,7 +6,6 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::task::{ready, Context, Poll};
 
 use parallel_proto::Endpoint;
@@ -50,14 +49,6 @@ pub(crate) struct Conn<M, S> {
 impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
     pub(crate) fn new(machine: M, socket: S) -> Self {
         Self::resume(machine, socket, Inbox::new(), &[])
-    }
-
-    /// Takes over a socket on which [`write_ahead`] wrote the first frames:
-    /// `unsent` is what the socket did not take then, written first.
-    pub(crate) fn after_write_ahead(machine: M, socket: S, unsent: Outbox) -> Self {
-        let mut conn = Self::new(machine, socket);
-        conn.outbox = unsent;
-        conn
     }
 
     /// Takes over a socket that was read from already: `inbox` holds the
@@ -246,26 +237,4 @@ impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
         self.send_fds.extend(fds);
         Ok(())
     }
-}
-
-/// Writes the frames `machine` has queued (none with descriptors) on
-/// `stream` at once, before a runtime owns the socket, and returns what it
-/// did not take, for [`Conn::after_write_ahead`].
-///
-/// A spawn's Start frame used to wait for the driver's first poll, which a
-/// runtime may give another thread some microseconds later (smol's
-/// executor thread, tokio's workers), while the worker, booting meanwhile,
-/// waited for it. The socket is fresh and non-blocking: its buffer takes a
-/// Start of any usual size in one write, and a larger one, or a write that
-/// fails, is left whole or in part to the driver, which meets the same
-/// outcome as before.
-pub(crate) fn write_ahead<M: Endpoint>(machine: &mut M, stream: &UnixStream) -> Outbox {
-    let mut outbox = Outbox::new();
-    while let Some(transmit) = machine.poll_transmit() {
-        // The first frames carry no descriptors: if one did, its flush
-        // would fail here and again in the driver, with the reason.
-        outbox.push(transmit, []);
-    }
-    let _ = outbox.flush(stream);
-    outbox
 }

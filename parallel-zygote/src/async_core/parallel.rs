@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::{Codec, Postcard};
-use super::conn::{write_ahead, Conn};
+use super::conn::Conn;
 use super::driver::{launch, Link};
 use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
@@ -604,8 +604,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             worker::start_args(&self.worker.options, args, self.backtraces, io),
         )?;
         stream.set_nonblocking(true)?;
-        let unsent = write_ahead(&mut machine, &stream);
-        let conn = Conn::after_write_ahead(machine, R::register(stream)?, unsent);
+        let conn = Conn::new(machine, R::register(stream)?);
         let captured = if self.output.reads_anything() {
             prepared.register::<R>(self.options.name.as_deref())?
         } else {
