@@ -110,6 +110,7 @@ pub(crate) fn launch<R: Runtime>(
         commands: Some(Box::pin(command_rx)),
         outgoing: Some(Box::pin(outgoing_rx)),
         calls: HashMap::new(),
+        answered: Vec::new(),
         unsent: Vec::new(),
         data: Some(data_tx),
         held: None,
@@ -120,7 +121,10 @@ pub(crate) fn launch<R: Runtime>(
         phase: Phase::Serve,
     }));
     let submit = Submit(Arc::downgrade(&state));
-    R::spawn_driver(Driver { state });
+    R::spawn_driver(Driver {
+        state,
+        answered: Vec::new(),
+    });
     Link {
         commands,
         submit,
@@ -140,7 +144,13 @@ pub struct Driver<R: Runtime> {
     /// Behind a lock so that a caller can submit its call itself (see
     /// [`Submit`]); the task holds the only strong reference.
     state: Arc<Mutex<DriverState<R>>>,
+    /// The answers a poll read, handed to their callers once the lock is
+    /// released (see [`DriverState::answered`]); kept for its allocation.
+    answered: Vec<Answered>,
 }
+
+/// A call's answer, and where it goes.
+type Answered = (Reply, Result<(CallId, Outcome), CallFailed>);
 
 /// Calls submitted on the caller's thread.
 ///
@@ -193,6 +203,16 @@ pub(crate) struct DriverState<R: Runtime> {
     /// `None` once every sender of stream data is gone.
     outgoing: Option<Pin<Box<async_channel::Receiver<RawMessage>>>>,
     calls: HashMap<CallId, Reply>,
+    /// Answers read in this poll, delivered after it, outside the lock.
+    ///
+    /// Delivered at once, an answer woke its caller while the driver still
+    /// held the lock for the rest of its poll; a caller on another thread
+    /// (the `block_on` future of a multi-thread runtime, a program's main
+    /// future beside smol's executor) came back for its next call, found
+    /// the lock held, slept on it and had to be woken a second time: two
+    /// thread wake-ups per call instead of one, in two calls of three on
+    /// tokio's multi-thread runtime (counted with `strace -f -e futex`).
+    answered: Vec<Answered>,
     /// Calls whose frames are not wholly written yet.
     unsent: Vec<CallId>,
     data: Option<mpsc::Sender<Result<RawMessage, Error>>>,
@@ -257,14 +277,22 @@ impl<R: Runtime> Future for Driver<R> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let this = &mut *state;
-        if !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            this.task = Some(cx.waker().clone());
-        }
-        let poll = this.poll_phases(cx);
-        if poll.is_ready() {
-            this.task = None;
+        let driver = self.get_mut();
+        let poll = {
+            let mut state = driver.state.lock().unwrap_or_else(|e| e.into_inner());
+            let this = &mut *state;
+            if !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                this.task = Some(cx.waker().clone());
+            }
+            let poll = this.poll_phases(cx);
+            if poll.is_ready() {
+                this.task = None;
+            }
+            std::mem::swap(&mut this.answered, &mut driver.answered);
+            poll
+        };
+        for (reply, answer) in driver.answered.drain(..) {
+            let _ = reply.send(answer);
         }
         poll
     }
@@ -617,7 +645,7 @@ impl<R: Runtime> DriverState<R> {
             ParentEvent::Reply { call, outcome } => {
                 tracing::trace!(call, "call answered");
                 if let Some(reply) = self.calls.remove(&call) {
-                    let _ = reply.send(Ok((call, outcome)));
+                    self.answered.push((reply, Ok((call, outcome))));
                 }
             }
             ParentEvent::Returned(outcome) => {
