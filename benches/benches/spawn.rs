@@ -485,7 +485,7 @@ fn phases_section(
             floor.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget));
             teardown.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClockTeardown, budget));
             busy.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClockBusy, budget));
-            ours.extend(adapter.cold_spawn_phases(budget));
+            ours.extend(adapter.spawn_phases(None, budget));
         }
         let times = |rows: &[Phases], phase: fn(&Phases) -> Duration| {
             Summary::times(&rows.iter().map(phase).collect::<Vec<_>>())
@@ -618,6 +618,14 @@ fn round_trip_section(
             config.fast,
             Measure::Time,
             move |budget| adapter.run_round_trip(Place::Task, budget),
+        );
+        group.add(
+            format!("rt/{a}/raw-warm"),
+            format!("{name}: raw round trip with an echo worker idle 5 ms (warm floor)"),
+            Some(format!("rt/{a}/run")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.raw_warm_round_trip(raw, budget),
         );
         group.add(
             format!("rt/{a}/warm-spawn"),
@@ -1042,9 +1050,10 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
-/// and `phases` / `raw-phases` (which also print the medians of table 1c's
-/// phases).
+/// `spawn`, `warm-spawn`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// and `phases` / `raw-phases` / `warm-phases` (which also print the
+/// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
+/// after 1 ms).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
     let (key, operation) = what.split_once('/').unwrap_or((what, "spawn"));
     let adapter = adapters
@@ -1064,6 +1073,7 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "call" => adapter.run_round_trip(Place::Task, budget),
         "warm-spawn" => adapter.warm_spawn(WARM_AT_ONCE, budget),
         "warm-spawn-quiet" => adapter.warm_spawn(WARM_LATER, budget),
+        "raw-warm" => adapter.raw_warm_round_trip(raw, budget),
         "pipe" => adapter.run_pipelined(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "call-main" => adapter.run_round_trip(Place::Main, budget),
@@ -1074,17 +1084,20 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Default, budget)
         }
         "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
-        "phases" | "raw-phases" => {
-            let phases = if operation == "phases" {
-                adapter.cold_spawn_phases(budget)
-            } else {
-                adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget)
+        "phases" | "raw-phases" | "warm-phases" => {
+            let phases = match operation {
+                "phases" => adapter.spawn_phases(None, budget),
+                "warm-phases" => adapter.spawn_phases(Some(WARM_LATER), budget),
+                _ => adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget),
             };
+            let mut faults: Vec<u64> = phases.iter().map(|p| p.faults).collect();
+            faults.sort_unstable();
+            if let Some(median) = faults.get(faults.len() / 2) {
+                eprintln!("worker's minor faults until ready: median {median}");
+            }
             for (name, phase) in [
-                (
-                    "request → ready",
-                    (|p| p.to_ready) as fn(&Phases) -> Duration,
-                ),
+                ("spawn call", (|p| p.submit) as fn(&Phases) -> Duration),
+                ("request → ready", |p| p.to_ready),
                 ("ready → reply in parent", |p| p.back),
                 ("reply → worker exited", |p| p.tail),
             ] {
