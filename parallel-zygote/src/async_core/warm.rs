@@ -202,8 +202,7 @@ impl WarmSet {
         } else {
             len < self.config.min && !self.min_refill_scheduled.swap(true, Ordering::AcqRel)
         };
-        let to_max =
-            len < self.config.max && !self.refill_scheduled.swap(true, Ordering::AcqRel);
+        let to_max = len < self.config.max && !self.refill_scheduled.swap(true, Ordering::AcqRel);
         let (first, then_max) = match (to_min, to_max) {
             (false, false) => return,
             (true, false) => (self.config.min_refill_delay, None),
