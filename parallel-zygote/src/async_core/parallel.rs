@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -609,7 +610,11 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             // (A pre-forked worker's channel was made non-blocking at its fork.)
             stream.set_nonblocking(true)?;
         }
-        let conn = Conn::new(machine, R::register(stream)?);
+        let fd = stream.as_raw_fd();
+        let mut conn = Conn::new(machine, R::register(stream)?);
+        // Start goes out now: a pre-forked worker starts on its task while
+        // the rest of this setup (and the driver's first poll) happens here.
+        conn.write_ahead(fd);
         let captured = if self.output.reads_anything() {
             prepared.register::<R>(self.options.name.as_deref())?
         } else {
