@@ -257,9 +257,11 @@ impl WarmSet {
     }
 }
 
-/// A [`WarmSet`]'s delayed refill: a future the adapter runs as a task of
-/// its own (see [`Runtime::spawn_refill`]). It holds the set weakly, so that
-/// the set (and its workers) go when the last `Parallel` handle does.
+/// The delayed refill of a handle's pre-forked workers (see
+/// [`Parallel::warm_workers`](super::Parallel::warm_workers)): a future the
+/// adapter runs as a task of its own (see [`Runtime::spawn_refill`]). It
+/// holds the set weakly, so that the set (and its workers) go when the last
+/// `Parallel` handle does.
 #[must_use = "a refill does nothing unless polled"]
 pub struct Refill<R: Runtime> {
     set: Weak<WarmSet>,
