@@ -56,9 +56,12 @@ const MIB: usize = 1 << 20;
 /// Calls in flight for the pipelined figures.
 const IN_FLIGHT: usize = 64;
 
-/// The warm-spawn rows' pre-forked workers: 2 refilled at once (forks that
-/// run while the spawn that took a worker does), up to 4 after 100 ms.
-const WARM_AT_ONCE: WarmConfig = WarmConfig::new(2, 4);
+/// The warm-spawn rows' pre-forked workers: 2, refilled after the default
+/// `min_refill_delay` (1 ms), up to 4 after 100 ms.
+const WARM_DEFAULT: WarmConfig = WarmConfig::new(2, 4);
+/// The same refilled to 2 at once (forks that run while the spawn that took
+/// a worker does): the default before session 4.
+const WARM_AT_ONCE: WarmConfig = WarmConfig::new(2, 4).min_refill_delay(Duration::ZERO);
 /// The same set refilled only after 1 ms (outside the clock, between
 /// samples): the warm path without a fork competing for the CPU.
 const WARM_LATER: WarmConfig = WarmConfig::new(0, 4).refill_delay(Duration::from_millis(1));
@@ -485,7 +488,7 @@ fn phases_section(
             floor.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget));
             teardown.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClockTeardown, budget));
             busy.extend(adapter.raw_floor_phases(raw, RawKind::RuntimeClockBusy, budget));
-            ours.extend(adapter.cold_spawn_phases(budget));
+            ours.extend(adapter.spawn_phases(None, budget));
         }
         let times = |rows: &[Phases], phase: fn(&Phases) -> Duration| {
             Summary::times(&rows.iter().map(phase).collect::<Vec<_>>())
@@ -587,8 +590,11 @@ fn round_trip_section(
          future runs on the calling thread, none of the runtime's workers), each \
          beside a raw ping-pong made there (on smol, the task's in a `smol::spawn` \
          task, on the global executor where the drivers run). Warm spawn: `spawn(f, x)` on a \
-         `Parallel` with pre-forked workers (`warm_workers(WarmConfig::new(2, 4))`), \
-         beside `Run::call`; cold spawn beside it. Parent holds 0 GiB.",
+         `Parallel` with pre-forked workers (`warm_workers(WarmConfig::new(2, 4))`: \
+         refilled to 2 after the default 1 ms; also refilled to 2 at once, and with no \
+         minimum, refilled after 1 ms only; 5 ms between samples), beside `Run::call`, \
+         after the raw floor of a warm spawn (one round trip with an echo worker idle 5 ms); \
+         cold spawn beside it. Parent holds 0 GiB.",
     );
     let mut group = Group::new();
     group.add(
@@ -628,8 +634,24 @@ fn round_trip_section(
             move |budget| adapter.run_round_trip(Place::Task, budget),
         );
         group.add(
+            format!("rt/{a}/raw-warm"),
+            format!("{name}: raw round trip with an echo worker idle 5 ms (warm floor)"),
+            Some(format!("rt/{a}/run")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.raw_warm_round_trip(raw, budget),
+        );
+        group.add(
             format!("rt/{a}/warm-spawn"),
             format!("{name}: `spawn(f, x)` → result, warm (pre-forked worker)"),
+            Some(format!("rt/{a}/run")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.warm_spawn(WARM_DEFAULT, budget),
+        );
+        group.add(
+            format!("rt/{a}/warm-spawn-at-once"),
+            format!("{name}: `spawn(f, x)` → result, warm, refilled to 2 at once"),
             Some(format!("rt/{a}/run")),
             config.spawn,
             Measure::Time,
@@ -1060,9 +1082,10 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
-/// and `phases` / `raw-phases` (which also print the medians of table 1c's
-/// phases).
+/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// and `phases` / `raw-phases` / `warm-phases` (which also print the
+/// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
+/// after 1 ms).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
     let (key, operation) = what.split_once('/').unwrap_or((what, "spawn"));
     let adapter = adapters
@@ -1080,8 +1103,10 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "spawn" => adapter.cold_spawn(budget),
         "raw-floor" => adapter.raw_floor(raw, budget),
         "call" => adapter.run_round_trip(Place::Task, budget),
-        "warm-spawn" => adapter.warm_spawn(WARM_AT_ONCE, budget),
+        "warm-spawn" => adapter.warm_spawn(WARM_DEFAULT, budget),
+        "warm-spawn-at-once" => adapter.warm_spawn(WARM_AT_ONCE, budget),
         "warm-spawn-quiet" => adapter.warm_spawn(WARM_LATER, budget),
+        "raw-warm" => adapter.raw_warm_round_trip(raw, budget),
         "pipe" => adapter.run_pipelined(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "call-main" => adapter.run_round_trip(Place::Main, budget),
@@ -1094,17 +1119,20 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Default, budget)
         }
         "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
-        "phases" | "raw-phases" => {
-            let phases = if operation == "phases" {
-                adapter.cold_spawn_phases(budget)
-            } else {
-                adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget)
+        "phases" | "raw-phases" | "warm-phases" => {
+            let phases = match operation {
+                "phases" => adapter.spawn_phases(None, budget),
+                "warm-phases" => adapter.spawn_phases(Some(WARM_LATER), budget),
+                _ => adapter.raw_floor_phases(raw, RawKind::RuntimeClock, budget),
             };
+            let mut faults: Vec<u64> = phases.iter().map(|p| p.faults).collect();
+            faults.sort_unstable();
+            if let Some(median) = faults.get(faults.len() / 2) {
+                eprintln!("worker's minor faults until ready: median {median}");
+            }
             for (name, phase) in [
-                (
-                    "request → ready",
-                    (|p| p.to_ready) as fn(&Phases) -> Duration,
-                ),
+                ("spawn call", (|p| p.submit) as fn(&Phases) -> Duration),
+                ("request → ready", |p| p.to_ready),
                 ("ready → reply in parent", |p| p.back),
                 ("reply → worker exited", |p| p.tail),
             ] {

@@ -229,15 +229,22 @@ pub trait Adapter {
     /// Warm spawn: a trivial function in a pre-forked worker
     /// (`Parallel::warm_workers(config)`), to its result.
     fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration>;
-    /// Cold spawn in phases (see [`Phases`]); `ready` is the user's function
-    /// running in the worker.
-    fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases>;
+    /// A spawn in phases (see [`Phases`]); `ready` is the user's function
+    /// running in the worker. Cold with `warm` `None`; otherwise from a
+    /// pre-forked worker (`Parallel::warm_workers(config)`), each spawn
+    /// after the refill's forks have had time to finish.
+    fn spawn_phases(&self, warm: Option<WarmConfig>, budget: Budget) -> Vec<Phases>;
     /// The raw floor in phases; `ready` is the raw worker's runtime built.
     /// `kind` is one of the `RuntimeClock*` kinds: how the worker ends.
     fn raw_floor_phases(&self, raw: &Arc<RawZygote>, kind: RawKind, budget: Budget) -> Vec<Phases>;
     /// Warm spawn: one call on a pool of pre-forked workers, awaited at `place`.
     fn pool_call(&self, place: Place, budget: Budget) -> Vec<Duration>;
 
+    /// The floor of a warm spawn: one 8-byte round trip with a raw echo
+    /// worker (runtime built, socket registered here, both outside the
+    /// clock) that has then idled 5 ms, as a pre-forked worker idles between
+    /// the warm-spawn rows' samples; a fresh worker for each sample.
+    fn raw_warm_round_trip(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
     /// Raw socketpair ping-pong (8 bytes) with a raw echo worker running the
     /// same runtime.
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;

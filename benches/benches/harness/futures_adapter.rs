@@ -316,8 +316,15 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
-    fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases> {
-        let parallel = self.parallel.clone();
+    fn spawn_phases(&self, warm: Option<WarmConfig>, budget: Budget) -> Vec<Phases> {
+        let parallel = match warm {
+            Some(config) => self
+                .parallel
+                .clone()
+                .warm_workers(config)
+                .expect("warm workers"),
+            None => self.parallel.clone(),
+        };
         self.on_runtime(async move {
             let mut sampler = Sampler::new(budget);
             let mut phases = Vec::new();
@@ -329,6 +336,10 @@ impl<H: Host> Adapter for HostAdapter<H> {
                 let done = monotonic_ns();
                 drop(handle);
                 wait_exit(pid as i32, Duration::from_secs(5));
+                if warm.is_some() {
+                    // Outside the clock, as in `warm_spawn`.
+                    <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
+                }
                 phases.push(Phases {
                     submit: nanos(start, submitted),
                     to_ready: nanos(start, ready),
@@ -376,6 +387,26 @@ impl<H: Host> Adapter for HostAdapter<H> {
             Place::Task => self.host.in_task(&self.parallel, Calls::Pool, budget),
             Place::Main => self.on_runtime(pool_call(self.parallel.clone(), budget)),
         }
+    }
+
+    fn raw_warm_round_trip(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let raw = Arc::clone(raw);
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let mut reply = [0u8; 8];
+            while sampler.next() {
+                let (stream, pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+                let mut stream = H::stream(stream);
+                <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
+                let start = Instant::now();
+                stream.write_all(&7u64.to_le_bytes()).await.expect("write");
+                stream.read_exact(&mut reply).await.expect("read");
+                sampler.record(start.elapsed());
+                drop(stream);
+                wait_exit(pid, Duration::from_secs(5));
+            }
+            sampler.finish()
+        })
     }
 
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {

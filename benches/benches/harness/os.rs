@@ -286,14 +286,15 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Minor page faults this process has taken so far (copy-on-write faults
-/// included), from `/proc/self/stat`.
+/// included), from `getrusage`: one cheap syscall (reading
+/// `/proc/self/stat`, as this did before, cost the measured phase ~20 µs and
+/// page faults of its own).
 pub fn minor_faults() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after ')'.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(7))
-        .and_then(|field| field.parse().ok())
-        .unwrap_or(0)
+    // SAFETY: all-zero bytes are a valid `rusage` (plain integers).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_minflt as u64
 }
 
 /// Registers this process for `MEMBARRIER_CMD_PRIVATE_EXPEDITED`, as

@@ -175,8 +175,15 @@ impl Adapter for TokioAdapter {
         })
     }
 
-    fn cold_spawn_phases(&self, budget: Budget) -> Vec<Phases> {
-        let parallel = self.parallel.clone();
+    fn spawn_phases(&self, warm: Option<WarmConfig>, budget: Budget) -> Vec<Phases> {
+        let parallel = match warm {
+            Some(config) => self
+                .parallel
+                .clone()
+                .warm_workers(config)
+                .expect("warm workers"),
+            None => self.parallel.clone(),
+        };
         self.on_runtime(async move {
             let mut sampler = Sampler::new(budget);
             let mut phases = Vec::new();
@@ -188,6 +195,10 @@ impl Adapter for TokioAdapter {
                 let done = monotonic_ns();
                 drop(handle);
                 wait_exit(pid as i32, Duration::from_secs(5));
+                if warm.is_some() {
+                    // Outside the clock, as in `warm_spawn`.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 phases.push(Phases {
                     submit: nanos(start, submitted),
                     to_ready: nanos(start, ready),
@@ -246,6 +257,26 @@ impl Adapter for TokioAdapter {
                 let value = pool.call(x).await.expect("pool call");
                 sampler.record(start.elapsed());
                 assert_eq!(value, x);
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_warm_round_trip(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let raw = Arc::clone(raw);
+        self.on_runtime(async move {
+            let mut sampler = Sampler::new(budget);
+            let mut reply = [0u8; 8];
+            while sampler.next() {
+                let (stream, pid) = raw.spawn_ready(RawKind::Echo);
+                let mut stream = tokio_stream(stream);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let start = Instant::now();
+                stream.write_all(&7u64.to_le_bytes()).await.expect("write");
+                stream.read_exact(&mut reply).await.expect("read");
+                sampler.record(start.elapsed());
+                drop(stream);
+                wait_exit(pid, Duration::from_secs(5));
             }
             sampler.finish()
         })

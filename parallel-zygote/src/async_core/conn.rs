@@ -5,7 +5,7 @@
 //! point and resume later without losing bytes.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::task::{ready, Context, Poll};
 
 use parallel_proto::Endpoint;
@@ -186,6 +186,19 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
                 .drain(..transmit.fds.min(self.send_fds.len()))
                 .collect();
             self.outbox.push(transmit, fds);
+        }
+    }
+
+    /// Writes what is queued now on `fd` (this connection's socket), without
+    /// waiting for readiness: for a fresh channel, whose empty socket buffer
+    /// takes its first frames (a spawn's hello and Start), so that they leave
+    /// before the rest of the spawn's setup instead of at its driver's first
+    /// poll. What does not go out (a full buffer, an error) stays queued for
+    /// [`poll_flush`](Self::poll_flush), which reports any error then.
+    pub(crate) fn write_ahead(&mut self, fd: RawFd) {
+        self.collect_transmits();
+        if !self.outbox.is_empty() {
+            let _ = self.outbox.flush(&fd);
         }
     }
 

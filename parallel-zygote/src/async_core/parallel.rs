@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -303,15 +304,17 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// task is known; on the adapter's own worker runtime with its default
     /// options it also builds that runtime before its Start frame arrives.
     /// Forks `config.max` workers now; each spawn that takes one
-    /// refills the set to `config.min` at once and to `config.max` after
-    /// `config.refill_delay`. A worker that died while it waited is dropped,
-    /// never used.
+    /// refills the set to `config.min` after `config.min_refill_delay` (1 ms
+    /// unless set) and to `config.max` after `config.refill_delay` (100 ms).
+    /// A worker that died while it waited is dropped, never used.
     ///
-    /// The refill to `min` forks while the spawn that took a worker runs: on
-    /// a machine with few idle cores the two compete (on 2 vCPUs a warm
-    /// spawn was then slower than a cold one); there, `min = 0` with a short
-    /// `refill_delay` keeps the forks off the spawn's path. See
-    /// BENCHMARKS.md for the figures.
+    /// The refill to `min` waits that millisecond so that its fork and the
+    /// new worker's boot do not run while the spawn that took a worker
+    /// does: on a machine with few idle cores the two compete (on 2 vCPUs a
+    /// warm spawn refilled at once was 1.5-2× slower, at times slower than
+    /// a cold spawn). Spawns coming faster than that drain the set, and
+    /// those that find it empty fork as without this setting. See
+    /// [`WarmConfig::min_refill_delay`] and BENCHMARKS.md for the figures.
     ///
     /// Off by default: every waiting worker is a live process (its pages
     /// shared copy-on-write with the zygote, plus a socket) that a program
@@ -603,8 +606,15 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             task,
             worker::start_args(&self.worker.options, args, self.backtraces, io),
         )?;
-        stream.set_nonblocking(true)?;
-        let conn = Conn::new(machine, R::register(stream)?);
+        if !from_warm {
+            // (A pre-forked worker's channel was made non-blocking at its fork.)
+            stream.set_nonblocking(true)?;
+        }
+        let fd = stream.as_raw_fd();
+        let mut conn = Conn::new(machine, R::register(stream)?);
+        // Start goes out now: a pre-forked worker starts on its task while
+        // the rest of this setup (and the driver's first poll) happens here.
+        conn.write_ahead(fd);
         let captured = if self.output.reads_anything() {
             prepared.register::<R>(self.options.name.as_deref())?
         } else {
@@ -614,8 +624,8 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         link.killer.set_limits(self.options.rlimits.clone());
         self.scope.track(&link.killer);
         if let Some(warm) = &self.warm {
-            // After the Start frame is queued: this spawn does not wait for
-            // the forks that replace its worker.
+            // After the Start frame is queued; the forks that replace the
+            // worker are scheduled for later unless the config says now.
             warm.refill::<R>();
         }
         Ok(link)

@@ -8,9 +8,11 @@
 //! default options (or before any runtime, when the handle asks for others;
 //! see `warm_boot` in worker.rs). [`WarmSet`] keeps a few
 //! such workers per [`Parallel`](super::Parallel) handle (and its clones):
-//! when a spawn takes one, the set is refilled to its minimum at once and to
-//! its maximum after a delay, so that a burst of spawns does not turn into a
-//! burst of forks competing with the workers just started.
+//! when a spawn takes one, the set is refilled to its minimum shortly after
+//! (1 ms unless set: not while the spawn that took the worker runs, whose
+//! worker the refill's fork and boot would compete with for the CPU) and
+//! to its maximum after a longer delay, so that a burst of spawns does not
+//! turn into a burst of forks competing with the workers just started.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -35,17 +37,23 @@ use crate::{PendingSpawn, SpawnOptions, Zygote};
 /// use std::time::Duration;
 /// use parallel_zygote::async_core::WarmConfig;
 ///
-/// let config = WarmConfig::new(2, 8).refill_delay(Duration::from_millis(100));
+/// let config = WarmConfig::new(2, 8)
+///     .min_refill_delay(Duration::from_millis(2))
+///     .refill_delay(Duration::from_millis(100));
 /// assert_eq!((config.min, config.max), (2, 8));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WarmConfig {
-    /// Refilled to this many at once, whenever a spawn takes one.
+    /// Refilled to this many [`min_refill_delay`](Self::min_refill_delay)
+    /// after a spawn took one.
     pub min: usize,
     /// Refilled to this many after [`refill_delay`](Self::refill_delay); at
     /// least `min`.
     pub max: usize,
+    /// How long after a spawn took a worker the set is topped up to `min`
+    /// (1 ms unless set; zero forks at once, inside the spawn).
+    pub min_refill_delay: Duration,
     /// How long after a spawn took a worker the set is topped up to `max`
     /// (100 ms unless set).
     pub refill_delay: Duration,
@@ -58,6 +66,7 @@ impl WarmConfig {
         WarmConfig {
             min,
             max: if max < min { min } else { max },
+            min_refill_delay: Duration::from_millis(1),
             refill_delay: Duration::from_millis(100),
         }
     }
@@ -66,6 +75,22 @@ impl WarmConfig {
     #[must_use]
     pub const fn refill_delay(mut self, delay: Duration) -> Self {
         self.refill_delay = delay;
+        self
+    }
+
+    /// How long after a spawn took a worker the set is topped up to `min`.
+    ///
+    /// The default, 1 ms, keeps the replacement's fork and boot (a few
+    /// hundred µs of CPU, in the zygote and the new worker) out of the way
+    /// of the spawn that took the worker: on a machine with few idle cores
+    /// they compete, and a warm spawn that refilled at once measured
+    /// 1.5-2× one refilled after 1 ms (see BENCHMARKS.md). Spawns that come
+    /// faster than that drain the set; those finding it empty fork as
+    /// without pre-forked workers. `Duration::ZERO` forks at once, inside
+    /// the spawn that took the worker: for machines with idle cores to spare.
+    #[must_use]
+    pub const fn min_refill_delay(mut self, delay: Duration) -> Self {
+        self.min_refill_delay = delay;
         self
     }
 }
@@ -107,8 +132,10 @@ pub(crate) struct WarmSet {
     boot: WireEntry,
     options: SpawnOptions,
     idle: Mutex<VecDeque<Warm>>,
-    /// A delayed refill is scheduled.
+    /// A delayed refill to `max` is scheduled.
     refill_scheduled: AtomicBool,
+    /// A delayed refill to `min` is scheduled.
+    min_refill_scheduled: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -128,6 +155,7 @@ impl WarmSet {
             options,
             idle: Mutex::new(VecDeque::new()),
             refill_scheduled: AtomicBool::new(false),
+            min_refill_scheduled: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         set.fill(config.max);
@@ -163,15 +191,37 @@ impl WarmSet {
         None
     }
 
-    /// After a take: back to `min` now, and to `max` after the delay.
+    /// After a take: back to `min` after `min_refill_delay` (at once if
+    /// zero), and to `max` after `refill_delay`. One task does both when
+    /// both are due: each task spawned costs the spawn that took a worker.
     pub(crate) fn refill<R: Runtime>(self: &Arc<Self>) {
-        self.fill(self.config.min);
-        if self.len() < self.config.max && !self.refill_scheduled.swap(true, Ordering::AcqRel) {
-            R::spawn_refill(Refill {
-                set: Arc::downgrade(self),
-                delay: Box::pin(R::sleep(self.config.refill_delay)),
-            });
-        }
+        let len = self.len();
+        let to_min = if self.config.min_refill_delay.is_zero() {
+            self.fill(self.config.min);
+            false
+        } else {
+            len < self.config.min && !self.min_refill_scheduled.swap(true, Ordering::AcqRel)
+        };
+        let to_max = len < self.config.max && !self.refill_scheduled.swap(true, Ordering::AcqRel);
+        let (first, then_max) = match (to_min, to_max) {
+            (false, false) => return,
+            (true, false) => (self.config.min_refill_delay, None),
+            (true, true) => (
+                self.config.min_refill_delay,
+                Some(
+                    self.config
+                        .refill_delay
+                        .saturating_sub(self.config.min_refill_delay),
+                ),
+            ),
+            (false, true) => (self.config.refill_delay, Some(Duration::ZERO)),
+        };
+        R::spawn_refill(Refill {
+            set: Arc::downgrade(self),
+            to_min,
+            then_max,
+            delay: Box::pin(R::sleep(first)),
+        });
     }
 
     /// Forks workers until `target` wait (or the zygote refuses: the next
@@ -183,7 +233,15 @@ impl WarmSet {
                 .zygote
                 .spawn_entry(self.boot, self.options.clone(), Vec::new())
             {
-                Ok((stream, pending)) => idle.push_back(Warm { stream, pending }),
+                // Non-blocking now, so that the spawn that takes it does not
+                // make that syscall.
+                Ok((stream, pending)) => match stream.set_nonblocking(true) {
+                    Ok(()) => idle.push_back(Warm { stream, pending }),
+                    Err(error) => {
+                        tracing::debug!(%error, "pre-forking a worker failed");
+                        break;
+                    }
+                },
                 Err(error) => {
                     tracing::debug!(%error, "pre-forking a worker failed");
                     break;
@@ -199,12 +257,18 @@ impl WarmSet {
     }
 }
 
-/// A [`WarmSet`]'s delayed refill: a future the adapter runs as a task of
-/// its own (see [`Runtime::spawn_refill`]). It holds the set weakly, so that
-/// the set (and its workers) go when the last `Parallel` handle does.
+/// The delayed refill of a handle's pre-forked workers (see
+/// [`Parallel::warm_workers`](super::Parallel::warm_workers)): a future the
+/// adapter runs as a task of its own (see [`Runtime::spawn_refill`]). It
+/// holds the set weakly, so that the set (and its workers) go when the last
+/// `Parallel` handle does.
 #[must_use = "a refill does nothing unless polled"]
 pub struct Refill<R: Runtime> {
     set: Weak<WarmSet>,
+    /// Tops the set up to `min` when `delay` fires.
+    to_min: bool,
+    /// Then tops it up to `max`, this much later.
+    then_max: Option<Duration>,
     delay: Pin<Box<R::Sleep>>,
 }
 
@@ -212,13 +276,31 @@ impl<R: Runtime> Future for Refill<R> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.delay.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        loop {
+            if self.delay.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let Some(set) = self.set.upgrade() else {
+                return Poll::Ready(());
+            };
+            // Each flag is cleared before its forks: a take from then on
+            // schedules a refill of its own.
+            if std::mem::take(&mut self.to_min) {
+                set.min_refill_scheduled.store(false, Ordering::Release);
+                set.fill(set.config.min);
+            }
+            match self.then_max.take() {
+                None => return Poll::Ready(()),
+                Some(later) if !later.is_zero() => {
+                    self.delay = Box::pin(R::sleep(later));
+                    self.then_max = Some(Duration::ZERO);
+                }
+                Some(_) => {
+                    set.refill_scheduled.store(false, Ordering::Release);
+                    set.fill(set.config.max);
+                    return Poll::Ready(());
+                }
+            }
         }
-        if let Some(set) = self.set.upgrade() {
-            set.refill_scheduled.store(false, Ordering::Release);
-            set.fill(set.config.max);
-        }
-        Poll::Ready(())
     }
 }

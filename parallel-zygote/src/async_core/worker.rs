@@ -288,6 +288,9 @@ type Handoff = (Booted, WireEntry, Vec<u8>);
 /// (about 50 µs for tokio's current-thread runtime). Start asking for other
 /// options hands over to the usual path, on a duplicate of the channel.
 fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
+    // Off any spawn's path: the code and constants the task will run on are
+    // mapped now rather than faulted in after Start.
+    crate::sys::populate_read_only_mappings();
     let stream = context.channel;
     let (Ok(spare), Ok(default)) = (stream.try_clone(), postcard::to_stdvec(&W::default())) else {
         boot_blocking::<W>(stream, Vec::new());

@@ -1,6 +1,7 @@
 //! Pre-forked workers (`Parallel::warm_workers`): a spawn takes one, the set
-//! refills, a worker that died while it waited is never used, and nothing
-//! outlives the handle.
+//! refills (to its minimum after `min_refill_delay`, to its maximum after
+//! `refill_delay`), a worker that died while it waited is never used, and
+//! nothing outlives the handle, not even a refill still pending at its drop.
 //!
 //! Each scenario forks its workers from a snapshot of its own, so that the
 //! snapshot's children are exactly this scenario's workers (other scenarios
@@ -87,7 +88,11 @@ fn warm_snapshot<R: Runtime>(
 pub async fn warm_spawn_uses_a_preforked_worker_and_the_set_refills<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
-    let config = WarmConfig::new(1, 3).refill_delay(Duration::from_millis(20));
+    // Refilled to the minimum at once (inside the spawn), to check it right
+    // after; the default's deferred refill has a scenario of its own.
+    let config = WarmConfig::new(1, 3)
+        .min_refill_delay(Duration::ZERO)
+        .refill_delay(Duration::from_millis(20));
     let (warm, zygote) = warm_snapshot(&parallel, config)?;
     check(
         warm.warm_idle() == 3,
@@ -249,4 +254,105 @@ pub async fn warm_workers_end_with_the_handle_and_at_shutdown<R: Runtime>(
         warm.spawn(double, 1).await.is_err(),
         "a spawn after shutdown was not refused",
     )
+}
+
+pub async fn deferred_refill_tops_the_set_up_to_its_minimum<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // The default `min_refill_delay`; the refill to the maximum an hour
+    // away, so that only the deferred refill to the minimum can fork here.
+    let config = WarmConfig::new(2, 3).refill_delay(Duration::from_secs(3600));
+    let (warm, zygote) = warm_snapshot(&parallel, config)?;
+    check(
+        eventually::<R>(|| children_of(zygote).len() == 3).await,
+        "the three pre-forked workers did not appear",
+    )?;
+    let preforked = children_of(zygote);
+    // Two spawns leave one waiting, below the minimum of 2.
+    for x in 0..2 {
+        let (value, pid) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, x))
+            .await
+            .ok_or("a warm spawn did not answer")??;
+        check(value == x + 1, format!("spawn {x} answered {value}"))?;
+        check(
+            preforked.contains(&pid),
+            format!("spawn {x} ran in {pid}, not one of the pre-forked {preforked:?}"),
+        )?;
+    }
+    check(
+        eventually::<R>(|| warm.warm_idle() == 2).await,
+        format!(
+            "{} waiting after the deferred refill, not the minimum 2",
+            warm.warm_idle()
+        ),
+    )?;
+    check(
+        eventually::<R>(|| {
+            children_of(zygote)
+                .iter()
+                .any(|pid| !preforked.contains(pid))
+        })
+        .await,
+        "no worker forked by the refill among the snapshot's children",
+    )?;
+    // The set serves on: the leftover worker, then the refilled one.
+    for x in 0..2 {
+        let (value, _) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, x))
+            .await
+            .ok_or("a spawn after the refill did not answer")??;
+        check(
+            value == x + 1,
+            format!("spawn after the refill answered {value}"),
+        )?;
+    }
+    Ok(())
+}
+
+pub async fn refill_pending_at_drop_or_shutdown_forks_nothing<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // A refill due long after the handle is gone: it must find the set
+    // gone and fork nothing, and the waiting workers must go with the handle.
+    let config = WarmConfig::new(2, 2)
+        .min_refill_delay(Duration::from_millis(200))
+        .refill_delay(Duration::from_millis(300));
+    for shutdown in [false, true] {
+        let (warm, zygote) = warm_snapshot(&parallel, config)?;
+        // Kept: the snapshot zygote outlives the handle, so a refill could fork.
+        let zygote_handle = warm.zygote().clone();
+        check(
+            eventually::<R>(|| children_of(zygote).len() == 2).await,
+            "the two pre-forked workers did not appear",
+        )?;
+        let answer = within::<R, _>(WAIT, warm.spawn(double, 4))
+            .await
+            .ok_or("a warm spawn did not answer")??;
+        check(answer == 8, format!("spawn answered {answer}"))?;
+        if shutdown {
+            warm.shutdown(Duration::from_secs(1)).await;
+        } else {
+            drop(warm);
+        }
+        let how = if shutdown {
+            "a shutdown"
+        } else {
+            "the handle's drop"
+        };
+        check(
+            eventually::<R>(|| children_of(zygote).is_empty()).await,
+            format!("workers {:?} outlived {how}", children_of(zygote)),
+        )?;
+        // Past both delays (a slow machine only makes this check weaker):
+        // the refill found nothing to fill.
+        R::sleep(Duration::from_millis(500)).await;
+        check(
+            children_of(zygote).is_empty(),
+            format!("a refill pending at {how} forked {:?}", children_of(zygote)),
+        )?;
+        check(
+            zygote_handle.is_alive(),
+            "the snapshot zygote itself went away",
+        )?;
+    }
+    Ok(())
 }
