@@ -1043,6 +1043,8 @@ fn memory_table(
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
 /// `spawn`, `warm-spawn`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
+/// `process-64kib`, `process-64kib-ours`, `raw-64kib`,
 /// and `phases` / `raw-phases` (which also print the medians of table 1c's
 /// phases).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
@@ -1074,6 +1076,19 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Default, budget)
         }
         "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
+        "process-1mib-inline" => {
+            adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Off, budget)
+        }
+        "process-1mib-ours" => {
+            adapter.process_throughput(MIB, 64, Encoding::Ours, SharedMemory::Default, budget)
+        }
+        "process-64kib" => {
+            adapter.process_throughput(64 * KIB, 1024, Encoding::Bytes, SharedMemory::Default, budget)
+        }
+        "process-64kib-ours" => {
+            adapter.process_throughput(64 * KIB, 1024, Encoding::Ours, SharedMemory::Default, budget)
+        }
+        "raw-64kib" => adapter.raw_throughput(raw, 64 * KIB, 1024, budget),
         "phases" | "raw-phases" => {
             let phases = if operation == "phases" {
                 adapter.cold_spawn_phases(budget)
