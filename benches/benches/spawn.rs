@@ -38,7 +38,7 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::adapter::{Adapter, Encoding, Phases, Place, SharedMemory};
+use harness::adapter::{Adapter, Encoding, Phases, Place, RawWrites, SharedMemory};
 use harness::glommio_adapter::GlommioAdapter;
 use harness::os::{self, ExecTarget, Heap};
 use harness::raw::{RawKind, RawZygote};
@@ -715,7 +715,11 @@ fn throughput_section(
         format!(
             "{} MiB per sample, in messages of the given size, until the worker \
              acknowledges the total. Raw: one `write_all` per message to a raw sink \
-             worker reading 256 KiB at a time. `process`: `MessageSender::send` of an \
+             worker reading 256 KiB at a time, the same buffer each time; 64 KiB and 1 MiB \
+             also from \"messages built before the clock\" as the `process` rows' are (out \
+             of the cache), written as they are or \"each copied once first\" into a new \
+             buffer: the floors of a library that writes a message without a copy, and of \
+             one that encodes it into a buffer of its own. `process`: `MessageSender::send` of an \
              enum whose data variant is a `Vec<u8>`, either `#[serde(with = \
              \"serde_bytes\")]` or plain (serde's sequence of u8); messages are built \
              before the clock starts. `SharedBytesMut` rows (1 MiB and up): a shared \
@@ -754,8 +758,30 @@ fn throughput_section(
                 None,
                 config.bulk,
                 rate,
-                move |budget| adapter.raw_throughput(raw, size, count, budget),
+                move |budget| adapter.raw_throughput(raw, size, count, RawWrites::Same, budget),
             );
+            if size <= MIB {
+                // The floors of a library that writes the user's messages
+                // without a copy, and of one that encodes each into a
+                // buffer of its own, beside the socket's.
+                for (key, what, writes) in [
+                    ("raw-prebuilt", "messages built before the clock", RawWrites::Prebuilt),
+                    (
+                        "raw-copied",
+                        "messages built before the clock, each copied once first",
+                        RawWrites::CopiedOnce,
+                    ),
+                ] {
+                    group.add(
+                        format!("tp/{a}/{label}/{key}"),
+                        format!("{name}: raw writes of {label}, {what}"),
+                        Some(raw_key.clone()),
+                        config.bulk,
+                        rate,
+                        move |budget| adapter.raw_throughput(raw, size, count, writes, budget),
+                    );
+                }
+            }
             let rows = [
                 (
                     "bytes",
@@ -1044,7 +1070,7 @@ fn memory_table(
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
 /// `spawn`, `warm-spawn`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
-/// `process-64kib`, `process-64kib-ours`, `raw-64kib`,
+/// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` (which also print the medians of table 1c's
 /// phases).
 fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
@@ -1075,7 +1101,8 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "process-1mib" => {
             adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Default, budget)
         }
-        "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
+        "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, RawWrites::Same, budget),
+        "raw-1mib-copied" => adapter.raw_throughput(raw, MIB, 64, RawWrites::CopiedOnce, budget),
         "process-1mib-inline" => {
             adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Off, budget)
         }
@@ -1088,7 +1115,13 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "process-64kib-ours" => {
             adapter.process_throughput(64 * KIB, 1024, Encoding::Ours, SharedMemory::Default, budget)
         }
-        "raw-64kib" => adapter.raw_throughput(raw, 64 * KIB, 1024, budget),
+        "raw-64kib" => adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::Same, budget),
+        "raw-64kib-prebuilt" => {
+            adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::Prebuilt, budget)
+        }
+        "raw-64kib-copied" => {
+            adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::CopiedOnce, budget)
+        }
         "phases" | "raw-phases" => {
             let phases = if operation == "phases" {
                 adapter.cold_spawn_phases(budget)
