@@ -765,7 +765,11 @@ fn throughput_section(
                 // without a copy, and of one that encodes each into a
                 // buffer of its own, beside the socket's.
                 for (key, what, writes) in [
-                    ("raw-prebuilt", "messages built before the clock", RawWrites::Prebuilt),
+                    (
+                        "raw-prebuilt",
+                        "messages built before the clock",
+                        RawWrites::Prebuilt,
+                    ),
                     (
                         "raw-copied",
                         "messages built before the clock, each copied once first",
@@ -1109,12 +1113,20 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "process-1mib-ours" => {
             adapter.process_throughput(MIB, 64, Encoding::Ours, SharedMemory::Default, budget)
         }
-        "process-64kib" => {
-            adapter.process_throughput(64 * KIB, 1024, Encoding::Bytes, SharedMemory::Default, budget)
-        }
-        "process-64kib-ours" => {
-            adapter.process_throughput(64 * KIB, 1024, Encoding::Ours, SharedMemory::Default, budget)
-        }
+        "process-64kib" => adapter.process_throughput(
+            64 * KIB,
+            1024,
+            Encoding::Bytes,
+            SharedMemory::Default,
+            budget,
+        ),
+        "process-64kib-ours" => adapter.process_throughput(
+            64 * KIB,
+            1024,
+            Encoding::Ours,
+            SharedMemory::Default,
+            budget,
+        ),
         "raw-64kib" => adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::Same, budget),
         "raw-64kib-prebuilt" => {
             adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::Prebuilt, budget)

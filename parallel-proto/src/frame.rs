@@ -325,7 +325,6 @@ impl FrameDecoder {
         }))
     }
 
-
     /// The payload of the frame being decoded, for a transport that reads
     /// payload bytes straight into it instead of through a buffer of its own
     /// (one copy fewer for bulk data); `None` unless a header has been read

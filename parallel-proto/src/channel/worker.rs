@@ -316,9 +316,10 @@ impl WorkerChannel {
             // Small messages (calls, replies) are encoded in place, after
             // their header; large ones into a buffer that is moved into a
             // transmit of its own, as data is.
-            message if message.bulk_len() < MOVE_THRESHOLD => self
-                .wire
-                .queue_encoded(kind, fds, |out| message.encode_into(out)),
+            message if message.bulk_len() < MOVE_THRESHOLD => {
+                self.wire
+                    .queue_encoded(kind, fds, |out| message.encode_into(out))
+            }
             message => self.wire.queue(kind, fds, message.into_payload()),
         }
     }

@@ -157,7 +157,11 @@ impl Bytes {
         match self.repr {
             Repr::Owned(bytes) => bytes,
             // The whole of a buffer no one else holds any more: taken as it is.
-            Repr::Received { buffer, start: 0, len } if len == buffer.len() => {
+            Repr::Received {
+                buffer,
+                start: 0,
+                len,
+            } if len == buffer.len() => {
                 Arc::try_unwrap(buffer).unwrap_or_else(|buffer| buffer.as_slice().to_vec())
             }
             Repr::Received { buffer, start, len } => buffer[start..start + len].to_vec(),
@@ -613,14 +617,21 @@ mod memfd_tests {
             whole.contains(&received.large.as_ptr()),
             "the large Bytes points into the received buffer"
         );
-        assert!(!received.large.is_shared(), "a heap buffer is not shared memory");
+        assert!(
+            !received.large.is_shared(),
+            "a heap buffer is not shared memory"
+        );
         // Changing it copies it out first: the buffer stays as it came.
         let mut changed = received.large.clone();
         changed[0] = 9;
         assert!(!whole.contains(&changed.as_ptr()));
         assert_eq!(received.large[0], 2);
         drop((received, changed));
-        assert_eq!(Arc::strong_count(&buffer), 1, "nothing holds the buffer any more");
+        assert_eq!(
+            Arc::strong_count(&buffer),
+            1,
+            "nothing holds the buffer any more"
+        );
     }
 
     #[test]

@@ -437,11 +437,17 @@ pub async fn socket_messages_with_large_bytes_arrive_intact_and_in_order<R: Runt
             )?;
             check(
                 sum_there == checksum(&sent),
-                format!("message {sequence} of {} bytes changed on the way out", sent.len()),
+                format!(
+                    "message {sequence} of {} bytes changed on the way out",
+                    sent.len()
+                ),
             )?;
             check(
                 back == sent,
-                format!("message {sequence} of {} bytes changed on the way back", sent.len()),
+                format!(
+                    "message {sequence} of {} bytes changed on the way back",
+                    sent.len()
+                ),
             )?;
             check(
                 !shared_there && !back.is_shared(),
