@@ -38,7 +38,7 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::adapter::{Adapter, Encoding, Phases, Place, SharedMemory};
+use harness::adapter::{Adapter, Encoding, Phases, Place, RawWrites, SharedMemory};
 use harness::glommio_adapter::GlommioAdapter;
 use harness::os::{self, ExecTarget, Heap};
 use harness::raw::{RawKind, RawZygote};
@@ -755,7 +755,11 @@ fn throughput_section(
         format!(
             "{} MiB per sample, in messages of the given size, until the worker \
              acknowledges the total. Raw: one `write_all` per message to a raw sink \
-             worker reading 256 KiB at a time. `process`: `MessageSender::send` of an \
+             worker reading 256 KiB at a time, the same buffer each time; 64 KiB and 1 MiB \
+             also from \"messages built before the clock\" as the `process` rows' are (out \
+             of the cache), written as they are or \"each copied once first\" into a new \
+             buffer: the floors of a library that writes a message without a copy, and of \
+             one that encodes it into a buffer of its own. `process`: `MessageSender::send` of an \
              enum whose data variant is a `Vec<u8>`, either `#[serde(with = \
              \"serde_bytes\")]` or plain (serde's sequence of u8); messages are built \
              before the clock starts. `SharedBytesMut` rows (1 MiB and up): a shared \
@@ -794,8 +798,34 @@ fn throughput_section(
                 None,
                 config.bulk,
                 rate,
-                move |budget| adapter.raw_throughput(raw, size, count, budget),
+                move |budget| adapter.raw_throughput(raw, size, count, RawWrites::Same, budget),
             );
+            if size <= MIB {
+                // The floors of a library that writes the user's messages
+                // without a copy, and of one that encodes each into a
+                // buffer of its own, beside the socket's.
+                for (key, what, writes) in [
+                    (
+                        "raw-prebuilt",
+                        "messages built before the clock",
+                        RawWrites::Prebuilt,
+                    ),
+                    (
+                        "raw-copied",
+                        "messages built before the clock, each copied once first",
+                        RawWrites::CopiedOnce,
+                    ),
+                ] {
+                    group.add(
+                        format!("tp/{a}/{label}/{key}"),
+                        format!("{name}: raw writes of {label}, {what}"),
+                        Some(raw_key.clone()),
+                        config.bulk,
+                        rate,
+                        move |budget| adapter.raw_throughput(raw, size, count, writes, budget),
+                    );
+                }
+            }
             let rows = [
                 (
                     "bytes",
@@ -1083,6 +1113,8 @@ fn memory_table(
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
 /// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
+/// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
 /// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
 /// after 1 ms).
@@ -1118,7 +1150,35 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "process-1mib" => {
             adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Default, budget)
         }
-        "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, budget),
+        "raw-1mib" => adapter.raw_throughput(raw, MIB, 64, RawWrites::Same, budget),
+        "raw-1mib-copied" => adapter.raw_throughput(raw, MIB, 64, RawWrites::CopiedOnce, budget),
+        "process-1mib-inline" => {
+            adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Off, budget)
+        }
+        "process-1mib-ours" => {
+            adapter.process_throughput(MIB, 64, Encoding::Ours, SharedMemory::Default, budget)
+        }
+        "process-64kib" => adapter.process_throughput(
+            64 * KIB,
+            1024,
+            Encoding::Bytes,
+            SharedMemory::Default,
+            budget,
+        ),
+        "process-64kib-ours" => adapter.process_throughput(
+            64 * KIB,
+            1024,
+            Encoding::Ours,
+            SharedMemory::Default,
+            budget,
+        ),
+        "raw-64kib" => adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::Same, budget),
+        "raw-64kib-prebuilt" => {
+            adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::Prebuilt, budget)
+        }
+        "raw-64kib-copied" => {
+            adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::CopiedOnce, budget)
+        }
         "phases" | "raw-phases" | "warm-phases" => {
             let phases = match operation {
                 "phases" => adapter.spawn_phases(None, budget),

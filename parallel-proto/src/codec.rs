@@ -12,6 +12,12 @@ pub(crate) fn encode_body<T: Serialize>(body: &T) -> Vec<u8> {
     postcard::to_stdvec(body).expect("postcard encodes plain structs into a Vec")
 }
 
+/// [`encode_body`], appended to `out`.
+pub(crate) fn encode_body_into<T: Serialize>(body: &T, out: &mut Vec<u8>) {
+    let taken = std::mem::take(out);
+    *out = postcard::to_extend(body, taken).expect("postcard encodes plain structs into a Vec");
+}
+
 pub(crate) fn decode_body<T: DeserializeOwned>(
     message: &'static str,
     payload: &[u8],

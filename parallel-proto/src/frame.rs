@@ -13,6 +13,8 @@
 //! The file descriptors themselves travel out of band (`SCM_RIGHTS`), sent
 //! together with the frame's first byte; this layer only counts them.
 
+use std::borrow::Cow;
+
 use crate::limits::Limits;
 
 /// The first byte of every frame header.
@@ -86,6 +88,15 @@ pub struct Frame {
     pub fds: u8,
     /// The payload.
     pub payload: Vec<u8>,
+}
+
+/// A frame as the state machines read it: its payload borrowed from the
+/// input when the whole frame was there, owned when it came in pieces.
+#[derive(Debug)]
+pub(crate) struct FrameRef<'a> {
+    pub(crate) kind: u8,
+    pub(crate) fds: u8,
+    pub(crate) payload: Cow<'a, [u8]>,
 }
 
 /// Why a byte stream is not a valid sequence of frames. Fatal and sticky.
@@ -278,6 +289,40 @@ impl FrameDecoder {
                 }
             }
         }
+    }
+
+    /// [`decode`](Self::decode) without the copy when it can: a whole frame
+    /// at the front of `input`, with none begun before, is returned as a
+    /// slice of `input` (calls and replies, many per read, then cost no
+    /// payload allocation); anything else goes through `decode`.
+    pub(crate) fn next<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+    ) -> Result<Option<FrameRef<'a>>, FrameError> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        if self.current.is_none() && self.header_filled == 0 && input.len() >= HEADER_LEN {
+            let mut bytes = [0; HEADER_LEN];
+            bytes.copy_from_slice(&input[..HEADER_LEN]);
+            let header = FrameHeader::parse(bytes, &self.limits).inspect_err(|error| {
+                self.failed = Some(*error);
+            })?;
+            let end = HEADER_LEN + header.len as usize;
+            if let Some(payload) = input.get(HEADER_LEN..end) {
+                *input = &input[end..];
+                return Ok(Some(FrameRef {
+                    kind: header.kind,
+                    fds: header.fds,
+                    payload: Cow::Borrowed(payload),
+                }));
+            }
+        }
+        Ok(self.decode(input)?.map(|frame| FrameRef {
+            kind: frame.kind,
+            fds: frame.fds,
+            payload: Cow::Owned(frame.payload),
+        }))
     }
 
     /// The payload of the frame being decoded, for a transport that reads

@@ -8,7 +8,7 @@ use crate::{Limits, LocalError};
 
 /// Payloads at least this large are moved into their own [`Transmit`] rather
 /// than copied, so bulk data crosses this crate without a copy.
-const MOVE_THRESHOLD: usize = 16 * 1024;
+pub(crate) const MOVE_THRESHOLD: usize = 16 * 1024;
 
 /// Bytes to write to the transport, in order.
 ///
@@ -86,6 +86,60 @@ impl TransmitQueue {
             transmit.body = payload;
         }
         self.queue.push_back(transmit);
+        Ok(())
+    }
+
+    /// [`push`](Self::push) for a payload that `encode` appends to a `Vec`:
+    /// it is encoded straight after its header in the run it joins (or a
+    /// new one), rather than into a buffer of its own that is then copied
+    /// there (a call's or a reply's frame costs one allocation and one copy
+    /// less). Fails with nothing queued, as `push` does.
+    pub(crate) fn push_encoded(
+        &mut self,
+        limits: &Limits,
+        kind: u8,
+        fds: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), LocalError> {
+        // Joins the previous run under the rule `push` follows; a payload
+        // that turns out large stays in the run too (it was never copied).
+        let coalesce = fds == 0 && self.queue.back().is_some_and(|last| last.body.is_empty());
+        let mut fresh = Vec::new();
+        let head = match self.queue.back_mut() {
+            Some(last) if coalesce => &mut last.head,
+            _ => &mut fresh,
+        };
+        let start = head.len();
+        head.extend_from_slice(&[0; crate::frame::HEADER_LEN]);
+        encode(head);
+        let len = head.len() - start - crate::frame::HEADER_LEN;
+        let adding = crate::frame::HEADER_LEN + len;
+        let checked = checked_header(kind, fds, len, limits).and_then(|header| {
+            if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes() {
+                return Err(LocalError::SendQueueFull {
+                    queued: self.queued,
+                    adding,
+                    max: limits.max_buffered_bytes(),
+                });
+            }
+            Ok(header)
+        });
+        let header = match checked {
+            Ok(header) => header,
+            Err(error) => {
+                head.truncate(start);
+                return Err(error);
+            }
+        };
+        head[start..start + crate::frame::HEADER_LEN].copy_from_slice(&header.to_bytes());
+        self.queued += adding;
+        if !coalesce {
+            self.queue.push_back(Transmit {
+                head: fresh,
+                body: Vec::new(),
+                fds,
+            });
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The plumbing every state machine shares: a frame decoder whose first
 //! error is final, and the queue of transmits waiting for the transport.
 
-use crate::frame::{Frame, FrameDecoder, PayloadBuffer};
+use crate::frame::{FrameDecoder, FrameRef, PayloadBuffer};
 use crate::transmit::{Transmit, TransmitQueue};
 use crate::{Error, Limits, LocalError, RemoteError};
 
@@ -32,9 +32,12 @@ impl Wire {
     }
 
     /// The next whole frame from `input`, or `None` once `input` is used up.
-    pub(crate) fn next_frame(&mut self, input: &mut &[u8]) -> Result<Option<Frame>, Error> {
+    pub(crate) fn next_frame<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+    ) -> Result<Option<FrameRef<'a>>, Error> {
         self.check_failed()?;
-        match self.decoder.decode(input) {
+        match self.decoder.next(input) {
             Ok(frame) => Ok(frame),
             Err(error) => Err(self.fail(error.into())),
         }
@@ -80,6 +83,17 @@ impl Wire {
         payload: Vec<u8>,
     ) -> Result<(), LocalError> {
         self.out.push(&self.limits, kind, fds, payload)
+    }
+
+    /// Queues a frame whose payload `encode` appends in place (see
+    /// [`TransmitQueue::push_encoded`]).
+    pub(crate) fn queue_encoded(
+        &mut self,
+        kind: u8,
+        fds: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), LocalError> {
+        self.out.push_encoded(&self.limits, kind, fds, encode)
     }
 
     pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -99,6 +99,39 @@ pub fn nanos(from: u64, to: u64) -> Duration {
     Duration::from_nanos(to.saturating_sub(from))
 }
 
+/// What a raw throughput row writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawWrites {
+    /// The same buffer every time (hot in the cache): the socket's floor.
+    Same,
+    /// Messages built before the clock (as the `process` rows' are), each
+    /// written as it is: they are no longer in the cache, as a library's
+    /// that writes a message without copying it would not be.
+    Prebuilt,
+    /// The same messages, each copied once into a new buffer before its
+    /// write: the floor of a library that encodes a message into a buffer
+    /// of its own.
+    CopiedOnce,
+}
+
+impl RawWrites {
+    /// Whether each message is copied before its write.
+    pub fn copies(self) -> bool {
+        self == RawWrites::CopiedOnce
+    }
+}
+
+/// The messages a [`RawWrites::Prebuilt`] or [`RawWrites::CopiedOnce`] row
+/// writes (none for `Same`).
+pub fn raw_messages(writes: RawWrites, size: usize, count: usize) -> Vec<Vec<u8>> {
+    match writes {
+        RawWrites::Same => Vec::new(),
+        RawWrites::Prebuilt | RawWrites::CopiedOnce => {
+            (0..count).map(|_| vec![1u8; size]).collect()
+        }
+    }
+}
+
 /// How a `process` message of bytes is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -282,6 +315,7 @@ pub trait Adapter {
         raw: &Arc<RawZygote>,
         size: usize,
         count: usize,
+        writes: RawWrites,
         budget: Budget,
     ) -> Vec<Duration>;
     /// Time to send `count` messages of `size` bytes through a `process`

@@ -19,8 +19,8 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, shared_throughput, sink, Adapter, Encoding, IdleWorkers, Phases,
-    Place, ReplySlot, SharedMemory,
+    clock, echo, echo_pid, nanos, raw_messages, shared_throughput, sink, Adapter, Encoding,
+    IdleWorkers, Phases, Place, RawWrites, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -498,6 +498,7 @@ impl<H: Host> Adapter for HostAdapter<H> {
         raw: &Arc<RawZygote>,
         size: usize,
         count: usize,
+        writes: RawWrites,
         budget: Budget,
     ) -> Vec<Duration> {
         let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Sink);
@@ -507,10 +508,19 @@ impl<H: Host> Adapter for HostAdapter<H> {
             let total = (size * count) as u64;
             let mut sampler = Sampler::new(budget);
             while sampler.next() {
+                // Built outside the clock, as the `process` rows' messages.
+                let messages = raw_messages(writes, size, count);
                 let start = Instant::now();
                 stream.write_all(&total.to_le_bytes()).await.expect("write");
-                for _ in 0..count {
-                    stream.write_all(&buffer).await.expect("write");
+                for index in 0..count {
+                    match messages.get(index) {
+                        Some(message) if writes.copies() => {
+                            let copy = message.clone();
+                            stream.write_all(&copy).await.expect("write");
+                        }
+                        Some(message) => stream.write_all(message).await.expect("write"),
+                        None => stream.write_all(&buffer).await.expect("write"),
+                    }
                 }
                 let mut ack = [0u8; 8];
                 stream.read_exact(&mut ack).await.expect("ack");

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode_body, encode_body, expect_empty};
+use std::borrow::Cow;
+
+use crate::codec::{decode_body, encode_body, encode_body_into, expect_empty};
 use crate::entry::WireEntry;
 use crate::RemoteError;
 
@@ -210,6 +212,29 @@ impl ToWorker {
         }
     }
 
+    /// The bytes of user data inside (arguments): how large the payload is,
+    /// give or take a few bytes of fields.
+    pub(crate) fn bulk_len(&self) -> usize {
+        match self {
+            ToWorker::Start { args, .. } | ToWorker::Call { args, .. } => args.len(),
+            ToWorker::Data(bytes) => bytes.len(),
+            ToWorker::Hello { .. } | ToWorker::SharedData { .. } | ToWorker::End => 0,
+        }
+    }
+
+    /// Appends the payload to `out`: what [`into_payload`](Self::into_payload)
+    /// returns, without a buffer of its own.
+    pub(crate) fn encode_into(self, out: &mut Vec<u8>) {
+        match self {
+            ToWorker::Hello { version } => encode_body_into(&HelloBody { version }, out),
+            ToWorker::Start { task, args } => encode_body_into(&StartBody { task, args }, out),
+            ToWorker::Data(bytes) => out.extend_from_slice(&bytes),
+            ToWorker::SharedData { len } => encode_body_into(&SharedBody { len }, out),
+            ToWorker::End => {}
+            ToWorker::Call { call, args } => encode_body_into(&CallBody { call, args }, out),
+        }
+    }
+
     /// Decodes a frame's kind and payload.
     ///
     /// # Errors
@@ -217,6 +242,12 @@ impl ToWorker {
     /// sends, and [`RemoteError::Malformed`] if the payload does not decode
     /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: Vec<u8>) -> Result<ToWorker, RemoteError> {
+        Self::decode_frame(kind, Cow::Owned(payload))
+    }
+
+    /// [`decode`](Self::decode) from a payload that may be borrowed from the
+    /// input: only stream data takes it as a `Vec` of its own.
+    pub(crate) fn decode_frame(kind: u8, payload: Cow<'_, [u8]>) -> Result<ToWorker, RemoteError> {
         Ok(match kind {
             0x11 => {
                 let body: HelloBody = decode_body("Hello", &payload)?;
@@ -231,7 +262,7 @@ impl ToWorker {
                     args: body.args,
                 }
             }
-            0x13 => ToWorker::Data(payload),
+            0x13 => ToWorker::Data(payload.into_owned()),
             0x14 => {
                 expect_empty("End", &payload)?;
                 ToWorker::End
@@ -294,6 +325,40 @@ impl FromWorker {
         }
     }
 
+    /// The bytes of user data inside (a result, a panic report): how large
+    /// the payload is, give or take a few bytes of fields.
+    pub(crate) fn bulk_len(&self) -> usize {
+        match self {
+            FromWorker::Reply { outcome, .. } | FromWorker::Return(outcome) => match outcome {
+                Outcome::Ok(bytes) | Outcome::Err(bytes) => bytes.len(),
+                Outcome::Panic(report) => {
+                    report.message.len()
+                        + report.backtrace.as_ref().map_or(0, String::len)
+                        + report.location.as_ref().map_or(0, |l| l.file.len())
+                }
+            },
+            FromWorker::Data(bytes) => bytes.len(),
+            FromWorker::Hello { .. } | FromWorker::SharedData { .. } | FromWorker::End => 0,
+        }
+    }
+
+    /// Appends the payload to `out`: what [`into_payload`](Self::into_payload)
+    /// returns, without a buffer of its own.
+    pub(crate) fn encode_into(self, out: &mut Vec<u8>) {
+        match self {
+            FromWorker::Hello { version, pid } => {
+                encode_body_into(&WorkerHelloBody { version, pid }, out)
+            }
+            FromWorker::Data(bytes) => out.extend_from_slice(&bytes),
+            FromWorker::SharedData { len } => encode_body_into(&SharedBody { len }, out),
+            FromWorker::End => {}
+            FromWorker::Reply { call, outcome } => {
+                encode_body_into(&ReplyBody { call, outcome }, out)
+            }
+            FromWorker::Return(outcome) => encode_body_into(&outcome, out),
+        }
+    }
+
     /// Decodes a frame's kind and payload.
     ///
     /// # Errors
@@ -301,6 +366,15 @@ impl FromWorker {
     /// sends, and [`RemoteError::Malformed`] if the payload does not decode
     /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: Vec<u8>) -> Result<FromWorker, RemoteError> {
+        Self::decode_frame(kind, Cow::Owned(payload))
+    }
+
+    /// [`decode`](Self::decode) from a payload that may be borrowed from the
+    /// input: only stream data takes it as a `Vec` of its own.
+    pub(crate) fn decode_frame(
+        kind: u8,
+        payload: Cow<'_, [u8]>,
+    ) -> Result<FromWorker, RemoteError> {
         Ok(match kind {
             0x91 => {
                 let body: WorkerHelloBody = decode_body("Hello", &payload)?;
@@ -309,7 +383,7 @@ impl FromWorker {
                     pid: body.pid,
                 }
             }
-            0x93 => FromWorker::Data(payload),
+            0x93 => FromWorker::Data(payload.into_owned()),
             0x94 => {
                 expect_empty("End", &payload)?;
                 FromWorker::End

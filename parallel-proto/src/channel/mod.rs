@@ -25,7 +25,38 @@ pub use messages::*;
 pub use parent::{ParentChannel, ParentEvent};
 pub use worker::{WorkerChannel, WorkerEvent};
 
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use crate::{Limits, LocalError, RemoteError};
+
+/// The calls in flight on one side of a channel. Ids are a counter the
+/// parent hands out, so a multiply spreads them over the table well
+/// enough; SipHash (the default) cost more per pipelined call than the
+/// rest of the bookkeeping, and resists attacks no party here can make
+/// (a worker trusts its parent, which picks the ids).
+type CallSet = HashSet<CallId, BuildHasherDefault<CallIdHasher>>;
+
+/// Fibonacci hashing of a call id.
+#[derive(Default)]
+struct CallIdHasher(u64);
+
+impl Hasher for CallIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed; any other input still hashes consistently.
+        for &byte in bytes {
+            self.write_u64(self.0 ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// What either side checks before it sends a `SharedData` frame: the
 /// receiver maps no more than a frame may hold, and the memfd must come

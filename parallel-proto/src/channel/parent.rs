@@ -1,10 +1,8 @@
 //! The parent's side of a worker channel.
 
-use std::collections::HashSet;
-
 use super::messages::*;
 use crate::entry::WireEntry;
-use crate::transmit::Transmit;
+use crate::transmit::{Transmit, MOVE_THRESHOLD};
 use crate::wire::Wire;
 use crate::{Error, Limits, LocalError, RemoteError};
 
@@ -61,7 +59,7 @@ pub struct ParentChannel {
     end_received: bool,
     returned: bool,
     next_call: CallId,
-    calls: HashSet<CallId>,
+    calls: super::CallSet,
 }
 
 impl ParentChannel {
@@ -75,7 +73,7 @@ impl ParentChannel {
             end_received: false,
             returned: false,
             next_call: 1,
-            calls: HashSet::new(),
+            calls: super::CallSet::default(),
         };
         channel
             .queue(
@@ -245,7 +243,7 @@ impl ParentChannel {
             return Ok(None);
         };
         // Every message the worker sends is an event, so one frame is enough.
-        let applied = FromWorker::decode(frame.kind, frame.payload)
+        let applied = FromWorker::decode_frame(frame.kind, frame.payload)
             .and_then(|message| self.apply(message, frame.fds))
             .map(Some);
         self.wire.settle(applied)
@@ -341,7 +339,19 @@ impl ParentChannel {
     }
 
     fn queue(&mut self, message: ToWorker, fds: usize) -> Result<(), LocalError> {
-        self.wire.queue(message.kind(), fds, message.into_payload())
+        let kind = message.kind();
+        match message {
+            // Stream data is moved, never copied, when large.
+            ToWorker::Data(payload) => self.wire.queue(kind, fds, payload),
+            // Small messages (calls, replies) are encoded in place, after
+            // their header; large ones into a buffer that is moved into a
+            // transmit of its own, as data is.
+            message if message.bulk_len() < MOVE_THRESHOLD => {
+                self.wire
+                    .queue_encoded(kind, fds, |out| message.encode_into(out))
+            }
+            message => self.wire.queue(kind, fds, message.into_payload()),
+        }
     }
 }
 

@@ -1,10 +1,8 @@
 //! The worker's side of a worker channel.
 
-use std::collections::HashSet;
-
 use super::messages::*;
 use crate::entry::WireEntry;
-use crate::transmit::Transmit;
+use crate::transmit::{Transmit, MOVE_THRESHOLD};
 use crate::wire::Wire;
 use crate::{Error, Limits, LocalError, RemoteError};
 
@@ -57,7 +55,7 @@ pub struct WorkerChannel {
     end_received: bool,
     end_sent: bool,
     returned: bool,
-    calls: HashSet<CallId>,
+    calls: super::CallSet,
 }
 
 impl WorkerChannel {
@@ -70,7 +68,7 @@ impl WorkerChannel {
             end_received: false,
             end_sent: false,
             returned: false,
-            calls: HashSet::new(),
+            calls: super::CallSet::default(),
         };
         channel
             .queue(
@@ -227,7 +225,7 @@ impl WorkerChannel {
     /// call returns it again.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<WorkerEvent>, Error> {
         while let Some(frame) = self.wire.next_frame(input)? {
-            let applied = ToWorker::decode(frame.kind, frame.payload)
+            let applied = ToWorker::decode_frame(frame.kind, frame.payload)
                 .and_then(|message| self.apply(message, frame.fds));
             if let Some(event) = self.wire.settle(applied)? {
                 return Ok(Some(event));
@@ -311,7 +309,19 @@ impl WorkerChannel {
     }
 
     fn queue(&mut self, message: FromWorker, fds: usize) -> Result<(), LocalError> {
-        self.wire.queue(message.kind(), fds, message.into_payload())
+        let kind = message.kind();
+        match message {
+            // Stream data is moved, never copied, when large.
+            FromWorker::Data(payload) => self.wire.queue(kind, fds, payload),
+            // Small messages (calls, replies) are encoded in place, after
+            // their header; large ones into a buffer that is moved into a
+            // transmit of its own, as data is.
+            message if message.bulk_len() < MOVE_THRESHOLD => {
+                self.wire
+                    .queue_encoded(kind, fds, |out| message.encode_into(out))
+            }
+            message => self.wire.queue(kind, fds, message.into_payload()),
+        }
     }
 }
 

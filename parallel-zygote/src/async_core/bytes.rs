@@ -33,6 +33,11 @@ use crate::shm::SharedBytes;
 /// it costs nothing more; the first mutable access ([`DerefMut`],
 /// [`as_mut_vec`](Self::as_mut_vec)) or [`into_vec`](Self::into_vec)
 /// copies it into a `Vec` of its own. Cloning such a `Bytes` is cheap.
+/// The same holds for a `Bytes` of 4 KiB or more in a message that came
+/// through the socket: it shares the message's buffer (which stays alive
+/// while it does) instead of copying out of it; `into_vec` on the only
+/// `Bytes` of a message that holds nothing else takes that buffer without
+/// a copy.
 ///
 /// It derefs to `[u8]`, and converts from a `Vec<u8>` without copying.
 ///
@@ -82,6 +87,28 @@ enum Repr {
         /// The receiving stream's budget, charged while the mapping lives.
         _charge: Option<Arc<Charge>>,
     },
+    /// `len` bytes at `start` of a received message's buffer (one that came
+    /// through the socket), shared instead of copied out of it.
+    Received {
+        buffer: Arc<Vec<u8>>,
+        start: usize,
+        len: usize,
+    },
+}
+
+/// Bytes decoded from a message that came through the socket are shared
+/// with the message's buffer (no copy) from this length on; shorter ones are
+/// copied, so that a few small `Bytes` kept from a large message do not
+/// keep all of it alive.
+const SHARE_RECEIVED_MIN: usize = 4 * 1024;
+
+/// The buffer of the message being decoded on this thread, when `Bytes`
+/// inside it may point into it.
+enum Decoding {
+    /// It came through shared memory.
+    Mapping(Arc<SharedBytes>),
+    /// It came through the socket into a buffer of its own.
+    Received(Arc<Vec<u8>>),
 }
 
 impl Default for Repr {
@@ -93,13 +120,24 @@ impl Default for Repr {
 thread_local! {
     /// The mapping of the message being decoded on this thread, if it came
     /// through shared memory: `Bytes` inside it point into it.
-    static DECODING: RefCell<Option<Arc<SharedBytes>>> = const { RefCell::new(None) };
+    static DECODING: RefCell<Option<Decoding>> = const { RefCell::new(None) };
 }
 
 /// Runs `decode` with `mapping` (the message's bytes) available to the
 /// `Bytes` it deserializes, so that they share it instead of copying.
 pub(crate) fn decode_from_mapping<R>(mapping: &Arc<SharedBytes>, decode: impl FnOnce() -> R) -> R {
-    let previous = DECODING.with(|slot| slot.replace(Some(Arc::clone(mapping))));
+    decoding(Decoding::Mapping(Arc::clone(mapping)), decode)
+}
+
+/// Runs `decode` with `buffer` (a message's bytes, received through the
+/// socket) available to the `Bytes` it deserializes, so that large ones
+/// share it instead of copying (see [`SHARE_RECEIVED_MIN`]).
+pub(crate) fn decode_from_received<R>(buffer: &Arc<Vec<u8>>, decode: impl FnOnce() -> R) -> R {
+    decoding(Decoding::Received(Arc::clone(buffer)), decode)
+}
+
+fn decoding<R>(source: Decoding, decode: impl FnOnce() -> R) -> R {
+    let previous = DECODING.with(|slot| slot.replace(Some(source)));
     let result = decode();
     DECODING.with(|slot| *slot.borrow_mut() = previous);
     result
@@ -118,6 +156,15 @@ impl Bytes {
     pub fn into_vec(self) -> Vec<u8> {
         match self.repr {
             Repr::Owned(bytes) => bytes,
+            // The whole of a buffer no one else holds any more: taken as it is.
+            Repr::Received {
+                buffer,
+                start: 0,
+                len,
+            } if len == buffer.len() => {
+                Arc::try_unwrap(buffer).unwrap_or_else(|buffer| buffer.as_slice().to_vec())
+            }
+            Repr::Received { buffer, start, len } => buffer[start..start + len].to_vec(),
             Repr::Shared { .. } => self.as_slice().to_vec(),
         }
     }
@@ -132,17 +179,18 @@ impl Bytes {
                 len,
                 ..
             } => &mapping.as_slice()[*start..*start + *len],
+            Repr::Received { buffer, start, len } => &buffer[*start..*start + *len],
         }
     }
 
     /// The bytes as a `Vec<u8>` to change, copied first if they are shared.
     pub fn as_mut_vec(&mut self) -> &mut Vec<u8> {
-        if let Repr::Shared { .. } = self.repr {
-            self.repr = Repr::Owned(self.as_slice().to_vec());
+        if !matches!(self.repr, Repr::Owned(_)) {
+            self.repr = Repr::Owned(std::mem::take(self).into_vec());
         }
         match &mut self.repr {
             Repr::Owned(bytes) => bytes,
-            Repr::Shared { .. } => unreachable!("made owned above"),
+            _ => unreachable!("made owned above"),
         }
     }
 
@@ -181,20 +229,37 @@ impl Bytes {
         }
     }
 
-    /// A `Bytes` for `bytes` that shares the mapping being decoded if they
-    /// lie inside it, else a copy.
+    /// A `Bytes` for `bytes` that shares the buffer being decoded if they
+    /// lie inside it (and, for a buffer received through the socket, are
+    /// not small), else a copy.
     fn from_decoded(bytes: &[u8]) -> Bytes {
         let shared = DECODING.with(|slot| {
             let slot = slot.borrow();
-            let mapping = slot.as_ref()?;
-            let whole = mapping.as_slice().as_ptr_range();
+            let whole = match slot.as_ref()? {
+                Decoding::Mapping(mapping) => mapping.as_slice(),
+                Decoding::Received(_) if bytes.len() < SHARE_RECEIVED_MIN => return None,
+                Decoding::Received(buffer) => buffer.as_slice(),
+            }
+            .as_ptr_range();
             let part = bytes.as_ptr_range();
             let inside = !bytes.is_empty() && whole.start <= part.start && part.end <= whole.end;
-            inside.then(|| Repr::Shared {
-                mapping: Arc::clone(mapping),
-                start: part.start as usize - whole.start as usize,
-                len: bytes.len(),
-                _charge: None,
+            if !inside {
+                return None;
+            }
+            let start = part.start as usize - whole.start as usize;
+            let len = bytes.len();
+            Some(match slot.as_ref()? {
+                Decoding::Mapping(mapping) => Repr::Shared {
+                    mapping: Arc::clone(mapping),
+                    start,
+                    len,
+                    _charge: None,
+                },
+                Decoding::Received(buffer) => Repr::Received {
+                    buffer: Arc::clone(buffer),
+                    start,
+                    len,
+                },
             })
         });
         Bytes {
@@ -528,6 +593,60 @@ mod memfd_tests {
     use super::*;
     use crate::async_core::fd::{decode_with_fds, encode_with_fds};
     use crate::async_core::{Codec, Postcard, SharedBytesMut};
+
+    #[test]
+    fn large_bytes_decoded_from_a_received_buffer_share_it_small_ones_copy() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Message {
+            small: Bytes,
+            large: Bytes,
+        }
+        let sent = Message {
+            small: vec![1; SHARE_RECEIVED_MIN - 1].into(),
+            large: vec![2; SHARE_RECEIVED_MIN].into(),
+        };
+        let buffer = Arc::new(Postcard::encode(&sent).unwrap());
+        let received: Message =
+            decode_from_received(&buffer, || Postcard::decode(&buffer)).unwrap();
+        assert_eq!(
+            (&received.small, &received.large),
+            (&sent.small, &sent.large)
+        );
+        let whole = buffer.as_ptr_range();
+        assert!(
+            whole.contains(&received.large.as_ptr()),
+            "the large Bytes points into the received buffer"
+        );
+        assert!(
+            !received.large.is_shared(),
+            "a heap buffer is not shared memory"
+        );
+        // Changing it copies it out first: the buffer stays as it came.
+        let mut changed = received.large.clone();
+        changed[0] = 9;
+        assert!(!whole.contains(&changed.as_ptr()));
+        assert_eq!(received.large[0], 2);
+        drop((received, changed));
+        assert_eq!(
+            Arc::strong_count(&buffer),
+            1,
+            "nothing holds the buffer any more"
+        );
+    }
+
+    #[test]
+    fn the_only_bytes_of_a_received_buffer_is_taken_whole_without_a_copy() {
+        let data = vec![5u8; 3 * SHARE_RECEIVED_MIN];
+        // Whole-buffer sharing is what `into_vec` can take back: a `Bytes`
+        // that is the whole received buffer.
+        let buffer = Arc::new(data.clone());
+        let pointer = buffer.as_ptr();
+        let bytes = decode_from_received(&buffer, || Bytes::from_decoded(&buffer));
+        drop(buffer);
+        let taken = bytes.into_vec();
+        assert_eq!(taken, data);
+        assert_eq!(taken.as_ptr(), pointer, "taken, not copied");
+    }
 
     fn frozen(len: usize) -> Bytes {
         let mut buffer = SharedBytesMut::zeroed(len).unwrap();

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::bytes::decode_from_mapping;
+use super::bytes::{decode_from_mapping, decode_from_received};
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
 use super::shared::{
@@ -92,13 +92,25 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
         Pin::new(&mut self.receiver).poll_next(cx).map(|item| {
             item.map(|raw| {
                 let (payload, fds) = raw?;
-                let decode = || decode_within(budget, || C::decode::<T>(payload.bytes()));
-                match &payload {
-                    // `Bytes` inside share the mapping rather than copy it.
-                    Payload::Mapped(mapping) => {
-                        decode_with_fds(fds, || decode_from_mapping(mapping, decode))
+                // `Bytes` inside share the message's buffer rather than copy it.
+                match payload {
+                    Payload::Mapped(mapping) => decode_with_fds(fds, || {
+                        decode_from_mapping(&mapping, || {
+                            decode_within(budget, || C::decode::<T>(mapping.as_slice()))
+                        })
+                    }),
+                    Payload::Inline(bytes) => {
+                        let buffer = Arc::new(bytes);
+                        decode_with_fds(fds, || {
+                            decode_from_received(&buffer, || {
+                                decode_within(budget, || C::decode::<T>(&buffer))
+                            })
+                        })
                     }
-                    _ => decode_with_fds(fds, decode),
+                    // Only outgoing messages are sealed; nothing decodes them.
+                    Payload::Sealed { .. } => {
+                        decode_with_fds(fds, || decode_within(budget, || C::decode::<T>(&[])))
+                    }
                 }
                 .map_err(Error::decode::<T>)
             })

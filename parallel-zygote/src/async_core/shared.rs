@@ -102,16 +102,6 @@ impl Payload {
             len: len as u64,
         })
     }
-
-    /// The bytes of a received message.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Payload::Inline(bytes) => bytes,
-            Payload::Mapped(mapping) => mapping.as_slice(),
-            // Only outgoing messages are sealed; nothing decodes them.
-            Payload::Sealed { .. } => &[],
-        }
-    }
 }
 
 /// A `SharedData` event's message: the first descriptor is the memfd (checked

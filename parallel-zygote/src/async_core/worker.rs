@@ -564,8 +564,21 @@ where
             }
             match conn.poll_event(cx) {
                 Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
-                    let answer = handler(args);
-                    running.push(async move { (call, answer.await) });
+                    // Polled once here first: a call that finishes at once
+                    // (most do) is answered without a task slot of its own
+                    // in `running` (an allocation and a queue round per
+                    // call, the largest item of a pipelined call's cost
+                    // here). If it is pending, it registered this task's
+                    // waker too, which at worst polls the loop once more.
+                    let mut answer = Box::pin(handler(args));
+                    match answer.as_mut().poll(cx) {
+                        Poll::Ready(outcome) => {
+                            if conn.machine.reply(call, outcome).is_err() {
+                                return Poll::Ready(false);
+                            }
+                        }
+                        Poll::Pending => running.push(async move { (call, answer.await) }),
+                    }
                     progress = true;
                 }
                 Poll::Ready(Ok(Some((WorkerEvent::End, _)))) => {

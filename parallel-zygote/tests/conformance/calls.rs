@@ -1,8 +1,9 @@
-//! Values in and out: `spawn`, `run` (in order and concurrent), a custom
-//! codec, snapshots.
+//! Values in and out: `spawn`, `run` (in order, concurrent, and pipelined
+//! with answers ready at once or later), a custom codec, snapshots.
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use libtest_mimic::Failed;
 use parallel_zygote::async_core::{Codec, CodecError, Error, Parallel, Runtime};
 
@@ -221,4 +222,42 @@ pub async fn codec_failures_in_the_worker_are_codec_errors<R: Runtime>(
         }
         other => Err(format!("expected an encode error in the worker, got {other:?}").into()),
     }
+}
+
+pub async fn pipelined_calls_ready_at_once_or_later_reach_their_callers<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // Most calls finish at once (the worker answers them in the pass that
+    // read them), every fifth waits a little, one panics at once: each
+    // caller must get its own answer whichever way its call went.
+    let mixed = parallel.run(|x: u64| async move {
+        if x % 5 == 0 {
+            R::sleep(Duration::from_millis(1)).await;
+        }
+        if x == 777 {
+            panic!("call {x} panics at once");
+        }
+        x * 2 + 1
+    })?;
+    let results: Vec<(u64, Result<u64, Error>)> = futures_util::stream::iter(0..2000u64)
+        .map(|x| {
+            let mixed = &mixed;
+            async move { (x, mixed.call(x).await) }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    check(results.len() == 2000, format!("{} answers", results.len()))?;
+    for (x, result) in results {
+        match result {
+            Ok(value) => check(value == x * 2 + 1, format!("call {x} got {value}"))?,
+            Err(Error::Panicked { report, .. }) if x == 777 => check(
+                report.message.contains("call 777"),
+                format!("call 777's panic says {:?}", report.message),
+            )?,
+            Err(error) => return Err(format!("call {x} failed: {error}").into()),
+        }
+    }
+    // The worker survived its panic and serves on.
+    check(mixed.call(10).await? == 21, "a call after the panic")
 }

@@ -33,8 +33,8 @@
 //!
 //! - this file: the [`Harness`] trait, [`main`], [`trials`], and the helpers
 //!   every scenario shares (bounded waits, pids, process liveness);
-//! - `calls.rs`: values in and out (`spawn`, `run` in order and concurrent,
-//!   a custom codec, snapshots);
+//! - `calls.rs`: values in and out (`spawn`, `run` in order, concurrent and
+//!   pipelined, a custom codec, snapshots);
 //! - `failures.rs`: what a worker's failure looks like (panic, abort,
 //!   SIGKILL mid-call, death before the first reply, a dead zygote);
 //! - `cancel.rs`: who stops a worker (abort, a dropped or detached spawn, a
@@ -43,7 +43,8 @@
 //!   answers, handing the read back, cancelled mid-read, the worker killed
 //!   mid-read);
 //! - `process.rs`: typed two-way channels (half close, panic, back-pressure,
-//!   descriptors both ways);
+//!   descriptors both ways, large messages through shared memory and
+//!   through the socket);
 //! - `pool.rs`: pools (timeouts, a poisoned input, recycling,
 //!   `map_unordered`);
 //! - `pools.rs`: per-worker options kept across a replacement, an
@@ -243,6 +244,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         calls::spawn_runs_in_another_process,
         calls::thousand_calls_in_order_on_one_run_worker,
         calls::thousand_concurrent_calls_on_one_run_worker,
+        calls::pipelined_calls_ready_at_once_or_later_reach_their_callers,
         calls::custom_codec_is_used_both_ways,
         calls::codec_failures_in_the_worker_are_codec_errors,
         calls::snapshot_workers_see_init_state,
@@ -269,6 +271,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         process::fd_passed_back_from_a_worker_is_usable_here,
         process::process_sender_is_a_sink,
         process::large_messages_arrive_intact_both_ways_and_leak_nothing,
+        process::socket_messages_with_large_bytes_arrive_intact_and_in_order,
         zero_copy::shared_buffers_past_a_streams_limit_are_refused_until_released,
         pool::timeout_kills_stuck_worker_and_pool_keeps_serving,
         pool::pool_of_4_over_1000_inputs_with_one_poisoned,

@@ -1,6 +1,7 @@
 //! Typed two-way channels: half close, a panicking worker, back-pressure
 //! towards a worker that outruns its reader, descriptors both ways, large
-//! messages through shared memory both ways.
+//! messages through shared memory both ways, and large `Bytes` through the
+//! socket (sharing the received buffer) in order.
 
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
@@ -378,6 +379,103 @@ pub async fn large_messages_arrive_intact_both_ways_and_leak_nothing<R: Runtime>
     check(
         shared_mappings() == 0,
         "the parent still maps a message memfd",
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
+/// Sizes around the point from which a received `Bytes` shares its
+/// message's buffer (4 KiB), and bulk sizes, all through the socket.
+const SOCKET_SIZES: [usize; 6] = [0, 4095, 4096, 65_536, 100_003, (1 << 20) + 3];
+
+/// The worker of the socket-path scenario: echoes each message with its
+/// sequence number, its checksum as computed there, and whether its bytes
+/// came in shared memory (they must not); shared memory is off both ways.
+async fn socket_echo(
+    mut input: MessageStream<(u64, Bytes)>,
+    output: MessageSender<(u64, Bytes, u64, bool)>,
+) {
+    let output = output.with_shared_memory_min(None);
+    while let Some(Ok((sequence, data))) = input.next().await {
+        let sum = checksum(&data);
+        let shared = data.is_shared();
+        // Sent on as received: a `Bytes` that shares its message's buffer.
+        if output.send((sequence, data, sum, shared)).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub async fn socket_messages_with_large_bytes_arrive_intact_and_in_order<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel.process(socket_echo)?;
+    let sender = process.sender.with_shared_memory_min(None);
+    let mut stream = process.stream;
+    let total = SOCKET_SIZES.len() * 12;
+    let message = |sequence: usize| {
+        let size = SOCKET_SIZES[sequence % SOCKET_SIZES.len()];
+        (sequence as u64, bulk_bytes(size, sequence))
+    };
+    // Sends run ahead of the echoes, as a pipelined producer's do (up to
+    // the queues' bound, then they wait); the echoes are read beside them.
+    let send_all = async {
+        for sequence in 0..total {
+            sender.send(message(sequence)).await?;
+        }
+        drop(sender);
+        Ok::<_, Error>(())
+    };
+    let receive_all = async {
+        let mut received = 0;
+        while let Some(echo) = stream.next().await {
+            let (sequence, back, sum_there, shared_there) = echo?;
+            let (expected_sequence, sent) = message(received);
+            check(
+                sequence == expected_sequence,
+                format!("echo {received} carries sequence {sequence}: out of order"),
+            )?;
+            check(
+                sum_there == checksum(&sent),
+                format!(
+                    "message {sequence} of {} bytes changed on the way out",
+                    sent.len()
+                ),
+            )?;
+            check(
+                back == sent,
+                format!(
+                    "message {sequence} of {} bytes changed on the way back",
+                    sent.len()
+                ),
+            )?;
+            check(
+                !shared_there && !back.is_shared(),
+                format!("message {sequence} went through shared memory, which was off"),
+            )?;
+            // A received `Bytes` is the user's to change: a copy of its own.
+            let mut changed = back.clone();
+            if let Some(first) = changed.first_mut() {
+                *first ^= 0xff;
+                check(
+                    back == sent,
+                    format!("changing a clone of message {sequence} changed it too"),
+                )?;
+            }
+            check(
+                back.into_vec() == sent.as_slice(),
+                format!("message {sequence}: into_vec lost bytes"),
+            )?;
+            received += 1;
+        }
+        Ok::<_, Failed>(received)
+    };
+    let (sent, received) = futures_util::join!(send_all, receive_all);
+    sent?;
+    let received = received?;
+    check(
+        received == total,
+        format!("{received} of {total} messages came back"),
     )?;
     process.handle.wait().await?;
     Ok(())
