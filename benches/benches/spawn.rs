@@ -710,7 +710,12 @@ fn round_trip_section(
         format!(
             "{calls} calls per sample, at most {IN_FLIGHT} outstanding. Raw: 8-byte \
              messages written one by one to the raw echo worker while the same task \
-             counts the replies. `Run::call`: `buffer_unordered({IN_FLIGHT})` over calls."
+             counts the replies. Relayed: the raw echo in the library's shape, each \
+             call writing its request and awaiting a one-shot that a reader task \
+             (spawned where the adapter runs its drivers) answers. `Run::call`: \
+             `buffer_unordered({IN_FLIGHT})` over calls, where the other rows run \
+             (the `block_on` future; a task on tokio's multi-thread runtime), and in \
+             a task spawned where the drivers run."
         ),
     );
     let rate = Measure::Rate {
@@ -731,12 +736,28 @@ fn round_trip_section(
             move |budget| adapter.raw_pipelined(raw, calls, IN_FLIGHT, budget),
         );
         group.add(
+            format!("pipe/{a}/relay"),
+            format!("{name}: raw, {IN_FLIGHT} in flight, replies relayed by a reader task"),
+            Some(raw_key.clone()),
+            config.bulk,
+            rate,
+            move |budget| adapter.raw_relayed_pipelined(raw, calls, IN_FLIGHT, budget),
+        );
+        group.add(
             format!("pipe/{a}/run"),
             format!("{name}: `Run::call`, {IN_FLIGHT} in flight"),
-            Some(raw_key),
+            Some(raw_key.clone()),
             config.bulk,
             rate,
             move |budget| adapter.run_pipelined(calls, IN_FLIGHT, budget),
+        );
+        group.add(
+            format!("pipe/{a}/run-task"),
+            format!("{name}: `Run::call`, {IN_FLIGHT} in flight, in a spawned task"),
+            Some(raw_key),
+            config.bulk,
+            rate,
+            move |budget| adapter.run_pipelined_in_task(calls, IN_FLIGHT, budget),
         );
     }
     group.run(report, config.rounds);
@@ -1112,7 +1133,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `raw-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
@@ -1140,11 +1161,13 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "warm-spawn-quiet" => adapter.warm_spawn(WARM_LATER, budget),
         "raw-warm" => adapter.raw_warm_round_trip(raw, budget),
         "pipe" => adapter.run_pipelined(20 * IN_FLIGHT, IN_FLIGHT, budget),
+        "pipe-task" => adapter.run_pipelined_in_task(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "call-main" => adapter.run_round_trip(Place::Main, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "relay" => adapter.raw_relayed(raw, Place::Task, budget),
         "relay-main" => adapter.raw_relayed(raw, Place::Main, budget),
+        "relay-pipe" => adapter.raw_relayed_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "pool" => adapter.pool_call(Place::Task, budget),
         "pool-main" => adapter.pool_call(Place::Main, budget),
         "process-1mib" => {

@@ -12,6 +12,9 @@
 //! | `parallel-glommio` | [`HostAdapter`](super::futures_adapter::HostAdapter) of [`GlommioHost`](super::glommio_adapter::GlommioHost) |
 
 use std::any::Any;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -237,6 +240,136 @@ impl ReplySlot {
     }
 }
 
+/// Pipelined raw ping-pongs in the library's shape (see
+/// [`Adapter::raw_relayed_pipelined`]): each call leaves a one-shot channel
+/// under its request's number and writes its request itself; a reader task
+/// reads the replies in batches and answers them as a worker's driver
+/// answers pipelined `Run::call`s: the waiting channels taken under the
+/// lock, sent to after it is released.
+#[derive(Clone, Default)]
+pub struct ReplySlots(Arc<Mutex<HashMap<u64, futures_channel::oneshot::Sender<()>>>>);
+
+impl ReplySlots {
+    /// Where the reply to `request` goes; set before the request is written.
+    pub fn expect_reply(&self, request: u64) -> futures_channel::oneshot::Receiver<()> {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        self.0.lock().expect("reply slots").insert(request, sender);
+        receiver
+    }
+
+    /// The reader task's side: hands every whole 8-byte reply of the bytes
+    /// read to its caller, keeping a reply split across reads for the next.
+    pub fn reader(&self) -> ReplyReader {
+        ReplyReader {
+            slots: self.clone(),
+            partial: Vec::with_capacity(8),
+            answered: Vec::new(),
+        }
+    }
+
+    /// `calls` pipelined ping-pongs, at most `in_flight` outstanding, per
+    /// sample, on `writer` (a non-blocking duplicate of the socket whose
+    /// replies a [`ReplyReader`] hands over). The request is written by the
+    /// call itself, as a `Run::call` finding the channel idle writes its own.
+    pub async fn pipelined(
+        &self,
+        writer: UnixStream,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        use futures_util::StreamExt;
+        let mut sampler = Sampler::new(budget);
+        while sampler.next() {
+            let start = Instant::now();
+            let answered = futures_util::stream::iter(0..calls as u64)
+                .map(|x| {
+                    let reply = self.expect_reply(x);
+                    let mut writer = &writer;
+                    async move {
+                        // 8 bytes with at most `in_flight` (64) requests
+                        // unanswered: far below the socket's buffer.
+                        writer.write_all(&x.to_le_bytes()).expect("write");
+                        reply.await.is_ok()
+                    }
+                })
+                .buffer_unordered(in_flight)
+                .filter(|answered| std::future::ready(*answered))
+                .count()
+                .await;
+            sampler.record(start.elapsed());
+            assert_eq!(answered, calls);
+        }
+        sampler.finish()
+    }
+}
+
+/// The reader task's half of [`ReplySlots`].
+pub struct ReplyReader {
+    slots: ReplySlots,
+    /// The start of a reply whose rest has not been read yet.
+    partial: Vec<u8>,
+    /// The channels of one read's replies, sent to once the lock is released.
+    answered: Vec<futures_channel::oneshot::Sender<()>>,
+}
+
+impl ReplyReader {
+    /// Answers the replies in `bytes`, just read.
+    pub fn answer(&mut self, mut bytes: &[u8]) {
+        {
+            let mut slots = self.slots.0.lock().expect("reply slots");
+            let mut take = |reply: [u8; 8]| {
+                let request = u64::from_le_bytes(reply);
+                slots.remove(&request).expect("a reply to a request made")
+            };
+            if !self.partial.is_empty() {
+                let missing = (8 - self.partial.len()).min(bytes.len());
+                self.partial.extend_from_slice(&bytes[..missing]);
+                bytes = &bytes[missing..];
+                if let Ok(reply) = <[u8; 8]>::try_from(self.partial.as_slice()) {
+                    self.answered.push(take(reply));
+                    self.partial.clear();
+                }
+            }
+            let mut replies = bytes.chunks_exact(8);
+            for reply in replies.by_ref() {
+                self.answered
+                    .push(take(reply.try_into().expect("8-byte chunk")));
+            }
+            self.partial.extend_from_slice(replies.remainder());
+        }
+        for sender in self.answered.drain(..) {
+            let _ = sender.send(());
+        }
+    }
+}
+
+/// `calls` persistent-worker calls per sample, at most `in_flight`
+/// outstanding (`buffer_unordered`), on `parallel`'s runtime.
+pub async fn pipelined_calls<R: Runtime>(
+    parallel: Parallel<R>,
+    calls: usize,
+    in_flight: usize,
+    budget: Budget,
+) -> Vec<Duration> {
+    use futures_util::StreamExt;
+    let run = parallel.run(echo).expect("run");
+    run.call(0).await.expect("first call");
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        let start = Instant::now();
+        let answered = futures_util::stream::iter(0..calls as u64)
+            .map(|x| run.call(x))
+            .buffer_unordered(in_flight)
+            .filter(|result| std::future::ready(result.is_ok()))
+            .count()
+            .await;
+        sampler.record(start.elapsed());
+        assert_eq!(answered, calls);
+    }
+    sampler.finish()
+}
+
 /// Workers held alive for the scaling and memory figures.
 pub struct IdleWorkers {
     pub pids: Vec<i32>,
@@ -305,8 +438,29 @@ pub trait Adapter {
         in_flight: usize,
         budget: Budget,
     ) -> Vec<Duration>;
+    /// [`raw_pipelined`](Self::raw_pipelined) in the library's shape: each
+    /// call writes its request itself and waits on a one-shot channel that
+    /// a reader task, spawned where the adapter runs its drivers, answers
+    /// (see [`ReplySlots`]). The floor of pipelined calls in any design in
+    /// which a task of its own reads the channel.
+    fn raw_relayed_pipelined(
+        &self,
+        raw: &Arc<RawZygote>,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration>;
     /// Time for `calls` persistent-worker calls with `in_flight` outstanding.
     fn run_pipelined(&self, calls: usize, in_flight: usize, budget: Budget) -> Vec<Duration>;
+    /// The same, the calls made in a task spawned where the adapter runs
+    /// its drivers (on tokio's multi-thread runtime, what `run_pipelined`
+    /// does too).
+    fn run_pipelined_in_task(
+        &self,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration>;
 
     /// Time to write `count` buffers of `size` bytes to a raw sink worker
     /// (one write call each) and get its 8-byte acknowledgement.

@@ -13,14 +13,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime, WarmConfig};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, raw_messages, shared_throughput, sink, Adapter, Encoding,
-    IdleWorkers, Phases, Place, RawWrites, ReplySlot, SharedMemory,
+    clock, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput, sink, Adapter,
+    Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -57,6 +56,17 @@ pub trait Host: 'static {
     /// duplicate of it, spawned where the library's drivers run.
     fn raw_relayed(&self, socket: UnixStream, place: Place, budget: Budget) -> Vec<Duration>;
 
+    /// [`Adapter::raw_relayed_pipelined`] on `socket`: the reader task
+    /// reads a duplicate of it, spawned where the library's drivers run;
+    /// the calls are made in the `block_on` future, as `run_pipelined`'s.
+    fn raw_relayed_pipelined(
+        &self,
+        socket: UnixStream,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration>;
+
     /// The raw ping-pong on `socket`, where [`Host::in_task`] runs its
     /// calls: the floor of a call awaited there. By default in the
     /// `block_on` future (an executor whose tasks run on this thread).
@@ -90,6 +100,16 @@ pub async fn relay_replies<S: AsyncRead + Unpin>(mut stream: S, slot: ReplySlot)
     while stream.read_exact(&mut reply).await.is_ok() && slot.answer(reply) {}
 }
 
+/// The reader task of [`Adapter::raw_relayed_pipelined`]: reads replies in
+/// batches and hands each to its caller, until the socket ends or the task
+/// is cancelled.
+pub async fn relay_pipelined_replies<S: AsyncRead + Unpin>(mut stream: S, mut reader: ReplyReader) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+        reader.answer(&buffer[..read]);
+    }
+}
+
 /// The caller of [`Adapter::raw_relayed`]: writes each request on `stream`
 /// itself, and waits for the reply that the reader task hands over.
 pub async fn relayed_ping_pongs<S: AsyncWrite + Unpin>(
@@ -116,6 +136,11 @@ pub async fn relayed_ping_pongs<S: AsyncWrite + Unpin>(
 pub enum Calls {
     RoundTrip,
     Pool,
+    /// `calls` calls, `in_flight` outstanding.
+    Pipelined {
+        calls: usize,
+        in_flight: usize,
+    },
 }
 
 impl Calls {
@@ -124,6 +149,9 @@ impl Calls {
         match self {
             Calls::RoundTrip => round_trip(parallel, budget).await,
             Calls::Pool => pool_call(parallel, budget).await,
+            Calls::Pipelined { calls, in_flight } => {
+                pipelined_calls(parallel, calls, in_flight, budget).await
+            }
         }
     }
 }
@@ -424,6 +452,18 @@ impl<H: Host> Adapter for HostAdapter<H> {
         self.host.raw_relayed(stream, place, budget)
     }
 
+    fn raw_relayed_pipelined(
+        &self,
+        raw: &Arc<RawZygote>,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+        self.host
+            .raw_relayed_pipelined(stream, calls, in_flight, budget)
+    }
+
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
         match place {
             Place::Task => self.host.in_task(&self.parallel, Calls::RoundTrip, budget),
@@ -473,24 +513,22 @@ impl<H: Host> Adapter for HostAdapter<H> {
     }
 
     fn run_pipelined(&self, calls: usize, in_flight: usize, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let run = parallel.run(echo).expect("run");
-            run.call(0).await.expect("first call");
-            let mut sampler = Sampler::new(budget);
-            while sampler.next() {
-                let start = Instant::now();
-                let answered = futures_util::stream::iter(0..calls as u64)
-                    .map(|x| run.call(x))
-                    .buffer_unordered(in_flight)
-                    .filter(|result| std::future::ready(result.is_ok()))
-                    .count()
-                    .await;
-                sampler.record(start.elapsed());
-                assert_eq!(answered, calls);
-            }
-            sampler.finish()
-        })
+        self.on_runtime(pipelined_calls(
+            self.parallel.clone(),
+            calls,
+            in_flight,
+            budget,
+        ))
+    }
+
+    fn run_pipelined_in_task(
+        &self,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let calls = Calls::Pipelined { calls, in_flight };
+        self.host.in_task(&self.parallel, calls, budget)
     }
 
     fn raw_throughput(

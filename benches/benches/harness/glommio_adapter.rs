@@ -31,8 +31,10 @@ use parallel_glommio::{Glommio, Parallel};
 
 use std::time::Duration;
 
-use super::adapter::{Place, ReplySlot};
-use super::futures_adapter::{relay_replies, relayed_ping_pongs, Calls, Host, HostAdapter};
+use super::adapter::{Place, ReplySlot, ReplySlots};
+use super::futures_adapter::{
+    relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls, Host, HostAdapter,
+};
 use super::raw::RawRuntime;
 use super::stats::Budget;
 
@@ -58,6 +60,26 @@ impl Host for GlommioHost {
 
     /// The reader a `spawn_local` task, as the drivers are; the caller
     /// another, or the future `run` was given.
+    fn raw_relayed_pipelined(
+        &self,
+        socket: UnixStream,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let writer = socket.try_clone().expect("duplicate socket");
+        self.executor.run(async move {
+            let slots = ReplySlots::default();
+            let relay = glommio::spawn_local(relay_pipelined_replies(
+                Self::stream(socket),
+                slots.reader(),
+            ));
+            let samples = slots.pipelined(writer, calls, in_flight, budget).await;
+            let _ = relay.cancel().await;
+            samples
+        })
+    }
+
     fn raw_relayed(&self, socket: UnixStream, place: Place, budget: Budget) -> Vec<Duration> {
         let reader = socket.try_clone().expect("duplicate socket");
         self.executor.run(async move {

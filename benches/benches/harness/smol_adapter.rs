@@ -24,9 +24,10 @@ use parallel_smol::{Parallel, Smol};
 
 use std::time::Duration;
 
-use super::adapter::{Place, ReplySlot};
+use super::adapter::{Place, ReplySlot, ReplySlots};
 use super::futures_adapter::{
-    raw_ping_pongs, relay_replies, relayed_ping_pongs, Calls, Host, HostAdapter,
+    raw_ping_pongs, relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls, Host,
+    HostAdapter,
 };
 use super::raw::RawRuntime;
 use super::stats::Budget;
@@ -54,6 +55,26 @@ impl Host for SmolHost {
 
     /// The reader on smol's global executor, where the drivers run; the
     /// caller there too, or in the `block_on` future.
+    fn raw_relayed_pipelined(
+        &self,
+        socket: UnixStream,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let writer = socket.try_clone().expect("duplicate socket");
+        smol::block_on(async move {
+            let slots = ReplySlots::default();
+            let relay = smol::spawn(relay_pipelined_replies(
+                Self::stream(socket),
+                slots.reader(),
+            ));
+            let samples = slots.pipelined(writer, calls, in_flight, budget).await;
+            let _ = relay.cancel().await;
+            samples
+        })
+    }
+
     fn raw_relayed(&self, socket: UnixStream, place: Place, budget: Budget) -> Vec<Duration> {
         let reader = socket.try_clone().expect("duplicate socket");
         smol::block_on(async move {

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use parallel_tokio::{Parallel, Pool, PoolConfig, WarmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -13,8 +12,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, raw_messages, shared_throughput, sink, Adapter, Encoding,
-    IdleWorkers, Phases, Place, RawWrites, ReplySlot, SharedMemory,
+    clock, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput, sink, Adapter,
+    Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot, ReplySlots, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -350,25 +349,54 @@ impl Adapter for TokioAdapter {
         })
     }
 
+    fn raw_relayed_pipelined(
+        &self,
+        raw: &Arc<RawZygote>,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::Echo);
+        let writer = stream.try_clone().expect("duplicate socket");
+        let slots = ReplySlots::default();
+        let relay = {
+            let _entered = self.runtime.enter();
+            let mut reader = tokio_stream(stream);
+            let mut replies = slots.reader();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(read @ 1..) = reader.read(&mut buffer).await {
+                    replies.answer(&buffer[..read]);
+                }
+            })
+        };
+        // Where `run_pipelined` makes its calls.
+        let samples =
+            self.on_runtime(async move { slots.pipelined(writer, calls, in_flight, budget).await });
+        relay.abort();
+        samples
+    }
+
     fn run_pipelined(&self, calls: usize, in_flight: usize, budget: Budget) -> Vec<Duration> {
+        self.on_runtime(pipelined_calls(
+            self.parallel.clone(),
+            calls,
+            in_flight,
+            budget,
+        ))
+    }
+
+    fn run_pipelined_in_task(
+        &self,
+        calls: usize,
+        in_flight: usize,
+        budget: Budget,
+    ) -> Vec<Duration> {
         let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let run = parallel.run(echo).expect("run");
-            run.call(0).await.expect("first call");
-            let mut sampler = Sampler::new(budget);
-            while sampler.next() {
-                let start = Instant::now();
-                let answered = futures_util::stream::iter(0..calls as u64)
-                    .map(|x| run.call(x))
-                    .buffer_unordered(in_flight)
-                    .filter(|result| std::future::ready(result.is_ok()))
-                    .count()
-                    .await;
-                sampler.record(start.elapsed());
-                assert_eq!(answered, calls);
-            }
-            sampler.finish()
-        })
+        self.at(
+            Place::Task,
+            pipelined_calls(parallel, calls, in_flight, budget),
+        )
     }
 
     fn raw_throughput(
