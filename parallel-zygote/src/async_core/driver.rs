@@ -624,7 +624,12 @@ impl<R: Runtime> DriverState<R> {
 
     /// Every handle that could send is gone: half close.
     fn end_if_closed(&mut self) -> Result<(), Error> {
-        if self.commands.is_none() && self.outgoing.is_none() && !self.conn.machine.is_returned() {
+        let machine = &self.conn.machine;
+        if self.commands.is_none()
+            && self.outgoing.is_none()
+            && !machine.is_returned()
+            && !machine.is_end_sent()
+        {
             self.conn.machine.end()?;
         }
         Ok(())

@@ -128,5 +128,5 @@ pub use run::Run;
 pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
 pub use shared_bytes_mut::SharedBytesMut;
 pub use spawn::JoinHandle;
-pub use warm::{Refill, WarmConfig};
+pub use warm::{Refill, Registered, WarmConfig};
 pub(crate) use worker::install_panic_hook;

@@ -470,7 +470,12 @@ where
         let TaskContext { mut conn, args } = context;
         let outcome = call_once::<F, A, Fut, T, C>(function, args).await;
         let _ = conn.machine.finish(outcome);
-        let _ = conn.flush().await;
+        if conn.flush().await.is_ok() {
+            // The answer is out and this process only exits from here on:
+            // let the parent, woken by the answer (often onto this CPU),
+            // run before the exit's work.
+            crate::sys::idle_priority();
+        }
     })
 }
 
