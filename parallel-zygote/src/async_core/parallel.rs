@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use super::codec::{Codec, Postcard};
 use super::conn::Conn;
-use super::driver::{launch, Link};
+use super::driver::{launch, launch_one_shot, Link, OneShot};
 use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
-use super::output::{Output, OutputConfig};
+use super::output::{Captured, Output, OutputConfig};
 use super::pool_core::ScopedPool;
 use super::process::Process;
 use super::run::Run;
@@ -501,7 +501,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
                 worker::spawn_task::<F, A, Fut, T, C>(function, context)
             })?;
             let args = C::encode(&argument).map_err(Error::encode::<A>)?;
-            self.launch(task, args, Ending::WithStart)
+            self.launch_one_shot(task, args)
         })();
         JoinHandle::new(started, std::any::type_name::<A>())
     }
@@ -532,7 +532,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         A: Serialize,
         T: DeserializeOwned,
     {
-        Ok(Run::new(self.launch(task, Vec::new(), Ending::ByDriver)?))
+        Ok(Run::new(self.launch(task, Vec::new())?))
     }
 
     /// Starts a worker running `function` with a typed, bidirectional channel:
@@ -555,11 +555,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         let task = worker::task_entry(move |context| {
             worker::process_task::<F, In, Out, Fut, C>(function, context)
         })?;
-        Ok(Process::new(self.launch(
-            task,
-            Vec::new(),
-            Ending::ByDriver,
-        )?))
+        Ok(Process::new(self.launch(task, Vec::new())?))
     }
 
     /// Puts a pool made from this handle in its shutdown scope.
@@ -575,7 +571,51 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
 
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
-    fn launch(&self, task: WireEntry, args: Vec<u8>, ending: Ending) -> Result<Link<R>, Error> {
+    fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link<R>, Error> {
+        let (conn, pending, span, captured) = self.connect(task, args, Ending::ByDriver)?;
+        let link = launch::<R>(conn, pending, span, captured);
+        self.started(&link.killer);
+        Ok(link)
+    }
+
+    /// [`launch`](Self::launch) for a `spawn`: End goes with Start, and the
+    /// driver gets no channels from handles (a `JoinHandle` has none).
+    fn launch_one_shot(&self, task: WireEntry, args: Vec<u8>) -> Result<OneShot, Error> {
+        let (conn, pending, span, captured) = self.connect(task, args, Ending::WithStart)?;
+        let one_shot = launch_one_shot::<R>(conn, pending, span, captured);
+        self.started(&one_shot.killer);
+        Ok(one_shot)
+    }
+
+    /// A started worker's bookkeeping: its limits, its scope, and the refill
+    /// of the pre-forked workers it may have taken.
+    fn started(&self, killer: &Arc<Killer>) {
+        killer.set_limits(self.options.rlimits.clone());
+        self.scope.track(killer);
+        if let Some(warm) = &self.warm {
+            // After the Start frame is queued; the forks that replace the
+            // worker are scheduled for later unless the config says now.
+            warm.refill::<R>();
+        }
+    }
+
+    /// The channel of a new worker (pre-forked, or forked now) with its
+    /// Start frame written (End too, for `ending`), and its captured output.
+    #[allow(clippy::type_complexity)]
+    fn connect(
+        &self,
+        task: WireEntry,
+        args: Vec<u8>,
+        ending: Ending,
+    ) -> Result<
+        (
+            Conn<ParentChannel, R::Socket>,
+            crate::PendingSpawn,
+            tracing::Span,
+            Option<Captured<R>>,
+        ),
+        Error,
+    > {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
@@ -626,8 +666,9 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         conn.machine.start(task, start_args)?;
         if ending == Ending::WithStart {
             // In the same write as Start. Should it not fit the send queue
-            // (arguments near its limit), the driver sends it, as for the
-            // other kinds of worker, once their handles are gone.
+            // (arguments near its limit), the driver sends it once Start
+            // is out, as for the other kinds of worker once their handles
+            // are gone.
             let _ = conn.machine.end();
         }
         // Start goes out now: a pre-forked worker starts on its task while
@@ -638,15 +679,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         } else {
             None
         };
-        let link = launch::<R>(conn, pending, span, captured);
-        link.killer.set_limits(self.options.rlimits.clone());
-        self.scope.track(&link.killer);
-        if let Some(warm) = &self.warm {
-            // After the Start frame is queued; the forks that replace the
-            // worker are scheduled for later unless the config says now.
-            warm.refill::<R>();
-        }
-        Ok(link)
+        Ok((conn, pending, span, captured))
     }
 }
 

@@ -471,10 +471,15 @@ where
         let outcome = call_once::<F, A, Fut, T, C>(function, args).await;
         let _ = conn.machine.finish(outcome);
         if conn.flush().await.is_ok() {
-            // The answer is out and this process only exits from here on:
-            // let the parent, woken by the answer (often onto this CPU),
-            // run before the exit's work.
+            // The answer is out and this process only exits from here on.
+            // The scheduler tends to wake the parent onto this CPU (a
+            // synchronous wake-up: it expects the writer to sleep next),
+            // where the exit (`_dl_fini`, `atexit`, the kernel tearing the
+            // address space down: 100-200 µs measured) would run first.
+            // Lowering the policy alone does not preempt (the priority
+            // value is the same), so the CPU is also handed over at once.
             crate::sys::idle_priority();
+            std::thread::yield_now();
         }
     })
 }
