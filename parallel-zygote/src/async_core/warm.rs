@@ -13,6 +13,14 @@
 //! worker the refill's fork and boot would compete with for the CPU) and
 //! to its maximum after a longer delay, so that a burst of spawns does not
 //! turn into a burst of forks competing with the workers just started.
+//!
+//! The refill also registers the waiting workers' channels with the
+//! parent's runtime and builds their connections ([`Registered`]), where
+//! the runtime allows it ([`Runtime::reactor`]: tokio and smol, not
+//! glommio, whose sockets are `!Send` and per executor): a spawn taking
+//! such a worker only queues its Start frame and writes it. A channel
+//! registered with another runtime than the spawn's (a handle that
+//! outlived its runtime) is dropped, its worker killed, and replaced.
 
 use std::any::Any;
 use std::collections::VecDeque;
