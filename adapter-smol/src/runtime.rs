@@ -7,6 +7,7 @@
 //! that inherits a reactor it cannot use. Workers fork from the zygote, which
 //! never touched it, and build their own on first use.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use async_io::{Async, ReadableOwned, Timer, WritableOwned};
 use parallel_zygote::async_core::{
-    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill,
+    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill, Registered,
 };
 use serde::{Deserialize, Serialize};
 use smol::LocalExecutor;
@@ -58,6 +59,18 @@ impl core::Runtime for Smol {
 
     fn spawn_refill(refill: Refill<Self>) {
         smol::spawn(refill).detach();
+    }
+
+    /// One key: async-io has one reactor per process, which serves every
+    /// thread.
+    fn reactor() -> Option<u64> {
+        Some(0)
+    }
+
+    fn share(
+        registered: Box<Registered<Self>>,
+    ) -> Result<Box<dyn Any + Send>, Box<Registered<Self>>> {
+        Ok(registered)
     }
 }
 

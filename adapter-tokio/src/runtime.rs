@@ -1,6 +1,8 @@
 //! The binding itself: tokio's reactor, timer and spawn for the parent, and
 //! the runtime a worker builds after its fork.
 
+use std::any::Any;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -8,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use parallel_zygote::async_core::{
-    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill,
+    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill, Registered,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -46,6 +48,46 @@ impl core::Runtime for Tokio {
     fn spawn_refill(refill: Refill<Self>) {
         tokio::spawn(refill);
     }
+
+    /// The current runtime's id: a socket registers with the reactor of
+    /// the runtime it is created in, and serves every thread of it.
+    fn reactor() -> Option<u64> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        Some(runtime_key(handle.id()))
+    }
+
+    fn share(
+        registered: Box<Registered<Self>>,
+    ) -> Result<Box<dyn Any + Send>, Box<Registered<Self>>> {
+        Ok(registered)
+    }
+}
+
+/// A runtime id as a number. tokio's `runtime::Id` wraps a `NonZeroU64`
+/// drawn from a process-wide 64-bit counter (its docs only promise
+/// uniqueness among the runtimes alive at once, which is what
+/// [`Runtime::reactor`](core::Runtime::reactor) asks); it shows the number
+/// through `Display` and `Hash` only, so it is read back through `Hash`.
+fn runtime_key(id: tokio::runtime::Id) -> u64 {
+    /// Keeps what is hashed: a `NonZeroU64` hashes as one `write_u64`.
+    #[derive(Default)]
+    struct Key(u64);
+    impl Hasher for Key {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &byte in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+            }
+        }
+        fn write_u64(&mut self, value: u64) {
+            self.0 = value;
+        }
+    }
+    let mut key = Key::default();
+    id.hash(&mut key);
+    key.finish()
 }
 
 /// A worker channel on tokio's reactor.

@@ -106,6 +106,11 @@ impl ParentChannel {
         self.returned
     }
 
+    /// Whether this side ended its stream ([`end`](Self::end)).
+    pub fn is_end_sent(&self) -> bool {
+        self.end_sent
+    }
+
     /// Whether the worker ended its data stream (or returned).
     pub fn is_end_received(&self) -> bool {
         self.end_received

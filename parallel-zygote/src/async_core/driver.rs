@@ -100,19 +100,75 @@ pub(crate) fn launch<R: Runtime>(
     let (commands, command_rx) = async_channel::bounded(QUEUE_DEPTH);
     let (outgoing, outgoing_rx) = async_channel::bounded(QUEUE_DEPTH);
     let (data_tx, data) = mpsc::channel(QUEUE_DEPTH);
+    let shared = conn.passes_descriptors();
+    let handles = Handles {
+        commands: Some(Box::pin(command_rx)),
+        outgoing: Some(Box::pin(outgoing_rx)),
+        data: Some(data_tx),
+    };
+    let (OneShot { killer, returned }, submit) = start::<R>(conn, pending, span, output, handles);
+    Link {
+        commands,
+        submit,
+        outgoing,
+        killer,
+        data,
+        returned,
+        shared,
+    }
+}
+
+/// The handles' view of a one-shot worker's driver (`spawn`): its outcome
+/// and its kill switch. Nothing is ever sent to it after Start and End,
+/// and it sends no data: it gets none of [`Link`]'s channels, whose
+/// allocations (and their cold memory) a one-shot spawn would only drop.
+pub(crate) struct OneShot {
+    pub(crate) killer: Arc<Killer>,
+    pub(crate) returned: oneshot::Receiver<Result<Outcome, Error>>,
+}
+
+/// Starts the driver of a one-shot worker, whose Start and End frames are
+/// queued in `conn.machine`.
+pub(crate) fn launch_one_shot<R: Runtime>(
+    conn: Conn<ParentChannel, R::Socket>,
+    pending: PendingSpawn,
+    span: tracing::Span,
+    output: Option<Captured<R>>,
+) -> OneShot {
+    let handles = Handles {
+        commands: None,
+        outgoing: None,
+        data: None,
+    };
+    start::<R>(conn, pending, span, output, handles).0
+}
+
+/// The driver's ends of the handles' channels (`None`: no such handle).
+struct Handles {
+    commands: Option<Pin<Box<async_channel::Receiver<Command>>>>,
+    outgoing: Option<Pin<Box<async_channel::Receiver<RawMessage>>>>,
+    data: Option<mpsc::Sender<Result<RawMessage, Error>>>,
+}
+
+fn start<R: Runtime>(
+    conn: Conn<ParentChannel, R::Socket>,
+    pending: PendingSpawn,
+    span: tracing::Span,
+    output: Option<Captured<R>>,
+    handles: Handles,
+) -> (OneShot, Submit<R>) {
     let (returned_tx, returned) = oneshot::channel();
     let killer = Arc::new(Killer::new(pending, span));
-    let shared = conn.passes_descriptors();
     let state = Arc::new(Mutex::new(DriverState {
         task: None,
         conn,
         killer: Arc::clone(&killer),
-        commands: Some(Box::pin(command_rx)),
-        outgoing: Some(Box::pin(outgoing_rx)),
+        commands: handles.commands,
+        outgoing: handles.outgoing,
         calls: HashMap::new(),
         answered: Vec::new(),
         unsent: Vec::new(),
-        data: Some(data_tx),
+        data: handles.data,
         held: None,
         returned: Some(returned_tx),
         write_broken: false,
@@ -125,15 +181,7 @@ pub(crate) fn launch<R: Runtime>(
         state,
         answered: Vec::new(),
     });
-    Link {
-        commands,
-        submit,
-        outgoing,
-        killer,
-        data,
-        returned,
-        shared,
-    }
+    (OneShot { killer, returned }, submit)
 }
 
 /// The driver of one worker channel: a future the adapter runs as a task of
@@ -527,6 +575,19 @@ impl<R: Runtime> DriverState<R> {
                         Poll::Pending => break,
                     }
                 }
+                if self.commands.is_none()
+                    && self.outgoing.is_none()
+                    && !self.write_broken
+                    && !self.conn.machine.is_end_sent()
+                    && !self.conn.machine.is_returned()
+                {
+                    // A one-shot worker's End that did not fit beside its
+                    // Start (see `launch_one_shot`).
+                    if self.end_if_closed().is_err() {
+                        return Poll::Ready(false);
+                    }
+                    progress = true;
+                }
                 if let Some(outgoing) = &mut self.outgoing {
                     match outgoing.as_mut().poll_next(cx) {
                         Poll::Ready(Some(message)) => {
@@ -624,7 +685,12 @@ impl<R: Runtime> DriverState<R> {
 
     /// Every handle that could send is gone: half close.
     fn end_if_closed(&mut self) -> Result<(), Error> {
-        if self.commands.is_none() && self.outgoing.is_none() && !self.conn.machine.is_returned() {
+        let machine = &self.conn.machine;
+        if self.commands.is_none()
+            && self.outgoing.is_none()
+            && !machine.is_returned()
+            && !machine.is_end_sent()
+        {
             self.conn.machine.end()?;
         }
         Ok(())

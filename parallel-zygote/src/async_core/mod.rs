@@ -75,7 +75,9 @@
 //!    `UnixStream`: "call `io` when the socket may be ready; on
 //!    `WouldBlock`, forget that readiness and wait for the next".
 //! 2. A zero-sized marker implementing [`Runtime`] (`register`, `sleep`,
-//!    `is_current`, `spawn_driver`) and naming the default worker runtime.
+//!    `is_current`, `spawn_driver`, `spawn_refill`) and naming the default
+//!    worker runtime; where its sockets are `Send`, also `reactor` and
+//!    `share`, so that pre-forked workers' channels are registered ahead.
 //! 3. A serde options type implementing [`WorkerRuntime`]: `block_on` builds
 //!    the runtime in the worker, after the fork, never in a zygote.
 //! 4. Type aliases (`type Parallel<C = Postcard> = Parallel<MyRuntime, C>`),
@@ -128,5 +130,5 @@ pub use run::Run;
 pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
 pub use shared_bytes_mut::SharedBytesMut;
 pub use spawn::JoinHandle;
-pub use warm::{Refill, WarmConfig};
+pub use warm::{Refill, Registered, WarmConfig};
 pub(crate) use worker::install_panic_hook;

@@ -14,16 +14,16 @@ use serde::Serialize;
 
 use super::codec::{Codec, Postcard};
 use super::conn::Conn;
-use super::driver::{launch, Link};
+use super::driver::{launch, launch_one_shot, Link, OneShot};
 use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
-use super::output::{Output, OutputConfig};
+use super::output::{Captured, Output, OutputConfig};
 use super::pool_core::ScopedPool;
 use super::process::Process;
 use super::run::Run;
 use super::runtime::{Runtime, WorkerRuntime};
 use super::spawn::JoinHandle;
-use super::warm::{WarmConfig, WarmSet};
+use super::warm::{Registered, Taken, WarmConfig, WarmSet};
 use super::worker;
 use super::Error;
 use crate::{SpawnOptions, Zygote};
@@ -501,7 +501,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
                 worker::spawn_task::<F, A, Fut, T, C>(function, context)
             })?;
             let args = C::encode(&argument).map_err(Error::encode::<A>)?;
-            self.launch(task, args)
+            self.launch_one_shot(task, args)
         })();
         JoinHandle::new(started, std::any::type_name::<A>())
     }
@@ -572,6 +572,50 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
     fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link<R>, Error> {
+        let (conn, pending, span, captured) = self.connect(task, args, Ending::ByDriver)?;
+        let link = launch::<R>(conn, pending, span, captured);
+        self.started(&link.killer);
+        Ok(link)
+    }
+
+    /// [`launch`](Self::launch) for a `spawn`: End goes with Start, and the
+    /// driver gets no channels from handles (a `JoinHandle` has none).
+    fn launch_one_shot(&self, task: WireEntry, args: Vec<u8>) -> Result<OneShot, Error> {
+        let (conn, pending, span, captured) = self.connect(task, args, Ending::WithStart)?;
+        let one_shot = launch_one_shot::<R>(conn, pending, span, captured);
+        self.started(&one_shot.killer);
+        Ok(one_shot)
+    }
+
+    /// A started worker's bookkeeping: its limits, its scope, and the refill
+    /// of the pre-forked workers it may have taken.
+    fn started(&self, killer: &Arc<Killer>) {
+        killer.set_limits(self.options.rlimits.clone());
+        self.scope.track(killer);
+        if let Some(warm) = &self.warm {
+            // After the Start frame is queued; the forks that replace the
+            // worker are scheduled for later unless the config says now.
+            warm.refill::<R>();
+        }
+    }
+
+    /// The channel of a new worker (pre-forked, or forked now) with its
+    /// Start frame written (End too, for `ending`), and its captured output.
+    #[allow(clippy::type_complexity)]
+    fn connect(
+        &self,
+        task: WireEntry,
+        args: Vec<u8>,
+        ending: Ending,
+    ) -> Result<
+        (
+            Conn<ParentChannel, R::Socket>,
+            crate::PendingSpawn,
+            tracing::Span,
+            Option<Captured<R>>,
+        ),
+        Error,
+    > {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
@@ -590,28 +634,43 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         // A pre-forked worker came with no descriptors and applies nothing
         // before its task: it serves spawns whose output is inherited.
         let warm = match &self.warm {
-            Some(warm) if io.is_inherit() => warm.take(),
+            Some(warm) if io.is_inherit() => warm.take::<R>(),
             _ => None,
         };
-        let from_warm = warm.is_some();
-        let (stream, pending) = match warm {
-            Some(worker) => worker,
-            None => self
-                .zygote
-                .spawn_entry((self.worker.boot)()?, self.options.clone(), fds)?,
+        let start_args = worker::start_args(&self.worker.options, args, self.backtraces, io);
+        let (mut conn, fd, pending) = match warm {
+            // Registered by a refill, its connection built: Start is all
+            // that is left to do before it goes out.
+            Some((Taken::Registered(registered), pending)) => {
+                tracing::trace!(parent: &span, "pre-forked worker chosen, registered");
+                let Registered { conn, fd } = *registered;
+                (conn, fd, pending)
+            }
+            Some((Taken::Plain(stream), pending)) => {
+                tracing::trace!(parent: &span, "pre-forked worker chosen");
+                // (Made non-blocking at its fork.)
+                let fd = stream.as_raw_fd();
+                let machine = ParentChannel::new(Limits::default());
+                (Conn::new(machine, R::register(stream)?), fd, pending)
+            }
+            None => {
+                let (stream, pending) =
+                    self.zygote
+                        .spawn_entry((self.worker.boot)()?, self.options.clone(), fds)?;
+                stream.set_nonblocking(true)?;
+                let fd = stream.as_raw_fd();
+                let machine = ParentChannel::new(Limits::default());
+                (Conn::new(machine, R::register(stream)?), fd, pending)
+            }
         };
-        tracing::trace!(parent: &span, from_warm, "worker chosen");
-        let mut machine = ParentChannel::new(Limits::default());
-        machine.start(
-            task,
-            worker::start_args(&self.worker.options, args, self.backtraces, io),
-        )?;
-        if !from_warm {
-            // (A pre-forked worker's channel was made non-blocking at its fork.)
-            stream.set_nonblocking(true)?;
+        conn.machine.start(task, start_args)?;
+        if ending == Ending::WithStart {
+            // In the same write as Start. Should it not fit the send queue
+            // (arguments near its limit), the driver sends it once Start
+            // is out, as for the other kinds of worker once their handles
+            // are gone.
+            let _ = conn.machine.end();
         }
-        let fd = stream.as_raw_fd();
-        let mut conn = Conn::new(machine, R::register(stream)?);
         // Start goes out now: a pre-forked worker starts on its task while
         // the rest of this setup (and the driver's first poll) happens here.
         conn.write_ahead(fd);
@@ -620,16 +679,17 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         } else {
             None
         };
-        let link = launch::<R>(conn, pending, span, captured);
-        link.killer.set_limits(self.options.rlimits.clone());
-        self.scope.track(&link.killer);
-        if let Some(warm) = &self.warm {
-            // After the Start frame is queued; the forks that replace the
-            // worker are scheduled for later unless the config says now.
-            warm.refill::<R>();
-        }
-        Ok(link)
+        Ok((conn, pending, span, captured))
     }
+}
+
+/// When the parent's half close (End) goes out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// With the Start frame: a `spawn`, whose handle sends nothing after it.
+    WithStart,
+    /// From the driver, once every handle that could send is gone.
+    ByDriver,
 }
 
 /// Waits (up to `limit`) for every live worker of `scope` to finish; true

@@ -3,6 +3,7 @@
 //! socket, a timer, somewhere to run the driver) and [`WorkerRuntime`] for
 //! the worker (build a runtime after the fork and run the task on it).
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
 use std::io;
@@ -16,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::driver::Driver;
-use super::warm::Refill;
+use super::warm::{Refill, Registered};
 
 /// A task as a worker runs it: one future, polled on the worker's thread.
 pub type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
@@ -135,6 +136,35 @@ pub trait Runtime: Sized + 'static {
     /// [`Parallel::warm_workers`](super::Parallel::warm_workers)) as a task
     /// of its own until it completes.
     fn spawn_refill(refill: Refill<Self>);
+
+    /// A key for the reactor that [`register`](Self::register) uses on the
+    /// calling thread, for channels registered ahead of their use: a refill
+    /// of pre-forked workers registers their channels and builds their
+    /// connection state on the runtime, and a spawn takes such a channel
+    /// only where this returns the same key (a channel registered with
+    /// another runtime is dropped, its worker killed, and replaced). Two
+    /// reactors alive at once must never share a key.
+    ///
+    /// `None`, the default: nothing is registered ahead, and a spawn
+    /// registers the channel it takes. Return `Some` only if
+    /// [`share`](Self::share) boxes.
+    fn reactor() -> Option<u64> {
+        None
+    }
+
+    /// Boxes a channel registered ahead, to wait in a set of pre-forked
+    /// workers that every clone of a `Parallel` handle shares, on any
+    /// thread: `Ok(Box::new(registered))` where [`Socket`](Self::Socket)
+    /// is `Send` (then [`reactor`](Self::reactor) may return `Some`). The
+    /// default gives it back, and the worker is dropped.
+    ///
+    /// # Errors
+    /// The channel, given back, when this runtime's sockets are `!Send`.
+    fn share(
+        registered: Box<Registered<Self>>,
+    ) -> Result<Box<dyn Any + Send>, Box<Registered<Self>>> {
+        Err(registered)
+    }
 }
 
 /// How a worker builds its runtime after the fork, and runs its task there.

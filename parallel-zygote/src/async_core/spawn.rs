@@ -12,7 +12,7 @@ use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 
 use super::codec::Codec;
-use super::driver::Link;
+use super::driver::OneShot;
 use super::kill::Killer;
 use super::run::outcome_into;
 use super::runtime::{timeout, Runtime};
@@ -41,7 +41,7 @@ struct Running {
 }
 
 impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
-    pub(crate) fn new(started: Result<Link<R>, Error>, arguments: &'static str) -> Self {
+    pub(crate) fn new(started: Result<OneShot, Error>, arguments: &'static str) -> Self {
         JoinHandle {
             state: match started {
                 Ok(link) => Ok(Running {

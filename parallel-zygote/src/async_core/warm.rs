@@ -13,10 +13,19 @@
 //! worker the refill's fork and boot would compete with for the CPU) and
 //! to its maximum after a longer delay, so that a burst of spawns does not
 //! turn into a burst of forks competing with the workers just started.
+//!
+//! The refill also registers the waiting workers' channels with the
+//! parent's runtime and builds their connections ([`Registered`]), where
+//! the runtime allows it ([`Runtime::reactor`]: tokio and smol, not
+//! glommio, whose sockets are `!Send` and per executor): a spawn taking
+//! such a worker only queues its Start frame and writes it. A channel
+//! registered with another runtime than the spawn's (a handle that
+//! outlived its runtime) is dropped, its worker killed, and replaced.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +34,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use nix::sys::socket::{recv, MsgFlags};
-use parallel_proto::WireEntry;
+use parallel_proto::channel::ParentChannel;
+use parallel_proto::{Limits, WireEntry};
 
+use super::conn::Conn;
 use super::runtime::Runtime;
 use crate::{PendingSpawn, SpawnOptions, Zygote};
 
@@ -97,8 +108,51 @@ impl WarmConfig {
 
 /// One pre-forked worker: its channel, and the zygote's answer to come.
 struct Warm {
-    stream: UnixStream,
+    channel: Channel,
     pending: PendingSpawn,
+}
+
+/// A pre-forked worker's channel, as it waits.
+enum Channel {
+    /// Not registered with any runtime yet (forked outside one, or on a
+    /// runtime that registers nothing ahead).
+    Plain(UnixStream),
+    /// Registered by a refill, on the runtime whose
+    /// [`Runtime::reactor`] key is `reactor`, with its connection state
+    /// built: a [`Registered`] of that runtime, boxed by [`Runtime::share`].
+    Registered {
+        reactor: u64,
+        /// The channel's descriptor, owned by `conn`.
+        fd: RawFd,
+        conn: Box<dyn Any + Send>,
+    },
+}
+
+impl Channel {
+    fn fd(&self) -> RawFd {
+        match self {
+            Channel::Plain(stream) => stream.as_raw_fd(),
+            Channel::Registered { fd, .. } => *fd,
+        }
+    }
+}
+
+/// A pre-forked worker's channel registered ahead with the parent's runtime,
+/// with its connection (buffers, channel state) built: all a spawn that
+/// takes it still does is queue Start and write it. Made by the refill of
+/// a set of pre-forked workers, on the runtime (see
+/// [`Parallel::warm_workers`](super::Parallel::warm_workers)); an adapter
+/// only moves it ([`Runtime::share`]).
+pub struct Registered<R: Runtime> {
+    pub(crate) conn: Conn<ParentChannel, R::Socket>,
+    pub(crate) fd: RawFd,
+}
+
+/// What [`WarmSet::take`] hands out: a waiting worker's channel, registered
+/// with the caller's runtime already or not yet.
+pub(crate) enum Taken<R: Runtime> {
+    Plain(UnixStream),
+    Registered(Box<Registered<R>>),
 }
 
 impl Warm {
@@ -114,7 +168,7 @@ impl Warm {
         let mut byte = [0u8; 1];
         matches!(
             recv(
-                self.stream.as_raw_fd(),
+                self.channel.fd(),
                 &mut byte,
                 MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
             ),
@@ -179,16 +233,86 @@ impl WarmSet {
     }
 
     /// A waiting worker, if there is one; workers found dead are dropped
-    /// (reaped by the zygote) on the way.
-    pub(crate) fn take(&self) -> Option<(UnixStream, PendingSpawn)> {
+    /// (reaped by the zygote) on the way, and so are those registered with
+    /// another runtime than the caller's: they cannot serve here, and that
+    /// runtime may be gone (a refill on this one forks their replacements).
+    pub(crate) fn take<R: Runtime>(&self) -> Option<(Taken<R>, PendingSpawn)> {
         let mut idle = self.idle();
+        let mut here = None;
         while let Some(warm) = idle.pop_front() {
-            if warm.is_waiting() {
-                return Some((warm.stream, warm.pending));
+            if !warm.is_waiting() {
+                tracing::debug!("a pre-forked worker died while idle: dropped");
+                continue;
             }
-            tracing::debug!("a pre-forked worker died while idle: dropped");
+            let taken = match warm.channel {
+                Channel::Plain(stream) => Taken::Plain(stream),
+                Channel::Registered { reactor, conn, .. } => {
+                    let here = *here.get_or_insert_with(R::reactor);
+                    match conn.downcast::<Registered<R>>() {
+                        Ok(registered) if here == Some(reactor) => Taken::Registered(registered),
+                        _ => {
+                            tracing::debug!(
+                                "a pre-forked worker registered with another runtime: dropped"
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Some((taken, warm.pending));
         }
         None
+    }
+
+    /// Registers the waiting workers that are not yet with the calling
+    /// thread's runtime and builds their connections, so that a spawn
+    /// taking one only writes its Start frame; on the runtime, from a
+    /// refill. Nothing happens on a runtime that registers nothing ahead
+    /// ([`Runtime::reactor`] is `None`).
+    fn register_waiting<R: Runtime>(&self) {
+        let Some(reactor) = R::reactor() else {
+            return;
+        };
+        // Taken out of the set to be registered (system calls) outside its
+        // lock; a spawn meanwhile finds the others, or forks.
+        let plain: VecDeque<Warm> = {
+            let mut idle = self.idle();
+            let (plain, registered) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|warm| matches!(warm.channel, Channel::Plain(_)));
+            *idle = registered;
+            plain
+        };
+        let mut ready = Vec::with_capacity(plain.len());
+        for Warm { channel, pending } in plain {
+            let Channel::Plain(stream) = channel else {
+                continue;
+            };
+            let fd = stream.as_raw_fd();
+            let socket = match R::register(stream) {
+                Ok(socket) => socket,
+                Err(error) => {
+                    // Its channel is closed: the worker exits, the zygote reaps it.
+                    tracing::debug!(%error, "registering a pre-forked worker failed: dropped");
+                    continue;
+                }
+            };
+            let conn = Conn::new(ParentChannel::new(Limits::default()), socket);
+            match R::share(Box::new(Registered { conn, fd })) {
+                Ok(conn) => ready.push(Warm {
+                    channel: Channel::Registered { reactor, fd, conn },
+                    pending,
+                }),
+                Err(_) => {
+                    tracing::debug!("this runtime's channels cannot be shared: dropped");
+                }
+            }
+        }
+        let mut idle = self.idle();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        idle.extend(ready);
     }
 
     /// After a take: back to `min` after `min_refill_delay` (at once if
@@ -236,7 +360,10 @@ impl WarmSet {
                 // Non-blocking now, so that the spawn that takes it does not
                 // make that syscall.
                 Ok((stream, pending)) => match stream.set_nonblocking(true) {
-                    Ok(()) => idle.push_back(Warm { stream, pending }),
+                    Ok(()) => idle.push_back(Warm {
+                        channel: Channel::Plain(stream),
+                        pending,
+                    }),
                     Err(error) => {
                         tracing::debug!(%error, "pre-forking a worker failed");
                         break;
@@ -288,6 +415,7 @@ impl<R: Runtime> Future for Refill<R> {
             if std::mem::take(&mut self.to_min) {
                 set.min_refill_scheduled.store(false, Ordering::Release);
                 set.fill(set.config.min);
+                set.register_waiting::<R>();
             }
             match self.then_max.take() {
                 None => return Poll::Ready(()),
@@ -298,6 +426,7 @@ impl<R: Runtime> Future for Refill<R> {
                 Some(_) => {
                     set.refill_scheduled.store(false, Ordering::Release);
                     set.fill(set.config.max);
+                    set.register_waiting::<R>();
                     return Poll::Ready(());
                 }
             }

@@ -311,13 +311,16 @@ fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
         let Ok(socket) = W::register(stream) else {
             return;
         };
-        let machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
-        let mut conn = Conn::new(machine, socket);
-        let (task, start_args) = match std::future::poll_fn(|cx| conn.poll_event(cx)).await {
-            Ok(Some((WorkerEvent::Start { task, args }, _))) => (task, args),
+        // Start is waited for by blocking this thread (nothing else runs
+        // on this runtime before it), not through the runtime's reactor: a
+        // woken `poll` returns straight to the read, without the runtime's
+        // event dispatch and task wake-up, cold after the wait (the
+        // channel stays registered, for everything after Start).
+        let Some((machine, inbox, unparsed, task, start_args)) = wait_for_start(&spare) else {
             // The parent went away, or broke the protocol.
-            _ => return,
+            return;
         };
+        let conn = Conn::resume(machine, socket, inbox, &unparsed);
         let start = postcard::from_bytes::<StartArgs>(&start_args)
             .ok()
             .filter(|start| start.runtime == default && start.io.is_inherit());
@@ -353,6 +356,45 @@ fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
         }
     }
     exit_worker();
+}
+
+/// What a worker read up to its Start frame: the channel's state, the
+/// descriptors and bytes read past Start, and Start's task and arguments.
+type StartRead = (WorkerChannel, Inbox, Vec<u8>, WireEntry, Vec<u8>);
+
+/// Reads up to the Start frame on a non-blocking `stream`, blocking the
+/// thread in `poll` while it is empty; `None` when the parent went away or
+/// sent something else first.
+fn wait_for_start(stream: &UnixStream) -> Option<StartRead> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
+    let mut inbox = Inbox::new();
+    // Small: Hello, Start and End are a few dozen bytes, and anything read
+    // past them moves on to the connection's own buffer.
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let read = match inbox.read(stream, &mut buffer) {
+            Ok(0) => return None,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return None,
+                }
+            }
+            Err(_) => return None,
+        };
+        let mut input = &buffer[..read];
+        match machine.handle_input(&mut input) {
+            Ok(Some(WorkerEvent::Start { task, args })) => {
+                return Some((machine, inbox, input.to_vec(), task, args));
+            }
+            Ok(None) => {}
+            // The state machine only lets Start come first.
+            Ok(Some(_)) | Err(_) => return None,
+        }
+    }
 }
 
 /// The outcome is flushed: the process is done. Exiting here skips tearing
@@ -470,7 +512,17 @@ where
         let TaskContext { mut conn, args } = context;
         let outcome = call_once::<F, A, Fut, T, C>(function, args).await;
         let _ = conn.machine.finish(outcome);
-        let _ = conn.flush().await;
+        if conn.flush().await.is_ok() {
+            // The answer is out and this process only exits from here on.
+            // The scheduler tends to wake the parent onto this CPU (a
+            // synchronous wake-up: it expects the writer to sleep next),
+            // where the exit (`_dl_fini`, `atexit`, the kernel tearing the
+            // address space down: 100-200 µs measured) would run first.
+            // Lowering the policy alone does not preempt (the priority
+            // value is the same), so the CPU is also handed over at once.
+            crate::sys::idle_priority();
+            std::thread::yield_now();
+        }
     })
 }
 

@@ -313,6 +313,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         warm::warm_workers_end_with_the_handle_and_at_shutdown,
         warm::deferred_refill_tops_the_set_up_to_its_minimum,
         warm::refill_pending_at_drop_or_shutdown_forks_nothing,
+        warm::warm_worker_killed_after_its_refill_registered_it_is_skipped,
     ];
     trials.push(skippable::<H>(
         failures::ZYGOTE_GONE,

@@ -356,3 +356,71 @@ pub async fn refill_pending_at_drop_or_shutdown_forks_nothing<R: Runtime>(
     }
     Ok(())
 }
+
+pub async fn warm_worker_killed_after_its_refill_registered_it_is_skipped<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    // The workers a refill forks (and those waiting then) are registered
+    // with the runtime ahead, on runtimes that do so: kill those, and a
+    // spawn must still find out and go on without them.
+    let config = WarmConfig::new(2, 2).refill_delay(Duration::from_millis(20));
+    let (warm, zygote) = warm_snapshot(&parallel, config)?;
+    check(
+        eventually::<R>(|| children_of(zygote).len() == 2).await,
+        "the two pre-forked workers did not appear",
+    )?;
+    let answer = within::<R, _>(WAIT, warm.spawn(double, 4))
+        .await
+        .ok_or("a warm spawn did not answer")??;
+    check(answer == 8, format!("spawn answered {answer}"))?;
+    check(
+        eventually::<R>(|| warm.warm_idle() == 2).await,
+        format!("{} waiting after the refill, not 2", warm.warm_idle()),
+    )?;
+    // Past the refill to the maximum too (a slow machine only makes this
+    // check weaker: the workers are then killed before registration).
+    R::sleep(Duration::from_millis(100)).await;
+    let mut killed = HashSet::new();
+    check(
+        eventually::<R>(|| {
+            killed = children_of(zygote);
+            killed.len() == 2
+        })
+        .await,
+        format!("the snapshot has {:?} children, not 2 waiting", killed),
+    )?;
+    for &pid in &killed {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+    }
+    for &pid in &killed {
+        check(
+            wait_gone::<R>(pid, WAIT).await,
+            format!("killed worker {pid} lingers"),
+        )?;
+    }
+    check(
+        eventually::<R>(|| warm.warm_idle() == 0).await,
+        format!(
+            "{} killed workers still listed as waiting",
+            warm.warm_idle()
+        ),
+    )?;
+    for x in 0..3 {
+        let (value, pid) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, x))
+            .await
+            .ok_or("a spawn after the kills did not answer")??;
+        check(value == x + 1, format!("spawn {x} answered {value}"))?;
+        check(
+            !killed.contains(&pid),
+            format!("spawn {x} claims to have run in killed worker {pid}"),
+        )?;
+    }
+    drop(warm);
+    check(
+        eventually::<R>(|| children_of(zygote).is_empty()).await,
+        format!("workers {:?} outlived their handle", children_of(zygote)),
+    )
+}
