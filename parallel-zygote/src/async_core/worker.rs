@@ -178,25 +178,10 @@ fn boot<W: WorkerRuntime>(context: WorkerContext) {
 /// Waits for Start with blocking reads (no runtime yet: a pre-forked worker
 /// of non-default options idles here), then starts the task.
 fn boot_blocking<W: WorkerRuntime>(stream: UnixStream, fds: Vec<OwnedFd>) {
-    let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
-    let mut inbox = Inbox::new();
-    // Small: Hello and Start are a few dozen bytes, and anything read past
-    // them moves on to the connection's own buffer.
-    let mut buffer = vec![0u8; 4096];
-    let (task, start_args, unparsed) = loop {
-        let read = match inbox.read(&stream, &mut buffer) {
-            // The parent went away before starting us: nothing to do.
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
-        let mut input = &buffer[..read];
-        match machine.handle_input(&mut input) {
-            Ok(Some(WorkerEvent::Start { task, args })) => break (task, args, input.to_vec()),
-            Ok(None) => continue,
-            // The state machine only lets Start come first; anything else is
-            // a broken parent, which gets nothing more from us.
-            Ok(Some(_)) | Err(_) => return,
-        }
+    // `None`: the parent went away before starting us, or broke the
+    // protocol; nothing to do.
+    let Some((machine, inbox, unparsed, task, start_args)) = wait_for_start(&stream) else {
+        return;
     };
     let booted = Booted {
         machine,
@@ -362,9 +347,9 @@ fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
 /// descriptors and bytes read past Start, and Start's task and arguments.
 type StartRead = (WorkerChannel, Inbox, Vec<u8>, WireEntry, Vec<u8>);
 
-/// Reads up to the Start frame on a non-blocking `stream`, blocking the
-/// thread in `poll` while it is empty; `None` when the parent went away or
-/// sent something else first.
+/// Reads up to the Start frame on `stream`, blocking the thread (in the
+/// read, or in `poll` while a non-blocking `stream` is empty); `None` when
+/// the parent went away or sent something else first.
 fn wait_for_start(stream: &UnixStream) -> Option<StartRead> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);

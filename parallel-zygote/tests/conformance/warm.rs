@@ -176,37 +176,7 @@ pub async fn warm_worker_killed_while_idle_is_replaced_not_used<R: Runtime>(
         "the two pre-forked workers did not appear",
     )?;
     let killed = children_of(zygote);
-    for &pid in &killed {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )?;
-    }
-    for &pid in &killed {
-        check(
-            wait_gone::<R>(pid, WAIT).await,
-            format!("killed worker {pid} lingers"),
-        )?;
-    }
-    // Known dead by the handle once the zygote reported the exits: from then
-    // on neither may be used (a spawn racing the kill itself could be).
-    check(
-        eventually::<R>(|| warm.warm_idle() == 0).await,
-        format!(
-            "{} killed workers still listed as waiting",
-            warm.warm_idle()
-        ),
-    )?;
-    for x in 0..3 {
-        let (value, pid) = within::<R, _>(WAIT, warm.spawn(plus_one_and_pid, x))
-            .await
-            .ok_or("a spawn after the kills did not answer")??;
-        check(value == x + 1, format!("spawn {x} answered {value}"))?;
-        check(
-            !killed.contains(&pid),
-            format!("spawn {x} claims to have run in killed worker {pid}"),
-        )?;
-    }
+    kill_and_spawn_past::<R>(&warm, &killed).await?;
     check(
         eventually::<R>(|| warm.warm_idle() == 2).await,
         format!("{} waiting after the replacements, not 2", warm.warm_idle()),
@@ -389,18 +359,35 @@ pub async fn warm_worker_killed_after_its_refill_registered_it_is_skipped<R: Run
         .await,
         format!("the snapshot has {:?} children, not 2 waiting", killed),
     )?;
-    for &pid in &killed {
+    kill_and_spawn_past::<R>(&warm, &killed).await?;
+    drop(warm);
+    check(
+        eventually::<R>(|| children_of(zygote).is_empty()).await,
+        format!("workers {:?} outlived their handle", children_of(zygote)),
+    )
+}
+
+/// Kills the pre-forked workers `killed` (all those waiting), waits until
+/// the handle knows them dead, then spawns three times: each spawn answers,
+/// none in a killed worker.
+async fn kill_and_spawn_past<R: Runtime>(
+    warm: &Parallel<R>,
+    killed: &HashSet<i32>,
+) -> Result<(), Failed> {
+    for &pid in killed {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         )?;
     }
-    for &pid in &killed {
+    for &pid in killed {
         check(
             wait_gone::<R>(pid, WAIT).await,
             format!("killed worker {pid} lingers"),
         )?;
     }
+    // Known dead by the handle once the zygote reported the exits: from then
+    // on neither may be used (a spawn racing the kill itself could be).
     check(
         eventually::<R>(|| warm.warm_idle() == 0).await,
         format!(
@@ -418,9 +405,5 @@ pub async fn warm_worker_killed_after_its_refill_registered_it_is_skipped<R: Run
             format!("spawn {x} claims to have run in killed worker {pid}"),
         )?;
     }
-    drop(warm);
-    check(
-        eventually::<R>(|| children_of(zygote).is_empty()).await,
-        format!("workers {:?} outlived their handle", children_of(zygote)),
-    )
+    Ok(())
 }
