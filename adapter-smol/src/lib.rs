@@ -79,6 +79,15 @@
 //! handles work from any executor or thread: inside `smol::block_on`, a
 //! `LocalExecutor`, or another runtime's thread.
 //!
+//! Hot paths are faster from a task on that executor than from the
+//! `block_on` future: an answer read by a driver reaches a caller there
+//! without waking your main thread. Measured on a 2-vCPU VM (BENCHMARKS.md,
+//! *Issue 13 after session 6*): a `Run::call` round trip took 12 µs from a
+//! `smol::spawn`ed task and 20-23 µs from `block_on`; 64 calls in flight
+//! reached 0.77 × a raw socket's rate from a task, 0.49-0.51 × from
+//! `block_on`. So run a batch of calls inside `smol::spawn(async move { ...
+//! }).await`.
+//!
 //! A worker runs the function on a `smol::LocalExecutor` under
 //! `async_io::block_on`, on its main thread ([`SmolWorker`]): the function
 //! may [`spawn_local`] `!Send` tasks, and `smol::spawn` works too. Pick
