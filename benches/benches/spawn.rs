@@ -625,6 +625,16 @@ fn round_trip_section(
             Measure::Time,
             move |budget| adapter.raw_relayed(raw, Place::Task, budget),
         );
+        if adapter.reads_by_peeking() {
+            group.add(
+                format!("rt/{a}/peeked"),
+                format!("{name}: raw ping-pong, read as the library's channel reads (peek, then recvmsg)"),
+                Some(raw_key.clone()),
+                config.fast,
+                Measure::Time,
+                move |budget| adapter.raw_peeked(raw, budget),
+            );
+        }
         group.add(
             format!("rt/{a}/run"),
             format!("{name}: `Run::call(x)`, awaited in a spawned task"),
@@ -1133,7 +1143,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
@@ -1166,6 +1176,7 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "call-main" => adapter.run_round_trip(Place::Main, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "relay" => adapter.raw_relayed(raw, Place::Task, budget),
+        "peeked" => adapter.raw_peeked(raw, budget),
         "relay-main" => adapter.raw_relayed(raw, Place::Main, budget),
         "relay-pipe" => adapter.raw_relayed_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "pool" => adapter.pool_call(Place::Task, budget),

@@ -427,6 +427,18 @@ pub trait Adapter {
     /// channel, which the library needs so that no caller left unpolled
     /// can stall the others.
     fn raw_relayed(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration>;
+    /// Whether the library's channel reads differently from this runtime's
+    /// own sockets (so that [`raw_peeked`](Self::raw_peeked) has a row).
+    fn reads_by_peeking(&self) -> bool {
+        false
+    }
+    /// The raw ping-pong with the parent reading the way the library's
+    /// channel reads on this runtime, where that differs from the runtime's
+    /// own socket (see [`reads_by_peeking`](Self::reads_by_peeking)): the
+    /// floor of a channel that can receive descriptors there.
+    fn raw_peeked(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        self.raw_ping_pong(raw, budget)
+    }
     /// One call with tiny arguments (`u64 -> u64`) on a persistent worker,
     /// awaited at `place`.
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration>;

@@ -34,6 +34,9 @@ pub trait Host: 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin;
     /// The runtime of this adapter's raw workers.
     const RAW: RawRuntime;
+    /// Whether the library's channel reads differently from [`Host::Stream`]
+    /// on this runtime (see [`Adapter::reads_by_peeking`]).
+    const READS_BY_PEEKING: bool = false;
 
     /// Runs `future` to completion on the parent's executor, on this thread:
     /// every measurement runs inside it, where user code would.
@@ -66,6 +69,12 @@ pub trait Host: 'static {
         in_flight: usize,
         budget: Budget,
     ) -> Vec<Duration>;
+
+    /// [`Adapter::raw_peeked`] on `socket`, in a task where the drivers
+    /// run; `None` where the library reads as the runtime's own sockets do.
+    fn raw_peeked(&self, _socket: UnixStream, _budget: Budget) -> Option<Vec<Duration>> {
+        None
+    }
 
     /// The raw ping-pong on `socket`, where [`Host::in_task`] runs its
     /// calls: the floor of a call awaited there. By default in the
@@ -450,6 +459,18 @@ impl<H: Host> Adapter for HostAdapter<H> {
     fn raw_relayed(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration> {
         let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
         self.host.raw_relayed(stream, place, budget)
+    }
+
+    fn reads_by_peeking(&self) -> bool {
+        H::READS_BY_PEEKING
+    }
+
+    fn raw_peeked(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+        match self.host.raw_peeked(stream, budget) {
+            Some(samples) => samples,
+            None => self.raw_ping_pong(raw, budget),
+        }
     }
 
     fn raw_relayed_pipelined(

@@ -23,8 +23,13 @@
 //! `adapter-glommio/src/runtime.rs`); the ratios show what that costs.
 
 use std::future::Future;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, MsgFlags};
 
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 use parallel_glommio::{Glommio, Parallel};
@@ -36,7 +41,7 @@ use super::futures_adapter::{
     relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls, Host, HostAdapter,
 };
 use super::raw::RawRuntime;
-use super::stats::Budget;
+use super::stats::{Budget, Sampler};
 
 /// The glommio parent: one `LocalExecutor` on the bench thread.
 pub struct GlommioHost {
@@ -47,6 +52,7 @@ impl Host for GlommioHost {
     type Runtime = Glommio;
     type Stream = glommio::net::UnixStream;
     const RAW: RawRuntime = RawRuntime::Glommio;
+    const READS_BY_PEEKING: bool = true;
 
     fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
         self.executor.run(future)
@@ -95,11 +101,80 @@ impl Host for GlommioHost {
         })
     }
 
+    /// The library's read, raw: each request written with a direct
+    /// `sendmsg`, then a 1-byte `MSG_PEEK` through io_uring on a duplicate
+    /// that glommio owns, then the reply taken with `recvmsg` and room for
+    /// descriptors (see `adapter-glommio/src/runtime.rs`), in a
+    /// `spawn_local` task as the drivers are.
+    fn raw_peeked(&self, socket: UnixStream, budget: Budget) -> Option<Vec<Duration>> {
+        socket.set_nonblocking(true).expect("non-blocking socket");
+        let duplicate = socket.try_clone().expect("duplicate socket");
+        Some(self.executor.run(async move {
+            glommio::spawn_local(async move {
+                let peer = Self::stream(duplicate);
+                let mut sampler = Sampler::new(budget);
+                let mut x = 0u64;
+                while sampler.next() {
+                    x += 1;
+                    let start = Instant::now();
+                    send_all(&socket, &x.to_le_bytes());
+                    let mut reply = [0u8; 8];
+                    let mut got = 0;
+                    while got < reply.len() {
+                        peer.peek(&mut [0u8; 1]).await.expect("peek");
+                        got += receive(&socket, &mut reply[got..]);
+                    }
+                    sampler.record(start.elapsed());
+                }
+                sampler.finish()
+            })
+            .await
+        }))
+    }
+
     /// A `spawn_local` task on the same executor (glommio has no other).
     fn in_task(&self, parallel: &Parallel, calls: Calls, budget: Budget) -> Vec<Duration> {
         let parallel = parallel.clone();
         self.executor
             .run(async move { glommio::spawn_local(calls.measure(parallel, budget)).await })
+    }
+}
+
+/// Writes `bytes` with `sendmsg`, as the library's channel does (a few bytes
+/// always fit the socket buffer of an idle echo).
+fn send_all(socket: &UnixStream, bytes: &[u8]) {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(&bytes[sent..])],
+            &[],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => sent += n,
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            Err(error) => panic!("sendmsg: {error}"),
+        }
+    }
+}
+
+/// One `recvmsg` with room for descriptors, as the library's channel reads
+/// (none come here); what it read, 0 on `EAGAIN` (the peek that follows
+/// waits).
+fn receive(socket: &UnixStream, buffer: &mut [u8]) -> usize {
+    let mut control = nix::cmsg_space!([std::os::fd::RawFd; 8]);
+    let mut iov = [IoSliceMut::new(buffer)];
+    match recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(message) if message.bytes > 0 => message.bytes,
+        Ok(_) => panic!("the echo worker hung up"),
+        Err(Errno::EAGAIN | Errno::EINTR) => 0,
+        Err(error) => panic!("recvmsg: {error}"),
     }
 }
 
