@@ -1143,7 +1143,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
@@ -1170,6 +1170,7 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "warm-spawn-at-once" => adapter.warm_spawn(WARM_AT_ONCE, budget),
         "warm-spawn-quiet" => adapter.warm_spawn(WARM_LATER, budget),
         "raw-warm" => adapter.raw_warm_round_trip(raw, budget),
+        "fresh-pool" => adapter.fresh_pool_spawn(budget),
         "pipe" => adapter.run_pipelined(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "pipe-task" => adapter.run_pipelined_in_task(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),

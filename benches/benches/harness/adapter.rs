@@ -395,6 +395,11 @@ pub trait Adapter {
     /// Warm spawn: a trivial function in a pre-forked worker
     /// (`Parallel::warm_workers(config)`), to its result.
     fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration>;
+    /// A one-shot call in a fresh, already started process: an `AnyPool`
+    /// of 2 whose workers serve one call each (`max_calls_per_worker(1)`),
+    /// to its result. What a warm `spawn` would cost if its pre-forked
+    /// worker were started (runtime, task, driver) before the spawn.
+    fn fresh_pool_spawn(&self, budget: Budget) -> Vec<Duration>;
     /// A spawn in phases (see [`Phases`]); `ready` is the user's function
     /// running in the worker. Cold with `warm` `None`; otherwise from a
     /// pre-forked worker (`Parallel::warm_workers(config)`), each spawn

@@ -13,7 +13,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parallel_zygote::async_core::{Parallel, Pool, PoolConfig, Run, Runtime, WarmConfig};
+use parallel_zygote::async_core::{
+    AnyPool, Parallel, Pool, PoolConfig, Postcard, Run, Runtime, WarmConfig,
+};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
@@ -349,6 +351,29 @@ impl<H: Host> Adapter for HostAdapter<H> {
                 <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
                 sampler.record(elapsed);
             }
+            sampler.finish()
+        })
+    }
+
+    fn fresh_pool_spawn(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let config = PoolConfig::default().size(2).max_calls_per_worker(1);
+            let pool =
+                AnyPool::<Postcard, H::Runtime>::new(&parallel, config).expect("any-function pool");
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let (value, pid) = pool.spawn(echo_pid, 7).await.expect("pool spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                // Outside the clock, as in `warm_spawn`: the served worker
+                // exits and its replacement starts before the next call.
+                wait_exit(pid as i32, Duration::from_secs(5));
+                <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
+                sampler.record(elapsed);
+            }
+            pool.shutdown();
             sampler.finish()
         })
     }

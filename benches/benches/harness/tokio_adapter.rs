@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parallel_tokio::{Parallel, Pool, PoolConfig, WarmConfig};
+use parallel_tokio::{AnyPool, Parallel, Pool, PoolConfig, WarmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
@@ -170,6 +170,28 @@ impl Adapter for TokioAdapter {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 sampler.record(elapsed);
             }
+            sampler.finish()
+        })
+    }
+
+    fn fresh_pool_spawn(&self, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        self.on_runtime(async move {
+            let config = PoolConfig::default().size(2).max_calls_per_worker(1);
+            let pool = AnyPool::new(&parallel, config).expect("any-function pool");
+            let mut sampler = Sampler::new(budget);
+            while sampler.next() {
+                let start = Instant::now();
+                let (value, pid) = pool.spawn(echo_pid, 7).await.expect("pool spawn");
+                let elapsed = start.elapsed();
+                assert_eq!(value, 7);
+                // Outside the clock, as in `warm_spawn`: the served worker
+                // exits and its replacement starts before the next call.
+                wait_exit(pid as i32, Duration::from_secs(5));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                sampler.record(elapsed);
+            }
+            pool.shutdown();
             sampler.finish()
         })
     }

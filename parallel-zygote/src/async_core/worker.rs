@@ -301,6 +301,10 @@ fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
         // woken `poll` returns straight to the read, without the runtime's
         // event dispatch and task wake-up, cold after the wait (the
         // channel stays registered, for everything after Start).
+        //
+        // Before it blocks: the pages that the task's first allocations and
+        // writes would copy from the zygote, copied now, off the spawn's path.
+        crate::sys::populate_written_mappings();
         let Some((machine, inbox, unparsed, task, start_args)) = wait_for_start(&spare) else {
             // The parent went away, or broke the protocol.
             return;
