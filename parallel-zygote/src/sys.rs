@@ -99,42 +99,14 @@ pub(crate) fn redirect_output(fd: Option<BorrowedFd<'_>>, target: RawFd) -> io::
 /// fault (of ~16 pages) at a time. A pre-forked worker calls this while it
 /// waits, so that running its task later takes none of those faults.
 pub(crate) fn populate_read_only_mappings() {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    for line in maps.lines() {
-        // "start-end perms offset dev inode path"
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        let file_backed = fields.nth(3).is_some_and(|path| path.starts_with('/'));
-        if !file_backed || !perms.starts_with("r-") {
-            continue;
+    for_each_mapping(|mapping| {
+        if mapping.path.is_some_and(|path| path.starts_with('/')) && mapping.perms.starts_with("r-")
+        {
+            // SAFETY: MADV_POPULATE_READ only faults the mapping's pages in
+            // as reading them would, changing no memory (see `populate`).
+            unsafe { populate(mapping, libc::MADV_POPULATE_READ) };
         }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        // SAFETY: the range is one of this process's mappings, read from
-        // /proc/self/maps just now, by a single-threaded worker that unmaps
-        // nothing meanwhile; MADV_POPULATE_READ only faults its pages in
-        // as reading them would, changing no memory. A failure (EINVAL on an
-        // older kernel, EFAULT on a page beyond the file's end) is harmless
-        // and ignored.
-        unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                end.saturating_sub(start),
-                libc::MADV_POPULATE_READ,
-            );
-        }
-    }
+    });
 }
 
 /// Largest anonymous mapping [`populate_written_mappings`] makes private
@@ -154,6 +126,39 @@ const POPULATE_ANONYMOUS_MAX: usize = 256 * 1024;
 /// few hundred KiB of memory per waiting worker (the zygote's heap is
 /// small) and that copying, off any spawn's path.
 pub(crate) fn populate_written_mappings() {
+    for_each_mapping(|mapping| {
+        if !mapping.perms.starts_with("rw") || !mapping.perms.ends_with('p') {
+            return;
+        }
+        let wanted = match mapping.path {
+            Some("[heap]" | "[stack]") => true,
+            Some(path) if path.starts_with('/') => true,
+            // Other pseudo-mappings ([vvar], [vdso], ...) are not ours to write.
+            Some(_) => false,
+            None => mapping.end - mapping.start <= POPULATE_ANONYMOUS_MAX,
+        };
+        if wanted {
+            // SAFETY: MADV_POPULATE_WRITE only faults the mapping's pages in
+            // as writing them would (breaking copy-on-write), changing no
+            // byte of memory (see `populate`).
+            unsafe { populate(mapping, libc::MADV_POPULATE_WRITE) };
+        }
+    });
+}
+
+/// One line of /proc/self/maps.
+struct Mapping<'a> {
+    start: usize,
+    end: usize,
+    perms: &'a str,
+    /// The file, or the pseudo-mapping (`[heap]`, ...); `None` for an
+    /// anonymous one.
+    path: Option<&'a str>,
+}
+
+/// Calls `each` with this process's mappings, as /proc/self/maps lists
+/// them now (none if it cannot be read).
+fn for_each_mapping(mut each: impl FnMut(&Mapping<'_>)) {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };
@@ -163,44 +168,41 @@ pub(crate) fn populate_written_mappings() {
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
             continue;
         };
-        if !perms.starts_with("rw") || !perms.ends_with('p') {
-            continue;
-        }
         let path = fields.nth(3);
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
-        let (Ok(start), Ok(end)) = (
+        if let (Ok(start), Ok(end)) = (
             usize::from_str_radix(start, 16),
             usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        let length = end.saturating_sub(start);
-        let wanted = match path {
-            Some("[heap]" | "[stack]") => true,
-            Some(path) if path.starts_with('/') => true,
-            // Other pseudo-mappings ([vvar], [vdso], ...) are not ours to write.
-            Some(_) => false,
-            None => length <= POPULATE_ANONYMOUS_MAX,
-        };
-        if !wanted {
-            continue;
+        ) {
+            each(&Mapping {
+                start,
+                end,
+                perms,
+                path,
+            });
         }
-        // SAFETY: the range is one of this process's private writable
-        // mappings, read from /proc/self/maps just now; MADV_POPULATE_WRITE
-        // only faults its pages in as writing them would (breaking
-        // copy-on-write), changing no byte of memory. Should another thread
-        // of the worker unmap or remap the range meanwhile, the call fails
-        // or populates the new mapping, again without changing its contents.
-        // A failure (EINVAL on an older kernel, EFAULT on a guard page) is
-        // harmless and ignored.
-        unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                length,
-                libc::MADV_POPULATE_WRITE,
-            );
-        }
+    }
+}
+
+/// `madvise(advice)` over `mapping`; a failure (EINVAL on a kernel before
+/// 5.14, EFAULT on a guard page or a page beyond a file's end) is harmless
+/// and ignored.
+///
+/// # Safety
+/// `advice` must change no memory contents (`MADV_POPULATE_READ`,
+/// `MADV_POPULATE_WRITE`). The range is one of this process's mappings,
+/// read from /proc/self/maps just now; should another thread unmap or remap
+/// it meanwhile, the call fails or populates the new mapping, again without
+/// changing its contents.
+unsafe fn populate(mapping: &Mapping<'_>, advice: libc::c_int) {
+    // SAFETY: see this function's contract.
+    unsafe {
+        libc::madvise(
+            mapping.start as *mut libc::c_void,
+            mapping.end.saturating_sub(mapping.start),
+            advice,
+        );
     }
 }
