@@ -289,6 +289,7 @@ fn main() {
     if config.only.is_none() {
         // Both tables draw on every section.
         side_by_side(&mut report, &adapters, &big);
+        design_floors(&mut report, &adapters);
         targets(&mut report, &adapters, &big);
     }
 
@@ -1454,6 +1455,92 @@ fn targets(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
             })
             .collect();
         report.matrix_row(what.clone(), cells);
+    }
+}
+
+/// The library's rows against the raw shapes its design has to take, side by
+/// side: where a target misses its fastest raw baseline, whether the miss is
+/// the library's work or the shape's floor.
+fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
+    report.matrix(
+        "Library rows against the floors of their design",
+        "Medians; in parentheses, the ratio to the floor named in the row, on the same          adapter and runtime. Relayed: the raw echo with a reader task (spawned where the          drivers run) handing each reply to its caller, as the drivers do. Peeked: the raw          ping-pong reading as the library's glommio channel does (a `MSG_PEEK` through          io_uring, then `recvmsg` with room for descriptors). Built before the clock: raw          writes of distinct messages rather than one hot buffer. \u{2014}: no such row.",
+        adapters.iter().map(|a| a.key().to_string()).collect(),
+    );
+    let mut rows: Vec<(String, String, String)> = vec![
+        (
+            "raw ping-pong, relayed (/ raw ping-pong)".into(),
+            "rt/{a}/relay".into(),
+            "rt/{a}/raw".into(),
+        ),
+        (
+            "raw ping-pong, peeked (/ raw ping-pong)".into(),
+            "rt/{a}/peeked".into(),
+            "rt/{a}/raw".into(),
+        ),
+        (
+            "`Run::call(x)` in a task (/ relayed)".into(),
+            "rt/{a}/run".into(),
+            "rt/{a}/relay".into(),
+        ),
+        (
+            "`Run::call(x)` in the `block_on` future (/ relayed there)".into(),
+            "rt/{a}/run-main".into(),
+            "rt/{a}/relay-main".into(),
+        ),
+        (
+            "raw round trip, echo worker idle 5 ms (/ `Run::call` in a task)".into(),
+            "rt/{a}/raw-warm".into(),
+            "rt/{a}/run".into(),
+        ),
+        (
+            "`spawn(f, x)` → result, warm (/ raw round trip, echo worker idle 5 ms)".into(),
+            "rt/{a}/warm-spawn".into(),
+            "rt/{a}/raw-warm".into(),
+        ),
+        (
+            format!("raw, {IN_FLIGHT} in flight, relayed (/ raw)"),
+            "pipe/{a}/relay".into(),
+            "pipe/{a}/raw".into(),
+        ),
+        (
+            format!("`Run::call`, {IN_FLIGHT} in flight (/ relayed)"),
+            "pipe/{a}/run".into(),
+            "pipe/{a}/relay".into(),
+        ),
+        (
+            format!("`Run::call`, {IN_FLIGHT} in flight, in a task (/ raw)"),
+            "pipe/{a}/run-task".into(),
+            "pipe/{a}/raw".into(),
+        ),
+    ];
+    for label in ["64 KiB", "1 MiB"] {
+        let built = format!("tp/{{a}}/{label}/raw-prebuilt");
+        rows.push((
+            format!("raw writes of {label}, built before the clock (/ one hot buffer)"),
+            built.clone(),
+            format!("tp/{{a}}/{label}/raw"),
+        ));
+        for (key, what) in [("bytes", "serde_bytes"), ("ours", "`Bytes`")] {
+            rows.push((
+                format!("`process`, {label} {what} (/ raw writes built before the clock)"),
+                format!("tp/{{a}}/{label}/{key}"),
+                built.clone(),
+            ));
+        }
+    }
+    for (label, key, baseline) in rows {
+        let cells = adapters
+            .iter()
+            .map(|adapter| {
+                let a = adapter.key();
+                Cell::Figure {
+                    key: key.replace("{a}", a),
+                    baseline: Some(baseline.replace("{a}", a)),
+                }
+            })
+            .collect();
+        report.matrix_row(label, cells);
     }
 }
 
