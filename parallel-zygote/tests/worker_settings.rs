@@ -154,10 +154,15 @@ fn refused_settings_fail_the_spawn_naming_the_setting_and_errno(
 }
 
 fn settings_apply_to_a_snapshot_and_its_workers(zygote: &Zygote) -> Result<(), Failed> {
+    // A nice value is absolute (`setpriority`): two above this process's
+    // own, which any user may set, whatever nice value the tests run at
+    // (`nice cargo test` must not change the outcome).
+    // SAFETY: getpriority takes integers and touches no memory.
+    let nice = (unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) } + 2).min(19);
     let options = SpawnOptions::default()
         .env("PARALLEL_SNAPSHOT_SETTING", "from-the-snapshot")
         .current_dir("/")
-        .nice(2);
+        .nice(nice);
     let snapshot = zygote.snapshot_with(|_args: Vec<u8>| {}, Vec::new(), options)?;
     let mut worker = snapshot.spawn(|mut ctx: WorkerContext| {
         let value = std::env::var("PARALLEL_SNAPSHOT_SETTING").unwrap_or_default();
@@ -168,8 +173,6 @@ fn settings_apply_to_a_snapshot_and_its_workers(zygote: &Zygote) -> Result<(), F
     })?;
     let mut text = String::new();
     worker.channel.read_to_string(&mut text)?;
-    // SAFETY: as above.
-    let nice = (unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) } + 2).min(19);
     check(
         text == format!("from-the-snapshot / {nice}"),
         format!("the snapshot's worker saw {text:?}"),
