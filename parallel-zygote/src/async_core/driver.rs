@@ -139,10 +139,11 @@ pub(crate) struct OneShot<R: Runtime> {
 /// queued in `conn.machine`.
 ///
 /// Unless the worker's output is captured (whose reading runs for the
-/// worker's whole life, beside the result), the driver's task waits, and
-/// the handle polls the driver in place (see [`Held`]).
+/// worker's whole life, beside the result) or Start is not wholly written
+/// yet, the driver's task waits, and the handle polls the driver in place
+/// (see [`Held`]).
 pub(crate) fn launch_one_shot<R: Runtime>(
-    conn: Conn<ParentChannel, R::Socket>,
+    mut conn: Conn<ParentChannel, R::Socket>,
     pending: PendingSpawn,
     span: tracing::Span,
     output: Option<Captured<R>>,
@@ -152,7 +153,10 @@ pub(crate) fn launch_one_shot<R: Runtime>(
         outgoing: None,
         data: None,
     };
-    let hold = output.is_none();
+    // A Start (or End) that did not fit the socket's buffer is written by
+    // the driver's task as before: the worker must get its task whether
+    // or not the handle is polled.
+    let hold = output.is_none() && conn.is_flushed();
     start::<R>(conn, pending, span, output, handles, hold).0
 }
 
