@@ -160,33 +160,33 @@ pub(crate) fn launch_one_shot<R: Runtime>(
     start::<R>(conn, pending, span, output, handles, hold).0
 }
 
-/// A one-shot driver that its `JoinHandle` holds, unspawned, and polls in
-/// place on the task that awaits the outcome: the worker's answer wakes
-/// that task itself. With a task of its own, the driver's task was woken
-/// instead, read the answer, passed it through a one-shot channel, woke the
-/// awaiting task, and went on with its settling (two timers, a read, the
-/// zygote's answer), all before the awaiting task ran on a current-thread
-/// runtime; and spawning that task cost a futex wake of smol's executor
-/// thread per spawn.
+/// A one-shot driver that its `JoinHandle` polls in place, on the task that
+/// awaits the outcome, until the outcome is in: the worker's answer then
+/// wakes the awaiting task itself, instead of the driver's task, which
+/// would read it, pass it through a one-shot channel, wake the awaiting
+/// task, and go on with its settling (two timers, a read, the zygote's
+/// answer) first, which on a current-thread runtime all runs before the
+/// awaiting task does.
 ///
-/// What is left once the serving is over, or the handle is dropped, is
-/// [`release`](Self::release)d: nothing (the outcome is in and the zygote
-/// reported the worker, which exits by itself; or the worker was killed:
-/// an unreported one is killed by the zygote, as an abandoned spawn), or
-/// the driver's remaining phases, on a task of its own as any driver's
-/// (the zygote's answer, the exit, a death to report). A handle set aside
-/// unpolled does not hold a shutdown up: its worker counts as gone once
-/// it exited ([`Killer::is_gone`]).
-pub(crate) struct Held<R: Runtime>(Driver<R>);
+/// The driver's task exists from the start (so that nothing needs the
+/// runtime later: a handle may be dropped on any thread) and waits until
+/// the handle [releases](Killer::release) the driver: once its serving is
+/// over (the outcome is in, or the channel broke), when the handle is
+/// dropped (detached, timed out or cancelled), or at the scope's
+/// [`shutdown`](super::Parallel::shutdown), where no handle may be
+/// polling. The task then polls it to the end as any other driver.
+pub(crate) struct Held<R: Runtime>(Arc<Mutex<DriverState<R>>>);
 
 impl<R: Runtime> Held<R> {
-    /// Serves the channel on the caller's task; `Ready` once serving is
-    /// over (the outcome is in, or the channel broke): then call
-    /// [`release`](Self::release).
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// Serves the channel on the caller's task; `Ready` once the driver is
+    /// its task's (released, or its serving over: then released here).
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let this = &mut *state;
-        if !matches!(this.phase, Phase::Serve) {
+        // Checked under the lock: once released, the task polls alone, and
+        // the last waker the socket and the timers saw is the task's.
+        // A task dropped with its runtime (finished) left nothing to serve.
+        if this.killer.is_released() || this.killer.is_finished() {
             return Poll::Ready(());
         }
         let served = {
@@ -197,40 +197,11 @@ impl<R: Runtime> Held<R> {
         match served {
             Poll::Ready(returned) => {
                 this.phase = Phase::Served(returned);
+                this.killer.release();
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-
-    /// Hands over what is left of the driver's work: dropped when nothing
-    /// is (see the type's docs), spawned as a task otherwise. `awaited`:
-    /// the handle still waits for the outcome (a death to report), as
-    /// opposed to dropped. Outside the runtime (a handle detached on
-    /// another thread) it cannot be spawned: the zygote's answer is waited
-    /// for here, and the worker then runs on by itself, no longer tracked
-    /// by its scope.
-    pub(crate) fn release(self, awaited: bool) {
-        let driver = self.0;
-        let (done, killer) = {
-            let state = driver.state.lock().unwrap_or_else(|e| e.into_inner());
-            let killer = Arc::clone(&state.killer);
-            let done = (!awaited && killer.kill_requested())
-                || (matches!(state.phase, Phase::Served(true)) && killer.pid_resolved());
-            (done, killer)
-        };
-        if done {
-            // Dropped: `Driver::drop` records that nothing is left.
-            return;
-        }
-        if R::is_current() {
-            killer.set_held(false);
-            R::spawn_driver(driver);
-            return;
-        }
-        // Dropping an unanswered spawn would have the zygote kill the
-        // worker: wait for the answer (a few µs to ms) first.
-        killer.resolve_blocking();
     }
 }
 
@@ -251,7 +222,9 @@ fn start<R: Runtime>(
 ) -> (OneShot<R>, Submit<R>) {
     let (returned_tx, returned) = oneshot::channel();
     let killer = Arc::new(Killer::new(pending, span));
-    killer.set_held(hold);
+    if hold {
+        killer.hold();
+    }
     let state = Arc::new(Mutex::new(DriverState {
         task: None,
         conn,
@@ -270,16 +243,11 @@ fn start<R: Runtime>(
         phase: Phase::Serve,
     }));
     let submit = Submit(Arc::downgrade(&state));
-    let driver = Driver {
+    let held = hold.then(|| Held(Arc::clone(&state)));
+    R::spawn_driver(Driver {
         state,
         answered: Vec::new(),
-    };
-    let held = if hold {
-        Some(Held(driver))
-    } else {
-        R::spawn_driver(driver);
-        None
-    };
+    });
     (
         OneShot {
             killer,
@@ -442,6 +410,10 @@ impl<R: Runtime> Future for Driver<R> {
             let this = &mut *state;
             if !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 this.task = Some(cx.waker().clone());
+            }
+            // A held driver is its handle's to poll until released.
+            if !this.killer.poll_released(cx) {
+                return Poll::Pending;
             }
             let poll = this.poll_phases(cx);
             if poll.is_ready() {

@@ -35,10 +35,14 @@ pub(crate) struct Killer {
     /// Closed once the death is recorded or the driver finished: what
     /// [`wait_death`](Self::wait_death) waits on (nothing is ever sent).
     died: (async_channel::Sender<()>, async_channel::Receiver<()>),
-    /// The driver is a one-shot spawn's, held by its `JoinHandle` (see
-    /// [`Held`](super::driver::Held)) and polled only when the handle is:
-    /// no task of its own yet, so nothing reaps the worker meanwhile.
-    held: AtomicBool,
+    /// Whether the driver's task polls the driver: true from the start,
+    /// except for a one-shot spawn's driver, which its `JoinHandle` polls
+    /// in place while it waits for the outcome (see
+    /// [`Held`](super::driver::Held)), and hands over with
+    /// [`release`](Self::release).
+    released: AtomicBool,
+    /// The driver's task, parked until [`release`](Self::release).
+    parked: AtomicWaker,
 }
 
 #[derive(Default)]
@@ -140,33 +144,38 @@ impl Killer {
             span,
             finished: std::sync::atomic::AtomicBool::new(false),
             died: async_channel::bounded(1),
-            held: AtomicBool::new(false),
+            released: AtomicBool::new(true),
+            parked: AtomicWaker::new(),
         }
     }
 
-    /// Whether the driver is held by its handle (see
-    /// [`Held`](super::driver::Held)): set while it is.
-    pub(crate) fn set_held(&self, held: bool) {
-        self.held.store(held, Ordering::Release);
+    /// The driver is polled in place by its handle until
+    /// [`release`](Self::release): its task waits.
+    pub(crate) fn hold(&self) {
+        self.released.store(false, Ordering::Release);
     }
 
-    /// Whether nothing of the worker is left to wait for: the driver is
-    /// done, or, for a driver its handle holds (which nobody may be
-    /// polling: a handle set aside, not awaited), the worker is known to
-    /// have exited or never started. What a shutdown waits for.
-    pub(crate) fn is_gone(&self) -> bool {
-        if self.is_finished() {
+    /// Hands the driver to its task for good (idempotent, from any thread,
+    /// inside a runtime or not): the handle that held it polls it no more.
+    pub(crate) fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.parked.wake();
+        }
+    }
+
+    /// Whether the driver is its task's to poll; registers the task to be
+    /// woken by [`release`](Self::release) otherwise.
+    pub(crate) fn poll_released(&self, cx: &mut Context<'_>) -> bool {
+        if self.is_released() {
             return true;
         }
-        if !self.held.load(Ordering::Acquire) {
-            return false;
-        }
-        let state = self.lock();
-        state.spawn_error.is_some()
-            || state
-                .process
-                .as_ref()
-                .is_some_and(|process| process.try_status().is_some())
+        self.parked.register(cx.waker());
+        self.is_released()
+    }
+
+    /// Whether [`release`](Self::release) was called (or nothing was held).
+    pub(crate) fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
     }
 
     /// The worker's span.
@@ -224,23 +233,6 @@ impl Killer {
     pub(crate) fn pid(&self) -> Option<i32> {
         let state = self.lock();
         state.process.as_ref().map(|p| p.pid()).or(state.hello_pid)
-    }
-
-    /// Whether the zygote's answer is in (the worker's process is known, or
-    /// its spawn failed).
-    pub(crate) fn pid_resolved(&self) -> bool {
-        let state = self.lock();
-        state.process.is_some() || state.spawn_error.is_some()
-    }
-
-    /// Waits for the zygote's answer, blocking the thread (for a driver
-    /// released outside its runtime, see [`Held`](super::driver::Held)).
-    pub(crate) fn resolve_blocking(&self) {
-        let pending = self.lock().pending.take();
-        if let Some(pending) = pending {
-            let answer = pending.wait();
-            self.lock().settle(answer);
-        }
     }
 
     /// Whether someone asked for the worker to be killed.

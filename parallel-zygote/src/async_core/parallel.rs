@@ -108,7 +108,7 @@ struct Tracked {
 impl Tracked {
     fn prune(&mut self) {
         self.workers
-            .retain(|w| w.upgrade().is_some_and(|k| !k.is_gone()));
+            .retain(|w| w.upgrade().is_some_and(|k| !k.is_finished()));
         self.prune_at = (2 * self.workers.len()).max(64);
     }
 }
@@ -249,6 +249,11 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         self.scope.close_pools();
         if let Some(warm) = &self.warm {
             warm.close();
+        }
+        // A spawn's driver that its handle polls in place (see `Held`)
+        // goes to its task: a handle nobody awaits must not hold it up.
+        for killer in self.scope.live() {
+            killer.release();
         }
         tracing::info!(?grace, "shutting down: draining workers");
         if settle::<R>(&self.scope, grace).await {

@@ -66,6 +66,9 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
     pub fn abort(&self) {
         if let Ok(running) = &self.state {
             running.killer.kill();
+            // The driver's task reports the death, whether or not this
+            // handle is polled again.
+            running.killer.release();
         }
     }
 
@@ -107,11 +110,9 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> Future for JoinHandle<T, C, R> {
             Ok(running) => running,
             Err(error) => return Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
         };
-        if let Some(held) = &mut running.held {
+        if let Some(held) = &running.held {
             if held.poll(cx).is_ready() {
-                if let Some(held) = running.held.take() {
-                    held.release(true);
-                }
+                running.held = None;
             }
         }
         let outcome = match Pin::new(&mut running.returned).poll(cx) {
@@ -129,15 +130,13 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> Future for JoinHandle<T, C, R> {
 
 impl<T, C: Codec, R: Runtime> Drop for JoinHandle<T, C, R> {
     fn drop(&mut self) {
-        if let Ok(running) = &mut self.state {
+        if let Ok(running) = &self.state {
             if !running.detached {
                 running.killer.kill();
             }
-            // Whatever is left of the driver's work (the worker's exit, on a
-            // detached handle) goes to a task of its own.
-            if let Some(held) = running.held.take() {
-                held.release(false);
-            }
+            // Whatever is left of the driver's work (reaping the worker,
+            // or reporting its death) is its task's now.
+            running.killer.release();
         }
     }
 }
