@@ -241,6 +241,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
     let mut trials = scenarios![
         calls::spawn_returns_the_value,
         calls::spawn_arguments_larger_than_the_socket_buffer_arrive_whole,
+        calls::large_spawn_arguments_arrive_before_the_handle_is_polled,
         calls::spawn_runs_in_another_process,
         calls::thousand_calls_in_order_on_one_run_worker,
         calls::thousand_concurrent_calls_on_one_run_worker,
