@@ -197,11 +197,41 @@ impl<R: Runtime> Held<R> {
         match served {
             Poll::Ready(returned) => {
                 this.phase = Phase::Served(returned);
-                this.killer.release();
+                if !(returned && this.hand_over_quietly()) {
+                    this.killer.release();
+                }
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl<R: Runtime> DriverState<R> {
+    /// The outcome is in: hands the driver to its task without a wake-up on
+    /// the awaiting task's path (on smol, the wake-up of a task is a futex
+    /// wake of the executor's thread). The task is registered instead with
+    /// what it waits for next, which comes after the awaiting task has its
+    /// value: the worker's end of the channel closing, or its exit (both
+    /// come as the worker exits). False (nothing handed over) when the
+    /// worker is not reported by the zygote yet, or either is there
+    /// already: the task is then woken as usual.
+    fn hand_over_quietly(&mut self) -> bool {
+        let Some(process) = self.killer.process() else {
+            return false;
+        };
+        let Some(task) = self.killer.release_quietly() else {
+            return false;
+        };
+        let mut cx = Context::from_waker(&task);
+        // What the drain reads next (what comes after the outcome is
+        // dropped there too).
+        let quiet =
+            self.conn.poll_event(&mut cx).is_pending() && process.poll_exited(&mut cx).is_pending();
+        if !quiet {
+            task.wake();
+        }
+        true
     }
 }
 

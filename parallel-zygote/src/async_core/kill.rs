@@ -163,6 +163,19 @@ impl Killer {
         }
     }
 
+    /// Hands the driver to its task without waking it, and returns the
+    /// task's waker for the caller to register with what the task waits
+    /// for next; `None` (nothing handed over) when the task has not
+    /// parked yet or the driver was released already.
+    pub(crate) fn release_quietly(&self) -> Option<std::task::Waker> {
+        if self.is_released() {
+            return None;
+        }
+        let waker = self.parked.take()?;
+        self.released.store(true, Ordering::Release);
+        Some(waker)
+    }
+
     /// Whether the driver is its task's to poll; registers the task to be
     /// woken by [`release`](Self::release) otherwise.
     pub(crate) fn poll_released(&self, cx: &mut Context<'_>) -> bool {
