@@ -106,7 +106,12 @@ pub(crate) fn launch<R: Runtime>(
         outgoing: Some(Box::pin(outgoing_rx)),
         data: Some(data_tx),
     };
-    let (OneShot { killer, returned }, submit) = start::<R>(conn, pending, span, output, handles);
+    let (
+        OneShot {
+            killer, returned, ..
+        },
+        submit,
+    ) = start::<R>(conn, pending, span, output, handles, false);
     Link {
         commands,
         submit,
@@ -122,25 +127,112 @@ pub(crate) fn launch<R: Runtime>(
 /// and its kill switch. Nothing is ever sent to it after Start and End,
 /// and it sends no data: it gets none of [`Link`]'s channels, whose
 /// allocations (and their cold memory) a one-shot spawn would only drop.
-pub(crate) struct OneShot {
+pub(crate) struct OneShot<R: Runtime> {
     pub(crate) killer: Arc<Killer>,
     pub(crate) returned: oneshot::Receiver<Result<Outcome, Error>>,
+    /// The driver, for the handle to poll in place until the outcome is in
+    /// (`None`: its task polls it from the start).
+    pub(crate) held: Option<Held<R>>,
 }
 
 /// Starts the driver of a one-shot worker, whose Start and End frames are
 /// queued in `conn.machine`.
+///
+/// Unless the worker's output is captured (whose reading runs for the
+/// worker's whole life, beside the result) or Start is not wholly written
+/// yet, the driver's task waits, and the handle polls the driver in place
+/// (see [`Held`]).
 pub(crate) fn launch_one_shot<R: Runtime>(
-    conn: Conn<ParentChannel, R::Socket>,
+    mut conn: Conn<ParentChannel, R::Socket>,
     pending: PendingSpawn,
     span: tracing::Span,
     output: Option<Captured<R>>,
-) -> OneShot {
+) -> OneShot<R> {
     let handles = Handles {
         commands: None,
         outgoing: None,
         data: None,
     };
-    start::<R>(conn, pending, span, output, handles).0
+    // A Start (or End) that did not fit the socket's buffer is written by
+    // the driver's task as before: the worker must get its task whether
+    // or not the handle is polled.
+    let hold = output.is_none() && conn.is_flushed();
+    start::<R>(conn, pending, span, output, handles, hold).0
+}
+
+/// A one-shot driver that its `JoinHandle` polls in place, on the task that
+/// awaits the outcome, until the outcome is in: the worker's answer then
+/// wakes the awaiting task itself, instead of the driver's task, which
+/// would read it, pass it through a one-shot channel, wake the awaiting
+/// task, and go on with its settling (two timers, a read, the zygote's
+/// answer) first, which on a current-thread runtime all runs before the
+/// awaiting task does.
+///
+/// The driver's task exists from the start (so that nothing needs the
+/// runtime later: a handle may be dropped on any thread) and waits until
+/// the handle [releases](Killer::release) the driver: once its serving is
+/// over (the outcome is in, or the channel broke), when the handle is
+/// dropped (detached, timed out or cancelled), or at the scope's
+/// [`shutdown`](super::Parallel::shutdown), where no handle may be
+/// polling. The task then polls it to the end as any other driver.
+pub(crate) struct Held<R: Runtime>(Arc<Mutex<DriverState<R>>>);
+
+impl<R: Runtime> Held<R> {
+    /// Serves the channel on the caller's task; `Ready` once the driver is
+    /// its task's (released, or its serving over: then released here).
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let this = &mut *state;
+        // Checked under the lock: once released, the task polls alone, and
+        // the last waker the socket and the timers saw is the task's.
+        // A task dropped with its runtime (finished) left nothing to serve.
+        if this.killer.is_released() || this.killer.is_finished() {
+            return Poll::Ready(());
+        }
+        let served = {
+            let span = this.killer.span().clone();
+            let _entered = span.enter();
+            this.poll_serve(cx)
+        };
+        match served {
+            Poll::Ready(returned) => {
+                this.phase = Phase::Served(returned);
+                if !(returned && this.hand_over_quietly()) {
+                    this.killer.release();
+                }
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<R: Runtime> DriverState<R> {
+    /// The outcome is in: hands the driver to its task without a wake-up on
+    /// the awaiting task's path (on smol, the wake-up of a task is a futex
+    /// wake of the executor's thread). The task is registered instead with
+    /// what it waits for next, which comes after the awaiting task has its
+    /// value: the worker's end of the channel closing, or its exit (both
+    /// come as the worker exits). False (nothing handed over) when the
+    /// worker is not reported by the zygote yet, or either is there
+    /// already: the task is then woken as usual.
+    fn hand_over_quietly(&mut self) -> bool {
+        let Some(process) = self.killer.process() else {
+            return false;
+        };
+        let Some(task) = self.killer.release_quietly() else {
+            return false;
+        };
+        let mut cx = Context::from_waker(&task);
+        // What the drain reads next (what comes after the outcome is
+        // dropped there too).
+        let quiet =
+            self.conn.poll_event(&mut cx).is_pending() && process.poll_exited(&mut cx).is_pending();
+        if !quiet {
+            task.wake();
+        }
+        true
+    }
 }
 
 /// The driver's ends of the handles' channels (`None`: no such handle).
@@ -156,9 +248,13 @@ fn start<R: Runtime>(
     span: tracing::Span,
     output: Option<Captured<R>>,
     handles: Handles,
-) -> (OneShot, Submit<R>) {
+    hold: bool,
+) -> (OneShot<R>, Submit<R>) {
     let (returned_tx, returned) = oneshot::channel();
     let killer = Arc::new(Killer::new(pending, span));
+    if hold {
+        killer.hold();
+    }
     let state = Arc::new(Mutex::new(DriverState {
         task: None,
         conn,
@@ -177,11 +273,19 @@ fn start<R: Runtime>(
         phase: Phase::Serve,
     }));
     let submit = Submit(Arc::downgrade(&state));
+    let held = hold.then(|| Held(Arc::clone(&state)));
     R::spawn_driver(Driver {
         state,
         answered: Vec::new(),
     });
-    (OneShot { killer, returned }, submit)
+    (
+        OneShot {
+            killer,
+            returned,
+            held,
+        },
+        submit,
+    )
 }
 
 /// The driver of one worker channel: a future the adapter runs as a task of
@@ -294,6 +398,11 @@ impl<R: Runtime> Drop for Driver<R> {
 
 enum Phase<R: Runtime> {
     Serve,
+    /// Serving ended in a [`Held`] driver's poll, on the handle's task: the
+    /// task returned (true) or the channel broke (false). The driver's own
+    /// task goes on from there (its timers are made there, not on the
+    /// handle's task).
+    Served(bool),
     /// The task returned: wait (bounded) for the zygote's answer, which the
     /// result can overtake; dropping it unanswered would have the worker
     /// killed as an abandoned spawn while it exits.
@@ -332,6 +441,10 @@ impl<R: Runtime> Future for Driver<R> {
             if !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 this.task = Some(cx.waker().clone());
             }
+            // A held driver is its handle's to poll until released.
+            if !this.killer.poll_released(cx) {
+                return Poll::Pending;
+            }
             let poll = this.poll_phases(cx);
             if poll.is_ready() {
                 this.task = None;
@@ -357,11 +470,12 @@ impl<R: Runtime> DriverState<R> {
             match &mut this.phase {
                 Phase::Serve => {
                     this.phase = match this.poll_serve(cx) {
-                        Poll::Ready(true) => Phase::Settle(sleep::<R>(EXIT_STATUS_WAIT)),
-                        Poll::Ready(false) => Phase::Resolve(sleep::<R>(EXIT_STATUS_WAIT)),
+                        Poll::Ready(returned) => Phase::Served(returned),
                         Poll::Pending => return Poll::Pending,
                     }
                 }
+                Phase::Served(true) => this.phase = Phase::Settle(sleep::<R>(EXIT_STATUS_WAIT)),
+                Phase::Served(false) => this.phase = Phase::Resolve(sleep::<R>(EXIT_STATUS_WAIT)),
                 Phase::Settle(deadline) => {
                     if this.killer.poll_resolve(cx).is_pending() {
                         if deadline.as_mut().poll(cx).is_pending() {

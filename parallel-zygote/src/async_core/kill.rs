@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -34,6 +35,14 @@ pub(crate) struct Killer {
     /// Closed once the death is recorded or the driver finished: what
     /// [`wait_death`](Self::wait_death) waits on (nothing is ever sent).
     died: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// Whether the driver's task polls the driver: true from the start,
+    /// except for a one-shot spawn's driver, which its `JoinHandle` polls
+    /// in place while it waits for the outcome (see
+    /// [`Held`](super::driver::Held)), and hands over with
+    /// [`release`](Self::release).
+    released: AtomicBool,
+    /// The driver's task, parked until [`release`](Self::release).
+    parked: AtomicWaker,
 }
 
 #[derive(Default)]
@@ -135,7 +144,51 @@ impl Killer {
             span,
             finished: std::sync::atomic::AtomicBool::new(false),
             died: async_channel::bounded(1),
+            released: AtomicBool::new(true),
+            parked: AtomicWaker::new(),
         }
+    }
+
+    /// The driver is polled in place by its handle until
+    /// [`release`](Self::release): its task waits.
+    pub(crate) fn hold(&self) {
+        self.released.store(false, Ordering::Release);
+    }
+
+    /// Hands the driver to its task for good (idempotent, from any thread,
+    /// inside a runtime or not): the handle that held it polls it no more.
+    pub(crate) fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.parked.wake();
+        }
+    }
+
+    /// Hands the driver to its task without waking it, and returns the
+    /// task's waker for the caller to register with what the task waits
+    /// for next; `None` (nothing handed over) when the task has not
+    /// parked yet or the driver was released already.
+    pub(crate) fn release_quietly(&self) -> Option<std::task::Waker> {
+        if self.is_released() {
+            return None;
+        }
+        let waker = self.parked.take()?;
+        self.released.store(true, Ordering::Release);
+        Some(waker)
+    }
+
+    /// Whether the driver is its task's to poll; registers the task to be
+    /// woken by [`release`](Self::release) otherwise.
+    pub(crate) fn poll_released(&self, cx: &mut Context<'_>) -> bool {
+        if self.is_released() {
+            return true;
+        }
+        self.parked.register(cx.waker());
+        self.is_released()
+    }
+
+    /// Whether [`release`](Self::release) was called (or nothing was held).
+    pub(crate) fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
     }
 
     /// The worker's span.

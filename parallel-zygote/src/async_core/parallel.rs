@@ -250,6 +250,11 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         if let Some(warm) = &self.warm {
             warm.close();
         }
+        // A spawn's driver that its handle polls in place (see `Held`)
+        // goes to its task: a handle nobody awaits must not hold it up.
+        for killer in self.scope.live() {
+            killer.release();
+        }
         tracing::info!(?grace, "shutting down: draining workers");
         if settle::<R>(&self.scope, grace).await {
             return;
@@ -580,7 +585,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
 
     /// [`launch`](Self::launch) for a `spawn`: End goes with Start, and the
     /// driver gets no channels from handles (a `JoinHandle` has none).
-    fn launch_one_shot(&self, task: WireEntry, args: Vec<u8>) -> Result<OneShot, Error> {
+    fn launch_one_shot(&self, task: WireEntry, args: Vec<u8>) -> Result<OneShot<R>, Error> {
         let (conn, pending, span, captured) = self.connect(task, args, Ending::WithStart)?;
         let one_shot = launch_one_shot::<R>(conn, pending, span, captured);
         self.started(&one_shot.killer);

@@ -12,7 +12,7 @@ use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 
 use super::codec::Codec;
-use super::driver::OneShot;
+use super::driver::{Held, OneShot};
 use super::kill::Killer;
 use super::run::outcome_into;
 use super::runtime::{timeout, Runtime};
@@ -27,26 +27,30 @@ use super::Error;
 /// [Dropping handles](crate::async_core#dropping-handles).
 #[must_use = "dropping a JoinHandle kills its worker at once: await it, or call .detach()"]
 pub struct JoinHandle<T, C: Codec, R: Runtime> {
-    state: Result<Running, Option<Error>>,
+    state: Result<Running<R>, Option<Error>>,
     _types: PhantomData<fn() -> T>,
     _codec: PhantomData<fn() -> (C, R)>,
 }
 
-struct Running {
+struct Running<R: Runtime> {
     killer: Arc<Killer>,
     returned: oneshot::Receiver<Result<Outcome, Error>>,
+    /// The driver, polled here until the outcome is in (see [`Held`]);
+    /// `None` once its task has it.
+    held: Option<Held<R>>,
     detached: bool,
     /// The type of the function's argument, for a decode failure there.
     arguments: &'static str,
 }
 
 impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
-    pub(crate) fn new(started: Result<OneShot, Error>, arguments: &'static str) -> Self {
+    pub(crate) fn new(started: Result<OneShot<R>, Error>, arguments: &'static str) -> Self {
         JoinHandle {
             state: match started {
                 Ok(link) => Ok(Running {
                     killer: link.killer,
                     returned: link.returned,
+                    held: link.held,
                     detached: false,
                     arguments,
                 }),
@@ -62,6 +66,9 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
     pub fn abort(&self) {
         if let Ok(running) = &self.state {
             running.killer.kill();
+            // The driver's task reports the death, whether or not this
+            // handle is polled again.
+            running.killer.release();
         }
     }
 
@@ -103,6 +110,11 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> Future for JoinHandle<T, C, R> {
             Ok(running) => running,
             Err(error) => return Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
         };
+        if let Some(held) = &running.held {
+            if held.poll(cx).is_ready() {
+                running.held = None;
+            }
+        }
         let outcome = match Pin::new(&mut running.returned).poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(outcome)) => outcome,
@@ -122,6 +134,9 @@ impl<T, C: Codec, R: Runtime> Drop for JoinHandle<T, C, R> {
             if !running.detached {
                 running.killer.kill();
             }
+            // Whatever is left of the driver's work (reaping the worker,
+            // or reporting its death) is its task's now.
+            running.killer.release();
         }
     }
 }

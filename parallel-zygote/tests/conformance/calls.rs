@@ -51,6 +51,42 @@ pub async fn spawn_arguments_larger_than_the_socket_buffer_arrive_whole<R: Runti
     )
 }
 
+/// The same arguments, the handle left unpolled until the worker has run:
+/// what did not fit the socket's buffer is written without the handle's
+/// help (a spawn's driver, held by its handle and polled only with it,
+/// is not for such a Start).
+pub async fn large_spawn_arguments_arrive_before_the_handle_is_polled<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let path = super::temp_path("large-unpolled");
+    let text = path.to_str().ok_or("temp path is not UTF-8")?.to_owned();
+    let arguments: Vec<u8> = (0..(2usize << 20)).map(|i| (i % 251) as u8).collect();
+    let spawned = parallel.spawn(
+        |(path, bytes): (String, Vec<u8>)| async move {
+            std::fs::write(path, bytes.len().to_string()).unwrap();
+            bytes.len()
+        },
+        (text, arguments),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let written = loop {
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.is_empty() => break Some(text),
+            _ if Instant::now() >= deadline => break None,
+            _ => R::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    check(
+        written.as_deref() == Some("2097152"),
+        format!("the unpolled spawn's worker wrote {written:?} within 60 s"),
+    )?;
+    check(
+        matches!(spawned.await, Ok(2097152)),
+        "the spawn's result, awaited afterwards",
+    )
+}
+
 pub async fn spawn_runs_in_another_process<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {

@@ -54,6 +54,66 @@ pub async fn dropped_spawn_handle_kills_its_worker<R: Runtime>(
     )
 }
 
+/// Runs in a worker: writes its pid to `path`, then blocks its thread for
+/// a minute; only a kill ends it.
+async fn say_pid_then_block(path: String) {
+    std::fs::write(path, std::process::id().to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// The pid a worker wrote to `path`, if it did within 5 s.
+async fn pid_from_file<R: Runtime>(path: &std::path::Path) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse().ok())
+        {
+            let _ = std::fs::remove_file(path);
+            return Some(pid);
+        }
+        if Instant::now() >= deadline {
+            let _ = std::fs::remove_file(path);
+            return None;
+        }
+        R::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A handle dropped (or timed out) at once, never polled, before the
+/// zygote reported its pid: the kill waits for the pid in the driver, which
+/// the handle would have polled in place, so the drop must hand the driver
+/// to its task.
+pub async fn spawn_handle_dropped_unpolled_kills_its_worker<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    for timed_out in [false, true] {
+        let path = temp_path("unpolled");
+        let text = path.to_str().ok_or("temp path is not UTF-8")?.to_owned();
+        let handle = parallel.spawn(say_pid_then_block, text);
+        if timed_out {
+            match handle.timeout(Duration::ZERO).await {
+                Err(Error::Timeout { .. }) => {}
+                other => return Err(format!("expected a timeout, got {other:?}").into()),
+            }
+        } else {
+            drop(handle);
+        }
+        // Killed as soon as the zygote reports it, the worker mostly never
+        // writes its pid; one that does must be gone soon after (left to
+        // run, it blocks a minute).
+        if let Some(pid) = pid_from_file::<R>(&path).await {
+            check(
+                wait_gone::<R>(pid, Duration::from_secs(20)).await,
+                format!(
+                    "worker {pid} outlived its handle (timed out: {timed_out}), dropped unpolled"
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs in a worker: waits a little, then writes "done" to `path`.
 async fn finish_later<R: Runtime>(path: String) {
     R::sleep(Duration::from_millis(100)).await;

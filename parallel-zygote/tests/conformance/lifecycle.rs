@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use parallel_zygote::async_core::{Error, Parallel, Pool, PoolConfig, Runtime};
 
-use super::{check, known_pid, Harness};
+use super::{check, known_pid, within, Harness};
 
 pub async fn pool_graceful_shutdown_drains_then_terminates<R: Runtime>(
     parallel: Parallel<R>,
@@ -191,6 +191,43 @@ pub async fn parallel_shutdown_terminates_what_outlives_the_grace<R: Runtime>(
         ),
         Ok(()) => Err("the stuck spawn returned".into()),
     }
+}
+
+/// Spawns whose handles nobody awaits (one never polled, one polled once)
+/// are not what a shutdown waits its grace for: their drivers, which a
+/// handle polls in place while awaited, are handed to their tasks, which
+/// see the workers finish. The handles then give the results.
+pub async fn parallel_shutdown_is_not_held_up_by_unawaited_spawns<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let scope = parallel.scope();
+    let never_polled = scope.spawn(|x: u64| async move { x + 1 }, 1);
+    let mut polled_once = scope.spawn(|x: u64| async move { x + 2 }, 1);
+    if let std::task::Poll::Ready(result) = futures_util::poll!(&mut polled_once) {
+        return Err(format!("answered at its first poll: {result:?}").into());
+    }
+    // Both workers run to their end meanwhile (nothing awaits them).
+    let started = Instant::now();
+    let shut = within::<R, _>(
+        Duration::from_secs(60),
+        scope.shutdown(Duration::from_secs(120)),
+    )
+    .await;
+    check(
+        shut.is_some(),
+        format!(
+            "shutdown waited {:?} for finished spawns nobody awaited",
+            started.elapsed()
+        ),
+    )?;
+    check(
+        matches!(never_polled.await, Ok(2)),
+        "the never-polled spawn's result",
+    )?;
+    check(
+        matches!(polled_once.await, Ok(3)),
+        "the spawn polled once: its result",
+    )
 }
 
 /// Grows by 64 MiB (touched) at each call, kept until the process exits.

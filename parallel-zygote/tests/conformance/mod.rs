@@ -241,6 +241,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
     let mut trials = scenarios![
         calls::spawn_returns_the_value,
         calls::spawn_arguments_larger_than_the_socket_buffer_arrive_whole,
+        calls::large_spawn_arguments_arrive_before_the_handle_is_polled,
         calls::spawn_runs_in_another_process,
         calls::thousand_calls_in_order_on_one_run_worker,
         calls::thousand_concurrent_calls_on_one_run_worker,
@@ -256,6 +257,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         failures::worker_dying_before_first_reply_errors_promptly,
         cancel::spawn_abort_kills_the_worker,
         cancel::dropped_spawn_handle_kills_its_worker,
+        cancel::spawn_handle_dropped_unpolled_kills_its_worker,
         cancel::detached_spawn_runs_to_completion,
         cancel::dropped_call_future_kills_its_worker,
         cancel::dropping_the_last_run_handle_ends_the_worker,
@@ -299,6 +301,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         lifecycle::pool_graceful_shutdown_drains_then_terminates,
         lifecycle::parallel_shutdown_drains_and_refuses_new_work,
         lifecycle::parallel_shutdown_terminates_what_outlives_the_grace,
+        lifecycle::parallel_shutdown_is_not_held_up_by_unawaited_spawns,
         lifecycle::parallel_shutdown_shuts_its_pools_down,
         lifecycle::pool_recycles_workers_over_the_memory_limit,
         output::captured_output_is_attributed_to_its_worker,
