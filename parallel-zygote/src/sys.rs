@@ -109,44 +109,70 @@ pub(crate) fn populate_read_only_mappings() {
     });
 }
 
-/// Largest anonymous mapping [`populate_written_mappings`] makes private
-/// ahead: the allocator's small arenas and leftovers, not large buffers or
-/// thread stacks, whose untouched pages would only cost memory.
-const POPULATE_ANONYMOUS_MAX: usize = 256 * 1024;
+/// The most [`populate_written_mappings`] copies of any one mapping: the
+/// allocator's recent memory and the stack's live end, not a large heap or
+/// file mapping that a snapshot's `init` shares with every worker (copying
+/// those would cost each waiting worker their size in memory).
+const POPULATE_MAPPING_MAX: usize = 256 * 1024;
+
+/// Of the stack's share, how much lies above the current frame (the frames
+/// of the callers, which the worker returns into).
+const STACK_ABOVE: usize = 32 * 1024;
 
 /// Gives this process its own copy, now, of the pages it shares
 /// copy-on-write with the process it was forked from and will likely write
-/// next: the heap, the stack, the programs' and libraries' data, and small
-/// anonymous mappings (`MADV_POPULATE_WRITE`, Linux 5.14; on older kernels
-/// nothing happens). Contents do not change.
+/// next (`MADV_POPULATE_WRITE`, Linux 5.14; on older kernels nothing
+/// happens): the top [`POPULATE_MAPPING_MAX`] of the heap (where new
+/// allocations come from), the stack around its current frame, and the
+/// private writable mappings no larger than that (the program's and
+/// libraries' data, the allocator's small arenas). Contents do not change.
 ///
 /// A forked child's first write to each such page takes a fault that copies
 /// it (2-5 µs each on a VM). A pre-forked worker calls this while it waits,
-/// so that its task's first allocations and writes take none: it costs a
-/// few hundred KiB of memory per waiting worker (the zygote's heap is
-/// small) and that copying, off any spawn's path.
+/// so that its task's first allocations and writes take fewer: it costs a
+/// few hundred KiB of memory per waiting worker and that copying, off any
+/// spawn's path.
 pub(crate) fn populate_written_mappings() {
     for_each_mapping(|mapping| {
         if !mapping.perms.starts_with("rw") || !mapping.perms.ends_with('p') {
             return;
         }
-        let wanted = match mapping.path {
-            Some("[heap]" | "[stack]") => true,
-            Some(path) if path.starts_with('/') => true,
+        let length = mapping.end.saturating_sub(mapping.start);
+        let range = match mapping.path {
+            Some("[heap]") => {
+                let start = mapping.end - length.min(POPULATE_MAPPING_MAX);
+                Some((start, mapping.end))
+            }
+            Some("[stack]") => {
+                // Around where this thread's stack is now (it grows down):
+                // the frames of the task to come go there.
+                let here = std::ptr::addr_of!(length) as usize;
+                let start = here
+                    .saturating_sub(POPULATE_MAPPING_MAX - STACK_ABOVE)
+                    .max(mapping.start);
+                let end = here.saturating_add(STACK_ABOVE).min(mapping.end);
+                (start < end).then_some((start, end))
+            }
             // Other pseudo-mappings ([vvar], [vdso], ...) are not ours to write.
-            Some(_) => false,
-            None => mapping.end - mapping.start <= POPULATE_ANONYMOUS_MAX,
+            Some(path) if !path.starts_with('/') => None,
+            _ => (length <= POPULATE_MAPPING_MAX).then_some((mapping.start, mapping.end)),
         };
-        if wanted {
-            // SAFETY: MADV_POPULATE_WRITE only faults the mapping's pages in
-            // as writing them would (breaking copy-on-write), changing no
-            // byte of memory (see `populate`).
-            unsafe { populate(mapping, libc::MADV_POPULATE_WRITE) };
+        if let Some((start, end)) = range {
+            let part = Mapping {
+                start,
+                end,
+                ..*mapping
+            };
+            // SAFETY: MADV_POPULATE_WRITE only faults the pages in as
+            // writing them would (breaking copy-on-write), changing no byte
+            // of memory; the range lies within the mapping (see `populate`).
+            unsafe { populate(&part, libc::MADV_POPULATE_WRITE) };
         }
     });
 }
 
 /// One line of /proc/self/maps.
+#[derive(Clone, Copy)]
 struct Mapping<'a> {
     start: usize,
     end: usize,
