@@ -1529,6 +1529,19 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
             ));
         }
     }
+    let rows = rows
+        .into_iter()
+        .map(|(label, key, baseline)| (label, key, Some(baseline)));
+    figure_rows(report, adapters, rows);
+}
+
+/// One matrix row per `(label, key, baseline)`, `{a}` in the keys standing
+/// for each adapter's key.
+fn figure_rows(
+    report: &mut Report,
+    adapters: &[Box<dyn Adapter>],
+    rows: impl IntoIterator<Item = (String, String, Option<String>)>,
+) {
     for (label, key, baseline) in rows {
         let cells = adapters
             .iter()
@@ -1536,7 +1549,7 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
                 let a = adapter.key();
                 Cell::Figure {
                     key: key.replace("{a}", a),
-                    baseline: Some(baseline.replace("{a}", a)),
+                    baseline: baseline.as_ref().map(|b| b.replace("{a}", a)),
                 }
             })
             .collect();
@@ -1651,17 +1664,5 @@ fn side_by_side(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
             Some(raw),
         ));
     }
-    for (label, key, baseline) in rows {
-        let cells = adapters
-            .iter()
-            .map(|adapter| {
-                let a = adapter.key();
-                Cell::Figure {
-                    key: key.replace("{a}", a),
-                    baseline: baseline.as_ref().map(|b| b.replace("{a}", a)),
-                }
-            })
-            .collect();
-        report.matrix_row(label, cells);
-    }
+    figure_rows(report, adapters, rows);
 }
