@@ -38,7 +38,7 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::adapter::{Adapter, Encoding, Phases, Place, RawWrites, SharedMemory};
+use harness::adapter::{Adapter, Churn, Encoding, Phases, Place, RawWrites, SharedMemory};
 use harness::glommio_adapter::GlommioAdapter;
 use harness::os::{self, ExecTarget, Heap};
 use harness::raw::{RawKind, RawZygote};
@@ -677,6 +677,32 @@ fn round_trip_section(
             move |budget| adapter.warm_spawn(WARM_LATER, budget),
         );
         group.add(
+            format!("rt/{a}/run-after-spawn"),
+            format!(
+                "{name}: `Run::call(x)` 5 ms after a warm spawn (its worker's exit, the refill's fork)"
+            ),
+            Some(format!("rt/{a}/run")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.run_after_churn(Churn::WarmSpawn(WARM_DEFAULT), budget),
+        );
+        group.add(
+            format!("rt/{a}/raw-after-exec"),
+            format!("{name}: raw round trip 5 ms after running `true` (a fork, exec and exit)"),
+            Some(format!("rt/{a}/raw")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.raw_after_exec(raw, budget),
+        );
+        group.add(
+            format!("rt/{a}/run-after-exec"),
+            format!("{name}: `Run::call(x)` 5 ms after running `true` (a fork, exec and exit)"),
+            Some(format!("rt/{a}/run")),
+            config.spawn,
+            Measure::Time,
+            move |budget| adapter.run_after_churn(Churn::Exec, budget),
+        );
+        group.add(
             format!("rt/{a}/cold-spawn"),
             format!("{name}: `spawn(f, x)` → result, cold"),
             Some(format!("rt/{a}/warm-spawn")),
@@ -1144,7 +1170,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
@@ -1172,6 +1198,9 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "warm-spawn-quiet" => adapter.warm_spawn(WARM_LATER, budget),
         "raw-warm" => adapter.raw_warm_round_trip(raw, budget),
         "fresh-pool" => adapter.fresh_pool_spawn(budget),
+        "call-after-spawn" => adapter.run_after_churn(Churn::WarmSpawn(WARM_DEFAULT), budget),
+        "call-after-exec" => adapter.run_after_churn(Churn::Exec, budget),
+        "raw-after-exec" => adapter.raw_after_exec(raw, budget),
         "pipe" => adapter.run_pipelined(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "pipe-task" => adapter.run_pipelined_in_task(20 * IN_FLIGHT, IN_FLIGHT, budget),
         "raw-pipe" => adapter.raw_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
@@ -1464,7 +1493,15 @@ fn targets(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
 fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
     report.matrix(
         "Library rows against the floors of their design",
-        "Medians; in parentheses, the ratio to the floor named in the row, on the same          adapter and runtime. Relayed: the raw echo with a reader task (spawned where the          drivers run) handing each reply to its caller, as the drivers do. Peeked: the raw          ping-pong reading as the library's glommio channel does (a `MSG_PEEK` through          io_uring, then `recvmsg` with room for descriptors). Built before the clock: raw          writes of distinct messages rather than one hot buffer. \u{2014}: no such row.",
+        "Medians; in parentheses, the ratio to the floor named in the row, on the same \
+         adapter and runtime. Relayed: the raw echo with a reader task (spawned where the \
+         drivers run) handing each reply to its caller, as the drivers do. Peeked: the \
+         raw ping-pong reading as the library's glommio channel does (a `MSG_PEEK` \
+         through io_uring, then `recvmsg` with room for descriptors). Built before the \
+         clock: raw writes of distinct messages rather than one hot buffer. After running \
+         `true` / after a warm spawn: each sample made 5 ms after that process churn (a \
+         fork, an exit), in the state every warm spawn but a first one finds the machine \
+         in. \u{2014}: no such row.",
         adapters.iter().map(|a| a.key().to_string()).collect(),
     );
     let mut rows: Vec<(String, String, String)> = vec![
@@ -1497,6 +1534,26 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
             "`spawn(f, x)` → result, warm (/ raw round trip, echo worker idle 5 ms)".into(),
             "rt/{a}/warm-spawn".into(),
             "rt/{a}/raw-warm".into(),
+        ),
+        (
+            "raw round trip 5 ms after running `true` (/ raw ping-pong)".into(),
+            "rt/{a}/raw-after-exec".into(),
+            "rt/{a}/raw".into(),
+        ),
+        (
+            "`Run::call(x)` 5 ms after running `true` (/ raw round trip there)".into(),
+            "rt/{a}/run-after-exec".into(),
+            "rt/{a}/raw-after-exec".into(),
+        ),
+        (
+            "`Run::call(x)` 5 ms after a warm spawn (/ `Run::call` in a task)".into(),
+            "rt/{a}/run-after-spawn".into(),
+            "rt/{a}/run".into(),
+        ),
+        (
+            "`spawn(f, x)` → result, warm (/ `Run::call` 5 ms after a warm spawn)".into(),
+            "rt/{a}/warm-spawn".into(),
+            "rt/{a}/run-after-spawn".into(),
         ),
         (
             format!("raw, {IN_FLIGHT} in flight, relayed (/ raw)"),

@@ -193,6 +193,29 @@ pub struct Phases {
     pub tail: Duration,
 }
 
+/// What runs before each sample of [`Adapter::run_after_churn`] (outside
+/// the clock), 5 ms before the timed call.
+#[derive(Clone, Copy, Debug)]
+pub enum Churn {
+    /// A warm `spawn(f, x)` to its result (pre-forked workers of this
+    /// config), its worker's exit, and (1 ms later) the refill's fork and
+    /// boot: what happens before each sample of the warm-spawn rows.
+    WarmSpawn(WarmConfig),
+    /// `true` run to its exit (`std::process::Command`): a fork, an exec
+    /// and an exit that have nothing to do with this library.
+    Exec,
+}
+
+impl Churn {
+    /// Runs `true` to its end (the [`Churn::Exec`] step).
+    pub fn exec() {
+        let status = std::process::Command::new("true")
+            .status()
+            .expect("running `true` (the churn of the run-after-exec row)");
+        assert!(status.success(), "`true` failed: {status}");
+    }
+}
+
 /// Where a measurement's future runs on the parent's runtime: the wake-ups
 /// a call's answer costs differ (on tokio's multi-thread runtime the
 /// `block_on` future runs on the caller's thread, outside the workers, so
@@ -400,6 +423,11 @@ pub trait Adapter {
     /// to its result. What a warm `spawn` would cost if its pre-forked
     /// worker were started (runtime, task, driver) before the spawn.
     fn fresh_pool_spawn(&self, budget: Budget) -> Vec<Duration>;
+    /// `Run::call(x)` on a `Run` started outside the clock, each call made
+    /// as a warm spawn is: 5 ms after the process churn `churn` names (in the
+    /// `block_on` future, as the warm-spawn rows). What the same call costs
+    /// when the machine is in the state a warm spawn finds it in.
+    fn run_after_churn(&self, churn: Churn, budget: Budget) -> Vec<Duration>;
     /// A spawn in phases (see [`Phases`]); `ready` is the user's function
     /// running in the worker. Cold with `warm` `None`; otherwise from a
     /// pre-forked worker (`Parallel::warm_workers(config)`), each spawn
@@ -416,6 +444,10 @@ pub trait Adapter {
     /// clock) that has then idled 5 ms, as a pre-forked worker idles between
     /// the warm-spawn rows' samples; a fresh worker for each sample.
     fn raw_warm_round_trip(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
+    /// The floor of [`run_after_churn`](Self::run_after_churn) with
+    /// [`Churn::Exec`]: one 8-byte round trip with a raw echo worker started
+    /// outside the clock and kept, each made 5 ms after running `true`.
+    fn raw_after_exec(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
     /// Raw socketpair ping-pong (8 bytes) with a raw echo worker running the
     /// same runtime.
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;

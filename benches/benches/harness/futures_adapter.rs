@@ -21,7 +21,7 @@ use smol::lock::Semaphore;
 
 use super::adapter::{
     clock, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput, sink, Adapter,
-    Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
+    Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -355,6 +355,43 @@ impl<H: Host> Adapter for HostAdapter<H> {
         })
     }
 
+    fn run_after_churn(&self, churn: Churn, budget: Budget) -> Vec<Duration> {
+        let parallel = self.parallel.clone();
+        let warm = match churn {
+            Churn::WarmSpawn(config) => Some(
+                self.parallel
+                    .clone()
+                    .warm_workers(config)
+                    .expect("warm workers"),
+            ),
+            Churn::Exec => None,
+        };
+        self.on_runtime(async move {
+            let run = parallel.run(echo).expect("run");
+            run.call(0).await.expect("first call");
+            let mut sampler = Sampler::new(budget);
+            let mut x = 0;
+            while sampler.next() {
+                // Outside the clock: the churn, then 5 ms, as before each
+                // warm spawn of `warm_spawn`.
+                match &warm {
+                    Some(warm) => {
+                        let (_, pid) = warm.spawn(echo_pid, 7).await.expect("spawn");
+                        wait_exit(pid as i32, Duration::from_secs(5));
+                    }
+                    None => Churn::exec(),
+                }
+                <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
+                x += 1;
+                let start = Instant::now();
+                let value = run.call(x).await.expect("call");
+                sampler.record(start.elapsed());
+                assert_eq!(value, x);
+            }
+            sampler.finish()
+        })
+    }
+
     fn fresh_pool_spawn(&self, budget: Budget) -> Vec<Duration> {
         let parallel = self.parallel.clone();
         self.on_runtime(async move {
@@ -466,6 +503,26 @@ impl<H: Host> Adapter for HostAdapter<H> {
                 sampler.record(start.elapsed());
                 drop(stream);
                 wait_exit(pid, Duration::from_secs(5));
+            }
+            sampler.finish()
+        })
+    }
+
+    fn raw_after_exec(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let raw = Arc::clone(raw);
+        self.on_runtime(async move {
+            let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
+            let mut stream = H::stream(stream);
+            let mut sampler = Sampler::new(budget);
+            let mut reply = [0u8; 8];
+            while sampler.next() {
+                // Outside the clock, as in `run_after_churn`.
+                Churn::exec();
+                <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
+                let start = Instant::now();
+                stream.write_all(&7u64.to_le_bytes()).await.expect("write");
+                stream.read_exact(&mut reply).await.expect("read");
+                sampler.record(start.elapsed());
             }
             sampler.finish()
         })
