@@ -407,10 +407,18 @@ fn spawn_section(
         group.add(
             key(&format!("{a}/spawn")),
             format!("{name}: `spawn(f, x)` → result, cold ({heap})"),
-            Some(floor),
+            Some(floor.clone()),
             spawn,
             Measure::Time,
             move |budget| adapter.cold_spawn(budget),
+        );
+        group.add(
+            key(&format!("{a}/spawn-task")),
+            format!("{name}: `spawn(f, x)` → result, cold, awaited in a spawned task ({heap})"),
+            Some(floor.clone()),
+            spawn,
+            Measure::Time,
+            move |budget| adapter.cold_spawn_in_task(budget),
         );
         group.add(
             &ping_pong,
@@ -1170,7 +1178,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `spawn-task`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
@@ -1191,6 +1199,7 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
     eprintln!("profiling {what} for 5 s (pid {})", std::process::id());
     let samples = match operation {
         "spawn" => adapter.cold_spawn(budget),
+        "spawn-task" => adapter.cold_spawn_in_task(budget),
         "raw-floor" => adapter.raw_floor(raw, budget),
         "call" => adapter.run_round_trip(Place::Task, budget),
         "warm-spawn" => adapter.warm_spawn(WARM_DEFAULT, budget),
@@ -1505,6 +1514,11 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
         adapters.iter().map(|a| a.key().to_string()).collect(),
     );
     let mut rows: Vec<(String, String, String)> = vec![
+        (
+            "`spawn(f, x)` → result, cold, awaited in a task (/ raw floor, 0 GiB)".into(),
+            "0 GiB/{a}/spawn-task".into(),
+            "0 GiB/{a}/raw-floor".into(),
+        ),
         (
             "raw ping-pong, relayed (/ raw ping-pong)".into(),
             "rt/{a}/relay".into(),

@@ -20,10 +20,39 @@ use std::time::{Duration, Instant};
 
 use parallel_zygote::async_core::{MessageSender, MessageStream, Parallel, Runtime, WarmConfig};
 
-use super::os::{minor_faults, monotonic_ns};
+use super::os::{minor_faults, monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
 use super::stages::{Chunk, OurChunk};
 use super::stats::{Budget, Sampler};
+
+/// Cold `spawn(f, x)`s, each to its result; the worker's exit is waited
+/// for outside the clock.
+pub async fn cold_spawns<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+    let mut sampler = Sampler::new(budget);
+    let (mut spawns, mut without_pid) = (0, 0);
+    while sampler.next() {
+        let start = Instant::now();
+        let mut handle = parallel.spawn(echo_pid, 7);
+        let (value, pid) = (&mut handle).await.expect("spawn");
+        let elapsed = start.elapsed();
+        assert_eq!(value, 7);
+        spawns += 1;
+        if handle.pid().is_none() {
+            without_pid += 1;
+        }
+        drop(handle);
+        // Outside the clock: let the worker exit before the next one.
+        wait_exit(pid as i32, Duration::from_secs(5));
+        sampler.record(elapsed);
+    }
+    if without_pid > 0 {
+        eprintln!(
+            "  note: JoinHandle::pid() was still None after the result in \
+             {without_pid} of {spawns} cold spawns"
+        );
+    }
+    sampler.finish()
+}
 
 /// The trivial worker function: its argument back.
 pub async fn echo(x: u64) -> u64 {
@@ -413,8 +442,12 @@ pub trait Adapter {
     /// current-thread runtime of this adapter's kind and writes one byte,
     /// awaited here.
     fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
-    /// Cold spawn: a trivial function in a new worker, to its result.
+    /// Cold spawn: a trivial function in a new worker, to its result (in
+    /// the `block_on` future).
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration>;
+    /// [`cold_spawn`](Self::cold_spawn) awaited in a task spawned on the
+    /// runtime, where the drivers run: no answer crosses threads.
+    fn cold_spawn_in_task(&self, budget: Budget) -> Vec<Duration>;
     /// Warm spawn: a trivial function in a pre-forked worker
     /// (`Parallel::warm_workers(config)`), to its result.
     fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration>;

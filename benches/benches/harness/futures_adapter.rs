@@ -20,8 +20,9 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput, sink, Adapter,
-    Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
+    clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput,
+    sink, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot,
+    SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -147,6 +148,8 @@ pub async fn relayed_ping_pongs<S: AsyncWrite + Unpin>(
 pub enum Calls {
     RoundTrip,
     Pool,
+    /// Cold `spawn(f, x)`s.
+    ColdSpawn,
     /// `calls` calls, `in_flight` outstanding.
     Pipelined {
         calls: usize,
@@ -160,6 +163,7 @@ impl Calls {
         match self {
             Calls::RoundTrip => round_trip(parallel, budget).await,
             Calls::Pool => pool_call(parallel, budget).await,
+            Calls::ColdSpawn => cold_spawns(parallel, budget).await,
             Calls::Pipelined { calls, in_flight } => {
                 pipelined_calls(parallel, calls, in_flight, budget).await
             }
@@ -302,33 +306,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
     }
 
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let mut sampler = Sampler::new(budget);
-            let (mut spawns, mut without_pid) = (0, 0);
-            while sampler.next() {
-                let start = Instant::now();
-                let mut handle = parallel.spawn(echo_pid, 7);
-                let (value, pid) = (&mut handle).await.expect("spawn");
-                let elapsed = start.elapsed();
-                assert_eq!(value, 7);
-                spawns += 1;
-                if handle.pid().is_none() {
-                    without_pid += 1;
-                }
-                drop(handle);
-                // Outside the clock: let the worker exit before the next one.
-                wait_exit(pid as i32, Duration::from_secs(5));
-                sampler.record(elapsed);
-            }
-            if without_pid > 0 {
-                eprintln!(
-                    "  note: JoinHandle::pid() was still None after the result in \
-                     {without_pid} of {spawns} cold spawns"
-                );
-            }
-            sampler.finish()
-        })
+        self.on_runtime(cold_spawns(self.parallel.clone(), budget))
+    }
+
+    fn cold_spawn_in_task(&self, budget: Budget) -> Vec<Duration> {
+        self.host.in_task(&self.parallel, Calls::ColdSpawn, budget)
     }
 
     fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration> {

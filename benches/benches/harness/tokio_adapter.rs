@@ -12,8 +12,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use super::adapter::{
-    clock, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput, sink, Adapter,
-    Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot, ReplySlots, SharedMemory,
+    clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput,
+    sink, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot, ReplySlots,
+    SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -121,33 +122,11 @@ impl Adapter for TokioAdapter {
     }
 
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.on_runtime(async move {
-            let mut sampler = Sampler::new(budget);
-            let (mut spawns, mut without_pid) = (0, 0);
-            while sampler.next() {
-                let start = Instant::now();
-                let mut handle = parallel.spawn(echo_pid, 7);
-                let (value, pid) = (&mut handle).await.expect("spawn");
-                let elapsed = start.elapsed();
-                assert_eq!(value, 7);
-                spawns += 1;
-                if handle.pid().is_none() {
-                    without_pid += 1;
-                }
-                drop(handle);
-                // Outside the clock: let the worker exit before the next one.
-                wait_exit(pid as i32, Duration::from_secs(5));
-                sampler.record(elapsed);
-            }
-            if without_pid > 0 {
-                eprintln!(
-                    "  note: JoinHandle::pid() was still None after the result in \
-                     {without_pid} of {spawns} cold spawns"
-                );
-            }
-            sampler.finish()
-        })
+        self.at(Place::Main, cold_spawns(self.parallel.clone(), budget))
+    }
+
+    fn cold_spawn_in_task(&self, budget: Budget) -> Vec<Duration> {
+        self.at(Place::Task, cold_spawns(self.parallel.clone(), budget))
     }
 
     fn warm_spawn(&self, config: WarmConfig, budget: Budget) -> Vec<Duration> {
