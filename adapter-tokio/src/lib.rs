@@ -84,9 +84,9 @@
 //! On the multi-thread runtime, the future given to `block_on` (the body of
 //! `#[tokio::main]`) runs on the calling thread, not on the runtime's
 //! workers: every answer a driver reads crosses threads to wake it. Measured
-//! on a 2-vCPU VM (BENCHMARKS.md, *Issue 13 after session 7*): a `Run::call` round trip took
-//! 6 µs from a `tokio::spawn`ed task and 15 µs from `block_on`; a cold
-//! `spawn` 230 µs and 271 µs. So run a batch of calls inside
+//! on a 2-vCPU VM (BENCHMARKS.md, *Issue 13 after session 7*): a `Run::call`
+//! round trip took 6 µs from a `tokio::spawn`ed task and 15 µs from
+//! `block_on`; a cold `spawn` 230 µs and 271 µs. So run a batch of calls inside
 //! `tokio::spawn(async move { ... }).await`. The current-thread runtime has
 //! no such crossing.
 //!
