@@ -597,11 +597,22 @@ where
     let mut input_open = true;
     let finished = std::future::poll_fn(|cx| loop {
         let mut progress = false;
-        // Every call already read (up to a batch) first, then the answers
-        // of all that are ready, then one write for all of them.
+        // Every call of the bytes read so far (up to a batch) first, then
+        // the answers of all that are ready, then one write for all of them.
         for _ in 0..CALL_BATCH {
             if !input_open {
                 break;
+            }
+            // Answers go out before a read that needs a system call: a
+            // call answered at once then leaves before the read that finds
+            // the socket empty and the reactor registration after it (two
+            // system calls on the round trip's path otherwise, as a plain
+            // echo loop writes before it reads again). Calls that came
+            // together in one read are still answered in one write.
+            if !conn.has_unparsed_input() {
+                if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+                    return Poll::Ready(false);
+                }
             }
             match conn.poll_event(cx) {
                 Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
