@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
 use futures_core::Stream;
-use parallel_proto::channel::{CallId, Outcome, ParentChannel, ParentEvent};
+use parallel_proto::channel::{CallId, CallIdHasher, Outcome, ParentChannel, ParentEvent};
 
 use super::conn::Conn;
 use super::kill::{Death, Killer};
@@ -261,7 +262,7 @@ fn start<R: Runtime>(
         killer: Arc::clone(&killer),
         commands: handles.commands,
         outgoing: handles.outgoing,
-        calls: HashMap::new(),
+        calls: HashMap::default(),
         answered: Vec::new(),
         unsent: Vec::new(),
         data: handles.data,
@@ -354,7 +355,7 @@ pub(crate) struct DriverState<R: Runtime> {
     commands: Option<Pin<Box<async_channel::Receiver<Command>>>>,
     /// `None` once every sender of stream data is gone.
     outgoing: Option<Pin<Box<async_channel::Receiver<RawMessage>>>>,
-    calls: HashMap<CallId, Reply>,
+    calls: HashMap<CallId, Reply, BuildHasherDefault<CallIdHasher>>,
     /// Answers read in this poll, delivered after it, outside the lock.
     ///
     /// Delivered at once, an answer woke its caller while the driver still

@@ -594,6 +594,9 @@ where
 {
     let TaskContext { mut conn, .. } = context;
     let mut running = FuturesUnordered::new();
+    // The allocation of the last call answered at once, for the next call's
+    // future: a call that finishes in its first poll allocates none.
+    let mut spare: Option<Pin<Box<Option<Fut>>>> = None;
     let mut input_open = true;
     let finished = std::future::poll_fn(|cx| loop {
         let mut progress = false;
@@ -622,14 +625,24 @@ where
                     // call, the largest item of a pipelined call's cost
                     // here). If it is pending, it registered this task's
                     // waker too, which at worst polls the loop once more.
-                    let mut answer = Box::pin(handler(args));
-                    match answer.as_mut().poll(cx) {
-                        Poll::Ready(outcome) => {
+                    let mut answer = spare.take().unwrap_or_else(|| Box::pin(None));
+                    answer.set(Some(handler(args)));
+                    let polled = answer.as_mut().as_pin_mut().map(|future| future.poll(cx));
+                    match polled {
+                        Some(Poll::Ready(outcome)) => {
+                            answer.set(None);
+                            spare = Some(answer);
                             if conn.machine.reply(call, outcome).is_err() {
                                 return Poll::Ready(false);
                             }
                         }
-                        Poll::Pending => running.push(async move { (call, answer.await) }),
+                        _ => running.push(async move {
+                            let outcome = match answer.as_mut().as_pin_mut() {
+                                Some(future) => future.await,
+                                None => unreachable!("the call's future was set above"),
+                            };
+                            (call, outcome)
+                        }),
                     }
                     progress = true;
                 }
