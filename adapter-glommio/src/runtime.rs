@@ -40,6 +40,9 @@ impl core::Runtime for Glommio {
     type Socket = GlommioSocket;
     type Sleep = GlommioSleep;
     type Worker = GlommioWorker;
+    /// The executor is the calling thread's, and runs its tasks in the
+    /// order they were woken.
+    const YIELD_AFTER_ANSWERS: bool = true;
 
     fn register(socket: UnixStream) -> io::Result<GlommioSocket> {
         GlommioSocket::new(socket)

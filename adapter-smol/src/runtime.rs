@@ -38,6 +38,9 @@ impl core::Runtime for Smol {
     type Socket = SmolSocket;
     type Sleep = SmolSleep;
     type Worker = SmolWorker;
+    /// smol's global executor runs its tasks in the order they were woken,
+    /// on one thread (unless `SMOL_THREADS` asks for more).
+    const YIELD_AFTER_ANSWERS: bool = true;
 
     fn register(socket: UnixStream) -> io::Result<SmolSocket> {
         SmolSocket::new(socket)

@@ -93,12 +93,15 @@ impl TransmitQueue {
     /// it is encoded straight after its header in the run it joins (or a
     /// new one), rather than into a buffer of its own that is then copied
     /// there (a call's or a reply's frame costs one allocation and one copy
-    /// less). Fails with nothing queued, as `push` does.
+    /// less). `size_hint` is about the payload's encoded length: room for
+    /// it is made at once, so that the run is not reallocated as the
+    /// payload grows it. Fails with nothing queued, as `push` does.
     pub(crate) fn push_encoded(
         &mut self,
         limits: &Limits,
         kind: u8,
         fds: usize,
+        size_hint: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), LocalError> {
         // Joins the previous run under the rule `push` follows; a payload
@@ -109,6 +112,7 @@ impl TransmitQueue {
             Some(last) if coalesce => &mut last.head,
             _ => &mut fresh,
         };
+        head.reserve(crate::frame::HEADER_LEN + size_hint);
         let start = head.len();
         head.extend_from_slice(&[0; crate::frame::HEADER_LEN]);
         encode(head);

@@ -91,9 +91,11 @@ impl Wire {
         &mut self,
         kind: u8,
         fds: usize,
+        size_hint: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), LocalError> {
-        self.out.push_encoded(&self.limits, kind, fds, encode)
+        self.out
+            .push_encoded(&self.limits, kind, fds, size_hint, encode)
     }
 
     pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {

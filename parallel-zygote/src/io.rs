@@ -87,25 +87,28 @@ impl Outbox {
             // up to the next that carries descriptors (they must ride with
             // that transmit's first byte): pipelined calls and small messages
             // go out in one system call rather than one each.
-            let mut slices =
-                Vec::with_capacity(self.transmits.len().min(MAX_SLICES_PER_SEND / 2) * 2);
+            // On the stack: a call's or a reply's write allocates nothing.
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES_PER_SEND];
             let head_rest = front.head.get(self.written..).unwrap_or(&[]);
             let body_start = self.written.saturating_sub(front.head.len());
-            slices.push(IoSlice::new(head_rest));
-            slices.push(IoSlice::new(&front.body[body_start..]));
+            slices[0] = IoSlice::new(head_rest);
+            slices[1] = IoSlice::new(&front.body[body_start..]);
+            let mut used = 2;
             for next in self.transmits.iter().skip(1) {
-                if next.fds > 0 || slices.len() + 2 > MAX_SLICES_PER_SEND {
+                if next.fds > 0 || used + 2 > MAX_SLICES_PER_SEND {
                     break;
                 }
-                slices.push(IoSlice::new(&next.head));
-                slices.push(IoSlice::new(&next.body));
+                slices[used] = IoSlice::new(&next.head);
+                slices[used + 1] = IoSlice::new(&next.body);
+                used += 2;
             }
+            let slices = &slices[..used];
             let rights = [ControlMessage::ScmRights(&raw)];
             let cmsgs: &[ControlMessage] = if attach > 0 { &rights } else { &[] };
             let mut sent = loop {
                 match sendmsg::<()>(
                     socket.as_raw_fd(),
-                    &slices,
+                    slices,
                     cmsgs,
                     MsgFlags::MSG_NOSIGNAL,
                     None,

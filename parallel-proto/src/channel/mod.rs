@@ -37,9 +37,11 @@ use crate::{Limits, LocalError, RemoteError};
 /// (a worker trusts its parent, which picks the ids).
 type CallSet = HashSet<CallId, BuildHasherDefault<CallIdHasher>>;
 
-/// Fibonacci hashing of a call id.
-#[derive(Default)]
-struct CallIdHasher(u64);
+/// Fibonacci hashing of a call id: for maps keyed by [`CallId`] (the
+/// parent's driver keeps each call's waiter in one), where SipHash, the
+/// default, costs more than the rest of a call's bookkeeping.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallIdHasher(u64);
 
 impl Hasher for CallIdHasher {
     fn finish(&self) -> u64 {

@@ -317,8 +317,11 @@ impl WorkerChannel {
             // their header; large ones into a buffer that is moved into a
             // transmit of its own, as data is.
             message if message.bulk_len() < MOVE_THRESHOLD => {
+                // The bytes besides the bulk (ids, tags, lengths) are a few
+                // varints: 16 bytes cover them.
+                let size_hint = message.bulk_len() + 16;
                 self.wire
-                    .queue_encoded(kind, fds, |out| message.encode_into(out))
+                    .queue_encoded(kind, fds, size_hint, |out| message.encode_into(out))
             }
             message => self.wire.queue(kind, fds, message.into_payload()),
         }

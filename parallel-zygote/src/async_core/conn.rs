@@ -83,6 +83,13 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         (self.machine, self.inbox, unparsed)
     }
 
+    /// Whether bytes read earlier wait to be parsed: the next
+    /// [`poll_event`](Self::poll_event) finds an event (or needs more of a
+    /// frame) without a system call only then.
+    pub(crate) fn has_unparsed_input(&self) -> bool {
+        self.parsed < self.filled
+    }
+
     /// The next event with its descriptors, or `None` at end of stream.
     ///
     /// Small frames are cut out of `read_buffer`, many per read; once a

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
 use futures_core::Stream;
-use parallel_proto::channel::{CallId, Outcome, ParentChannel, ParentEvent};
+use parallel_proto::channel::{CallId, CallIdHasher, Outcome, ParentChannel, ParentEvent};
 
 use super::conn::Conn;
 use super::kill::{Death, Killer};
@@ -202,7 +203,12 @@ impl<R: Runtime> Held<R> {
                 }
                 Poll::Ready(())
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if std::mem::take(&mut this.yielded) {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -261,7 +267,7 @@ fn start<R: Runtime>(
         killer: Arc::clone(&killer),
         commands: handles.commands,
         outgoing: handles.outgoing,
-        calls: HashMap::new(),
+        calls: HashMap::default(),
         answered: Vec::new(),
         unsent: Vec::new(),
         data: handles.data,
@@ -271,6 +277,7 @@ fn start<R: Runtime>(
         broke: None,
         output,
         phase: Phase::Serve,
+        yielded: false,
     }));
     let submit = Submit(Arc::downgrade(&state));
     let held = hold.then(|| Held(Arc::clone(&state)));
@@ -354,7 +361,7 @@ pub(crate) struct DriverState<R: Runtime> {
     commands: Option<Pin<Box<async_channel::Receiver<Command>>>>,
     /// `None` once every sender of stream data is gone.
     outgoing: Option<Pin<Box<async_channel::Receiver<RawMessage>>>>,
-    calls: HashMap<CallId, Reply>,
+    calls: HashMap<CallId, Reply, BuildHasherDefault<CallIdHasher>>,
     /// Answers read in this poll, delivered after it, outside the lock.
     ///
     /// Delivered at once, an answer woke its caller while the driver still
@@ -380,6 +387,10 @@ pub(crate) struct DriverState<R: Runtime> {
     /// The worker's captured output and forwarded tracing, if any.
     output: Option<Captured<R>>,
     phase: Phase<R>,
+    /// The poll stopped after reading answers, before a read that needs a
+    /// system call (see `poll_serve`): the driver's task wakes itself once
+    /// the answers are delivered.
+    yielded: bool,
 }
 
 // No field is structurally pinned: every future the driver polls is boxed
@@ -450,10 +461,15 @@ impl<R: Runtime> Future for Driver<R> {
                 this.task = None;
             }
             std::mem::swap(&mut this.answered, &mut driver.answered);
-            poll
+            (poll, std::mem::take(&mut this.yielded))
         };
+        let (poll, yielded) = poll;
         for (reply, answer) in driver.answered.drain(..) {
             let _ = reply.send(answer);
+        }
+        if yielded {
+            // After the answers: their callers run first (see `poll_serve`).
+            cx.waker().wake_by_ref();
         }
         poll
     }
@@ -760,6 +776,21 @@ impl<R: Runtime> DriverState<R> {
                             return Poll::Ready(true);
                         }
                         progress = true;
+                        // Answers read, and the next read needs a system
+                        // call: deliver them first. Their callers run (and
+                        // write their next calls) before the read that finds
+                        // the socket empty and the reactor registration after
+                        // it, which then leave the round trip's path, as in
+                        // a plain ping-pong. The task wakes itself to go on
+                        // (where the runtime says that is cheap: see
+                        // `Runtime::YIELD_AFTER_ANSWERS`).
+                        if R::YIELD_AFTER_ANSWERS
+                            && !self.answered.is_empty()
+                            && !self.conn.has_unparsed_input()
+                        {
+                            self.yielded = true;
+                            return Poll::Pending;
+                        }
                     }
                     Poll::Ready(Err(Error::Protocol(error))) => {
                         tracing::error!(%error, "worker broke the protocol: killing it");

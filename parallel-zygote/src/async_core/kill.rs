@@ -43,6 +43,9 @@ pub(crate) struct Killer {
     released: AtomicBool,
     /// The driver's task, parked until [`release`](Self::release).
     parked: AtomicWaker,
+    /// `KillState::requested`, readable without the lock: every call and
+    /// every pass of the driver asks, and almost always hears no.
+    requested: AtomicBool,
 }
 
 #[derive(Default)]
@@ -146,6 +149,7 @@ impl Killer {
             died: async_channel::bounded(1),
             released: AtomicBool::new(true),
             parked: AtomicWaker::new(),
+            requested: AtomicBool::new(false),
         }
     }
 
@@ -231,6 +235,8 @@ impl Killer {
             tracing::debug!(parent: &self.span, "kill requested");
         }
         state.requested = true;
+        // Before the driver is woken below: it reads this first.
+        self.requested.store(true, Ordering::Release);
         match &state.process {
             Some(process) => {
                 let _ = process.kill(libc::SIGKILL);
@@ -250,7 +256,7 @@ impl Killer {
 
     /// Whether someone asked for the worker to be killed.
     pub(crate) fn kill_requested(&self) -> bool {
-        self.lock().requested
+        self.requested.load(Ordering::Acquire)
     }
 
     /// The error for a call made after the worker was killed on request:
@@ -285,6 +291,11 @@ impl Killer {
     /// be woken when one is requested.
     pub(crate) fn kill_waits(&self, cx: &mut Context<'_>) -> bool {
         self.driver.register(cx.waker());
+        // Registered first: a kill requested after this load wakes the
+        // driver, which asks again.
+        if !self.requested.load(Ordering::Acquire) {
+            return false;
+        }
         let state = self.lock();
         state.requested && state.pending.is_some()
     }

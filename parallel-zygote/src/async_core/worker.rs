@@ -594,14 +594,28 @@ where
 {
     let TaskContext { mut conn, .. } = context;
     let mut running = FuturesUnordered::new();
+    // The allocation of the last call answered at once, for the next call's
+    // future: a call that finishes in its first poll allocates none.
+    let mut spare: Option<Pin<Box<Option<Fut>>>> = None;
     let mut input_open = true;
     let finished = std::future::poll_fn(|cx| loop {
         let mut progress = false;
-        // Every call already read (up to a batch) first, then the answers
-        // of all that are ready, then one write for all of them.
+        // Every call of the bytes read so far (up to a batch) first, then
+        // the answers of all that are ready, then one write for all of them.
         for _ in 0..CALL_BATCH {
             if !input_open {
                 break;
+            }
+            // Answers go out before a read that needs a system call: a
+            // call answered at once then leaves before the read that finds
+            // the socket empty and the reactor registration after it (two
+            // system calls on the round trip's path otherwise, as a plain
+            // echo loop writes before it reads again). Calls that came
+            // together in one read are still answered in one write.
+            if !conn.has_unparsed_input() {
+                if let Poll::Ready(Err(_)) = conn.poll_flush(cx) {
+                    return Poll::Ready(false);
+                }
             }
             match conn.poll_event(cx) {
                 Poll::Ready(Ok(Some((WorkerEvent::Call { call, args }, _)))) => {
@@ -611,14 +625,24 @@ where
                     // call, the largest item of a pipelined call's cost
                     // here). If it is pending, it registered this task's
                     // waker too, which at worst polls the loop once more.
-                    let mut answer = Box::pin(handler(args));
-                    match answer.as_mut().poll(cx) {
-                        Poll::Ready(outcome) => {
+                    let mut answer = spare.take().unwrap_or_else(|| Box::pin(None));
+                    answer.set(Some(handler(args)));
+                    let polled = answer.as_mut().as_pin_mut().map(|future| future.poll(cx));
+                    match polled {
+                        Some(Poll::Ready(outcome)) => {
+                            answer.set(None);
+                            spare = Some(answer);
                             if conn.machine.reply(call, outcome).is_err() {
                                 return Poll::Ready(false);
                             }
                         }
-                        Poll::Pending => running.push(async move { (call, answer.await) }),
+                        _ => running.push(async move {
+                            let outcome = match answer.as_mut().as_pin_mut() {
+                                Some(future) => future.await,
+                                None => unreachable!("the call's future was set above"),
+                            };
+                            (call, outcome)
+                        }),
                     }
                     progress = true;
                 }
