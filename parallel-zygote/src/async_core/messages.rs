@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::bytes::{decode_from_mapping, decode_from_received};
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
+use super::pieces;
 use super::shared::{
     decode_within, Payload, SharedBudget, DEFAULT_SHARED_MEMORY_LIMIT, SHARED_MIN,
 };
@@ -107,8 +108,9 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
                             })
                         })
                     }
-                    // Only outgoing messages are sealed; nothing decodes them.
-                    Payload::Sealed { .. } => {
+                    // Only outgoing messages are sealed or in pieces;
+                    // nothing decodes them.
+                    Payload::Sealed { .. } | Payload::Pieces(_) => {
                         decode_with_fds(fds, || decode_within(budget, || C::decode::<T>(&[])))
                     }
                 }
@@ -231,10 +233,11 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
                 }
             }
         }
-        let (bytes, fds) =
-            encode_with_fds(attach, || C::encode(message)).map_err(Error::encode::<T>)?;
-        let shared = self.shared_min.is_some_and(|min| bytes.len() >= min);
-        Ok((Payload::outgoing(bytes, shared), fds))
+        // Large `Bytes` are lent, not copied (see `pieces`).
+        let (pieces, fds) = encode_with_fds(attach, || pieces::encode::<C, T>(message))
+            .map_err(Error::encode::<T>)?;
+        let shared = self.shared_min.is_some_and(|min| pieces.len() >= min);
+        Ok((Payload::outgoing(pieces, shared), fds))
     }
 
     /// Sets the size from which this sender's messages (their encoding)
