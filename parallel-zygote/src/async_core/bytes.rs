@@ -41,6 +41,11 @@ use crate::shm::SharedBytes;
 /// a copy.
 ///
 /// It derefs to `[u8]`, and converts from a `Vec<u8>` without copying.
+/// From 16 KiB, the `Vec` goes behind a reference count, so that a
+/// `process` message (with the default codec) writes the bytes to the
+/// socket from that very buffer instead of copying them into its frame;
+/// clones share it, and changing a `Bytes` takes it back out (a copy only
+/// while a clone shares it).
 ///
 /// # Without any copy: `SharedBytesMut`
 ///

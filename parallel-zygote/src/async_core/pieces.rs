@@ -120,6 +120,17 @@ impl Pieces {
         self.len
     }
 
+    /// The bytes of it that are lent buffers.
+    pub(crate) fn lent(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                Part::Lent(lent) => lent.len,
+                Part::Copied(_) => 0,
+            })
+            .sum()
+    }
+
     /// The encoding as one buffer, if nothing was lent (no copy then).
     pub(crate) fn into_single(mut self) -> Result<Vec<u8>, Pieces> {
         if self.parts.is_empty() {
@@ -196,6 +207,20 @@ impl io::Write for Pieces {
     }
 }
 
+/// Runs `pass` (a pass over a message that serializes it, such as the
+/// codec's sizing) and counts the bytes its large heap `Bytes` would lend
+/// to an encode in pieces with `C` (0 for a codec not encoded in pieces).
+pub(crate) fn lendable<C: Codec, R>(pass: impl FnOnce() -> R) -> (R, usize) {
+    if TypeId::of::<C>() != TypeId::of::<Postcard>() {
+        return (pass(), 0);
+    }
+    let previous = LENDING.with(|lending| lending.replace(Some(Vec::new())));
+    let result = pass();
+    let lent = LENDING.with(|lending| std::mem::replace(&mut *lending.borrow_mut(), previous));
+    let len = lent.unwrap_or_default().iter().map(|part| part.len).sum();
+    (result, len)
+}
+
 /// Encodes `value` with `C`: in pieces, its large heap `Bytes` lent, when
 /// `C` is [`Postcard`]; otherwise into one buffer.
 ///
@@ -269,6 +294,15 @@ mod tests {
             panic!("nothing was lent, yet the encoding is in pieces");
         };
         assert_eq!(single, Postcard::encode(&message).unwrap());
+    }
+
+    #[test]
+    fn a_sizing_pass_counts_the_bytes_that_would_be_lent() {
+        let message = (Bytes::from(vec![1u8; 100_000]), Bytes::from(vec![2u8; 100]));
+        let (size, lent) = lendable::<Postcard, _>(|| Postcard::encoded_len(&message));
+        assert_eq!(size, Some(Postcard::encode(&message).unwrap().len()));
+        assert_eq!(lent, 100_000, "only the large one");
+        LENDING.with(|lending| assert!(lending.borrow().is_none(), "put back"));
     }
 
     #[test]

@@ -40,6 +40,15 @@ use crate::shm::{sealed_memfd_with, SharedBytes};
 /// socket copies they save; see BENCHMARKS.md (issue 13) for the crossover.
 pub(crate) const SHARED_MIN: usize = 1 << 20;
 
+/// By default, a message whose encoding is at least three quarters large
+/// heap [`Bytes`](super::Bytes) (written to the socket from their own
+/// buffers, see `pieces`) goes through a memfd only from this size: the
+/// socket's one copy each way beat the memfd's copy into fresh pages at
+/// 1, 4 and 16 MiB, not at 64 MiB (glibc hands out buffers above 32 MiB as
+/// fresh mappings, whose pages the receiver then faults in); BENCHMARKS.md,
+/// issue 13, session 7.
+pub(crate) const SHARED_MIN_LENT: usize = 32 << 20;
+
 /// A message's bytes on their way between the user's task and the driver.
 #[derive(Debug)]
 pub(crate) enum Payload {
