@@ -1180,6 +1180,9 @@ fn memory_table(
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
 /// `spawn`, `spawn-task`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
+/// `process-1mib-ours-inline` (`Bytes`, socket only), `raw-1mib-prebuilt`,
+/// `process-64mib-ours`, `process-64mib-ours-inline` (socket only), `raw-64mib`,
+/// `process-<n>mib-ours[-inline]` (64 MiB in `Bytes` messages of n MiB),
 /// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
 /// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
@@ -1229,6 +1232,17 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "process-1mib-inline" => {
             adapter.process_throughput(MIB, 64, Encoding::Bytes, SharedMemory::Off, budget)
         }
+        "process-1mib-ours-inline" => {
+            adapter.process_throughput(MIB, 64, Encoding::Ours, SharedMemory::Off, budget)
+        }
+        "process-64mib-ours" => {
+            adapter.process_throughput(64 * MIB, 1, Encoding::Ours, SharedMemory::Default, budget)
+        }
+        "process-64mib-ours-inline" => {
+            adapter.process_throughput(64 * MIB, 1, Encoding::Ours, SharedMemory::Off, budget)
+        }
+        "raw-64mib" => adapter.raw_throughput(raw, 64 * MIB, 1, RawWrites::Same, budget),
+        "raw-1mib-prebuilt" => adapter.raw_throughput(raw, MIB, 64, RawWrites::Prebuilt, budget),
         "process-1mib-ours" => {
             adapter.process_throughput(MIB, 64, Encoding::Ours, SharedMemory::Default, budget)
         }
@@ -1280,7 +1294,22 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             }
             phases.iter().map(|p| p.to_ready + p.back).collect()
         }
-        other => panic!("unknown operation {other:?}"),
+        // `process-<n>mib-ours[-inline]`: 64 MiB in messages of n MiB.
+        other => {
+            let parsed = other
+                .strip_prefix("process-")
+                .and_then(|rest| rest.split_once("mib-ours"))
+                .and_then(|(mib, path)| Some((mib.parse::<usize>().ok()?, path)));
+            let Some((mib, path)) = parsed.filter(|(mib, _)| (1..=64).contains(mib)) else {
+                panic!("unknown operation {other:?}")
+            };
+            let shared = if path == "-inline" {
+                SharedMemory::Off
+            } else {
+                SharedMemory::Default
+            };
+            adapter.process_throughput(mib * MIB, 64 / mib, Encoding::Ours, shared, budget)
+        }
     };
     let summary = Summary::times(&samples);
     eprintln!(

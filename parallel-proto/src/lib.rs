@@ -22,7 +22,8 @@
 //! 1. Create it. Its hello is already queued.
 //! 2. After **every** input method, drain [`poll_transmit`](channel::ParentChannel::poll_transmit)
 //!    until it returns `None` and write each [`Transmit`] in order (`head`,
-//!    then `body`), passing `fds` descriptors with its first byte.
+//!    then `body`, then its `external` bytes if you queued a frame with
+//!    `send_data_external`), passing `fds` descriptors with its first byte.
 //! 3. When bytes arrive, call `handle_input(&mut slice)` in a loop: each call
 //!    consumes bytes until it has one event (`Ok(Some(event))`) or the slice is
 //!    empty (`Ok(None)`). Handle each event before asking for the next; an

@@ -12,8 +12,10 @@ pub(crate) const MOVE_THRESHOLD: usize = 16 * 1024;
 
 /// Bytes to write to the transport, in order.
 ///
-/// Write `head` then `body` (a vectored write does both at once). When `fds`
-/// is not zero, the transport must pass that many descriptors (the next ones
+/// Write `head` then `body` (a vectored write does both at once), then the
+/// `external` payload bytes the transport holds itself (see
+/// [`ParentChannel::send_data_external`](crate::channel::ParentChannel::send_data_external)).
+/// When `fds` is not zero, the transport must pass that many descriptors (the next ones
 /// in the order the caller handed them over) with the first byte of `head`,
 /// e.g. as `SCM_RIGHTS` ancillary data of the `sendmsg` that writes it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,12 +26,22 @@ pub struct Transmit {
     pub body: Vec<u8>,
     /// File descriptors to send with the first byte of `head`.
     pub fds: usize,
+    /// Payload bytes that follow `body`, which this crate never saw: the
+    /// transport writes them from buffers of its own (0 for every frame
+    /// whose bytes are in `head` and `body`).
+    pub external: usize,
 }
 
 impl Transmit {
     /// Total bytes to write.
     pub fn len(&self) -> usize {
-        self.head.len() + self.body.len()
+        self.head.len() + self.body.len() + self.external
+    }
+
+    /// True when nothing may be appended to `head`: bytes after it (a body,
+    /// or external bytes) are written before anything added there would be.
+    fn is_closed(&self) -> bool {
+        !self.body.is_empty() || self.external > 0
     }
 
     /// True when there is nothing to write.
@@ -68,7 +80,7 @@ impl TransmitQueue {
         // control messages becomes one write; fds must start a run of their own.
         let coalesce = fds == 0
             && payload.len() < MOVE_THRESHOLD
-            && self.queue.back().is_some_and(|last| last.body.is_empty());
+            && self.queue.back().is_some_and(|last| !last.is_closed());
         if coalesce {
             let last = self.queue.back_mut().expect("checked above");
             last.head.extend_from_slice(&header.to_bytes());
@@ -79,6 +91,7 @@ impl TransmitQueue {
             head: header.to_bytes().to_vec(),
             body: Vec::new(),
             fds,
+            external: 0,
         };
         if payload.len() < MOVE_THRESHOLD {
             transmit.head.extend_from_slice(&payload);
@@ -106,7 +119,7 @@ impl TransmitQueue {
     ) -> Result<(), LocalError> {
         // Joins the previous run under the rule `push` follows; a payload
         // that turns out large stays in the run too (it was never copied).
-        let coalesce = fds == 0 && self.queue.back().is_some_and(|last| last.body.is_empty());
+        let coalesce = fds == 0 && self.queue.back().is_some_and(|last| !last.is_closed());
         let mut fresh = Vec::new();
         let head = match self.queue.back_mut() {
             Some(last) if coalesce => &mut last.head,
@@ -142,8 +155,39 @@ impl TransmitQueue {
                 head: fresh,
                 body: Vec::new(),
                 fds,
+                external: 0,
             });
         }
+        Ok(())
+    }
+
+    /// Queues the header of a frame whose `len` payload bytes the transport
+    /// holds and writes itself ([`Transmit::external`]), checked against the
+    /// limits as [`push`](Self::push) checks a payload of that length.
+    /// Fails with nothing queued.
+    pub(crate) fn push_external(
+        &mut self,
+        limits: &Limits,
+        kind: u8,
+        fds: usize,
+        len: usize,
+    ) -> Result<(), LocalError> {
+        let header = checked_header(kind, fds, len, limits)?;
+        let adding = crate::frame::HEADER_LEN + len;
+        if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes() {
+            return Err(LocalError::SendQueueFull {
+                queued: self.queued,
+                adding,
+                max: limits.max_buffered_bytes(),
+            });
+        }
+        self.queued += adding;
+        self.queue.push_back(Transmit {
+            head: header.to_bytes().to_vec(),
+            body: Vec::new(),
+            fds,
+            external: len,
+        });
         Ok(())
     }
 

@@ -98,6 +98,17 @@ impl Wire {
             .push_encoded(&self.limits, kind, fds, size_hint, encode)
     }
 
+    /// Queues the header of a frame whose payload the transport writes
+    /// (see [`TransmitQueue::push_external`]).
+    pub(crate) fn queue_external(
+        &mut self,
+        kind: u8,
+        fds: usize,
+        len: usize,
+    ) -> Result<(), LocalError> {
+        self.out.push_external(&self.limits, kind, fds, len)
+    }
+
     pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop()
     }

@@ -68,7 +68,8 @@ fn small_frames_without_fds_coalesce_into_one_transmit() {
         Transmit {
             head: expected,
             body: Vec::new(),
-            fds: 0
+            fds: 0,
+            external: 0,
         }
     );
 }
@@ -192,4 +193,53 @@ fn an_empty_transmit_reports_empty() {
     let transmit = Transmit::default();
     assert!(transmit.is_empty());
     assert_eq!(transmit.len(), 0);
+}
+
+#[test]
+fn external_data_is_a_header_the_transport_completes_into_the_same_frame() {
+    let payload = vec![7u8; 20_000];
+    let mut by_value = started_parent();
+    by_value.send_data(payload.clone(), 1).unwrap();
+    let expected = wire(&drain(&mut by_value));
+
+    let mut external = started_parent();
+    external.send_data_external(payload.len(), 1).unwrap();
+    // A small frame after it must not join its head: the external bytes
+    // are written between the two.
+    external.send_data(b"after".to_vec(), 0).unwrap();
+    let queued = external.queued_bytes();
+    let transmits = drain(&mut external);
+    let shape: Vec<(usize, usize, usize, usize)> = transmits
+        .iter()
+        .map(|t| (t.head.len(), t.body.len(), t.fds, t.external))
+        .collect();
+    assert_eq!(
+        shape,
+        [(HEADER_LEN, 0, 1, 20_000), (HEADER_LEN + 5, 0, 0, 0)]
+    );
+    assert_eq!(transmits[0].len(), HEADER_LEN + 20_000);
+    assert_eq!(
+        queued,
+        transmits.iter().map(Transmit::len).sum::<usize>(),
+        "the external bytes count against the send queue"
+    );
+    let written = [&transmits[0].head[..], &payload].concat();
+    assert_eq!(written, expected, "the frame send_data makes of the bytes");
+}
+
+#[test]
+fn external_data_keeps_the_frame_limits() {
+    let limits = Limits::default();
+    let mut parent = started_parent();
+    let too_long = limits.max_frame_len() as usize + 1;
+    assert!(parent.send_data_external(too_long, 0).is_err());
+    let too_many_fds = limits.max_fds_per_frame() as usize + 1;
+    assert!(parent.send_data_external(10, too_many_fds).is_err());
+    assert_eq!(parent.queued_bytes(), 0, "nothing queued on a refusal");
+    let mut worker = WorkerChannel::new(Limits::default(), 1);
+    worker.end().unwrap();
+    assert!(
+        worker.send_data_external(10, 0).is_err(),
+        "no data after end"
+    );
 }

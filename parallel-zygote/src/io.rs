@@ -21,10 +21,39 @@ const MAX_SLICES_PER_SEND: usize = 64;
 /// Descriptors one `recvmsg` can return (the kernel's `SCM_MAX_FD`).
 const MAX_FDS_PER_RECV: usize = 253;
 
+/// Payload bytes of a transmit that the state machine never held
+/// ([`Transmit::external`]): a part of a message, written from where it is.
+pub type Piece = Box<dyn AsRef<[u8]> + Send>;
+
+/// A queued transmit and the external pieces that complete it.
+#[derive(Default)]
+struct Queued {
+    transmit: Transmit,
+    pieces: Vec<Piece>,
+}
+
+impl Queued {
+    /// The byte runs to write, in order.
+    fn runs(&self) -> impl Iterator<Item = &[u8]> {
+        [&self.transmit.head[..], &self.transmit.body[..]]
+            .into_iter()
+            .chain(self.pieces.iter().map(|piece| (**piece).as_ref()))
+    }
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("transmit", &self.transmit)
+            .field("pieces", &self.pieces.len())
+            .finish()
+    }
+}
+
 /// Outgoing transmits and the descriptors they carry, written in order.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    transmits: VecDeque<Transmit>,
+    transmits: VecDeque<Queued>,
     /// Bytes of the front transmit already written.
     written: usize,
     fds: VecDeque<OwnedFd>,
@@ -38,8 +67,28 @@ impl Outbox {
 
     /// Queues a transmit; the next `transmit.fds` descriptors of `fds` ride with it.
     pub fn push(&mut self, transmit: Transmit, fds: impl IntoIterator<Item = OwnedFd>) {
+        self.push_with(transmit, fds, Vec::new());
+    }
+
+    /// Queues a transmit whose [`external`](Transmit::external) bytes are
+    /// `pieces`, written after its head and body from where they are.
+    ///
+    /// # Panics
+    /// When the pieces do not hold exactly `transmit.external` bytes (a
+    /// caller bug: the frame's header announced that many).
+    pub fn push_with(
+        &mut self,
+        transmit: Transmit,
+        fds: impl IntoIterator<Item = OwnedFd>,
+        pieces: Vec<Piece>,
+    ) {
+        let held: usize = pieces.iter().map(|piece| (**piece).as_ref().len()).sum();
+        assert_eq!(
+            held, transmit.external,
+            "a transmit's external pieces must hold the bytes its header announced"
+        );
         self.fds.extend(fds);
-        self.transmits.push_back(transmit);
+        self.transmits.push_back(Queued { transmit, pieces });
     }
 
     /// True when everything has been written.
@@ -54,7 +103,11 @@ impl Outbox {
 
     /// Bytes still to write.
     pub fn pending_bytes(&self) -> usize {
-        self.transmits.iter().map(Transmit::len).sum::<usize>() - self.written
+        self.transmits
+            .iter()
+            .map(|queued| queued.transmit.len())
+            .sum::<usize>()
+            - self.written
     }
 
     /// Writes until the outbox is empty or the socket would block
@@ -70,7 +123,11 @@ impl Outbox {
     /// ...; `EINTR` is retried, and `MSG_NOSIGNAL` means no `SIGPIPE`).
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
         while let Some(front) = self.transmits.front() {
-            let attach = if self.written == 0 { front.fds } else { 0 };
+            let attach = if self.written == 0 {
+                front.transmit.fds
+            } else {
+                0
+            };
             let raw: Vec<RawFd> = self
                 .fds
                 .iter()
@@ -89,18 +146,24 @@ impl Outbox {
             // go out in one system call rather than one each.
             // On the stack: a call's or a reply's write allocates nothing.
             let mut slices = [IoSlice::new(&[]); MAX_SLICES_PER_SEND];
-            let head_rest = front.head.get(self.written..).unwrap_or(&[]);
-            let body_start = self.written.saturating_sub(front.head.len());
-            slices[0] = IoSlice::new(head_rest);
-            slices[1] = IoSlice::new(&front.body[body_start..]);
-            let mut used = 2;
+            let mut used = 0;
+            let mut skip = self.written;
+            for run in front.runs() {
+                let rest = run.get(skip..).unwrap_or(&[]);
+                skip = skip.saturating_sub(run.len());
+                if !rest.is_empty() && used < MAX_SLICES_PER_SEND {
+                    slices[used] = IoSlice::new(rest);
+                    used += 1;
+                }
+            }
             for next in self.transmits.iter().skip(1) {
-                if next.fds > 0 || used + 2 > MAX_SLICES_PER_SEND {
+                if next.transmit.fds > 0 || used + 2 + next.pieces.len() > MAX_SLICES_PER_SEND {
                     break;
                 }
-                slices[used] = IoSlice::new(&next.head);
-                slices[used + 1] = IoSlice::new(&next.body);
-                used += 2;
+                for run in next.runs() {
+                    slices[used] = IoSlice::new(run);
+                    used += 1;
+                }
             }
             let slices = &slices[..used];
             let rights = [ControlMessage::ScmRights(&raw)];
@@ -124,7 +187,7 @@ impl Outbox {
             }
             // Retire every transmit the write covered.
             while let Some(front) = self.transmits.front() {
-                let rest = front.len() - self.written;
+                let rest = front.transmit.len() - self.written;
                 if sent < rest {
                     self.written += sent;
                     break;
@@ -307,6 +370,7 @@ mod tests {
             head: head.to_vec(),
             body: body.to_vec(),
             fds,
+            external: 0,
         }
     }
 
@@ -336,6 +400,49 @@ mod tests {
             }
         }
         assert_eq!(received, expected);
+    }
+
+    #[test]
+    fn external_pieces_are_written_after_their_transmit_in_order() {
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let mut outbox = Outbox::new();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let pieces: Vec<Piece> = vec![
+            Box::new(b"one".to_vec()),
+            Box::new(big.clone()),
+            Box::new(b"two".to_vec()),
+        ];
+        let mut first = transmit(b"head", b"", 0);
+        first.external = 3 + big.len() + 3;
+        outbox.push_with(first, [], pieces);
+        outbox.push(transmit(b"next", b"", 0), []);
+        let expected = [&b"head"[..], b"one", &big, b"two", b"next"].concat();
+        // More than the socket buffer holds: written in several goes,
+        // resuming inside the pieces.
+        let reader = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            let mut inbox = Inbox::new();
+            let mut buffer = vec![0u8; 7000];
+            while received.len() < expected.len() {
+                let n = inbox.read(&receiver, &mut buffer).unwrap();
+                assert!(n > 0, "the stream ended early");
+                received.extend_from_slice(&buffer[..n]);
+            }
+            assert_eq!(received, expected);
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !outbox.is_empty() {
+            match outbox.flush(&sender) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "hang guard");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        reader.join().unwrap();
     }
 
     #[test]

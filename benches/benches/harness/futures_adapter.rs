@@ -242,7 +242,9 @@ impl<H: Host> HostAdapter<H> {
         let parallel = self.parallel.clone();
         self.on_runtime(async move {
             let mut process = parallel.process(sink::<T>).expect("process");
-            process.sender = process.sender.with_shared_memory_min(shared.min());
+            if shared != SharedMemory::Default {
+                process.sender = process.sender.with_shared_memory_min(shared.min());
+            }
             let template = vec![1u8; size];
             let total = (size * count) as u64;
             let mut sampler = Sampler::new(budget);

@@ -155,6 +155,23 @@ impl ParentChannel {
         Ok(())
     }
 
+    /// Sends stream data whose `len` payload bytes this machine never sees:
+    /// the frame's header is queued as a [`Transmit`](crate::Transmit) with
+    /// `external: len`, and the transport writes the bytes right after it
+    /// from buffers of its own (a message kept in pieces, whose bulk bytes
+    /// are written from where they are instead of being copied into a
+    /// frame). On the wire it is the frame [`send_data`](Self::send_data)
+    /// makes of the same bytes.
+    ///
+    /// # Errors
+    /// As [`send_data`](Self::send_data), for a payload of `len` bytes.
+    pub fn send_data_external(&mut self, len: usize, fds: usize) -> Result<(), Error> {
+        self.check_sendable("send data")?;
+        let kind = ToWorker::Data(Vec::new()).kind();
+        self.wire.queue_external(kind, fds, len)?;
+        Ok(())
+    }
+
     /// Sends stream data whose `len` bytes are in shared memory: the first
     /// of the `fds` descriptors the transport passes along is a memfd of
     /// exactly `len` bytes, sealed against shrinking, growing and writing;

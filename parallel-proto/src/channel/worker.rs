@@ -116,6 +116,22 @@ impl WorkerChannel {
         Ok(())
     }
 
+    /// Sends stream data whose `len` payload bytes this machine never sees,
+    /// written by the transport after the frame's header (see
+    /// [`ParentChannel::send_data_external`](crate::channel::ParentChannel::send_data_external)).
+    ///
+    /// # Errors
+    /// As [`send_data`](Self::send_data), for a payload of `len` bytes.
+    pub fn send_data_external(&mut self, len: usize, fds: usize) -> Result<(), Error> {
+        self.check_sendable("send data")?;
+        if self.end_sent {
+            return Err(invalid("send data", "this side already sent end-of-stream").into());
+        }
+        let kind = FromWorker::Data(Vec::new()).kind();
+        self.wire.queue_external(kind, fds, len)?;
+        Ok(())
+    }
+
     /// Sends stream data whose `len` bytes are in shared memory: the first
     /// of the `fds` descriptors the transport passes along is a memfd of
     /// exactly `len` bytes, sealed against shrinking, growing and writing;

@@ -12,6 +12,7 @@ use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fd::{attach_memfd, take_incoming};
+use super::pieces;
 use super::shared::{self, Charge};
 use crate::shm::SharedBytes;
 
@@ -40,6 +41,11 @@ use crate::shm::SharedBytes;
 /// a copy.
 ///
 /// It derefs to `[u8]`, and converts from a `Vec<u8>` without copying.
+/// From 16 KiB, the `Vec` goes behind a reference count, so that a
+/// `process` message (with the default codec) writes the bytes to the
+/// socket from that very buffer instead of copying them into its frame;
+/// clones share it, and changing a `Bytes` takes it back out (a copy only
+/// while a clone shares it).
 ///
 /// # Without any copy: `SharedBytesMut`
 ///
@@ -87,9 +93,12 @@ enum Repr {
         /// The receiving stream's budget, charged while the mapping lives.
         _charge: Option<Arc<Charge>>,
     },
-    /// `len` bytes at `start` of a received message's buffer (one that came
-    /// through the socket), shared instead of copied out of it.
-    Received {
+    /// `len` bytes at `start` of a heap buffer that clones share: a
+    /// received message's (one that came through the socket), shared
+    /// instead of copied out of it, or a large `Vec` converted into a
+    /// `Bytes`, which a `process` message then writes to the socket from
+    /// where it is, with no copy into the frame (see `pieces`).
+    Heap {
         buffer: Arc<Vec<u8>>,
         start: usize,
         len: usize,
@@ -157,14 +166,14 @@ impl Bytes {
         match self.repr {
             Repr::Owned(bytes) => bytes,
             // The whole of a buffer no one else holds any more: taken as it is.
-            Repr::Received {
+            Repr::Heap {
                 buffer,
                 start: 0,
                 len,
             } if len == buffer.len() => {
                 Arc::try_unwrap(buffer).unwrap_or_else(|buffer| buffer.as_slice().to_vec())
             }
-            Repr::Received { buffer, start, len } => buffer[start..start + len].to_vec(),
+            Repr::Heap { buffer, start, len } => buffer[start..start + len].to_vec(),
             Repr::Shared { .. } => self.as_slice().to_vec(),
         }
     }
@@ -179,7 +188,7 @@ impl Bytes {
                 len,
                 ..
             } => &mapping.as_slice()[*start..*start + *len],
-            Repr::Received { buffer, start, len } => &buffer[*start..*start + *len],
+            Repr::Heap { buffer, start, len } => &buffer[*start..*start + *len],
         }
     }
 
@@ -255,7 +264,7 @@ impl Bytes {
                     len,
                     _charge: None,
                 },
-                Decoding::Received(buffer) => Repr::Received {
+                Decoding::Received(buffer) => Repr::Heap {
                     buffer: Arc::clone(buffer),
                     start,
                     len,
@@ -334,9 +343,20 @@ impl Borrow<[u8]> for Bytes {
 
 impl From<Vec<u8>> for Bytes {
     fn from(bytes: Vec<u8>) -> Self {
-        Bytes {
-            repr: Repr::Owned(bytes),
-        }
+        // A large buffer goes behind an `Arc` (no copy), so that a message
+        // can lend it to the socket write; changing it through `DerefMut`
+        // or `as_mut_vec` takes it back out (no copy while not cloned).
+        let repr = if bytes.len() >= pieces::LEND_MIN {
+            let len = bytes.len();
+            Repr::Heap {
+                buffer: Arc::new(bytes),
+                start: 0,
+                len,
+            }
+        } else {
+            Repr::Owned(bytes)
+        };
+        Bytes { repr }
     }
 }
 
@@ -376,6 +396,11 @@ impl Serialize for Bytes {
         let bytes = self.as_slice();
         if wire::is_marked(bytes) {
             return serializer.serialize_bytes(&wire::escaped(bytes));
+        }
+        if let Repr::Heap { buffer, start, len } = &self.repr {
+            // In a message encoded in pieces, these very bytes are written
+            // from this buffer rather than copied (elsewhere: nothing).
+            pieces::lend(buffer, *start, *len);
         }
         serializer.serialize_bytes(bytes)
     }

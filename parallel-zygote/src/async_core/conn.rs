@@ -4,6 +4,7 @@
 //! Poll-based: all state lives in `self`, so a caller may stop polling at any
 //! point and resume later without losing bytes.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::task::{ready, Context, Poll};
@@ -14,7 +15,7 @@ use super::messages::RawMessage;
 use super::runtime::{AsyncSocket, ReadOutcome};
 use super::shared::{Payload, SendData};
 use super::Error;
-use crate::io::{Inbox, Outbox};
+use crate::io::{Inbox, Outbox, Piece};
 
 /// An event and the descriptors that came with it.
 pub(crate) type Received<E> = (E, Vec<OwnedFd>);
@@ -39,6 +40,9 @@ pub(crate) struct Conn<M, S> {
     outbox: Outbox,
     /// Descriptors handed over with sends, waiting for their transmit.
     send_fds: Vec<OwnedFd>,
+    /// The pieces of messages sent in pieces, waiting for their transmit
+    /// (the one with their `external` bytes), in order.
+    send_pieces: VecDeque<Vec<Piece>>,
     read_buffer: Vec<u8>,
     /// Unparsed bytes are `read_buffer[parsed..filled]`.
     parsed: usize,
@@ -62,6 +66,7 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
             inbox,
             outbox: Outbox::new(),
             send_fds: Vec::new(),
+            send_pieces: VecDeque::new(),
             read_buffer,
             parsed: 0,
             filled: unparsed.len(),
@@ -192,7 +197,12 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
                 .send_fds
                 .drain(..transmit.fds.min(self.send_fds.len()))
                 .collect();
-            self.outbox.push(transmit, fds);
+            let pieces = if transmit.external > 0 {
+                self.send_pieces.pop_front().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            self.outbox.push_with(transmit, fds, pieces);
         }
     }
 
@@ -248,6 +258,11 @@ impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
                 self.send_fds.push(memfd);
             }
             Payload::Inline(bytes) => self.machine.send_data(bytes, fds.len())?,
+            // Its large `Bytes` written from their own buffers.
+            Payload::Pieces(pieces) => {
+                self.machine.send_data_external(pieces.len(), fds.len())?;
+                self.send_pieces.push_back(pieces.into_pieces());
+            }
             // A received message sent on: its bytes, copied.
             Payload::Mapped(mapping) => self
                 .machine

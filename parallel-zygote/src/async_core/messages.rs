@@ -15,8 +15,9 @@ use serde::Serialize;
 use super::bytes::{decode_from_mapping, decode_from_received};
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
+use super::pieces;
 use super::shared::{
-    decode_within, Payload, SharedBudget, DEFAULT_SHARED_MEMORY_LIMIT, SHARED_MIN,
+    decode_within, Payload, SharedBudget, DEFAULT_SHARED_MEMORY_LIMIT, SHARED_MIN, SHARED_MIN_LENT,
 };
 use super::Error;
 
@@ -107,8 +108,9 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
                             })
                         })
                     }
-                    // Only outgoing messages are sealed; nothing decodes them.
-                    Payload::Sealed { .. } => {
+                    // Only outgoing messages are sealed or in pieces;
+                    // nothing decodes them.
+                    Payload::Sealed { .. } | Payload::Pieces(_) => {
                         decode_with_fds(fds, || decode_within(budget, || C::decode::<T>(&[])))
                     }
                 }
@@ -139,7 +141,12 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// `send` copies it into a sealed memfd that the other side maps, instead of
 /// writing it through the socket (the kernel's two copies and the socket
 /// round trips are saved); [`with_shared_memory_min`](Self::with_shared_memory_min)
-/// moves or removes that threshold. For bulk data, use [`Bytes`](super::Bytes) (or
+/// moves or removes that threshold. With the default codec, a message made
+/// mostly (three quarters or more) of large [`Bytes`](super::Bytes) (16 KiB
+/// and up, in a buffer of their own) is not copied at all on this side: the
+/// socket write takes their bytes from their own buffers, which was faster
+/// than the memfd's copy up to tens of MiB, so such a message uses shared
+/// memory only from 32 MiB unless the threshold was set. For bulk data, use [`Bytes`](super::Bytes) (or
 /// `serde_bytes`) rather than a plain `Vec<u8>`, which serde encodes one
 /// element at a time. A `Bytes` frozen from a
 /// [`SharedBytesMut`](super::SharedBytesMut) is not copied at all: its
@@ -151,6 +158,9 @@ pub struct MessageSender<T, C: Codec = Postcard> {
     /// Encoded messages at least this large go through shared memory;
     /// `None` on a channel that passes no descriptors, or when turned off.
     shared_min: Option<usize>,
+    /// The same for messages made mostly of large heap `Bytes` (written to
+    /// the socket from their own buffers): at least `shared_min`.
+    shared_min_lent: usize,
     /// Whether the channel passes descriptors.
     passes_descriptors: bool,
     /// The Sink's message on its way into the queue. In a `Mutex` only so
@@ -165,6 +175,7 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
         MessageSender {
             sender: self.sender.clone(),
             shared_min: self.shared_min,
+            shared_min_lent: self.shared_min_lent,
             passes_descriptors: self.passes_descriptors,
             sink: Mutex::new(None),
             _types: PhantomData,
@@ -177,6 +188,7 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
         MessageSender {
             sender,
             shared_min: passes_descriptors.then_some(SHARED_MIN),
+            shared_min_lent: SHARED_MIN_LENT,
             passes_descriptors,
             sink: Mutex::new(None),
             _types: PhantomData,
@@ -219,8 +231,11 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
             // A message the codec can size goes straight into shared
             // memory. Sized as it will be encoded (a shared `Bytes` as its
             // memfd's reference); the descriptors of that pass are dropped.
-            let sized = encode_with_fds(attach, || Ok::<_, Error>(C::encoded_len(message)));
-            if let Ok((Some(len), _)) = sized {
+            let sized = encode_with_fds(attach, || {
+                Ok::<_, Error>(pieces::lendable::<C, _>(|| C::encoded_len(message)))
+            });
+            if let Ok(((Some(len), lent), _)) = sized {
+                let min = self.shared_threshold(min, len, lent);
                 if len >= min {
                     let (payload, fds) = encode_with_fds(attach, || {
                         Ok::<_, Error>(Payload::encode_sealed::<C, T>(message, len))
@@ -231,15 +246,31 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
                 }
             }
         }
-        let (bytes, fds) =
-            encode_with_fds(attach, || C::encode(message)).map_err(Error::encode::<T>)?;
-        let shared = self.shared_min.is_some_and(|min| bytes.len() >= min);
-        Ok((Payload::outgoing(bytes, shared), fds))
+        // Large `Bytes` are lent, not copied (see `pieces`).
+        let (pieces, fds) = encode_with_fds(attach, || pieces::encode::<C, T>(message))
+            .map_err(Error::encode::<T>)?;
+        let shared = self.shared_min.is_some_and(|min| {
+            pieces.len() >= self.shared_threshold(min, pieces.len(), pieces.lent())
+        });
+        Ok((Payload::outgoing(pieces, shared), fds))
+    }
+
+    /// The size from which a message of `len` bytes, `lent` of them in
+    /// large heap `Bytes`, goes through shared memory: a message made
+    /// mostly of those is written from their own buffers (one copy, the
+    /// kernel's), which beats copying it into a memfd up to a larger size.
+    fn shared_threshold(&self, min: usize, len: usize, lent: usize) -> usize {
+        if lent.saturating_mul(4) >= len.saturating_mul(3) {
+            min.max(self.shared_min_lent)
+        } else {
+            min
+        }
     }
 
     /// Sets the size from which this sender's messages (their encoding)
     /// travel through shared memory rather than the socket: 1 MiB by
-    /// default, `None` to turn it off. A channel whose socket passes no
+    /// default (32 MiB for a message made mostly of large `Bytes`; once set,
+    /// the one threshold holds for every message), `None` to turn it off. A channel whose socket passes no
     /// descriptors never uses shared memory, whatever this says. Clones
     /// made afterwards inherit it.
     ///
@@ -248,6 +279,7 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     #[must_use]
     pub fn with_shared_memory_min(mut self, min: Option<usize>) -> Self {
         self.shared_min = min.filter(|_| self.passes_descriptors);
+        self.shared_min_lent = min.unwrap_or(usize::MAX);
         self
     }
 }

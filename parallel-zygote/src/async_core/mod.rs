@@ -97,6 +97,7 @@ mod kill;
 mod messages;
 mod output;
 mod parallel;
+mod pieces;
 mod pool;
 mod pool_core;
 mod process;

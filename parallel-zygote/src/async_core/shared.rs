@@ -30,7 +30,8 @@ use std::sync::Arc;
 use parallel_proto::RemoteError;
 
 use super::codec::{Codec, CodecError};
-use crate::shm::{sealed_memfd, sealed_memfd_with, SharedBytes};
+use super::pieces::Pieces;
+use crate::shm::{sealed_memfd_with, SharedBytes};
 
 /// By default, encoded messages at least this large go through a sealed
 /// memfd rather than the socket, on channels that pass descriptors
@@ -39,11 +40,23 @@ use crate::shm::{sealed_memfd, sealed_memfd_with, SharedBytes};
 /// socket copies they save; see BENCHMARKS.md (issue 13) for the crossover.
 pub(crate) const SHARED_MIN: usize = 1 << 20;
 
+/// By default, a message whose encoding is at least three quarters large
+/// heap [`Bytes`](super::Bytes) (written to the socket from their own
+/// buffers, see `pieces`) goes through a memfd only from this size: the
+/// socket's one copy each way beat the memfd's copy into fresh pages at
+/// 1, 4 and 16 MiB, not at 64 MiB (glibc hands out buffers above 32 MiB as
+/// fresh mappings, whose pages the receiver then faults in); BENCHMARKS.md,
+/// issue 13, session 7.
+pub(crate) const SHARED_MIN_LENT: usize = 32 << 20;
+
 /// A message's bytes on their way between the user's task and the driver.
 #[derive(Debug)]
 pub(crate) enum Payload {
     /// In this process's memory, written to the socket.
     Inline(Vec<u8>),
+    /// Outgoing, in this process's memory in pieces (large `Bytes` lent
+    /// rather than copied), written to the socket with one gathered write.
+    Pieces(Pieces),
     /// Outgoing: copied into a sealed memfd of `len` bytes, sent with the frame.
     Sealed { memfd: OwnedFd, len: u64 },
     /// Incoming: the sender's memfd, mapped read-only (shared with the
@@ -55,23 +68,27 @@ impl Payload {
     /// An encoded message to send: in a sealed memfd when `shared` (the
     /// sender's threshold said so), else as it is. A memfd that cannot be
     /// made (out of descriptors, say) leaves the message on the socket path.
-    pub(crate) fn outgoing(bytes: Vec<u8>, shared: bool) -> Payload {
+    pub(crate) fn outgoing(pieces: Pieces, shared: bool) -> Payload {
         if shared {
-            match sealed_memfd(&bytes) {
+            let len = pieces.len();
+            match sealed_memfd_with(len, |file| pieces.write_to(file)) {
                 Ok(memfd) => {
                     return Payload::Sealed {
                         memfd,
-                        len: bytes.len() as u64,
+                        len: len as u64,
                     }
                 }
                 Err(error) => tracing::debug!(
-                    len = bytes.len(),
+                    len,
                     %error,
                     "no sealed memfd for a large message: it goes through the socket"
                 ),
             }
         }
-        Payload::Inline(bytes)
+        match pieces.into_single() {
+            Ok(bytes) => Payload::Inline(bytes),
+            Err(pieces) => Payload::Pieces(pieces),
+        }
     }
 
     /// `value` encoded straight into a sealed memfd of `len` bytes (the
@@ -130,6 +147,7 @@ pub(crate) fn receive(
 pub(crate) trait SendData {
     fn send_data(&mut self, payload: Vec<u8>, fds: usize) -> Result<(), parallel_proto::Error>;
     fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), parallel_proto::Error>;
+    fn send_data_external(&mut self, len: usize, fds: usize) -> Result<(), parallel_proto::Error>;
 }
 
 impl SendData for parallel_proto::channel::ParentChannel {
@@ -139,6 +157,9 @@ impl SendData for parallel_proto::channel::ParentChannel {
     fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), parallel_proto::Error> {
         self.send_shared_data(len, fds)
     }
+    fn send_data_external(&mut self, len: usize, fds: usize) -> Result<(), parallel_proto::Error> {
+        self.send_data_external(len, fds)
+    }
 }
 
 impl SendData for parallel_proto::channel::WorkerChannel {
@@ -147,6 +168,9 @@ impl SendData for parallel_proto::channel::WorkerChannel {
     }
     fn send_shared_data(&mut self, len: u64, fds: usize) -> Result<(), parallel_proto::Error> {
         self.send_shared_data(len, fds)
+    }
+    fn send_data_external(&mut self, len: usize, fds: usize) -> Result<(), parallel_proto::Error> {
+        self.send_data_external(len, fds)
     }
 }
 

@@ -264,6 +264,9 @@ fn shared_mappings() -> usize {
 }
 
 async fn bulk_echo(mut input: MessageStream<Bulk>, output: MessageSender<BulkEcho>) {
+    // The threshold for every message, `Bytes` or not (by default a message
+    // made mostly of large `Bytes` takes the socket up to 32 MiB).
+    let output = output.with_shared_memory_min(Some(1 << 20));
     let mut seen = 0;
     let mut fds_after_first_round = 0;
     while let Some(Ok((data, _sum, fd))) = input.recv().await {
@@ -297,6 +300,7 @@ pub async fn large_messages_arrive_intact_both_ways_and_leak_nothing<R: Runtime>
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
     let mut process = parallel.process(bulk_echo)?;
+    process.sender = process.sender.with_shared_memory_min(Some(1 << 20));
     let mut sent = 0;
     let (mut large_messages, mut shared_both_ways) = (0, 0);
     for round in 0..BULK_ROUNDS {
@@ -477,6 +481,55 @@ pub async fn socket_messages_with_large_bytes_arrive_intact_and_in_order<R: Runt
         received == total,
         format!("{received} of {total} messages came back"),
     )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
+/// The worker of the default-threshold scenario: answers whether each
+/// message's bytes came in shared memory, and their checksum there.
+async fn shared_or_not(mut input: MessageStream<Bytes>, output: MessageSender<(bool, u64)>) {
+    while let Some(Ok(data)) = input.next().await {
+        if output
+            .send((data.is_shared(), checksum(&data)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+pub async fn a_message_mostly_of_large_bytes_takes_the_socket_below_32_mib_by_default<
+    R: Runtime,
+>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(shared_or_not)?;
+    let size = (3 << 20) + 7;
+    // By default a 3 MiB `Bytes` is written from its own buffer through the
+    // socket; with the threshold set to 1 MiB it goes through a memfd.
+    for (threshold, shared_expected) in [(None, false), (Some(1 << 20), true)] {
+        let sender = match threshold {
+            Some(min) => process.sender.clone().with_shared_memory_min(Some(min)),
+            None => process.sender.clone(),
+        };
+        let data = bulk_bytes(size, usize::from(shared_expected));
+        let sum = checksum(&data);
+        sender.send(data).await?;
+        let Some(answer) = process.stream.next().await else {
+            return Err("the stream ended early".into());
+        };
+        let (shared, sum_there) = answer?;
+        check(sum_there == sum, "the bytes changed on the way")?;
+        check(
+            shared == shared_expected,
+            format!(
+                "threshold {threshold:?}: came in shared memory: {shared}, \
+                 expected {shared_expected}"
+            ),
+        )?;
+    }
+    drop(process.sender);
     process.handle.wait().await?;
     Ok(())
 }
