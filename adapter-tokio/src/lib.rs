@@ -85,16 +85,16 @@
 //! `#[tokio::main]`) runs on the calling thread, not on the runtime's
 //! workers: every answer a driver reads crosses threads to wake it. Measured
 //! on a 2-vCPU VM (BENCHMARKS.md, *Issue 13 after session 7*): a `Run::call`
-//! round trip took 6 µs from a `tokio::spawn`ed task and 15 µs from
-//! `block_on`; a cold `spawn` 230 µs and 271 µs. So run a batch of calls inside
-//! `tokio::spawn(async move { ... }).await`. The current-thread runtime has
-//! no such crossing.
+//! round trip took 6 µs from a `tokio::spawn`ed task and 12-17 µs from
+//! `block_on`; a cold `spawn` 218-234 µs and 263-266 µs. So run a batch of
+//! calls inside `tokio::spawn(async move { ... }).await`. The current-thread
+//! runtime has no such crossing.
 //!
 //! Spawns made now and then, rather than back to back, pay for the state the
 //! machine is in after processes start and exit: on that VM, a call made
-//! 5 ms after an unrelated program ran took 60 µs instead of 6. A `spawn` on
-//! a handle with pre-forked workers ([`Parallel::warm_workers`]) skips the
-//! fork: about 80 µs there, against 270 µs cold.
+//! 5 ms after an unrelated program ran took 64-73 µs instead of 6. A `spawn`
+//! on a handle with pre-forked workers ([`Parallel::warm_workers`]) skips
+//! the fork: about 90 µs there, against 263-266 µs cold.
 //!
 //! # Failures
 //!

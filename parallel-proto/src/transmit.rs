@@ -68,13 +68,7 @@ impl TransmitQueue {
     ) -> Result<(), LocalError> {
         let header = checked_header(kind, fds, payload.len(), limits)?;
         let adding = crate::frame::HEADER_LEN + payload.len();
-        if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes() {
-            return Err(LocalError::SendQueueFull {
-                queued: self.queued,
-                adding,
-                max: limits.max_buffered_bytes(),
-            });
-        }
+        check_room(self.queued, limits, adding)?;
         self.queued += adding;
         // Coalesce small, fd-less frames into the previous run so that a burst of
         // control messages becomes one write; fds must start a run of their own.
@@ -120,6 +114,7 @@ impl TransmitQueue {
         // Joins the previous run under the rule `push` follows; a payload
         // that turns out large stays in the run too (it was never copied).
         let coalesce = fds == 0 && self.queue.back().is_some_and(|last| !last.is_closed());
+        let queued = self.queued;
         let mut fresh = Vec::new();
         let head = match self.queue.back_mut() {
             Some(last) if coalesce => &mut last.head,
@@ -132,13 +127,7 @@ impl TransmitQueue {
         let len = head.len() - start - crate::frame::HEADER_LEN;
         let adding = crate::frame::HEADER_LEN + len;
         let checked = checked_header(kind, fds, len, limits).and_then(|header| {
-            if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes() {
-                return Err(LocalError::SendQueueFull {
-                    queued: self.queued,
-                    adding,
-                    max: limits.max_buffered_bytes(),
-                });
-            }
+            check_room(queued, limits, adding)?;
             Ok(header)
         });
         let header = match checked {
@@ -174,13 +163,7 @@ impl TransmitQueue {
     ) -> Result<(), LocalError> {
         let header = checked_header(kind, fds, len, limits)?;
         let adding = crate::frame::HEADER_LEN + len;
-        if self.queued > 0 && self.queued + adding > limits.max_buffered_bytes() {
-            return Err(LocalError::SendQueueFull {
-                queued: self.queued,
-                adding,
-                max: limits.max_buffered_bytes(),
-            });
-        }
+        check_room(self.queued, limits, adding)?;
         self.queued += adding;
         self.queue.push_back(Transmit {
             head: header.to_bytes().to_vec(),
@@ -200,4 +183,18 @@ impl TransmitQueue {
     pub(crate) fn queued_bytes(&self) -> usize {
         self.queued
     }
+}
+
+/// Whether `adding` more bytes fit a send queue holding `queued`: a frame
+/// always fits an empty queue, so that one larger than the bound (but
+/// within the frame limit) still goes out.
+fn check_room(queued: usize, limits: &Limits, adding: usize) -> Result<(), LocalError> {
+    if queued > 0 && queued + adding > limits.max_buffered_bytes() {
+        return Err(LocalError::SendQueueFull {
+            queued,
+            adding,
+            max: limits.max_buffered_bytes(),
+        });
+    }
+    Ok(())
 }

@@ -54,6 +54,43 @@ pub async fn cold_spawns<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> V
     sampler.finish()
 }
 
+/// `Run::call`s on a `Run` started outside the clock, each made 5 ms after
+/// the process churn `churn` names (see [`Adapter::run_after_churn`]).
+pub async fn calls_after_churn<R: Runtime>(
+    parallel: Parallel<R>,
+    churn: Churn,
+    budget: Budget,
+) -> Vec<Duration> {
+    let warm = match churn {
+        Churn::WarmSpawn(config) => {
+            Some(parallel.clone().warm_workers(config).expect("warm workers"))
+        }
+        Churn::Exec => None,
+    };
+    let run = parallel.run(echo).expect("run");
+    run.call(0).await.expect("first call");
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0;
+    while sampler.next() {
+        // Outside the clock: the churn, then 5 ms, as before each warm
+        // spawn of the warm-spawn rows.
+        match &warm {
+            Some(warm) => {
+                let (_, pid) = warm.spawn(echo_pid, 7).await.expect("spawn");
+                wait_exit(pid as i32, Duration::from_secs(5));
+            }
+            None => Churn::exec(),
+        }
+        R::sleep(Duration::from_millis(5)).await;
+        x += 1;
+        let start = Instant::now();
+        let value = run.call(x).await.expect("call");
+        sampler.record(start.elapsed());
+        assert_eq!(value, x);
+    }
+    sampler.finish()
+}
+
 /// The trivial worker function: its argument back.
 pub async fn echo(x: u64) -> u64 {
     x

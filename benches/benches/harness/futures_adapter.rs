@@ -20,9 +20,9 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, raw_messages, shared_throughput,
-    sink, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot,
-    SharedMemory,
+    calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, raw_messages,
+    shared_throughput, sink, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites,
+    ReplyReader, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -340,40 +340,7 @@ impl<H: Host> Adapter for HostAdapter<H> {
     }
 
     fn run_after_churn(&self, churn: Churn, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        let warm = match churn {
-            Churn::WarmSpawn(config) => Some(
-                self.parallel
-                    .clone()
-                    .warm_workers(config)
-                    .expect("warm workers"),
-            ),
-            Churn::Exec => None,
-        };
-        self.on_runtime(async move {
-            let run = parallel.run(echo).expect("run");
-            run.call(0).await.expect("first call");
-            let mut sampler = Sampler::new(budget);
-            let mut x = 0;
-            while sampler.next() {
-                // Outside the clock: the churn, then 5 ms, as before each
-                // warm spawn of `warm_spawn`.
-                match &warm {
-                    Some(warm) => {
-                        let (_, pid) = warm.spawn(echo_pid, 7).await.expect("spawn");
-                        wait_exit(pid as i32, Duration::from_secs(5));
-                    }
-                    None => Churn::exec(),
-                }
-                <H::Runtime as Runtime>::sleep(Duration::from_millis(5)).await;
-                x += 1;
-                let start = Instant::now();
-                let value = run.call(x).await.expect("call");
-                sampler.record(start.elapsed());
-                assert_eq!(value, x);
-            }
-            sampler.finish()
-        })
+        self.on_runtime(calls_after_churn(self.parallel.clone(), churn, budget))
     }
 
     fn fresh_pool_spawn(&self, budget: Budget) -> Vec<Duration> {
