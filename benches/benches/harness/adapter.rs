@@ -18,7 +18,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use parallel_zygote::async_core::{MessageSender, MessageStream, Parallel, Runtime, WarmConfig};
+use parallel_zygote::async_core::{
+    MessageSender, MessageStream, Parallel, Pool, PoolConfig, Runtime, WarmConfig,
+};
 
 use super::os::{minor_faults, monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -61,11 +63,26 @@ pub async fn calls_after_churn<R: Runtime>(
     churn: Churn,
     budget: Budget,
 ) -> Vec<Duration> {
+    timed_calls(parallel, Some(churn), budget).await
+}
+
+/// `Run::call` round trips, back to back.
+pub async fn round_trip<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+    timed_calls(parallel, None, budget).await
+}
+
+/// `Run::call`s on a `Run` started outside the clock; with `churn`, each
+/// made 5 ms after that process churn.
+async fn timed_calls<R: Runtime>(
+    parallel: Parallel<R>,
+    churn: Option<Churn>,
+    budget: Budget,
+) -> Vec<Duration> {
     let warm = match churn {
-        Churn::WarmSpawn(config) => {
+        Some(Churn::WarmSpawn(config)) => {
             Some(parallel.clone().warm_workers(config).expect("warm workers"))
         }
-        Churn::Exec => None,
+        _ => None,
     };
     let run = parallel.run(echo).expect("run");
     run.call(0).await.expect("first call");
@@ -74,17 +91,38 @@ pub async fn calls_after_churn<R: Runtime>(
     while sampler.next() {
         // Outside the clock: the churn, then 5 ms, as before each warm
         // spawn of the warm-spawn rows.
-        match &warm {
-            Some(warm) => {
+        match (&warm, churn) {
+            (Some(warm), _) => {
                 let (_, pid) = warm.spawn(echo_pid, 7).await.expect("spawn");
                 wait_exit(pid as i32, Duration::from_secs(5));
             }
-            None => Churn::exec(),
+            (None, Some(Churn::Exec)) => Churn::exec(),
+            _ => {}
         }
-        R::sleep(Duration::from_millis(5)).await;
+        if churn.is_some() {
+            R::sleep(Duration::from_millis(5)).await;
+        }
         x += 1;
         let start = Instant::now();
         let value = run.call(x).await.expect("call");
+        sampler.record(start.elapsed());
+        assert_eq!(value, x);
+    }
+    sampler.finish()
+}
+
+/// `Pool::call`s.
+pub async fn pool_call<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
+    let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
+    for x in 0..4 {
+        pool.call(x).await.expect("warm-up call");
+    }
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0;
+    while sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        let value = pool.call(x).await.expect("pool call");
         sampler.record(start.elapsed());
         assert_eq!(value, x);
     }

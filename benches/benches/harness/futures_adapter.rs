@@ -14,15 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parallel_zygote::async_core::{
-    AnyPool, Parallel, Pool, PoolConfig, Postcard, Run, Runtime, WarmConfig,
+    AnyPool, Parallel, PoolConfig, Postcard, Run, Runtime, WarmConfig,
 };
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, raw_messages,
-    shared_throughput, sink, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites,
-    ReplyReader, ReplySlot, SharedMemory,
+    calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, pool_call,
+    raw_messages, round_trip, shared_throughput, sink, Adapter, Churn, Encoding, IdleWorkers,
+    Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -169,40 +169,6 @@ impl Calls {
             }
         }
     }
-}
-
-/// `Run::call` round trips.
-pub async fn round_trip<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
-    let run = parallel.run(echo).expect("run");
-    run.call(0).await.expect("first call");
-    let mut sampler = Sampler::new(budget);
-    let mut x = 0;
-    while sampler.next() {
-        x += 1;
-        let start = Instant::now();
-        let value = run.call(x).await.expect("call");
-        sampler.record(start.elapsed());
-        assert_eq!(value, x);
-    }
-    sampler.finish()
-}
-
-/// `Pool::call`s.
-pub async fn pool_call<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Vec<Duration> {
-    let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
-    for x in 0..4 {
-        pool.call(x).await.expect("warm-up call");
-    }
-    let mut sampler = Sampler::new(budget);
-    let mut x = 0;
-    while sampler.next() {
-        x += 1;
-        let start = Instant::now();
-        let value = pool.call(x).await.expect("pool call");
-        sampler.record(start.elapsed());
-        assert_eq!(value, x);
-    }
-    sampler.finish()
 }
 
 /// An adapter on the parent runtime `H`.

@@ -5,16 +5,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parallel_tokio::{AnyPool, Parallel, Pool, PoolConfig, WarmConfig};
+use parallel_tokio::{AnyPool, Parallel, PoolConfig, WarmConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use super::adapter::{
-    calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, raw_messages,
-    shared_throughput, sink, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites,
-    ReplySlot, ReplySlots, SharedMemory,
+    calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, pool_call,
+    raw_messages, round_trip, shared_throughput, sink, Adapter, Churn, Encoding, IdleWorkers,
+    Phases, Place, RawWrites, ReplySlot, ReplySlots, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -250,23 +250,7 @@ impl Adapter for TokioAdapter {
     }
 
     fn pool_call(&self, place: Place, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.at(place, async move {
-            let pool = Pool::new(&parallel, echo, PoolConfig::default()).expect("pool");
-            for x in 0..4 {
-                pool.call(x).await.expect("warm-up call");
-            }
-            let mut sampler = Sampler::new(budget);
-            let mut x = 0;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                let value = pool.call(x).await.expect("pool call");
-                sampler.record(start.elapsed());
-                assert_eq!(value, x);
-            }
-            sampler.finish()
-        })
+        self.at(place, pool_call(self.parallel.clone(), budget))
     }
 
     fn raw_warm_round_trip(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
@@ -322,21 +306,7 @@ impl Adapter for TokioAdapter {
     }
 
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
-        let parallel = self.parallel.clone();
-        self.at(place, async move {
-            let run = parallel.run(echo).expect("run");
-            run.call(0).await.expect("first call");
-            let mut sampler = Sampler::new(budget);
-            let mut x = 0;
-            while sampler.next() {
-                x += 1;
-                let start = Instant::now();
-                let value = run.call(x).await.expect("call");
-                sampler.record(start.elapsed());
-                assert_eq!(value, x);
-            }
-            sampler.finish()
-        })
+        self.at(place, round_trip(self.parallel.clone(), budget))
     }
 
     fn raw_pipelined(
