@@ -1183,7 +1183,7 @@ fn memory_table(
 /// `process-1mib-ours-inline` (`Bytes`, socket only), `raw-1mib-prebuilt`,
 /// `process-64mib-ours`, `process-64mib-ours-inline` (socket only), `raw-64mib`,
 /// `process-<n>mib-ours[-inline]` (64 MiB in `Bytes` messages of n MiB),
-/// `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
+/// `process-64b-ours`, `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
 /// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
 /// after 1 ms).
@@ -1253,6 +1253,9 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             SharedMemory::Default,
             budget,
         ),
+        "process-64b-ours" => {
+            adapter.process_throughput(64, 16 * 1024, Encoding::Ours, SharedMemory::Default, budget)
+        }
         "process-64kib-ours" => adapter.process_throughput(
             64 * KIB,
             1024,

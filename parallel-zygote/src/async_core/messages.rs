@@ -146,9 +146,9 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// and up, in a buffer of their own) is not copied at all on this side: the
 /// socket write takes their bytes from their own buffers, which was faster
 /// than the memfd's copy up to tens of MiB, so such a message uses shared
-/// memory only from 32 MiB unless the threshold was set. For bulk data, use [`Bytes`](super::Bytes) (or
-/// `serde_bytes`) rather than a plain `Vec<u8>`, which serde encodes one
-/// element at a time. A `Bytes` frozen from a
+/// memory only from 32 MiB unless the threshold was set. For bulk data, use
+/// [`Bytes`](super::Bytes) (or `serde_bytes`) rather than a plain `Vec<u8>`,
+/// which serde encodes one element at a time. A `Bytes` frozen from a
 /// [`SharedBytesMut`](super::SharedBytesMut) is not copied at all: its
 /// sealed memfd rides with the message (counted with the message's `Fd`s
 /// against the descriptors a frame may carry, `Limits::max_fds_per_frame`
@@ -270,8 +270,9 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     /// Sets the size from which this sender's messages (their encoding)
     /// travel through shared memory rather than the socket: 1 MiB by
     /// default (32 MiB for a message made mostly of large `Bytes`; once set,
-    /// the one threshold holds for every message), `None` to turn it off. A channel whose socket passes no
-    /// descriptors never uses shared memory, whatever this says. Clones
+    /// the one threshold holds for every message), `None` to turn it off. A
+    /// channel whose socket passes no descriptors never uses shared memory,
+    /// whatever this says. Clones
     /// made afterwards inherit it.
     ///
     /// Below about 1 MiB the memfd's own costs (create, size, seal, map)
