@@ -11,7 +11,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{send, sendmsg, ControlMessage, MsgFlags};
 use parallel_proto::Transmit;
 
 /// Slices one `sendmsg` gathers at most (well under the kernel's `UIO_MAXIOV`
@@ -33,6 +33,14 @@ struct Queued {
 }
 
 impl Queued {
+    /// True when the transmit is all in `head`, with no descriptors.
+    fn is_plain(&self) -> bool {
+        self.transmit.fds == 0
+            && self.transmit.body.is_empty()
+            && self.transmit.external == 0
+            && self.pieces.is_empty()
+    }
+
     /// The byte runs to write, in order.
     fn runs(&self) -> impl Iterator<Item = &[u8]> {
         [&self.transmit.head[..], &self.transmit.body[..]]
@@ -123,6 +131,26 @@ impl Outbox {
     /// ...; `EINTR` is retried, and `MSG_NOSIGNAL` means no `SIGPIPE`).
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
         while let Some(front) = self.transmits.front() {
+            if self.transmits.len() == 1 && front.is_plain() {
+                // A lone call, answer or small message (the common case):
+                // one `send` of one slice, without the gathering below
+                // (a quarter of the instructions a round trip spends here).
+                let rest = &front.transmit.head[self.written..];
+                let sent = loop {
+                    match send(socket.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+                        Ok(sent) => break sent,
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(errno) => return Err(errno.into()),
+                    }
+                };
+                if sent < rest.len() {
+                    self.written += sent;
+                } else {
+                    self.transmits.pop_front();
+                    self.written = 0;
+                }
+                continue;
+            }
             let attach = if self.written == 0 {
                 front.transmit.fds
             } else {
@@ -360,7 +388,7 @@ impl Inbox {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
     use super::*;
@@ -400,6 +428,36 @@ mod tests {
             }
         }
         assert_eq!(received, expected);
+    }
+
+    #[test]
+    fn a_lone_transmit_larger_than_the_socket_buffer_resumes_where_it_stopped() {
+        // The one-`send` path of a lone transmit, through partial writes.
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let head: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let mut outbox = Outbox::new();
+        outbox.push(transmit(&head, &[], 0), []);
+        let mut received = Vec::new();
+        let mut buffer = vec![0u8; 64 << 10];
+        let mut would_block = 0;
+        while !outbox.is_empty() {
+            match outbox.flush(&sender) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => would_block += 1,
+                Err(error) => panic!("flush: {error}"),
+            }
+            assert!(outbox.pending_bytes() <= head.len());
+            if !outbox.is_empty() {
+                let n = (&receiver).read(&mut buffer).unwrap();
+                received.extend_from_slice(&buffer[..n]);
+            }
+        }
+        drop(sender);
+        (&receiver).read_to_end(&mut received).unwrap();
+        assert!(would_block > 0, "4 MiB fit the socket buffer: nothing was tested");
+        assert_eq!(received.len(), head.len());
+        assert!(received == head, "bytes lost or reordered across partial writes");
     }
 
     #[test]
