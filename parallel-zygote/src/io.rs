@@ -455,9 +455,15 @@ mod tests {
         }
         drop(sender);
         (&receiver).read_to_end(&mut received).unwrap();
-        assert!(would_block > 0, "4 MiB fit the socket buffer: nothing was tested");
+        assert!(
+            would_block > 0,
+            "4 MiB fit the socket buffer: nothing was tested"
+        );
         assert_eq!(received.len(), head.len());
-        assert!(received == head, "bytes lost or reordered across partial writes");
+        assert!(
+            received == head,
+            "bytes lost or reordered across partial writes"
+        );
     }
 
     #[test]
