@@ -193,10 +193,14 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
     /// Moves what the state machine queued into the outbox.
     fn collect_transmits(&mut self) {
         while let Some(transmit) = self.machine.poll_transmit() {
-            let fds: Vec<OwnedFd> = self
-                .send_fds
-                .drain(..transmit.fds.min(self.send_fds.len()))
-                .collect();
+            // (Most frames carry none: no drain, no collect.)
+            let fds: Vec<OwnedFd> = if transmit.fds == 0 {
+                Vec::new()
+            } else {
+                self.send_fds
+                    .drain(..transmit.fds.min(self.send_fds.len()))
+                    .collect()
+            };
             let pieces = if transmit.external > 0 {
                 self.send_pieces.pop_front().unwrap_or_default()
             } else {
