@@ -55,6 +55,14 @@ fn main() {
             "snapshot_workers_use_async_io_after_the_parent_did",
             snapshot_workers_use_async_io,
         ),
+        t(
+            "a_spawn_that_waits_for_nothing_starts_no_reactor_in_its_worker",
+            spawn_starts_no_reactor,
+        ),
+        t(
+            "a_spawn_whose_answer_outgrows_the_socket_waits_through_the_reactor",
+            large_answer_waits_through_the_reactor,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -172,6 +180,60 @@ fn workers_use_async_io(parallel: Parallel) -> Result<(), Failed> {
     smol::block_on(async {
         exercise_async_io(1).await?;
         use_workers(&parallel, 8, 20).await
+    })
+}
+
+/// A cold spawn's worker answers without waiting (Start and End were read
+/// before its runtime existed; a small answer fits the socket's buffer), so
+/// its channel never joins async-io's reactor, whose first use starts a
+/// thread: the function runs in a single-threaded worker. (When the channel
+/// was registered before the task ran, the reactor's thread was there.)
+fn spawn_starts_no_reactor(parallel: Parallel) -> Result<(), Failed> {
+    smol::block_on(async {
+        let (pid, count, names) = parallel
+            .spawn(
+                |_: ()| async move {
+                    let pid = std::process::id();
+                    let names = thread_names().map_err(|e| e.to_string());
+                    (pid, threads(pid).map_err(|e| format!("{e:?}")), names)
+                },
+                (),
+            )
+            .await?;
+        check(pid != std::process::id(), "the answer came from a worker")?;
+        let (count, names) = (count?, names?);
+        check(
+            count == 1,
+            format!("the worker had {count} threads ({names:?}) while its function ran"),
+        )
+    })
+}
+
+/// An answer larger than the socket's buffer: the worker's write stops at
+/// `WouldBlock`, its channel joins the reactor then, and the rest goes out
+/// as the parent reads.
+fn large_answer_waits_through_the_reactor(parallel: Parallel) -> Result<(), Failed> {
+    const LEN: usize = 16 << 20;
+    smol::block_on(async {
+        let answer = parallel
+            .spawn(
+                |len: usize| async move {
+                    (0..len)
+                        .map(|i| (b'a' + (i % 26) as u8) as char)
+                        .collect::<String>()
+                },
+                LEN,
+            )
+            .await?;
+        check(
+            answer.len() == LEN,
+            format!("answer of {} bytes", answer.len()),
+        )?;
+        let right = answer
+            .bytes()
+            .enumerate()
+            .all(|(i, byte)| byte == b'a' + (i % 26) as u8);
+        check(right, "the answer's bytes arrived in order")
     })
 }
 

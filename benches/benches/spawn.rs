@@ -413,6 +413,22 @@ fn spawn_section(
             move |budget| adapter.cold_spawn(budget),
         );
         group.add(
+            key(&format!("{a}/raw-floor-main")),
+            format!("{name}: raw floor, awaited in the `block_on` future ({heap})"),
+            None,
+            spawn,
+            Measure::Time,
+            move |budget| adapter.raw_floor_at(raw, Place::Main, budget),
+        );
+        group.add(
+            key(&format!("{a}/raw-floor-task")),
+            format!("{name}: raw floor, awaited in a spawned task ({heap})"),
+            None,
+            spawn,
+            Measure::Time,
+            move |budget| adapter.raw_floor_at(raw, Place::Task, budget),
+        );
+        group.add(
             key(&format!("{a}/spawn-task")),
             format!("{name}: `spawn(f, x)` → result, cold, awaited in a spawned task ({heap})"),
             Some(floor.clone()),
@@ -1178,7 +1194,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `spawn-task`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `spawn-task`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `raw-floor-main` (the raw floor awaited in the `block_on` future), `raw-floor-task` (in a spawned task), `call`, `call-main`, `ping-pong`, `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-1mib-ours-inline` (`Bytes`, socket only), `raw-1mib-prebuilt`,
 /// `process-64mib-ours`, `process-64mib-ours-inline` (socket only), `raw-64mib`,
@@ -1204,6 +1220,8 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "spawn" => adapter.cold_spawn(budget),
         "spawn-task" => adapter.cold_spawn_in_task(budget),
         "raw-floor" => adapter.raw_floor(raw, budget),
+        "raw-floor-main" => adapter.raw_floor_at(raw, Place::Main, budget),
+        "raw-floor-task" => adapter.raw_floor_at(raw, Place::Task, budget),
         "call" => adapter.run_round_trip(Place::Task, budget),
         "warm-spawn" => adapter.warm_spawn(WARM_DEFAULT, budget),
         "warm-spawn-at-once" => adapter.warm_spawn(WARM_AT_ONCE, budget),
@@ -1550,6 +1568,18 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
             "`spawn(f, x)` → result, cold, awaited in a task (/ raw floor, 0 GiB)".into(),
             "0 GiB/{a}/spawn-task".into(),
             "0 GiB/{a}/raw-floor".into(),
+        ),
+        (
+            "`spawn(f, x)` → result, cold, in the `block_on` future (/ raw floor awaited there)"
+                .into(),
+            "0 GiB/{a}/spawn".into(),
+            "0 GiB/{a}/raw-floor-main".into(),
+        ),
+        (
+            "`spawn(f, x)` → result, cold, awaited in a task (/ raw floor awaited in a task)"
+                .into(),
+            "0 GiB/{a}/spawn-task".into(),
+            "0 GiB/{a}/raw-floor-task".into(),
         ),
         (
             "raw ping-pong, relayed (/ raw ping-pong)".into(),

@@ -519,6 +519,14 @@ pub trait Adapter {
     /// current-thread runtime of this adapter's kind and writes one byte,
     /// awaited here.
     fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
+    /// [`raw_floor`](Self::raw_floor) awaited at `place`: in the `block_on`
+    /// future, or in a task spawned on the runtime (where the drivers run),
+    /// i.e. where [`cold_spawn`](Self::cold_spawn) and
+    /// [`cold_spawn_in_task`](Self::cold_spawn_in_task) await their spawns.
+    /// `raw_floor` runs in one of the two (a task on tokio's multi-thread
+    /// runtime, the `block_on` future elsewhere); this is the floor of the
+    /// other place too.
+    fn raw_floor_at(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration>;
     /// Cold spawn: a trivial function in a new worker, to its result (in
     /// the `block_on` future).
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration>;

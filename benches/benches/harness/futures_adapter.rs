@@ -85,6 +85,32 @@ pub trait Host: 'static {
     fn raw_in_task(&self, socket: UnixStream, budget: Budget) -> Vec<Duration> {
         self.block_on(async move { raw_ping_pongs(Self::stream(socket), budget).await })
     }
+
+    /// The raw floor (see [`raw_floors`]) where [`Host::in_task`] awaits
+    /// its cold spawns. By default in the `block_on` future, as `in_task`.
+    fn raw_floor_in_task(&self, raw: Arc<RawZygote>, budget: Budget) -> Vec<Duration>
+    where
+        Self: Sized,
+    {
+        self.block_on(raw_floors::<Self>(raw, budget))
+    }
+}
+
+/// Raw floors on `H` (a raw worker builds its runtime and writes 1 byte),
+/// each awaited to that byte.
+pub async fn raw_floors<H: Host>(raw: Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        let start = Instant::now();
+        let mut stream = H::stream(raw.spawn_on(H::RAW, RawKind::RuntimeByte));
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.expect("first byte");
+        let elapsed = start.elapsed();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await; // the worker exited
+        sampler.record(elapsed);
+    }
+    sampler.finish()
 }
 
 /// Raw 8-byte ping-pongs on `stream`, one at a time.
@@ -257,20 +283,14 @@ impl<H: Host> Adapter for HostAdapter<H> {
     }
 
     fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
-        self.on_runtime(async move {
-            let mut sampler = Sampler::new(budget);
-            while sampler.next() {
-                let start = Instant::now();
-                let mut stream = H::stream(raw.spawn_on(H::RAW, RawKind::RuntimeByte));
-                let mut byte = [0u8];
-                stream.read_exact(&mut byte).await.expect("first byte");
-                let elapsed = start.elapsed();
-                let mut rest = Vec::new();
-                let _ = stream.read_to_end(&mut rest).await; // the worker exited
-                sampler.record(elapsed);
-            }
-            sampler.finish()
-        })
+        self.on_runtime(raw_floors::<H>(Arc::clone(raw), budget))
+    }
+
+    fn raw_floor_at(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration> {
+        match place {
+            Place::Main => self.raw_floor(raw, budget),
+            Place::Task => self.host.raw_floor_in_task(Arc::clone(raw), budget),
+        }
     }
 
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration> {

@@ -26,6 +26,7 @@ use std::future::Future;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::errno::Errno;
@@ -38,9 +39,10 @@ use std::time::Duration;
 
 use super::adapter::{Place, ReplySlot, ReplySlots};
 use super::futures_adapter::{
-    relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls, Host, HostAdapter,
+    raw_floors, relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls, Host,
+    HostAdapter,
 };
-use super::raw::RawRuntime;
+use super::raw::{RawRuntime, RawZygote};
 use super::stats::{Budget, Sampler};
 
 /// The glommio parent: one `LocalExecutor` on the bench thread.
@@ -137,6 +139,12 @@ impl Host for GlommioHost {
         let parallel = parallel.clone();
         self.executor
             .run(async move { glommio::spawn_local(calls.measure(parallel, budget)).await })
+    }
+
+    /// In a task of the executor, as [`in_task`](Host::in_task).
+    fn raw_floor_in_task(&self, raw: Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        self.executor
+            .run(async move { glommio::spawn_local(raw_floors::<Self>(raw, budget)).await })
     }
 }
 

@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use async_io::Async;
 use parallel_smol::{Parallel, Smol};
@@ -26,10 +27,10 @@ use std::time::Duration;
 
 use super::adapter::{Place, ReplySlot, ReplySlots};
 use super::futures_adapter::{
-    raw_ping_pongs, relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls, Host,
-    HostAdapter,
+    raw_floors, raw_ping_pongs, relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls,
+    Host, HostAdapter,
 };
-use super::raw::RawRuntime;
+use super::raw::{RawRuntime, RawZygote};
 use super::stats::Budget;
 
 /// The smol parent: `smol::block_on` on the bench thread.
@@ -89,6 +90,12 @@ impl Host for SmolHost {
             let _ = relay.cancel().await;
             samples
         })
+    }
+
+    /// On smol's global executor, where the drivers run and
+    /// [`in_task`](Host::in_task) awaits its cold spawns.
+    fn raw_floor_in_task(&self, raw: Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        smol::block_on(smol::spawn(raw_floors::<Self>(raw, budget)))
     }
 
     /// On smol's global executor too: the floor of the calls made there.

@@ -89,6 +89,23 @@ impl TokioAdapter {
     }
 }
 
+/// Raw floors (a raw worker builds its runtime and writes 1 byte), each
+/// awaited to that byte.
+async fn raw_floors(raw: Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        let start = Instant::now();
+        let mut stream = tokio_stream(raw.spawn(RawKind::RuntimeByte));
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.expect("first byte");
+        let elapsed = start.elapsed();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await; // the worker exited
+        sampler.record(elapsed);
+    }
+    sampler.finish()
+}
+
 fn tokio_stream(stream: std::os::unix::net::UnixStream) -> UnixStream {
     stream.set_nonblocking(true).expect("nonblocking");
     UnixStream::from_std(stream).expect("tokio stream")
@@ -104,21 +121,11 @@ impl Adapter for TokioAdapter {
     }
 
     fn raw_floor(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
-        let raw = Arc::clone(raw);
-        self.on_runtime(async move {
-            let mut sampler = Sampler::new(budget);
-            while sampler.next() {
-                let start = Instant::now();
-                let mut stream = tokio_stream(raw.spawn(RawKind::RuntimeByte));
-                let mut byte = [0u8];
-                stream.read_exact(&mut byte).await.expect("first byte");
-                let elapsed = start.elapsed();
-                let mut rest = Vec::new();
-                let _ = stream.read_to_end(&mut rest).await; // the worker exited
-                sampler.record(elapsed);
-            }
-            sampler.finish()
-        })
+        self.on_runtime(raw_floors(Arc::clone(raw), budget))
+    }
+
+    fn raw_floor_at(&self, raw: &Arc<RawZygote>, place: Place, budget: Budget) -> Vec<Duration> {
+        self.at(place, raw_floors(Arc::clone(raw), budget))
     }
 
     fn cold_spawn(&self, budget: Budget) -> Vec<Duration> {

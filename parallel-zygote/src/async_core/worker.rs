@@ -28,7 +28,7 @@ use super::conn::Conn;
 use super::forward::Forwarder;
 use super::messages::{MessageSender, MessageStream, RawMessage, QUEUE_DEPTH};
 use super::output::{Redirect, WorkerIo};
-use super::runtime::{AsyncSocket, LocalTask, WorkerRuntime};
+use super::runtime::{AsyncSocket, LocalTask, ReadOutcome, WorkerRuntime};
 use super::shared::{self, Payload};
 use crate::io::{Inbox, Outbox};
 use crate::{Entry, WorkerContext};
@@ -234,10 +234,7 @@ fn start_task<W: WorkerRuntime>(booted: Booted, task: WireEntry, start_args: &[u
         let Some(booted) = handed.borrow_mut().take() else {
             return;
         };
-        let socket = match W::register(booted.stream) {
-            Ok(socket) => socket,
-            Err(_) => return,
-        };
+        let socket: Box<dyn AsyncSocket> = Box::new(Unregistered::<W>::new(booted.stream));
         let conn = Conn::resume(booted.machine, socket, booted.inbox, &booted.unparsed);
         run_task(task, conn, args).await;
     });
@@ -258,6 +255,82 @@ fn start_task<W: WorkerRuntime>(booted: Booted, task: WireEntry, start_args: &[u
         if let Some(booted) = booted.borrow_mut().take() {
             let message = format!("building the {} runtime failed: {message}", W::NAME);
             fail_before_runtime(booted.stream, booted.machine, message);
+        }
+    }
+}
+
+/// A worker's channel that joins the runtime's reactor only when it must
+/// wait: reads and writes go straight to the (non-blocking) socket until one
+/// says `WouldBlock`, and only then is the socket registered
+/// ([`WorkerRuntime::register`]) and every later wait made through it.
+///
+/// A cold spawn's worker answers without ever waiting (its Start and End
+/// were read before the runtime existed, and its answer fits the socket's
+/// buffer), so it never registers: no epoll registration on tokio, and on
+/// smol no async-io reactor, whose first use starts a thread that competed
+/// with the worker for the CPU before its answer (`perf sched`: the
+/// reactor thread of a smol worker ran 105 µs per spawn, the worker's own
+/// boot before its answer took 80 µs more than the raw floor's; see
+/// BENCHMARKS.md, *Cold spawn: where the time goes, session 8*).
+struct Unregistered<W: WorkerRuntime> {
+    /// The socket, until it is registered.
+    stream: Option<UnixStream>,
+    registered: Option<Box<dyn AsyncSocket>>,
+    _runtime: std::marker::PhantomData<fn() -> W>,
+}
+
+impl<W: WorkerRuntime> Unregistered<W> {
+    fn new(stream: UnixStream) -> Self {
+        Unregistered {
+            stream: Some(stream),
+            registered: None,
+            _runtime: std::marker::PhantomData,
+        }
+    }
+
+    /// The registered socket once `io` had to wait (or it is registered
+    /// already); `Err` with `io`'s result when that needed no waiting.
+    fn attempt<T>(
+        &mut self,
+        io: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>) -> std::io::Result<T>,
+    ) -> Result<&mut Box<dyn AsyncSocket>, std::io::Result<T>> {
+        if let Some(stream) = &self.stream {
+            match io(stream.as_fd()) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => return Err(done),
+            }
+            let stream = self.stream.take().expect("checked above");
+            // The wait below repeats the attempt, which then registers the
+            // waker with the reactor (one extra system call, once).
+            self.registered = Some(W::register(stream).map_err(Err)?);
+        }
+        match &mut self.registered {
+            Some(registered) => Ok(registered),
+            None => Err(Err(std::io::Error::other("worker channel lost"))),
+        }
+    }
+}
+
+impl<W: WorkerRuntime> AsyncSocket for Unregistered<W> {
+    fn poll_read(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        io: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>) -> std::io::Result<ReadOutcome>,
+    ) -> Poll<std::io::Result<ReadOutcome>> {
+        match self.attempt(io) {
+            Ok(registered) => registered.poll_read(cx, io),
+            Err(done) => Poll::Ready(done),
+        }
+    }
+
+    fn poll_write(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        io: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>) -> std::io::Result<()>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.attempt(io) {
+            Ok(registered) => registered.poll_write(cx, io),
+            Err(done) => Poll::Ready(done),
         }
     }
 }
