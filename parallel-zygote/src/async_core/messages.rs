@@ -16,6 +16,7 @@ use super::bytes::{decode_from_mapping, decode_from_received};
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
 use super::pieces;
+use super::recycle::HeapBuffer;
 use super::shared::{
     decode_within, Payload, SharedBudget, DEFAULT_SHARED_MEMORY_LIMIT, SHARED_MIN, SHARED_MIN_LENT,
 };
@@ -100,8 +101,11 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
                             decode_within(budget, || C::decode::<T>(mapping.as_slice()))
                         })
                     }),
+                    // Received into a buffer of its own, which goes back
+                    // to the pool once this decode and every `Bytes` of
+                    // it let go (see `recycle`).
                     Payload::Inline(bytes) => {
-                        let buffer = Arc::new(bytes);
+                        let buffer = Arc::new(HeapBuffer::received(bytes));
                         decode_with_fds(fds, || {
                             decode_from_received(&buffer, || {
                                 decode_within(budget, || C::decode::<T>(&buffer))

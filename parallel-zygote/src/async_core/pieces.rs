@@ -21,6 +21,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::codec::{Codec, CodecError, Postcard};
+use super::recycle::HeapBuffer;
 use crate::io::Piece;
 
 /// `Bytes` at least this long are lent rather than copied (the state
@@ -31,7 +32,7 @@ pub(crate) const LEND_MIN: usize = 16 * 1024;
 /// Part of a heap buffer, kept alive while it waits for the socket.
 #[derive(Clone)]
 pub(crate) struct Lent {
-    buffer: Arc<Vec<u8>>,
+    buffer: Arc<HeapBuffer>,
     start: usize,
     len: usize,
 }
@@ -57,7 +58,7 @@ thread_local! {
 /// Offers `buffer[start..start + len]` to the message being encoded on this
 /// thread, if one is encoded in pieces and the part is large enough; the
 /// caller then serializes exactly that slice as its bytes.
-pub(crate) fn lend(buffer: &Arc<Vec<u8>>, start: usize, len: usize) {
+pub(crate) fn lend(buffer: &Arc<HeapBuffer>, start: usize, len: usize) {
     if len < LEND_MIN {
         return;
     }
