@@ -63,11 +63,13 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         machine.set_payload_alloc(recycle::take);
         let mut read_buffer = vec![0; READ_START.max(unparsed.len())];
         read_buffer[..unparsed.len()].copy_from_slice(unparsed);
+        let mut outbox = Outbox::new();
+        outbox.set_recycle(recycle::give);
         Conn {
             machine,
             socket,
             inbox,
-            outbox: Outbox::new(),
+            outbox,
             send_fds: Vec::new(),
             send_pieces: VecDeque::new(),
             read_buffer,

@@ -1,8 +1,11 @@
-//! Receive buffers of large payloads, recycled: a `process` message that
-//! came through the socket is read into a buffer of its own, which the
-//! `Bytes` decoded from it share; once the message and every `Bytes` of it
-//! are dropped, the buffer comes back here and the next large payload
-//! received (on any channel of this process) is read into it.
+//! Buffers of large payloads, recycled: a `process` message that came
+//! through the socket is read into a buffer of its own, which the `Bytes`
+//! decoded from it share; once the message and every `Bytes` of it are
+//! dropped, the buffer comes back here and the next large payload received
+//! (on any channel of this process) is read into it. On the sending side,
+//! a large frame's payload, once written, comes back here too, and a
+//! message whose bytes are copied (serde_bytes, say: nothing lent) is
+//! encoded into it.
 //!
 //! Without this, every message took a fresh allocation of its size: from
 //! 1 MiB up, glibc hands such buffers out and trims them back to the
@@ -72,8 +75,10 @@ pub(crate) fn take(len: usize) -> Vec<u8> {
 }
 
 /// Keeps `buffer` for a later payload if it is of a size kept, making room
-/// by dropping the oldest; else drops it.
-fn give(mut buffer: Vec<u8>) {
+/// by dropping the oldest; else drops it. Also the socket's outbox's
+/// recycler: a large frame's encoded payload, once written, is the next
+/// large message's encode buffer.
+pub(crate) fn give(mut buffer: Vec<u8>) {
     let capacity = buffer.capacity();
     if !(RECYCLE_MIN..=KEEP_MAX).contains(&capacity) {
         return;
