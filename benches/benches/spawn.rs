@@ -1198,7 +1198,7 @@ fn memory_table(
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-1mib-ours-inline` (`Bytes`, socket only), `raw-1mib-prebuilt`,
 /// `process-64mib-ours`, `process-64mib-ours-inline` (socket only), `raw-64mib`,
-/// `process-<n>mib-ours[-inline]` (64 MiB in `Bytes` messages of n MiB),
+/// `process-<n>mib[-ours][-inline]` (64 MiB in messages of n MiB: serde_bytes, or `Bytes` with `-ours`),
 /// `process-64b-ours`, `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
 /// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
@@ -1315,21 +1315,26 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             }
             phases.iter().map(|p| p.to_ready + p.back).collect()
         }
-        // `process-<n>mib-ours[-inline]`: 64 MiB in messages of n MiB.
+        // `process-<n>mib[-ours][-inline]`: 64 MiB in messages of n MiB
+        // (`Bytes`, or serde_bytes without `-ours`).
         other => {
             let parsed = other
                 .strip_prefix("process-")
-                .and_then(|rest| rest.split_once("mib-ours"))
+                .and_then(|rest| rest.split_once("mib"))
                 .and_then(|(mib, path)| Some((mib.parse::<usize>().ok()?, path)));
             let Some((mib, path)) = parsed.filter(|(mib, _)| (1..=64).contains(mib)) else {
                 panic!("unknown operation {other:?}")
             };
-            let shared = if path == "-inline" {
-                SharedMemory::Off
-            } else {
-                SharedMemory::Default
+            let (encoding, path) = match path.strip_prefix("-ours") {
+                Some(path) => (Encoding::Ours, path),
+                None => (Encoding::Bytes, path),
             };
-            adapter.process_throughput(mib * MIB, 64 / mib, Encoding::Ours, shared, budget)
+            let shared = match path {
+                "-inline" => SharedMemory::Off,
+                "" => SharedMemory::Default,
+                _ => panic!("unknown operation {other:?}"),
+            };
+            adapter.process_throughput(mib * MIB, 64 / mib, encoding, shared, budget)
         }
     };
     let summary = Summary::times(&samples);

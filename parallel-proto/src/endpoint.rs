@@ -3,7 +3,7 @@
 //! the fuzz targets and the in-memory test harness.
 
 use crate::channel::{ParentChannel, ParentEvent, WorkerChannel, WorkerEvent};
-use crate::frame::PayloadBuffer;
+use crate::frame::{PayloadAlloc, PayloadBuffer};
 use crate::zygote::{ServerEvent, ZygoteClient, ZygoteEvent, ZygoteServer};
 use crate::{Error, Transmit};
 
@@ -57,6 +57,14 @@ pub trait Endpoint {
         None
     }
 
+    /// Makes the machine receive stream data's payloads into buffers from
+    /// `alloc` (ones the transport recycles). Ignored by default (the
+    /// zygote machines carry no stream data). See
+    /// [`FrameDecoder::set_payload_alloc`](crate::FrameDecoder::set_payload_alloc).
+    fn set_payload_alloc(&mut self, alloc: PayloadAlloc) {
+        let _ = alloc;
+    }
+
     /// Tells the machine the transport saw the end of the stream. Ok by
     /// default; the channel machines fail (sticky) when it cut a frame.
     ///
@@ -86,6 +94,9 @@ impl Endpoint for ParentChannel {
     fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
         ParentChannel::payload_buffer(self)
     }
+    fn set_payload_alloc(&mut self, alloc: PayloadAlloc) {
+        ParentChannel::set_payload_alloc(self, alloc);
+    }
     fn end_of_input(&mut self) -> Result<(), Error> {
         ParentChannel::end_of_input(self)
     }
@@ -109,6 +120,9 @@ impl Endpoint for WorkerChannel {
     }
     fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
         WorkerChannel::payload_buffer(self)
+    }
+    fn set_payload_alloc(&mut self, alloc: PayloadAlloc) {
+        WorkerChannel::set_payload_alloc(self, alloc);
     }
     fn end_of_input(&mut self) -> Result<(), Error> {
         WorkerChannel::end_of_input(self)

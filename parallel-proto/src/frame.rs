@@ -194,6 +194,27 @@ pub fn checked_header(
     })
 }
 
+/// Where a [`FrameDecoder`] gets the buffer of a payload (see
+/// [`FrameDecoder::set_payload_alloc`]): called with the payload's length,
+/// it returns an empty `Vec`, with at least that much capacity when it has
+/// such a buffer to hand out (one a transport recycles), else without any.
+pub type PayloadAlloc = fn(usize) -> Vec<u8>;
+
+/// A received payload as a `Vec` of its own: `payload` itself if owned,
+/// else copied into a buffer from `alloc` (when it gives one that fits) or
+/// a new one.
+pub(crate) fn owned_payload(payload: Cow<'_, [u8]>, alloc: Option<PayloadAlloc>) -> Vec<u8> {
+    match payload {
+        Cow::Owned(payload) => payload,
+        Cow::Borrowed(bytes) => {
+            let mut owned = alloc.map_or_else(Vec::new, |alloc| alloc(bytes.len()));
+            owned.clear();
+            owned.extend_from_slice(bytes);
+            owned
+        }
+    }
+}
+
 /// Cuts frames out of a byte stream delivered in any chunking.
 ///
 /// It buffers at most one frame: the header, then the payload, which grows as
@@ -207,6 +228,7 @@ pub struct FrameDecoder {
     header: [u8; HEADER_LEN],
     header_filled: usize,
     current: Option<(FrameHeader, Vec<u8>)>,
+    alloc: Option<PayloadAlloc>,
     failed: Option<FrameError>,
 }
 
@@ -218,8 +240,30 @@ impl FrameDecoder {
             header: [0; HEADER_LEN],
             header_filled: 0,
             current: None,
+            alloc: None,
             failed: None,
         }
+    }
+
+    /// Makes every payload that does not arrive whole in one input start in
+    /// a buffer from `alloc`, asked when the frame's header has been read
+    /// (by default, and when `alloc` gives a buffer without capacity, an
+    /// empty `Vec` that grows as bytes arrive). For a transport that
+    /// recycles the buffers of payloads it has finished with: bulk data then
+    /// costs no allocation (nor fresh pages to fault in) per frame. It never
+    /// changes what is decoded.
+    ///
+    /// `alloc` is asked for the length the header announced, before any of
+    /// the payload arrived: it should hand out only buffers it already has,
+    /// so that a lying header cannot make it allocate. What the decoder
+    /// reserves itself stays bounded as without `alloc`.
+    pub fn set_payload_alloc(&mut self, alloc: PayloadAlloc) {
+        self.alloc = Some(alloc);
+    }
+
+    /// The allocator given to [`set_payload_alloc`](Self::set_payload_alloc).
+    pub fn payload_alloc(&self) -> Option<PayloadAlloc> {
+        self.alloc
     }
 
     /// Consumes bytes from the front of `input` until one frame is complete
@@ -251,7 +295,13 @@ impl FrameDecoder {
                     }
                     self.header_filled = 0;
                     match FrameHeader::parse(self.header, &self.limits) {
-                        Ok(header) => self.current = Some((header, Vec::new())),
+                        Ok(header) => {
+                            let mut payload = self
+                                .alloc
+                                .map_or_else(Vec::new, |alloc| alloc(header.len as usize));
+                            payload.clear();
+                            self.current = Some((header, payload));
+                        }
                         Err(error) => {
                             self.failed = Some(error);
                             return Err(error);

@@ -142,6 +142,6 @@ pub mod zygote;
 pub use endpoint::Endpoint;
 pub use entry::{EntryError, EntryKey, WireEntry};
 pub use error::{Error, LocalError, RemoteError};
-pub use frame::{Frame, FrameDecoder, FrameError};
+pub use frame::{Frame, FrameDecoder, FrameError, PayloadAlloc};
 pub use limits::{Limits, LimitsError};
 pub use transmit::Transmit;

@@ -1,7 +1,7 @@
 //! The plumbing every state machine shares: a frame decoder whose first
 //! error is final, and the queue of transmits waiting for the transport.
 
-use crate::frame::{FrameDecoder, FrameRef, PayloadBuffer};
+use crate::frame::{FrameDecoder, FrameRef, PayloadAlloc, PayloadBuffer};
 use crate::transmit::{Transmit, TransmitQueue};
 use crate::{Error, Limits, LocalError, RemoteError};
 
@@ -50,6 +50,16 @@ impl Wire {
             return None;
         }
         self.decoder.payload_buffer()
+    }
+
+    /// See [`FrameDecoder::set_payload_alloc`].
+    pub(crate) fn set_payload_alloc(&mut self, alloc: PayloadAlloc) {
+        self.decoder.set_payload_alloc(alloc);
+    }
+
+    /// The allocator of stream data's payloads, if one was set.
+    pub(crate) fn payload_alloc(&self) -> Option<PayloadAlloc> {
+        self.decoder.payload_alloc()
     }
 
     /// The transport saw the end of the stream: an error (sticky) if it cut

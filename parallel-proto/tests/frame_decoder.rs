@@ -4,7 +4,7 @@
 mod support;
 
 use parallel_proto::frame::{encode_frame, FrameHeader, HEADER_LEN, MAGIC};
-use parallel_proto::{Frame, FrameDecoder, FrameError, Limits};
+use parallel_proto::{Frame, FrameDecoder, FrameError, Limits, PayloadAlloc};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use support::strategies::{bulk_bytes, chunk_sizes};
@@ -50,14 +50,19 @@ fn decode_chunked(
 /// into the payload does: whenever the decoder is inside a payload and
 /// `direct` says so, the chunk's bytes go through
 /// [`FrameDecoder::payload_buffer`] (up to the payload's end) and `decode`
-/// then sees only what is left of the chunk, or an empty input.
+/// then sees only what is left of the chunk, or an empty input. With
+/// `alloc`, payloads start in its buffers.
 fn decode_mixed(
     limits: Limits,
     bytes: &[u8],
     sizes: &[usize],
     direct: &[bool],
+    alloc: Option<PayloadAlloc>,
 ) -> (Vec<Frame>, Option<FrameError>) {
     let mut decoder = FrameDecoder::new(limits);
+    if let Some(alloc) = alloc {
+        decoder.set_payload_alloc(alloc);
+    }
     let mut frames = Vec::new();
     let mut sizes = sizes.iter().copied().cycle();
     let mut direct = direct.iter().copied().cycle();
@@ -91,6 +96,19 @@ fn decode_mixed(
         assert!(decoder.buffered() <= HEADER_LEN + limits.max_frame_len() as usize);
     }
     (frames, None)
+}
+
+/// A [`PayloadAlloc`] as a transport that recycles buffers is one: each
+/// buffer was used before (its memory holds old bytes), some are larger
+/// than asked, a few smaller (none, or less than the payload).
+fn used_buffer(len: usize) -> Vec<u8> {
+    let mut buffer = match len % 4 {
+        0 => vec![0xA5; len / 2],
+        1 => vec![0x5A; len],
+        _ => vec![0xEE; len + len / 3 + 1],
+    };
+    buffer.truncate(len % 3);
+    buffer
 }
 
 fn frames_strategy() -> impl Strategy<Value = Vec<Frame>> {
@@ -155,7 +173,7 @@ proptest! {
         direct in vec(any::<bool>(), 1..8),
     ) {
         let bytes = encode_all(&frames);
-        let (mixed, error) = decode_mixed(Limits::default(), &bytes, &sizes, &direct);
+        let (mixed, error) = decode_mixed(Limits::default(), &bytes, &sizes, &direct, None);
         prop_assert_eq!(error, None);
         prop_assert_eq!(mixed, frames);
     }
@@ -169,8 +187,23 @@ proptest! {
     ) {
         let limits = limits_with_max_frame(max_frame_len).with_max_fds_per_frame(8).unwrap();
         let whole = decode_chunked(limits, &bytes, &[]);
-        let mixed = decode_mixed(limits, &bytes, &sizes, &direct);
-        prop_assert_eq!(whole, mixed);
+        let mixed = decode_mixed(limits, &bytes, &sizes, &direct, None);
+        prop_assert_eq!(&whole, &mixed);
+        let recycled = decode_mixed(limits, &bytes, &sizes, &direct, Some(used_buffer));
+        prop_assert_eq!(whole, recycled);
+    }
+
+    #[test]
+    fn payloads_started_in_used_buffers_are_the_same_frames(
+        frames in frames_strategy(),
+        sizes in chunk_sizes(),
+        direct in vec(any::<bool>(), 1..8),
+    ) {
+        let bytes = encode_all(&frames);
+        let (recycled, error) =
+            decode_mixed(Limits::default(), &bytes, &sizes, &direct, Some(used_buffer));
+        prop_assert_eq!(error, None);
+        prop_assert_eq!(recycled, frames);
     }
 
     #[test]
@@ -247,6 +280,54 @@ proptest! {
         );
         prop_assert_eq!(input.len(), 100, "only the 8 header bytes were consumed");
         prop_assert_eq!(decoder.buffered(), 0);
+    }
+}
+
+#[test]
+fn stream_data_is_received_into_the_payload_allocators_buffers() {
+    use parallel_proto::channel::{FromWorker, ParentChannel, ParentEvent};
+    use parallel_proto::{Endpoint, EntryKey};
+
+    /// Buffers with room to spare, so that a payload's capacity says where
+    /// it came from.
+    fn roomy(len: usize) -> Vec<u8> {
+        Vec::with_capacity(len + 1000)
+    }
+    let data: Vec<Vec<u8>> = vec![vec![1; 10], vec![2; 50_000], vec![3; 300_000]];
+    let hello = FromWorker::Hello { version: 3, pid: 9 };
+    let mut wire = support::frame(hello.kind(), 0, &hello.into_payload());
+    for payload in &data {
+        let message = FromWorker::Data(payload.clone());
+        wire.extend_from_slice(&support::frame(message.kind(), 0, &message.into_payload()));
+    }
+    // Whole in one input, and in pieces of 4 KiB.
+    for cut in [wire.len(), 4096] {
+        let mut parent = ParentChannel::new(Limits::default());
+        parent
+            .start(EntryKey::from_bytes([5; 16]).seal(0x20, 1), Vec::new())
+            .unwrap();
+        parent.set_payload_alloc(roomy);
+        let mut received = Vec::new();
+        for mut chunk in wire.chunks(cut) {
+            while let Some(event) = Endpoint::handle_input(&mut parent, &mut chunk).unwrap() {
+                received.push(event);
+            }
+        }
+        let payloads: Vec<&Vec<u8>> = received
+            .iter()
+            .filter_map(|event| match event {
+                ParentEvent::Data { payload, .. } => Some(payload),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(payloads, data.iter().collect::<Vec<_>>());
+        for payload in payloads {
+            assert_eq!(
+                payload.capacity(),
+                payload.len() + 1000,
+                "from the allocator"
+            );
+        }
     }
 }
 

@@ -65,12 +65,21 @@ pub struct Outbox {
     /// Bytes of the front transmit already written.
     written: usize,
     fds: VecDeque<OwnedFd>,
+    /// Where a written transmit's body goes (see [`set_recycle`](Self::set_recycle)).
+    recycle: Option<fn(Vec<u8>)>,
 }
 
 impl Outbox {
     /// An empty outbox.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Hands each transmit's body (a large payload, moved into the frame)
+    /// to `recycle` once it has been written, instead of freeing it: a pool
+    /// of buffers for the next large payloads.
+    pub fn set_recycle(&mut self, recycle: fn(Vec<u8>)) {
+        self.recycle = Some(recycle);
     }
 
     /// Queues a transmit; the next `transmit.fds` descriptors of `fds` ride with it.
@@ -221,7 +230,12 @@ impl Outbox {
                     break;
                 }
                 sent -= rest;
-                self.transmits.pop_front();
+                let done = self.transmits.pop_front();
+                if let (Some(recycle), Some(done)) = (self.recycle, done) {
+                    if done.transmit.body.capacity() > 0 {
+                        recycle(done.transmit.body);
+                    }
+                }
                 self.written = 0;
             }
         }
@@ -464,6 +478,65 @@ mod tests {
             received == head,
             "bytes lost or reordered across partial writes"
         );
+    }
+
+    #[test]
+    fn a_written_body_goes_to_the_recycler_only_once_written_whole() {
+        thread_local! {
+            static RECYCLED: std::cell::RefCell<Vec<Vec<u8>>> = const {
+                std::cell::RefCell::new(Vec::new())
+            };
+        }
+        fn keep(body: Vec<u8>) {
+            RECYCLED.with(|recycled| recycled.borrow_mut().push(body));
+        }
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let mut outbox = Outbox::new();
+        outbox.set_recycle(keep);
+        // More than the socket buffer holds: the first flush writes part.
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 249) as u8).collect();
+        let pointer = body.as_ptr();
+        outbox.push(transmit(b"head", &[], 0), []);
+        outbox.push(
+            Transmit {
+                head: b"h2".to_vec(),
+                body,
+                fds: 0,
+                external: 0,
+            },
+            [],
+        );
+        let flush = |outbox: &mut Outbox| match outbox.flush(&sender) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            other => other.unwrap(),
+        };
+        flush(&mut outbox);
+        assert!(!outbox.is_empty(), "the socket buffer took it all");
+        assert!(RECYCLED.with(|recycled| recycled.borrow().is_empty()));
+        let mut received = Vec::new();
+        let mut inbox = Inbox::new();
+        let mut buffer = vec![0u8; 65536];
+        while !outbox.is_empty() {
+            let read = inbox.read(&receiver, &mut buffer).unwrap();
+            received.extend_from_slice(&buffer[..read]);
+            flush(&mut outbox);
+        }
+        drop(sender);
+        loop {
+            match inbox.read(&receiver, &mut buffer).unwrap() {
+                0 => break,
+                n => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+        assert_eq!(received.len(), 4 + 2 + 1_000_000);
+        assert!(received[6..]
+            .iter()
+            .enumerate()
+            .all(|(i, &byte)| byte == (i % 249) as u8));
+        let recycled = RECYCLED.with(|recycled| recycled.take());
+        assert_eq!(recycled.len(), 1, "the one body, not the bodiless transmit");
+        assert_eq!(recycled[0].as_ptr(), pointer);
     }
 
     #[test]

@@ -265,7 +265,8 @@ pub enum SharedMemory {
     /// (from 32 MiB for a message made mostly of large `Bytes`, which the
     /// socket write takes from their own buffers).
     Default,
-    /// Always the socket.
+    /// Always the socket (a threshold no message reaches, so that the
+    /// sender still sizes each message first, as it does by default).
     Off,
     /// Always a memfd.
     Always,
@@ -276,7 +277,7 @@ impl SharedMemory {
     pub fn min(self) -> Option<usize> {
         match self {
             SharedMemory::Default => Some(1 << 20),
-            SharedMemory::Off => None,
+            SharedMemory::Off => Some(usize::MAX),
             SharedMemory::Always => Some(0),
         }
     }

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use crate::codec::{decode_body, encode_body, encode_body_into, expect_empty};
 use crate::entry::WireEntry;
+use crate::frame::{owned_payload, PayloadAlloc};
 use crate::RemoteError;
 
 /// Version carried in both hellos; a mismatch is fatal.
@@ -242,12 +243,17 @@ impl ToWorker {
     /// sends, and [`RemoteError::Malformed`] if the payload does not decode
     /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: Vec<u8>) -> Result<ToWorker, RemoteError> {
-        Self::decode_frame(kind, Cow::Owned(payload))
+        Self::decode_frame(kind, Cow::Owned(payload), None)
     }
 
     /// [`decode`](Self::decode) from a payload that may be borrowed from the
-    /// input: only stream data takes it as a `Vec` of its own.
-    pub(crate) fn decode_frame(kind: u8, payload: Cow<'_, [u8]>) -> Result<ToWorker, RemoteError> {
+    /// input: only stream data takes it as a `Vec` of its own (from `alloc`
+    /// when it has one).
+    pub(crate) fn decode_frame(
+        kind: u8,
+        payload: Cow<'_, [u8]>,
+        alloc: Option<PayloadAlloc>,
+    ) -> Result<ToWorker, RemoteError> {
         Ok(match kind {
             0x11 => {
                 let body: HelloBody = decode_body("Hello", &payload)?;
@@ -262,7 +268,7 @@ impl ToWorker {
                     args: body.args,
                 }
             }
-            0x13 => ToWorker::Data(payload.into_owned()),
+            0x13 => ToWorker::Data(owned_payload(payload, alloc)),
             0x14 => {
                 expect_empty("End", &payload)?;
                 ToWorker::End
@@ -366,14 +372,16 @@ impl FromWorker {
     /// sends, and [`RemoteError::Malformed`] if the payload does not decode
     /// as that message completely (trailing bytes included).
     pub fn decode(kind: u8, payload: Vec<u8>) -> Result<FromWorker, RemoteError> {
-        Self::decode_frame(kind, Cow::Owned(payload))
+        Self::decode_frame(kind, Cow::Owned(payload), None)
     }
 
     /// [`decode`](Self::decode) from a payload that may be borrowed from the
-    /// input: only stream data takes it as a `Vec` of its own.
+    /// input: only stream data takes it as a `Vec` of its own (from `alloc`
+    /// when it has one).
     pub(crate) fn decode_frame(
         kind: u8,
         payload: Cow<'_, [u8]>,
+        alloc: Option<PayloadAlloc>,
     ) -> Result<FromWorker, RemoteError> {
         Ok(match kind {
             0x91 => {
@@ -383,7 +391,7 @@ impl FromWorker {
                     pid: body.pid,
                 }
             }
-            0x93 => FromWorker::Data(payload.into_owned()),
+            0x93 => FromWorker::Data(owned_payload(payload, alloc)),
             0x94 => {
                 expect_empty("End", &payload)?;
                 FromWorker::End

@@ -239,6 +239,15 @@ impl ParentChannel {
         self.wire.payload_buffer()
     }
 
+    /// Receives stream data's payloads into buffers from `alloc` (one a
+    /// transport recycles): see
+    /// [`FrameDecoder::set_payload_alloc`](crate::FrameDecoder::set_payload_alloc).
+    /// A data frame that arrives whole in one input is copied into such a
+    /// buffer too, rather than a new one.
+    pub fn set_payload_alloc(&mut self, alloc: crate::frame::PayloadAlloc) {
+        self.wire.set_payload_alloc(alloc);
+    }
+
     /// Tells the machine the transport saw the end of the stream.
     ///
     /// # Errors
@@ -265,9 +274,10 @@ impl ParentChannel {
             return Ok(None);
         };
         // Every message the worker sends is an event, so one frame is enough.
-        let applied = FromWorker::decode_frame(frame.kind, frame.payload)
-            .and_then(|message| self.apply(message, frame.fds))
-            .map(Some);
+        let applied =
+            FromWorker::decode_frame(frame.kind, frame.payload, self.wire.payload_alloc())
+                .and_then(|message| self.apply(message, frame.fds))
+                .map(Some);
         self.wire.settle(applied)
     }
 

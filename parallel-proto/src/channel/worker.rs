@@ -217,6 +217,15 @@ impl WorkerChannel {
         self.wire.payload_buffer()
     }
 
+    /// Receives stream data's payloads into buffers from `alloc` (one a
+    /// transport recycles): see
+    /// [`FrameDecoder::set_payload_alloc`](crate::FrameDecoder::set_payload_alloc).
+    /// A data frame that arrives whole in one input is copied into such a
+    /// buffer too, rather than a new one.
+    pub fn set_payload_alloc(&mut self, alloc: crate::frame::PayloadAlloc) {
+        self.wire.set_payload_alloc(alloc);
+    }
+
     /// Tells the machine the transport saw the end of the stream.
     ///
     /// # Errors
@@ -241,8 +250,9 @@ impl WorkerChannel {
     /// call returns it again.
     pub fn handle_input(&mut self, input: &mut &[u8]) -> Result<Option<WorkerEvent>, Error> {
         while let Some(frame) = self.wire.next_frame(input)? {
-            let applied = ToWorker::decode_frame(frame.kind, frame.payload)
-                .and_then(|message| self.apply(message, frame.fds));
+            let applied =
+                ToWorker::decode_frame(frame.kind, frame.payload, self.wire.payload_alloc())
+                    .and_then(|message| self.apply(message, frame.fds));
             if let Some(event) = self.wire.settle(applied)? {
                 return Ok(Some(event));
             }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fd::{attach_memfd, take_incoming};
 use super::pieces;
+use super::recycle::HeapBuffer;
 use super::shared::{self, Charge};
 use crate::shm::SharedBytes;
 
@@ -38,7 +39,10 @@ use crate::shm::SharedBytes;
 /// through the socket: it shares the message's buffer (which stays alive
 /// while it does) instead of copying out of it; `into_vec` on the only
 /// `Bytes` of a message that holds nothing else takes that buffer without
-/// a copy.
+/// a copy. Once the last `Bytes` of a message received through the socket
+/// (16 KiB and up) is dropped, its buffer is kept to receive a later
+/// message into (at most 16 MiB of such idle buffers per process), never
+/// before: what a `Bytes` shows never changes.
 ///
 /// It derefs to `[u8]`, and converts from a `Vec<u8>` without copying.
 /// From 16 KiB, the `Vec` goes behind a reference count, so that a
@@ -99,7 +103,7 @@ enum Repr {
     /// `Bytes`, which a `process` message then writes to the socket from
     /// where it is, with no copy into the frame (see `pieces`).
     Heap {
-        buffer: Arc<Vec<u8>>,
+        buffer: Arc<HeapBuffer>,
         start: usize,
         len: usize,
     },
@@ -117,7 +121,7 @@ enum Decoding {
     /// It came through shared memory.
     Mapping(Arc<SharedBytes>),
     /// It came through the socket into a buffer of its own.
-    Received(Arc<Vec<u8>>),
+    Received(Arc<HeapBuffer>),
 }
 
 impl Default for Repr {
@@ -141,7 +145,7 @@ pub(crate) fn decode_from_mapping<R>(mapping: &Arc<SharedBytes>, decode: impl Fn
 /// Runs `decode` with `buffer` (a message's bytes, received through the
 /// socket) available to the `Bytes` it deserializes, so that large ones
 /// share it instead of copying (see [`SHARE_RECEIVED_MIN`]).
-pub(crate) fn decode_from_received<R>(buffer: &Arc<Vec<u8>>, decode: impl FnOnce() -> R) -> R {
+pub(crate) fn decode_from_received<R>(buffer: &Arc<HeapBuffer>, decode: impl FnOnce() -> R) -> R {
     decoding(Decoding::Received(Arc::clone(buffer)), decode)
 }
 
@@ -171,7 +175,7 @@ impl Bytes {
                 start: 0,
                 len,
             } if len == buffer.len() => {
-                Arc::try_unwrap(buffer).unwrap_or_else(|buffer| buffer.as_slice().to_vec())
+                Arc::try_unwrap(buffer).map_or_else(|buffer| buffer.to_vec(), HeapBuffer::into_vec)
             }
             Repr::Heap { buffer, start, len } => buffer[start..start + len].to_vec(),
             Repr::Shared { .. } => self.as_slice().to_vec(),
@@ -247,7 +251,7 @@ impl Bytes {
             let whole = match slot.as_ref()? {
                 Decoding::Mapping(mapping) => mapping.as_slice(),
                 Decoding::Received(_) if bytes.len() < SHARE_RECEIVED_MIN => return None,
-                Decoding::Received(buffer) => buffer.as_slice(),
+                Decoding::Received(buffer) => &buffer[..],
             }
             .as_ptr_range();
             let part = bytes.as_ptr_range();
@@ -349,7 +353,7 @@ impl From<Vec<u8>> for Bytes {
         let repr = if bytes.len() >= pieces::LEND_MIN {
             let len = bytes.len();
             Repr::Heap {
-                buffer: Arc::new(bytes),
+                buffer: Arc::new(HeapBuffer::new(bytes)),
                 start: 0,
                 len,
             }
@@ -630,7 +634,7 @@ mod memfd_tests {
             small: vec![1; SHARE_RECEIVED_MIN - 1].into(),
             large: vec![2; SHARE_RECEIVED_MIN].into(),
         };
-        let buffer = Arc::new(Postcard::encode(&sent).unwrap());
+        let buffer = Arc::new(HeapBuffer::received(Postcard::encode(&sent).unwrap()));
         let received: Message =
             decode_from_received(&buffer, || Postcard::decode(&buffer)).unwrap();
         assert_eq!(
@@ -664,9 +668,9 @@ mod memfd_tests {
         let data = vec![5u8; 3 * SHARE_RECEIVED_MIN];
         // Whole-buffer sharing is what `into_vec` can take back: a `Bytes`
         // that is the whole received buffer.
-        let buffer = Arc::new(data.clone());
+        let buffer = Arc::new(HeapBuffer::received(data.clone()));
         let pointer = buffer.as_ptr();
-        let bytes = decode_from_received(&buffer, || Bytes::from_decoded(&buffer));
+        let bytes = decode_from_received(&buffer, || Bytes::from_decoded(&buffer[..]));
         drop(buffer);
         let taken = bytes.into_vec();
         assert_eq!(taken, data);

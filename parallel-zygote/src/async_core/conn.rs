@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 use parallel_proto::Endpoint;
 
 use super::messages::RawMessage;
+use super::recycle;
 use super::runtime::{AsyncSocket, ReadOutcome};
 use super::shared::{Payload, SendData};
 use super::Error;
@@ -57,14 +58,18 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
 
     /// Takes over a socket that was read from already: `inbox` holds the
     /// descriptors and `unparsed` the bytes received but not yet parsed.
-    pub(crate) fn resume(machine: M, socket: S, inbox: Inbox, unparsed: &[u8]) -> Self {
+    pub(crate) fn resume(mut machine: M, socket: S, inbox: Inbox, unparsed: &[u8]) -> Self {
+        // Stream data is received into recycled buffers (see `recycle`).
+        machine.set_payload_alloc(recycle::take);
         let mut read_buffer = vec![0; READ_START.max(unparsed.len())];
         read_buffer[..unparsed.len()].copy_from_slice(unparsed);
+        let mut outbox = Outbox::new();
+        outbox.set_recycle(recycle::give);
         Conn {
             machine,
             socket,
             inbox,
-            outbox: Outbox::new(),
+            outbox,
             send_fds: Vec::new(),
             send_pieces: VecDeque::new(),
             read_buffer,

@@ -16,6 +16,7 @@ use super::bytes::{decode_from_mapping, decode_from_received};
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
 use super::pieces;
+use super::recycle::{self, HeapBuffer};
 use super::shared::{
     decode_within, Payload, SharedBudget, DEFAULT_SHARED_MEMORY_LIMIT, SHARED_MIN, SHARED_MIN_LENT,
 };
@@ -100,8 +101,11 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
                             decode_within(budget, || C::decode::<T>(mapping.as_slice()))
                         })
                     }),
+                    // Received into a buffer of its own, which goes back
+                    // to the pool once this decode and every `Bytes` of
+                    // it let go (see `recycle`).
                     Payload::Inline(bytes) => {
-                        let buffer = Arc::new(bytes);
+                        let buffer = Arc::new(HeapBuffer::received(bytes));
                         decode_with_fds(fds, || {
                             decode_from_received(&buffer, || {
                                 decode_within(budget, || C::decode::<T>(&buffer))
@@ -227,6 +231,9 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
 
     fn encode_payload(&self, message: &T) -> Result<RawMessage, Error> {
         let attach = self.passes_descriptors;
+        // Where the bytes the encode copies go: a recycled buffer when the
+        // sizing pass says the message is large and lends nothing.
+        let mut buffer = Vec::new();
         if let Some(min) = self.shared_min {
             // A message the codec can size goes straight into shared
             // memory. Sized as it will be encoded (a shared `Bytes` as its
@@ -244,10 +251,13 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
                         return Ok((payload, fds));
                     }
                 }
+                if lent == 0 {
+                    buffer = recycle::take(len);
+                }
             }
         }
         // Large `Bytes` are lent, not copied (see `pieces`).
-        let (pieces, fds) = encode_with_fds(attach, || pieces::encode::<C, T>(message))
+        let (pieces, fds) = encode_with_fds(attach, || pieces::encode::<C, T>(message, buffer))
             .map_err(Error::encode::<T>)?;
         let shared = self.shared_min.is_some_and(|min| {
             pieces.len() >= self.shared_threshold(min, pieces.len(), pieces.lent())

@@ -101,6 +101,7 @@ mod pieces;
 mod pool;
 mod pool_core;
 mod process;
+mod recycle;
 mod run;
 mod runtime;
 mod shared;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::codec::{Codec, CodecError, Postcard};
+use super::recycle::HeapBuffer;
 use crate::io::Piece;
 
 /// `Bytes` at least this long are lent rather than copied (the state
@@ -31,7 +32,7 @@ pub(crate) const LEND_MIN: usize = 16 * 1024;
 /// Part of a heap buffer, kept alive while it waits for the socket.
 #[derive(Clone)]
 pub(crate) struct Lent {
-    buffer: Arc<Vec<u8>>,
+    buffer: Arc<HeapBuffer>,
     start: usize,
     len: usize,
 }
@@ -57,7 +58,7 @@ thread_local! {
 /// Offers `buffer[start..start + len]` to the message being encoded on this
 /// thread, if one is encoded in pieces and the part is large enough; the
 /// caller then serializes exactly that slice as its bytes.
-pub(crate) fn lend(buffer: &Arc<Vec<u8>>, start: usize, len: usize) {
+pub(crate) fn lend(buffer: &Arc<HeapBuffer>, start: usize, len: usize) {
     if len < LEND_MIN {
         return;
     }
@@ -222,16 +223,21 @@ pub(crate) fn lendable<C: Codec, R>(pass: impl FnOnce() -> R) -> (R, usize) {
 }
 
 /// Encodes `value` with `C`: in pieces, its large heap `Bytes` lent, when
-/// `C` is [`Postcard`]; otherwise into one buffer.
+/// `C` is [`Postcard`] (the bytes copied go into `buffer`, emptied first:
+/// a recycled one, sized for them); otherwise into one buffer.
 ///
 /// # Errors
 /// The codec's.
-pub(crate) fn encode<C: Codec, T: Serialize>(value: &T) -> Result<Pieces, CodecError> {
+pub(crate) fn encode<C: Codec, T: Serialize>(
+    value: &T,
+    mut buffer: Vec<u8>,
+) -> Result<Pieces, CodecError> {
     if TypeId::of::<C>() != TypeId::of::<Postcard>() {
         return C::encode(value).map(Pieces::from);
     }
     let previous = LENDING.with(|lending| lending.replace(Some(Vec::new())));
-    let mut pieces = Pieces::default();
+    buffer.clear();
+    let mut pieces = Pieces::from(buffer);
     let result = postcard::to_io(value, &mut pieces);
     LENDING.with(|lending| *lending.borrow_mut() = previous);
     result?;
@@ -267,7 +273,7 @@ mod tests {
             small: Bytes::from(vec![5u8; LEND_MIN - 1]),
             other: other.clone(),
         };
-        let pieces = encode::<Postcard, _>(&message).unwrap();
+        let pieces = encode::<Postcard, _>(&message, Vec::new()).unwrap();
         let lent: Vec<*const u8> = pieces
             .parts
             .iter()
@@ -289,7 +295,7 @@ mod tests {
     #[test]
     fn a_message_without_large_bytes_is_one_buffer() {
         let message = (1u8, Bytes::from(vec![2u8; 100]), vec![3u8; 50_000]);
-        let pieces = encode::<Postcard, _>(&message).unwrap();
+        let pieces = encode::<Postcard, _>(&message, Vec::new()).unwrap();
         let Ok(single) = pieces.into_single() else {
             panic!("nothing was lent, yet the encoding is in pieces");
         };

@@ -485,6 +485,87 @@ pub async fn socket_messages_with_large_bytes_arrive_intact_and_in_order<R: Runt
     Ok(())
 }
 
+/// The worker of the buffer-reuse scenario: keeps every even-numbered
+/// message's `Bytes` and drops the odd ones before answering each with
+/// where its bytes are and whether they, and every `Bytes` kept so far, are
+/// still the bytes sent.
+async fn keep_even(
+    mut input: MessageStream<(u64, Bytes)>,
+    output: MessageSender<(u64, u64, bool)>,
+) {
+    let mut kept: Vec<(u64, Bytes)> = Vec::new();
+    while let Some(Ok((sequence, data))) = input.next().await {
+        let address = data.as_ptr() as u64;
+        let intact =
+            |(sequence, data): &(u64, Bytes)| *data == bulk_bytes(data.len(), *sequence as usize);
+        let mut all_intact = kept.iter().all(intact);
+        let message = (sequence, data);
+        all_intact &= intact(&message);
+        if sequence % 2 == 0 {
+            kept.push(message);
+        } else {
+            // Dropped before the answer: the next message may take its buffer.
+            drop(message);
+        }
+        if output.send((sequence, address, all_intact)).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub async fn received_buffers_are_reused_once_dropped_never_while_held<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(keep_even)?;
+    let sender = process.sender.clone().with_shared_memory_min(None);
+    let mut sequence = 0u64;
+    let mut kept = Vec::new();
+    // One message at a time, so that the worker reads each only after it
+    // dropped the one before (its reads do not run ahead).
+    for size in [100_003, (1 << 20) + 3] {
+        let mut dropped = None;
+        for _ in 0..12 {
+            sender
+                .send((sequence, bulk_bytes(size, sequence as usize)))
+                .await?;
+            let Some(answer) = process.stream.next().await else {
+                return Err("the stream ended early".into());
+            };
+            let (answered, address, intact) = answer?;
+            check(answered == sequence, "answers out of order")?;
+            check(
+                intact,
+                format!(
+                    "message {sequence} ({size} bytes), or a Bytes the worker still \
+                     holds, changed"
+                ),
+            )?;
+            check(
+                !kept.contains(&address),
+                format!("message {sequence} was received into a buffer a Bytes still holds"),
+            )?;
+            if let Some(previous) = dropped.take() {
+                check(
+                    address == previous,
+                    format!(
+                        "message {sequence} ({size} bytes) was not received into the \
+                         buffer of the one before, dropped"
+                    ),
+                )?;
+            }
+            if sequence % 2 == 0 {
+                kept.push(address);
+            } else {
+                dropped = Some(address);
+            }
+            sequence += 1;
+        }
+    }
+    drop((sender, process.sender));
+    process.handle.wait().await?;
+    Ok(())
+}
+
 /// The worker of the default-threshold scenario: answers whether each
 /// message's bytes came in shared memory, and their checksum there.
 async fn shared_or_not(mut input: MessageStream<Bytes>, output: MessageSender<(bool, u64)>) {
