@@ -211,6 +211,30 @@ pub async fn pool_task_killed_before_its_first_poll_never_runs<R: Runtime>(
     check(
         a.is_ok() && b.is_ok(),
         format!("calls after it: {a:?}, {b:?}"),
+    )?;
+    // The same while every worker is busy: the kill comes before the call
+    // ever queues, and the call must still leave without waiting for a
+    // worker (the kill, not the queue, made its withdrawal channel).
+    let mut a = pool.submit(300);
+    let mut b = pool.submit(300);
+    let polled = within::<R, _>(Duration::from_millis(100), join(&mut a, &mut b)).await;
+    check(polled.is_none(), "both workers are busy")?;
+    let task = pool.submit(0);
+    task.kill();
+    let result = task.await;
+    check(
+        matches!(result, Err(Error::Cancelled)),
+        format!("killed before its first poll, workers busy: {result:?}"),
+    )?;
+    let (a, b) = join(a, b).await;
+    check(
+        a.is_ok() && b.is_ok(),
+        format!("the busy calls: {a:?}, {b:?}"),
+    )?;
+    let stats = pool.stats();
+    check(
+        stats.deaths == 0 && stats.active == 0 && stats.queued == 0,
+        format!("no worker touched, nothing left running or queued: {stats:?}"),
     )
 }
 
