@@ -289,7 +289,7 @@ fn main() {
     if config.only.is_none() {
         // Both tables draw on every section.
         side_by_side(&mut report, &adapters, &big);
-        design_floors(&mut report, &adapters);
+        design_floors(&mut report, &adapters, &big);
         targets(&mut report, &adapters, &big);
     }
 
@@ -1554,7 +1554,7 @@ fn targets(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
 /// The library's rows against the raw shapes its design has to take, side by
 /// side: where a target misses its fastest raw baseline, whether the miss is
 /// the library's work or the shape's floor.
-fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
+fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) {
     report.matrix(
         "Library rows against the floors of their design",
         "Medians; in parentheses, the ratio to the floor named in the row, on the same \
@@ -1565,7 +1565,9 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
          clock: raw writes of distinct messages rather than one hot buffer. After running \
          `true` / after a warm spawn: each sample made 5 ms after that process churn (a \
          fork, an exit), in the state every warm spawn but a first one finds the machine \
-         in. \u{2014}: no such row.",
+         in. The raw floor's own ratios (its big parent, its live workers, a plain fork) \
+         are what the spawn targets on the same quantities can be held to. \u{2014}: no \
+         such row.",
         adapters.iter().map(|a| a.key().to_string()).collect(),
     );
     let mut rows: Vec<(String, String, String)> = vec![
@@ -1652,6 +1654,24 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>]) {
             "pipe/{a}/raw".into(),
         ),
     ];
+    // The spawn targets that compare the library with itself (a big
+    // parent, live workers) or with a plain fork, beside the same ratio of
+    // the raw floor: a miss the floor shares is the machine's.
+    rows.push((
+        format!("raw floor, {big} parent (/ raw floor, 0 GiB parent)"),
+        format!("{big}/{{a}}/raw-floor"),
+        "0 GiB/{a}/raw-floor".into(),
+    ));
+    rows.push((
+        "raw floor, 500 live raw workers (/ with 0)".into(),
+        "scale/{a}/raw/500".into(),
+        "scale/{a}/raw/0".into(),
+    ));
+    rows.push((
+        format!("plain fork from {big} (/ raw floor from {big})"),
+        format!("{big}/fork"),
+        format!("{big}/{{a}}/raw-floor"),
+    ));
     for label in ["64 KiB", "1 MiB"] {
         let built = format!("tp/{{a}}/{label}/raw-prebuilt");
         rows.push((
