@@ -71,6 +71,33 @@ pub async fn round_trip<R: Runtime>(parallel: Parallel<R>, budget: Budget) -> Ve
     timed_calls(parallel, None, budget).await
 }
 
+/// `Run::call`s carrying `size` bytes each way (a `serde_bytes` buffer, the
+/// fast path for bytes): what the protocol's own framing of arguments and
+/// results costs once they are large. Made in the `block_on` future.
+pub async fn bytes_round_trip<R: Runtime>(
+    parallel: Parallel<R>,
+    size: usize,
+    budget: Budget,
+) -> Vec<Duration> {
+    let run = parallel.run(echo_bytes).expect("run");
+    let template = serde_bytes::ByteBuf::from(vec![3u8; size]);
+    run.call(template.clone()).await.expect("first call");
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        let argument = template.clone();
+        let start = Instant::now();
+        let answer = run.call(argument).await.expect("call");
+        sampler.record(start.elapsed());
+        assert_eq!(answer.len(), size);
+    }
+    sampler.finish()
+}
+
+/// [`bytes_round_trip`]'s function: its bytes back.
+pub async fn echo_bytes(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    bytes
+}
+
 /// `Run::call`s on a `Run` started outside the clock; with `churn`, each
 /// made 5 ms after that process churn.
 async fn timed_calls<R: Runtime>(
@@ -598,6 +625,8 @@ pub trait Adapter {
     /// One call with tiny arguments (`u64 -> u64`) on a persistent worker,
     /// awaited at `place`.
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration>;
+    /// [`bytes_round_trip`]: `Run::call`s with `size` bytes each way.
+    fn run_bytes_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration>;
     /// Time for `calls` raw 8-byte ping-pongs with `in_flight` outstanding.
     fn raw_pipelined(
         &self,

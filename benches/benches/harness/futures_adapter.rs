@@ -20,9 +20,9 @@ use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::lock::Semaphore;
 
 use super::adapter::{
-    calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, pool_call,
-    raw_messages, round_trip, shared_throughput, sink, Adapter, Churn, Encoding, IdleWorkers,
-    Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
+    bytes_round_trip, calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos,
+    pipelined_calls, pool_call, raw_messages, round_trip, shared_throughput, sink, Adapter, Churn,
+    Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawRuntime, RawZygote};
@@ -509,6 +509,10 @@ impl<H: Host> Adapter for HostAdapter<H> {
             Place::Task => self.host.in_task(&self.parallel, Calls::RoundTrip, budget),
             Place::Main => self.on_runtime(round_trip(self.parallel.clone(), budget)),
         }
+    }
+
+    fn run_bytes_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration> {
+        self.on_runtime(bytes_round_trip(self.parallel.clone(), size, budget))
     }
 
     fn raw_pipelined(

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use parallel_proto::channel::{FromWorker, Outcome, ToWorker};
 use parallel_proto::{FrameDecoder, Limits};
 use serde::{Deserialize, Serialize};
 
@@ -237,6 +238,37 @@ pub fn stages(size: usize, budget: Budget) -> Vec<Stage> {
                 drop(std::hint::black_box(decoded));
                 start.elapsed()
             }),
+        ),
+        (
+            "call-out",
+            "a `Call` frame's payload, its arguments this size (the protocol's encode)",
+            timed(budget, || {
+                let call = ToWorker::Call {
+                    call: 7,
+                    args: source.clone(),
+                };
+                let start = Instant::now();
+                drop(std::hint::black_box(call.into_payload()));
+                start.elapsed()
+            }),
+        ),
+        (
+            "reply-in",
+            "a `Reply` frame decoded, its result this size (the protocol's decode)",
+            {
+                let reply = FromWorker::Reply {
+                    call: 7,
+                    outcome: Outcome::Ok(source.clone()),
+                };
+                let (kind, payload) = (reply.kind(), reply.into_payload());
+                timed(budget, || {
+                    let payload = payload.clone();
+                    let start = Instant::now();
+                    let decoded = FromWorker::decode(kind, payload).expect("decode");
+                    drop(std::hint::black_box(decoded));
+                    start.elapsed()
+                })
+            },
         ),
         (
             "encode-seq",

@@ -12,9 +12,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use super::adapter::{
-    calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos, pipelined_calls, pool_call,
-    raw_messages, round_trip, shared_throughput, sink, Adapter, Churn, Encoding, IdleWorkers,
-    Phases, Place, RawWrites, ReplySlot, ReplySlots, SharedMemory,
+    bytes_round_trip, calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos,
+    pipelined_calls, pool_call, raw_messages, round_trip, shared_throughput, sink, Adapter, Churn,
+    Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot, ReplySlots, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -314,6 +314,10 @@ impl Adapter for TokioAdapter {
 
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration> {
         self.at(place, round_trip(self.parallel.clone(), budget))
+    }
+
+    fn run_bytes_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration> {
+        self.on_runtime(bytes_round_trip(self.parallel.clone(), size, budget))
     }
 
     fn raw_pipelined(

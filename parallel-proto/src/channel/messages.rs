@@ -74,9 +74,9 @@ impl std::fmt::Display for PanicReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// It returned a value.
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
     /// It returned the user's error value.
-    Err(Vec<u8>),
+    Err(#[serde(with = "serde_bytes")] Vec<u8>),
     /// It panicked.
     Panic(PanicReport),
 }
@@ -159,6 +159,7 @@ struct WorkerHelloBody {
 #[derive(Serialize, Deserialize)]
 struct StartBody {
     task: WireEntry,
+    #[serde(with = "serde_bytes")]
     args: Vec<u8>,
 }
 #[derive(Serialize, Deserialize)]
@@ -168,6 +169,7 @@ struct SharedBody {
 #[derive(Serialize, Deserialize)]
 struct CallBody {
     call: CallId,
+    #[serde(with = "serde_bytes")]
     args: Vec<u8>,
 }
 #[derive(Serialize, Deserialize)]

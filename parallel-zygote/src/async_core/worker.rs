@@ -37,8 +37,11 @@ use crate::{Entry, WorkerContext};
 #[derive(Serialize, Deserialize)]
 struct StartArgs {
     /// The [`WorkerRuntime`] value, encoded.
+    #[serde(with = "serde_bytes")]
     runtime: Vec<u8>,
-    /// The task's arguments, encoded by the codec.
+    /// The task's arguments, encoded by the codec (as bytes: a plain
+    /// `Vec<u8>` would be encoded one element at a time).
+    #[serde(with = "serde_bytes")]
     args: Vec<u8>,
     /// Whether a panic captures a backtrace (without `RUST_BACKTRACE`).
     backtraces: bool,
@@ -607,6 +610,7 @@ where
 #[derive(Serialize, Deserialize)]
 pub(crate) struct AnyCall {
     pub(crate) entry: WireEntry,
+    #[serde(with = "serde_bytes")]
     pub(crate) args: Vec<u8>,
 }
 
