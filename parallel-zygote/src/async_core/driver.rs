@@ -632,11 +632,17 @@ impl<R: Runtime> DriverState<R> {
         let serving = matches!(self.phase, Phase::Serve)
             && !self.write_broken
             && self.commands.as_ref().is_some_and(|c| c.is_empty());
-        let Some(task) = self.task.clone().filter(|_| serving) else {
+        if !serving || self.task.is_none() {
             return Err(command);
-        };
+        }
         // Bounded as the channel is: past a batch, callers queue there.
-        let unwritten = self.conn.unwritten();
+        // Counted by the calls not yet wholly written (`unsent`), not by
+        // asking the connection: that moves what the state machine queued
+        // into the outbox, so that each call queued after it started a
+        // write buffer of its own (an allocation, a slice of the gathered
+        // write and an outbox entry per call), where calls queued together
+        // share one.
+        let unwritten = self.unsent.len();
         if unwritten >= COMMAND_BATCH {
             return Err(command);
         }
@@ -648,17 +654,20 @@ impl<R: Runtime> DriverState<R> {
         let span = self.killer.span().clone();
         let _entered = span.enter();
         self.command(command);
+        let Some(task) = &self.task else {
+            unreachable!("checked above");
+        };
         if !alone {
-            task.wake();
+            task.wake_by_ref();
             return Ok(());
         }
         // Under the driver task's waker: a write that must wait for room
         // wakes the driver, which finishes it.
-        match self.conn.poll_flush(&mut Context::from_waker(&task)) {
+        match self.conn.poll_flush(&mut Context::from_waker(task)) {
             Poll::Ready(Ok(())) => self.unsent.clear(),
             Poll::Ready(Err(_)) => {
                 self.write_broken = true;
-                task.wake();
+                task.wake_by_ref();
             }
             Poll::Pending => {}
         }
