@@ -318,10 +318,7 @@ pub async fn pipelined_calls_reach_the_worker_while_their_caller_keeps_the_threa
     let unique = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "parallel-chunks-{}-{unique}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("parallel-chunks-{}-{unique}", std::process::id()));
     std::fs::create_dir(&dir)?;
     let dir_name = dir.to_string_lossy().into_owned();
     // Each call leaves a file named after its argument: the worker ran it.
@@ -330,9 +327,13 @@ pub async fn pipelined_calls_reach_the_worker_while_their_caller_keeps_the_threa
         x
     })?;
     let result = async {
-        check(run.call((dir_name.clone(), 1000)).await? == 1000, "first call")?;
-        let mut calls: FuturesUnordered<_> =
-            (0..17u64).map(|x| run.call((dir_name.clone(), x))).collect();
+        check(
+            run.call((dir_name.clone(), 1000)).await? == 1000,
+            "first call",
+        )?;
+        let mut calls: FuturesUnordered<_> = (0..17u64)
+            .map(|x| run.call((dir_name.clone(), x)))
+            .collect();
         // One poll submits every call (and may find answers on a
         // multi-thread runtime, whose driver runs elsewhere).
         let mut answered = Vec::new();
