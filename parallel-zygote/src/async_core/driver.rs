@@ -671,7 +671,7 @@ impl<R: Runtime> DriverState<R> {
         let Some(task) = &self.task else {
             unreachable!("checked above");
         };
-        if !alone && self.unsent.len() < CALLER_WRITE_CHUNK {
+        if !alone && (!R::CALLERS_WRITE_CHUNKS || self.unsent.len() < CALLER_WRITE_CHUNK) {
             task.wake_by_ref();
             return Ok(());
         }

@@ -308,7 +308,8 @@ pub async fn pipelined_calls_ready_at_once_or_later_reach_their_callers<R: Runti
 /// reached the worker; elsewhere the driver's thread may also write them.
 ///
 /// 17 calls: the first goes out alone (nothing else in flight), the next
-/// 16 as one chunk (the driver's `CALLER_WRITE_CHUNK`).
+/// 16 as one chunk (the driver's `CALLER_WRITE_CHUNK`; on smol, whose
+/// drivers run on the executor's thread, the driver writes them).
 pub async fn pipelined_calls_reach_the_worker_while_their_caller_keeps_the_thread<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
