@@ -136,7 +136,8 @@ pub trait Runtime: Sized + 'static {
     /// calls while the rest are still being made.
     ///
     /// True, the default, paid on tokio (both runtimes) and glommio:
-    /// 64 calls in flight took 6-55 % less time. False where the driver
+    /// 64 calls in flight took 6-57 % less time (with the shared write
+    /// buffer that came with it). False where the driver
     /// runs on a thread of its own beside the caller and each call left to
     /// it wakes that thread, which then writes what is queued so far
     /// (smol: often one call per write, and the pipelined calls turned
