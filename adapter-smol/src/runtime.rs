@@ -41,6 +41,9 @@ impl core::Runtime for Smol {
     /// smol's global executor runs its tasks in the order they were woken,
     /// on one thread (unless `SMOL_THREADS` asks for more).
     const YIELD_AFTER_ANSWERS: bool = true;
+    /// The caller (often the `block_on` thread) and the drivers (the
+    /// executor's thread) are two threads: see the trait's doc.
+    const CALLERS_WRITE_CHUNKS: bool = false;
 
     fn register(socket: UnixStream) -> io::Result<SmolSocket> {
         SmolSocket::new(socket)

@@ -393,6 +393,10 @@ impl Inbox {
     /// Takes the next `count` received descriptors, or `None` if fewer arrived
     /// (the peer broke the protocol).
     pub fn take_fds(&mut self, count: usize) -> Option<Vec<OwnedFd>> {
+        if count == 0 {
+            // Most frames carry none: no drain, no collect.
+            return Some(Vec::new());
+        }
         if self.fds.len() < count {
             return None;
         }

@@ -234,12 +234,6 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         self.outbox.is_empty()
     }
 
-    /// How many frames wait to be written.
-    pub(crate) fn unwritten(&mut self) -> usize {
-        self.collect_transmits();
-        self.outbox.len()
-    }
-
     /// Writes everything the state machine has queued.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.collect_transmits();

@@ -45,6 +45,19 @@ const OUTPUT_WAIT: Duration = Duration::from_millis(500);
 /// pass of the driver buffers before the socket takes it.
 const COMMAND_BATCH: usize = 64;
 
+/// Calls queued on their callers' thread, at most, before a caller writes
+/// them itself rather than leaving them to the driver's task.
+///
+/// Pipelined calls left to the driver all went out in one write once the
+/// task making them yielded: the worker waited while the parent handled a
+/// whole batch of answers and made the next calls, and the parent waited
+/// while the worker answered them (each process busy half the time, the
+/// other CPU idle: see BENCHMARKS.md, *Pipelined calls: the two processes
+/// at work together, session 9*). Written in chunks as they are made, the
+/// first calls are answered while the rest are still being made, for a
+/// write per chunk.
+const CALLER_WRITE_CHUNK: usize = 16;
+
 /// What handles ask of the driver.
 pub(crate) enum Command {
     Call { args: Vec<u8>, reply: Reply },
@@ -632,33 +645,45 @@ impl<R: Runtime> DriverState<R> {
         let serving = matches!(self.phase, Phase::Serve)
             && !self.write_broken
             && self.commands.as_ref().is_some_and(|c| c.is_empty());
-        let Some(task) = self.task.clone().filter(|_| serving) else {
+        if !serving || self.task.is_none() {
             return Err(command);
-        };
+        }
         // Bounded as the channel is: past a batch, callers queue there.
-        let unwritten = self.conn.unwritten();
+        // Counted by the calls not yet wholly written (`unsent`), not by
+        // asking the connection: that moves what the state machine queued
+        // into the outbox, so that each call queued after it started a
+        // write buffer of its own (an allocation, a slice of the gathered
+        // write and an outbox entry per call), where calls queued together
+        // share one.
+        let unwritten = self.unsent.len();
         if unwritten >= COMMAND_BATCH {
             return Err(command);
         }
         // A call alone on the channel is written now, on this thread. One
         // among others (calls pipelined by one task, or concurrent callers)
-        // is left for the driver, woken once for all of them: they go out
-        // in one write rather than one each.
+        // is left for the driver, woken once for all of them, so that they
+        // go out in one write rather than one each; up to a chunk: the
+        // call that completes one writes it (see `CALLER_WRITE_CHUNK`).
         let alone = unwritten == 0 && self.calls.is_empty();
         let span = self.killer.span().clone();
         let _entered = span.enter();
         self.command(command);
-        if !alone {
-            task.wake();
+        let Some(task) = &self.task else {
+            unreachable!("checked above");
+        };
+        if !alone && (!R::CALLERS_WRITE_CHUNKS || self.unsent.len() < CALLER_WRITE_CHUNK) {
+            task.wake_by_ref();
             return Ok(());
         }
         // Under the driver task's waker: a write that must wait for room
-        // wakes the driver, which finishes it.
-        match self.conn.poll_flush(&mut Context::from_waker(&task)) {
+        // wakes the driver, which finishes it. (A chunk's write takes the
+        // calls queued before it in the chunk, and leaves the driver
+        // nothing to do for them: it was woken for them all the same.)
+        match self.conn.poll_flush(&mut Context::from_waker(task)) {
             Poll::Ready(Ok(())) => self.unsent.clear(),
             Poll::Ready(Err(_)) => {
                 self.write_broken = true;
-                task.wake();
+                task.wake_by_ref();
             }
             Poll::Pending => {}
         }

@@ -130,6 +130,21 @@ pub trait Runtime: Sized + 'static {
     /// call and made a call 3-6 µs slower.
     const YIELD_AFTER_ANSWERS: bool = false;
 
+    /// Whether a caller that queues a chunk of pipelined calls writes them
+    /// itself rather than leaving them all to the driver's task (see the
+    /// driver's `CALLER_WRITE_CHUNK`): the worker then answers the first
+    /// calls while the rest are still being made.
+    ///
+    /// True, the default, paid on tokio (both runtimes) and glommio:
+    /// 64 calls in flight took 6-57 % less time (with the shared write
+    /// buffer that came with it). False where the driver
+    /// runs on a thread of its own beside the caller and each call left to
+    /// it wakes that thread, which then writes what is queued so far
+    /// (smol: often one call per write, and the pipelined calls turned
+    /// bimodal and slower in the median; see BENCHMARKS.md, *Pipelined
+    /// calls: the two processes at work together, session 9*).
+    const CALLERS_WRITE_CHUNKS: bool = true;
+
     /// Registers a non-blocking socket with the current runtime.
     ///
     /// # Errors

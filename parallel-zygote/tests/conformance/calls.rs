@@ -297,3 +297,75 @@ pub async fn pipelined_calls_ready_at_once_or_later_reach_their_callers<R: Runti
     // The worker survived its panic and serves on.
     check(mixed.call(10).await? == 21, "a call after the panic")
 }
+
+/// Calls pipelined by one task go out in chunks that their callers write,
+/// not only when the driver's task runs: a task that goes on without
+/// yielding after making its calls (here it blocks its thread, as a busy
+/// task would) has them answered meanwhile, and the worker gets its next
+/// calls while the parent is still busy with the last answers. On a
+/// current-thread runtime (tokio's, glommio's) the driver's task cannot run
+/// until the caller yields, so only the callers' own writes can have
+/// reached the worker; elsewhere the driver's thread may also write them.
+///
+/// 17 calls: the first goes out alone (nothing else in flight), the next
+/// 16 as one chunk (the driver's `CALLER_WRITE_CHUNK`; on smol, whose
+/// drivers run on the executor's thread, the driver writes them).
+pub async fn pipelined_calls_reach_the_worker_while_their_caller_keeps_the_thread<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    use futures_util::stream::FuturesUnordered;
+    use std::task::Poll;
+
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("parallel-chunks-{}-{unique}", std::process::id()));
+    std::fs::create_dir(&dir)?;
+    let dir_name = dir.to_string_lossy().into_owned();
+    // Each call leaves a file named after its argument: the worker ran it.
+    let run = parallel.run(|(dir, x): (String, u64)| async move {
+        let _ = std::fs::write(std::path::Path::new(&dir).join(x.to_string()), b"");
+        x
+    })?;
+    let result = async {
+        check(
+            run.call((dir_name.clone(), 1000)).await? == 1000,
+            "first call",
+        )?;
+        let mut calls: FuturesUnordered<_> = (0..17u64)
+            .map(|x| run.call((dir_name.clone(), x)))
+            .collect();
+        // One poll submits every call (and may find answers on a
+        // multi-thread runtime, whose driver runs elsewhere).
+        let mut answered = Vec::new();
+        while let Poll::Ready(Some(result)) = futures_util::poll!(calls.next()) {
+            answered.push(result?);
+        }
+        // Not yielding from here until every call has run (or 60 s have
+        // passed: then they were not written).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ran = |x: u64| dir.join(x.to_string()).exists();
+        while !(0..17).all(ran) {
+            if Instant::now() > deadline {
+                let count = (0..17).filter(|&x| ran(x)).count();
+                return Err(format!(
+                    "{count} of 17 pipelined calls reached the worker in 60 s \
+                     while their caller kept its thread"
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        while let Some(result) = calls.next().await {
+            answered.push(result?);
+        }
+        answered.sort_unstable();
+        check(
+            answered == (0..17).collect::<Vec<u64>>(),
+            format!("answers {answered:?}"),
+        )
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

@@ -246,6 +246,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         calls::thousand_calls_in_order_on_one_run_worker,
         calls::thousand_concurrent_calls_on_one_run_worker,
         calls::pipelined_calls_ready_at_once_or_later_reach_their_callers,
+        calls::pipelined_calls_reach_the_worker_while_their_caller_keeps_the_thread,
         calls::custom_codec_is_used_both_ways,
         calls::codec_failures_in_the_worker_are_codec_errors,
         calls::snapshot_workers_see_init_state,
