@@ -317,8 +317,8 @@ impl SharedBytes {
     /// a time, the kernel's fault-around), not all at once: populating the
     /// mapping (`MAP_POPULATE`) also marked every page accessed, which moves
     /// each one between the kernel's LRU lists under a lock; on the worker
-    /// receiving 64 MiB `Bytes` that was a quarter of its time, and the
-    /// messages came 25-40 % faster without it (BENCHMARKS.md, issue 13,
+    /// receiving 64 MiB `Bytes` that was a quarter of its time, and those
+    /// messages took 15-29 % less time without it (BENCHMARKS.md, issue 13,
     /// session 9). Pages never read are never mapped.
     fn map_unchecked(fd: Option<BorrowedFd<'_>>, len: usize) -> io::Result<SharedBytes> {
         let Some(fd) = fd.filter(|_| len > 0) else {
