@@ -165,7 +165,7 @@
 //! Put bulk bytes in a [`Bytes`] (or a `Vec<u8>` marked
 //! `#[serde(with = "serde_bytes")]`), not a plain `Vec<u8>`: serde hands a
 //! `Vec<u8>` to the codec one element at a time, which is about ten times
-//! slower. A `process` message whose encoding reaches 1 MiB travels through
+//! slower. A `process` message whose encoding reaches 4 MiB travels through
 //! shared memory (a sealed memfd that the other side maps) instead of the
 //! socket; [`MessageSender::with_shared_memory_min`] moves or removes that
 //! threshold. For the largest payloads, fill a [`SharedBytesMut`] (a buffer

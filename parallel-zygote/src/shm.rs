@@ -221,8 +221,7 @@ impl WritableMemfd {
         }
         let memfd = OwnedFd::from(file);
         seal(&memfd)?;
-        SharedBytes::map_unchecked(Some(memfd.as_fd()), len, false)
-            .map(|mapping| mapping.keeping(memfd))
+        SharedBytes::map_unchecked(Some(memfd.as_fd()), len).map(|mapping| mapping.keeping(memfd))
     }
 
     fn unmap(&mut self) {
@@ -292,7 +291,7 @@ unsafe impl Sync for SharedBytes {}
 impl SharedBytes {
     /// Maps `fd` read-only after checking that it is a memfd sealed against
     /// shrinking, growing and writing, exactly `len` bytes long. Its pages
-    /// are mapped at once (`MAP_POPULATE`); `fd` may be closed afterwards.
+    /// are mapped as they are read; `fd` may be closed afterwards.
     ///
     /// # Errors
     /// Why the memory cannot be trusted or mapped, in words for a
@@ -300,7 +299,7 @@ impl SharedBytes {
     /// missing, another size, or the kernel refused the mapping.
     pub fn map(fd: BorrowedFd<'_>, len: u64) -> Result<SharedBytes, String> {
         let len = check_sealed(fd, len)?;
-        SharedBytes::map_unchecked(Some(fd), len, true)
+        SharedBytes::map_unchecked(Some(fd), len)
             .map_err(|error| format!("mapping {len} bytes failed ({error})"))
     }
 
@@ -313,13 +312,15 @@ impl SharedBytes {
         SharedBytes::map(fd.as_fd(), len).map(|mapping| mapping.keeping(fd))
     }
 
-    /// Maps `len` bytes of `fd` read-only (`populate`: all pages now),
-    /// trusting the caller that it is sealed and that long.
-    fn map_unchecked(
-        fd: Option<BorrowedFd<'_>>,
-        len: usize,
-        populate: bool,
-    ) -> io::Result<SharedBytes> {
+    /// Maps `len` bytes of `fd` read-only, trusting the caller that it is
+    /// sealed and that long. Pages are mapped as they are first read (16 at
+    /// a time, the kernel's fault-around), not all at once: populating the
+    /// mapping (`MAP_POPULATE`) also marked every page accessed, which moves
+    /// each one between the kernel's LRU lists under a lock; on the worker
+    /// receiving 64 MiB `Bytes` that was a quarter of its time, and those
+    /// messages took 15-29 % less time without it (BENCHMARKS.md, issue 13,
+    /// session 9). Pages never read are never mapped.
+    fn map_unchecked(fd: Option<BorrowedFd<'_>>, len: usize) -> io::Result<SharedBytes> {
         let Some(fd) = fd.filter(|_| len > 0) else {
             // mmap refuses an empty mapping: nothing to map.
             return Ok(SharedBytes {
@@ -328,7 +329,6 @@ impl SharedBytes {
                 memfd: None,
             });
         };
-        let populate = if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: a fresh mapping chosen by the kernel (no address hint), of a
         // descriptor we hold open for the call; it aliases no Rust object.
         // The file is sealed against shrinking (checked by `check_sealed`,
@@ -340,7 +340,7 @@ impl SharedBytes {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ,
-                libc::MAP_SHARED | populate,
+                libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
             )
@@ -410,6 +410,43 @@ mod tests {
         assert_eq!(mapped.as_slice(), &bytes[..]);
         let empty = sealed_memfd(&[]).unwrap();
         assert!(SharedBytes::map(empty.as_fd(), 0).unwrap().is_empty());
+    }
+
+    /// The resident kilobytes of the mapping of this process that holds `address`.
+    fn rss_kib_at(address: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_once(' ')
+                .and_then(|(range, _)| range.split_once('-'));
+            if let Some((start, end)) = range {
+                if let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    inside = (start..end).contains(&address);
+                    continue;
+                }
+            }
+            if let Some(kib) = line.strip_prefix("Rss:").filter(|_| inside) {
+                return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {address:#x}");
+    }
+
+    #[test]
+    fn a_mapping_maps_pages_as_they_are_read_not_before() {
+        let pages = 64;
+        let bytes: Vec<u8> = (0..pages * 4096).map(|i| (i % 241) as u8).collect();
+        let fd = sealed_memfd(&bytes).unwrap();
+        let mapped = SharedBytes::map(fd.as_fd(), bytes.len() as u64).unwrap();
+        drop(fd);
+        let start = mapped.as_slice().as_ptr() as usize;
+        assert_eq!(rss_kib_at(start), 0, "nothing mapped before a read");
+        assert_eq!(mapped.as_slice(), &bytes[..]);
+        assert_eq!(rss_kib_at(start), pages as u64 * 4, "all of it once read");
     }
 
     #[test]

@@ -288,7 +288,7 @@ pub enum Encoding {
 /// `with_shared_memory_min`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedMemory {
-    /// The library's default, the sender left as it is: a memfd from 1 MiB
+    /// The library's default, the sender left as it is: a memfd from 4 MiB
     /// (from 32 MiB for a message made mostly of large `Bytes`, which the
     /// socket write takes from their own buffers).
     Default,
@@ -303,7 +303,7 @@ impl SharedMemory {
     /// The threshold to give the sender (`Default` leaves it unset).
     pub fn min(self) -> Option<usize> {
         match self {
-            SharedMemory::Default => Some(1 << 20),
+            SharedMemory::Default => Some(4 << 20),
             SharedMemory::Off => Some(usize::MAX),
             SharedMemory::Always => Some(0),
         }

@@ -175,7 +175,7 @@ pub fn stages(size: usize, budget: Budget) -> Vec<Stage> {
         ),
         (
             "memfd-map",
-            "sealed memfd: check, map (populated), read every page, unmap",
+            "sealed memfd: check, map, read every page, unmap",
             {
                 let memfd = parallel_zygote::shm::sealed_memfd(&bytes_encoded).expect("memfd");
                 timed(budget, || {
@@ -214,7 +214,7 @@ pub fn stages(size: usize, budget: Budget) -> Vec<Stage> {
         ),
         (
             "shared-map",
-            "shared `Bytes` received: dup its memfd, check, map (populated), unmap, close",
+            "shared `Bytes` received: dup its memfd, check, map, unmap, close",
             {
                 // A sealed memfd of the same size: the receiver's work is
                 // the same (check seals and size, map, unmap, close).

@@ -141,7 +141,7 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// [`Sink`](futures_sink::Sink) (`SinkExt::send`, `forward`). Either way at
 /// most 16 messages wait in the queue: a full queue makes the sender wait.
 ///
-/// A message whose encoding reaches 1 MiB travels through shared memory:
+/// A message whose encoding reaches 4 MiB travels through shared memory:
 /// `send` copies it into a sealed memfd that the other side maps, instead of
 /// writing it through the socket (the kernel's two copies and the socket
 /// round trips are saved); [`with_shared_memory_min`](Self::with_shared_memory_min)
@@ -278,15 +278,16 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     }
 
     /// Sets the size from which this sender's messages (their encoding)
-    /// travel through shared memory rather than the socket: 1 MiB by
+    /// travel through shared memory rather than the socket: 4 MiB by
     /// default (32 MiB for a message made mostly of large `Bytes`; once set,
     /// the one threshold holds for every message), `None` to turn it off. A
     /// channel whose socket passes no descriptors never uses shared memory,
     /// whatever this says. Clones
     /// made afterwards inherit it.
     ///
-    /// Below about 1 MiB the memfd's own costs (create, size, seal, map)
-    /// outweigh the copies it saves; see BENCHMARKS.md for measurements.
+    /// Below a few MiB the memfd's own costs (create, size, seal, map, and
+    /// its pages allocated and freed for each message) outweigh the socket
+    /// copies it saves; see BENCHMARKS.md for measurements.
     #[must_use]
     pub fn with_shared_memory_min(mut self, min: Option<usize>) -> Self {
         self.shared_min = min.filter(|_| self.passes_descriptors);

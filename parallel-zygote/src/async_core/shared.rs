@@ -35,10 +35,15 @@ use crate::shm::{sealed_memfd_with, SharedBytes};
 
 /// By default, encoded messages at least this large go through a sealed
 /// memfd rather than the socket, on channels that pass descriptors
-/// (`MessageSender::with_shared_memory_min` changes it). Below it the memfd's
-/// own costs (create, size, seal, map, unmap: tens of µs) outweigh the
-/// socket copies they save; see BENCHMARKS.md (issue 13) for the crossover.
-pub(crate) const SHARED_MIN: usize = 1 << 20;
+/// (`MessageSender::with_shared_memory_min` changes it). Below it the socket
+/// is faster: since received payloads (and the buffers copied messages are
+/// encoded into) are recycled, its two copies go between warm buffers,
+/// while a memfd's pages are allocated, mapped, unmapped and freed for
+/// every message (tens of µs, and about a microsecond per 4 KiB page). The
+/// sweep in BENCHMARKS.md (issue 13, session 9) put serde_bytes messages of
+/// 1, 2 and 4 MiB 15-35 % faster through the socket; it was 1 MiB before
+/// the buffers were recycled.
+pub(crate) const SHARED_MIN: usize = 4 << 20;
 
 /// By default, a message whose encoding is at least three quarters large
 /// heap [`Bytes`](super::Bytes) (written to the socket from their own
