@@ -19,8 +19,8 @@ use super::stats::{Budget, Sampler};
 pub trait Chunk: Serialize + serde::de::DeserializeOwned + Send + 'static {
     fn data(bytes: Vec<u8>) -> Self;
     fn flush() -> Self;
-    /// The payload's length, or `None` for a flush.
-    fn payload(&self) -> Option<usize>;
+    /// The payload, or `None` for a flush.
+    fn payload(&self) -> Option<&[u8]>;
 }
 
 /// Bytes as `#[serde(with = "serde_bytes")]`: a length, then the bytes.
@@ -62,9 +62,9 @@ impl Chunk for OurChunk {
     fn flush() -> Self {
         OurChunk::Flush
     }
-    fn payload(&self) -> Option<usize> {
+    fn payload(&self) -> Option<&[u8]> {
         match self {
-            OurChunk::Data(bytes) => Some(bytes.len()),
+            OurChunk::Data(bytes) => Some(bytes),
             OurChunk::Flush => None,
         }
     }
@@ -79,9 +79,9 @@ macro_rules! chunk {
             fn flush() -> Self {
                 $type::Flush
             }
-            fn payload(&self) -> Option<usize> {
+            fn payload(&self) -> Option<&[u8]> {
                 match self {
-                    $type::Data(bytes) => Some(bytes.len()),
+                    $type::Data(bytes) => Some(bytes),
                     $type::Flush => None,
                 }
             }
