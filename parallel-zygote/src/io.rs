@@ -457,30 +457,6 @@ mod tests {
         }
     }
 
-    /// The `VmFlags` of the mapping of this process that holds `address`.
-    fn vm_flags_at(address: usize) -> String {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_once(' ')
-                .and_then(|(range, _)| range.split_once('-'));
-            if let Some((start, end)) = range {
-                if let (Ok(start), Ok(end)) = (
-                    usize::from_str_radix(start, 16),
-                    usize::from_str_radix(end, 16),
-                ) {
-                    inside = (start..end).contains(&address);
-                    continue;
-                }
-            }
-            if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
-                return flags.to_string();
-            }
-        }
-        panic!("no mapping holds {address:#x}");
-    }
-
     #[test]
     fn a_large_payload_buffer_is_offered_huge_pages_and_filled_as_before() {
         let (mut writer, reader) = UnixStream::pair().unwrap();
@@ -499,7 +475,7 @@ mod tests {
         assert!(block + HUGE_PAGE <= payload.as_ptr() as usize + payload.capacity());
         // Kernels without THP refuse the advice; nothing else changes.
         if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
-            let flags = vm_flags_at(block);
+            let flags = crate::shm::smaps_field_at(block, "VmFlags:");
             let advised = flags.split_whitespace().any(|flag| flag == "hg");
             assert!(advised, "MADV_HUGEPAGE not applied: VmFlags {flags}");
         }

@@ -397,6 +397,36 @@ impl Drop for SharedBytes {
     }
 }
 
+/// The value of `field` (`"Rss:"`, `"VmFlags:"`, ...) in `/proc/self/smaps`
+/// for the mapping of this process that holds `address`: what unit tests
+/// check the kernel did with a mapping.
+///
+/// # Panics
+/// When no mapping holds `address` or it has no such field.
+#[cfg(test)]
+pub(crate) fn smaps_field_at(address: usize, field: &str) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line
+            .split_once(' ')
+            .and_then(|(range, _)| range.split_once('-'));
+        if let Some((start, end)) = range {
+            if let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                inside = (start..end).contains(&address);
+                continue;
+            }
+        }
+        if let Some(value) = line.strip_prefix(field).filter(|_| inside) {
+            return value.to_string();
+        }
+    }
+    panic!("no mapping holds {address:#x} with a {field} field");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,26 +444,8 @@ mod tests {
 
     /// The resident kilobytes of the mapping of this process that holds `address`.
     fn rss_kib_at(address: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_once(' ')
-                .and_then(|(range, _)| range.split_once('-'));
-            if let Some((start, end)) = range {
-                if let (Ok(start), Ok(end)) = (
-                    usize::from_str_radix(start, 16),
-                    usize::from_str_radix(end, 16),
-                ) {
-                    inside = (start..end).contains(&address);
-                    continue;
-                }
-            }
-            if let Some(kib) = line.strip_prefix("Rss:").filter(|_| inside) {
-                return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
-            }
-        }
-        panic!("no mapping holds {address:#x}");
+        let kib = smaps_field_at(address, "Rss:");
+        kib.trim().trim_end_matches("kB").trim().parse().unwrap()
     }
 
     #[test]
