@@ -78,6 +78,12 @@ pub trait Endpoint {
     #[must_use]
     fn poll_transmit(&mut self) -> Option<Transmit>;
 
+    /// Gives back a written transmit's `head`, for a later frame's bytes
+    /// (see [`ParentChannel::recycle`]). Drops it by default.
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        drop(buffer);
+    }
+
     /// How many descriptors came along with `event`, to take from the
     /// transport's queue of received descriptors, in order.
     fn event_fds(event: &Self::Event) -> usize;
@@ -90,6 +96,9 @@ impl Endpoint for ParentChannel {
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
         ParentChannel::poll_transmit(self)
+    }
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        ParentChannel::recycle(self, buffer);
     }
     fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
         ParentChannel::payload_buffer(self)
@@ -118,6 +127,9 @@ impl Endpoint for WorkerChannel {
     fn poll_transmit(&mut self) -> Option<Transmit> {
         WorkerChannel::poll_transmit(self)
     }
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        WorkerChannel::recycle(self, buffer);
+    }
     fn payload_buffer(&mut self) -> Option<PayloadBuffer<'_>> {
         WorkerChannel::payload_buffer(self)
     }
@@ -145,6 +157,9 @@ impl Endpoint for ZygoteClient {
     fn poll_transmit(&mut self) -> Option<Transmit> {
         ZygoteClient::poll_transmit(self)
     }
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        ZygoteClient::recycle(self, buffer);
+    }
     fn event_fds(_event: &ZygoteEvent) -> usize {
         // The zygote sends no descriptors to its client.
         0
@@ -158,6 +173,9 @@ impl Endpoint for ZygoteServer {
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
         ZygoteServer::poll_transmit(self)
+    }
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        ZygoteServer::recycle(self, buffer);
     }
     fn event_fds(event: &ServerEvent) -> usize {
         match event {

@@ -50,11 +50,20 @@ impl Transmit {
     }
 }
 
+/// The largest written `head` kept for the next frame (see
+/// [`TransmitQueue::recycle`]): calls, answers and small messages fit many
+/// times over; a larger buffer is freed rather than held for the
+/// connection's life.
+pub(crate) const RECYCLE_MAX: usize = 64 * 1024;
+
 /// Queue of encoded frames awaiting the transport.
 #[derive(Debug, Default)]
 pub(crate) struct TransmitQueue {
     queue: VecDeque<Transmit>,
     queued: usize,
+    /// A written transmit's `head`, empty, for the next frame that starts a
+    /// run of its own (see [`recycle`](Self::recycle)).
+    spare: Vec<u8>,
 }
 
 impl TransmitQueue {
@@ -81,8 +90,10 @@ impl TransmitQueue {
             last.head.extend_from_slice(&payload);
             return Ok(());
         }
+        let mut head = std::mem::take(&mut self.spare);
+        head.extend_from_slice(&header.to_bytes());
         let mut transmit = Transmit {
-            head: header.to_bytes().to_vec(),
+            head,
             body: Vec::new(),
             fds,
             external: 0,
@@ -115,7 +126,13 @@ impl TransmitQueue {
         // that turns out large stays in the run too (it was never copied).
         let coalesce = fds == 0 && self.queue.back().is_some_and(|last| !last.is_closed());
         let queued = self.queued;
-        let mut fresh = Vec::new();
+        // A frame of its own takes the spare buffer (a lone call's or
+        // answer's frame then allocates nothing).
+        let mut fresh = if coalesce {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.spare)
+        };
         let head = match self.queue.back_mut() {
             Some(last) if coalesce => &mut last.head,
             _ => &mut fresh,
@@ -134,6 +151,9 @@ impl TransmitQueue {
             Ok(header) => header,
             Err(error) => {
                 head.truncate(start);
+                if !coalesce {
+                    self.recycle(fresh);
+                }
                 return Err(error);
             }
         };
@@ -182,6 +202,16 @@ impl TransmitQueue {
 
     pub(crate) fn queued_bytes(&self) -> usize {
         self.queued
+    }
+
+    /// Keeps `buffer` (a written transmit's `head`), emptied, for the next
+    /// frame that starts a run of its own, unless it is larger than
+    /// [`RECYCLE_MAX`] or a spare is kept already.
+    pub(crate) fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if buffer.capacity() <= RECYCLE_MAX && buffer.capacity() > self.spare.capacity() {
+            buffer.clear();
+            self.spare = buffer;
+        }
     }
 }
 

@@ -123,6 +123,10 @@ impl Wire {
         self.out.pop()
     }
 
+    pub(crate) fn recycle(&mut self, buffer: Vec<u8>) {
+        self.out.recycle(buffer);
+    }
+
     pub(crate) fn queued_bytes(&self) -> usize {
         self.out.queued_bytes()
     }

@@ -243,3 +243,42 @@ fn external_data_keeps_the_frame_limits() {
         "no data after end"
     );
 }
+
+#[test]
+fn a_recycled_head_carries_the_next_frame_with_the_same_bytes() {
+    let mut parent = started_parent();
+    parent.call(b"call 1".to_vec()).unwrap();
+    let first = parent.poll_transmit().unwrap();
+    let mut expected = ParentChannel::new(Limits::default());
+    expected.start(entry(), Vec::new()).unwrap();
+    let _ = drain(&mut expected);
+    expected.call(b"call 1".to_vec()).unwrap();
+    expected.call(b"call 2".to_vec()).unwrap();
+    let expected = wire(&drain(&mut expected));
+
+    let reused = first.head.as_ptr();
+    let mut written = first.head.clone();
+    parent.recycle(first.head);
+    parent.call(b"call 2".to_vec()).unwrap();
+    let second = parent.poll_transmit().unwrap();
+    assert_eq!(
+        second.head.as_ptr(),
+        reused,
+        "the frame went into the given buffer"
+    );
+    written.extend_from_slice(&second.head);
+    assert_eq!(written, expected, "recycling changes no byte on the wire");
+}
+
+#[test]
+fn buffers_over_64_kib_are_not_kept_for_the_next_frame() {
+    let mut worker = WorkerChannel::new(Limits::default(), 1);
+    let _ = drain(&mut worker);
+    let big = Vec::with_capacity(64 * 1024 + 1);
+    let big_at = big.as_ptr();
+    worker.recycle(big);
+    worker.send_data(b"x".to_vec(), 0).unwrap();
+    let transmit = worker.poll_transmit().unwrap();
+    assert_ne!(transmit.head.as_ptr(), big_at);
+    assert!(transmit.head.capacity() < 64 * 1024);
+}

@@ -67,6 +67,8 @@ pub struct Outbox {
     fds: VecDeque<OwnedFd>,
     /// Where a written transmit's body goes (see [`set_recycle`](Self::set_recycle)).
     recycle: Option<fn(Vec<u8>)>,
+    /// The `head` of the last transmit written whole (see [`take_spent`](Self::take_spent)).
+    spent: Option<Vec<u8>>,
 }
 
 impl Outbox {
@@ -80,6 +82,13 @@ impl Outbox {
     /// of buffers for the next large payloads.
     pub fn set_recycle(&mut self, recycle: fn(Vec<u8>)) {
         self.recycle = Some(recycle);
+    }
+
+    /// The `head` buffer of the last transmit written whole, if it was not
+    /// taken yet: hand it back to the state machine (its `recycle`) and the
+    /// next frame is encoded into it instead of a fresh allocation.
+    pub fn take_spent(&mut self) -> Option<Vec<u8>> {
+        self.spent.take()
     }
 
     /// Queues a transmit; the next `transmit.fds` descriptors of `fds` ride with it.
@@ -155,7 +164,7 @@ impl Outbox {
                 if sent < rest.len() {
                     self.written += sent;
                 } else {
-                    self.transmits.pop_front();
+                    self.spent = self.transmits.pop_front().map(|done| done.transmit.head);
                     self.written = 0;
                 }
                 continue;
@@ -230,11 +239,13 @@ impl Outbox {
                     break;
                 }
                 sent -= rest;
-                let done = self.transmits.pop_front();
-                if let (Some(recycle), Some(done)) = (self.recycle, done) {
-                    if done.transmit.body.capacity() > 0 {
-                        recycle(done.transmit.body);
+                if let Some(done) = self.transmits.pop_front() {
+                    if let Some(recycle) = self.recycle {
+                        if done.transmit.body.capacity() > 0 {
+                            recycle(done.transmit.body);
+                        }
                     }
+                    self.spent = Some(done.transmit.head);
                 }
                 self.written = 0;
             }
@@ -543,6 +554,42 @@ mod tests {
             received == head,
             "bytes lost or reordered across partial writes"
         );
+    }
+
+    #[test]
+    fn a_head_is_spent_only_once_written_whole_on_either_path() {
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let mut outbox = Outbox::new();
+        // The lone-transmit path, through a partial write first.
+        let big: Vec<u8> = vec![5; 4 << 20];
+        let mut first = transmit(&[], &[], 0);
+        first.head = big;
+        let first_at = first.head.as_ptr();
+        outbox.push(first, []);
+        let error = outbox.flush(&sender).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            outbox.take_spent().is_none(),
+            "half written: still the socket's"
+        );
+        let mut sink = vec![0u8; 1 << 20];
+        while !outbox.is_empty() {
+            let _ = (&receiver).read(&mut sink).unwrap();
+            let _ = outbox.flush(&sender);
+        }
+        let spent = outbox.take_spent().expect("written whole");
+        assert_eq!(spent.as_ptr(), first_at);
+        assert!(outbox.take_spent().is_none(), "given once");
+        // The gathered path (two transmits in one write): the last one's.
+        let (sender, _receiver) = UnixStream::pair().unwrap();
+        outbox.push(transmit(b"ab", &[], 0), []);
+        let second = transmit(b"cd", &[], 0);
+        let second_at = second.head.as_ptr();
+        outbox.push(second, []);
+        outbox.flush(&sender).unwrap();
+        let spent = outbox.take_spent().expect("written whole");
+        assert_eq!(spent.as_ptr(), second_at);
     }
 
     #[test]

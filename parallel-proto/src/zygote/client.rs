@@ -250,6 +250,13 @@ impl ZygoteClient {
         self.wire.poll_transmit()
     }
 
+    /// Gives back a written [`Transmit`]'s `head` (or any spent buffer), for
+    /// the bytes of a later frame: a transport that does so saves an
+    /// allocation per frame. Optional; buffers over 64 KiB are dropped.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.wire.recycle(buffer);
+    }
+
     fn apply(&mut self, message: FromZygote, fds: u8) -> Result<Option<ZygoteEvent>, RemoteError> {
         if fds != 0 {
             return Err(RemoteError::WrongFdCount {

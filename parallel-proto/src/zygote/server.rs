@@ -198,6 +198,13 @@ impl ZygoteServer {
         self.wire.poll_transmit()
     }
 
+    /// Gives back a written [`Transmit`]'s `head` (or any spent buffer), for
+    /// the bytes of a later frame: a transport that does so saves an
+    /// allocation per frame. Optional; buffers over 64 KiB are dropped.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.wire.recycle(buffer);
+    }
+
     /// The id the child for `request` will get; changes nothing, so that a
     /// refused send (a full queue) leaves the request answerable.
     fn next_child(&self, request: RequestId) -> Result<WorkerId, LocalError> {

@@ -225,6 +225,15 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         self.collect_transmits();
         if !self.outbox.is_empty() {
             let _ = self.outbox.flush(&fd);
+            self.recycle_spent();
+        }
+    }
+
+    /// Hands the last written frame's buffer back to the state machine,
+    /// for the next frame's bytes (an allocation less per call and answer).
+    fn recycle_spent(&mut self) {
+        if let Some(head) = self.outbox.take_spent() {
+            self.machine.recycle(head);
         }
     }
 
@@ -241,7 +250,9 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
             return Poll::Ready(Ok(()));
         }
         let Conn { socket, outbox, .. } = self;
-        ready!(socket.poll_write(cx, &mut |stream: BorrowedFd<'_>| outbox.flush(&stream)))?;
+        let written = socket.poll_write(cx, &mut |stream: BorrowedFd<'_>| outbox.flush(&stream));
+        self.recycle_spent();
+        ready!(written)?;
         Poll::Ready(Ok(()))
     }
 
