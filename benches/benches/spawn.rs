@@ -1317,8 +1317,8 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             }
             phases.iter().map(|p| p.to_ready + p.back).collect()
         }
-        // `process-<n>mib[-ours][-inline]`: 64 MiB in messages of n MiB
-        // (`Bytes`, or serde_bytes without `-ours`).
+        // `process-<n>mib[-ours|-seq][-inline]`: 64 MiB in messages of n
+        // MiB (`Bytes`, plain `Vec<u8>`, or serde_bytes without either).
         other => {
             let parsed = other
                 .strip_prefix("process-")
@@ -1327,9 +1327,12 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             let Some((mib, path)) = parsed.filter(|(mib, _)| (1..=64).contains(mib)) else {
                 panic!("unknown operation {other:?}")
             };
-            let (encoding, path) = match path.strip_prefix("-ours") {
-                Some(path) => (Encoding::Ours, path),
-                None => (Encoding::Bytes, path),
+            let (encoding, path) = if let Some(path) = path.strip_prefix("-ours") {
+                (Encoding::Ours, path)
+            } else if let Some(path) = path.strip_prefix("-seq") {
+                (Encoding::Seq, path)
+            } else {
+                (Encoding::Bytes, path)
             };
             let shared = match path {
                 "-inline" => SharedMemory::Off,
