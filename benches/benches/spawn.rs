@@ -919,6 +919,12 @@ fn throughput_section(
                 ("ours", "Bytes", Encoding::Ours, SharedMemory::Default),
                 ("seq", "plain Vec<u8>", Encoding::Seq, SharedMemory::Default),
                 (
+                    "plain",
+                    "plain Vec<u8> as the whole message",
+                    Encoding::Plain,
+                    SharedMemory::Default,
+                ),
+                (
                     "zc-ready",
                     "SharedBytesMut filled before the clock",
                     Encoding::SharedReady,
@@ -934,6 +940,9 @@ fn throughput_section(
             for (key, what, encoding, shared) in rows {
                 if size == 256 * KIB && encoding != Encoding::Bytes {
                     continue; // Only the crossover at this size.
+                }
+                if encoding == Encoding::Plain && size != MIB {
+                    continue; // The goal's size.
                 }
                 let zero_copy = matches!(encoding, Encoding::SharedReady | Encoding::SharedFilled);
                 if zero_copy && size < MIB {
@@ -1317,8 +1326,9 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             }
             phases.iter().map(|p| p.to_ready + p.back).collect()
         }
-        // `process-<n>mib[-ours|-seq][-inline]`: 64 MiB in messages of n
-        // MiB (`Bytes`, plain `Vec<u8>`, or serde_bytes without either).
+        // `process-<n>mib[-ours|-seq|-plain][-inline]`: 64 MiB in messages
+        // of n MiB (`Bytes`, a `Vec<u8>` in an enum, a `Vec<u8>` alone, or
+        // serde_bytes).
         other => {
             let parsed = other
                 .strip_prefix("process-")
@@ -1331,6 +1341,8 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
                 (Encoding::Ours, path)
             } else if let Some(path) = path.strip_prefix("-seq") {
                 (Encoding::Seq, path)
+            } else if let Some(path) = path.strip_prefix("-plain") {
+                (Encoding::Plain, path)
             } else {
                 (Encoding::Bytes, path)
             };
@@ -1488,9 +1500,11 @@ fn target_specs(a: &str, big: &str) -> Vec<TargetSpec> {
         ("64 MiB", "ours", 1.5),
         ("64 MiB", "zc-ready", 1.5),
         ("1 MiB", "seq", 0.5),
+        ("1 MiB", "plain", 0.5),
     ] {
         let what = match key {
             "seq" => "plain Vec<u8> ",
+            "plain" => "plain Vec<u8> (the whole message) ",
             "ours" => "`Bytes` ",
             "zc-ready" => "`SharedBytesMut` (filled before the clock) ",
             _ => "serde_bytes ",

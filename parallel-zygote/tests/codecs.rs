@@ -306,3 +306,43 @@ fn every_codec_is_under_test() {
     ];
     assert_eq!(on, [true; 4], "json, msgpack, cbor, bincode");
 }
+
+/// `Codec::BYTE_STRINGS_ARE_SEQUENCES` says the truth for every codec: where
+/// it is true, a byte string and a `Vec<u8>` encode to the same bytes and
+/// each decodes as the other (so a `process` message that is a plain
+/// `Vec<u8>` may take the byte-string path on either side); where it is
+/// false, they differ (so the claim is not simply left off).
+#[test]
+fn byte_strings_are_sequences_exactly_where_the_codec_says() {
+    fn check<C: Codec>() {
+        let name = std::any::type_name::<C>();
+        let mut same = true;
+        for len in [0usize, 1, 127, 128, 300, 16_384, 100_003] {
+            let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let as_sequence = C::encode(&plain).unwrap();
+            let as_string = C::encode(&serde_bytes::Bytes::new(&plain)).unwrap();
+            if as_sequence != as_string {
+                same = false;
+                continue;
+            }
+            let string = C::decode::<serde_bytes::ByteBuf>(&as_sequence).unwrap();
+            assert_eq!(
+                string.into_vec(),
+                plain,
+                "{name}: {len} bytes as a byte string"
+            );
+            let sequence = C::decode::<Vec<u8>>(&as_string).unwrap();
+            assert_eq!(sequence, plain, "{name}: {len} bytes as a sequence");
+        }
+        assert_eq!(C::BYTE_STRINGS_ARE_SEQUENCES, same, "{name}");
+    }
+    check::<Postcard>();
+    #[cfg(feature = "json")]
+    check::<parallel_zygote::async_core::codecs::Json>();
+    #[cfg(feature = "msgpack")]
+    check::<parallel_zygote::async_core::codecs::MessagePack>();
+    #[cfg(feature = "cbor")]
+    check::<parallel_zygote::async_core::codecs::Cbor>();
+    #[cfg(feature = "bincode")]
+    check::<parallel_zygote::async_core::codecs::Bincode>();
+}

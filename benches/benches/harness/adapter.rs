@@ -280,6 +280,9 @@ pub enum Encoding {
     Bytes,
     /// A plain `Vec<u8>`: serde's sequence of `u8`, one element at a time.
     Seq,
+    /// A plain `Vec<u8>` as the whole message (no enum around it), which
+    /// the library sends as a byte string where the codec writes both alike.
+    Plain,
     /// The library's `Bytes`: one length, then the bytes, no attribute.
     Ours,
     /// A `Bytes` frozen from a `SharedBytesMut` filled before the clock

@@ -624,6 +624,7 @@ impl<H: Host> Adapter for HostAdapter<H> {
         match encoding {
             Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, shared, budget),
             Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, shared, budget),
+            Encoding::Plain => self.process_throughput_of::<Vec<u8>>(size, count, shared, budget),
             Encoding::Ours => self.process_throughput_of::<OurChunk>(size, count, shared, budget),
             Encoding::SharedReady | Encoding::SharedFilled => self.process_throughput_shared(
                 size,

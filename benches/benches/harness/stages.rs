@@ -91,6 +91,19 @@ macro_rules! chunk {
 chunk!(ByteChunk);
 chunk!(SeqChunk);
 
+/// A plain `Vec<u8>` as the whole message; the empty one is the flush.
+impl Chunk for Vec<u8> {
+    fn data(bytes: Vec<u8>) -> Self {
+        bytes
+    }
+    fn flush() -> Self {
+        Vec::new()
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        (!self.is_empty()).then_some(self.as_slice())
+    }
+}
+
 /// The read size of `parallel-tokio`'s connections.
 const READ_CHUNK: usize = 256 * 1024;
 

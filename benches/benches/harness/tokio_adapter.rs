@@ -457,6 +457,7 @@ impl Adapter for TokioAdapter {
         match encoding {
             Encoding::Bytes => self.process_throughput_of::<ByteChunk>(size, count, shared, budget),
             Encoding::Seq => self.process_throughput_of::<SeqChunk>(size, count, shared, budget),
+            Encoding::Plain => self.process_throughput_of::<Vec<u8>>(size, count, shared, budget),
             Encoding::Ours => self.process_throughput_of::<OurChunk>(size, count, shared, budget),
             Encoding::SharedReady | Encoding::SharedFilled => self.process_throughput_shared(
                 size,

@@ -86,6 +86,9 @@ pub struct Json;
 
 #[cfg(feature = "json")]
 impl Codec for Json {
+    /// serde_json writes both as an array of numbers.
+    const BYTE_STRINGS_ARE_SEQUENCES: bool = true;
+
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
         Ok(serde_json::to_vec(value)?)
     }
@@ -170,6 +173,9 @@ pub struct Bincode;
 
 #[cfg(feature = "bincode")]
 impl Codec for Bincode {
+    /// bincode writes both as a length, then the bytes.
+    const BYTE_STRINGS_ARE_SEQUENCES: bool = true;
+
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
         // `bincode::Error` is a `Box<ErrorKind>`: unsized to a CodecError
         // rather than boxed again, so that it downcasts to `ErrorKind`.

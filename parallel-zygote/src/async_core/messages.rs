@@ -1,5 +1,6 @@
 //! Typed message streams and senders, used on both sides of a `process`.
 
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
@@ -12,7 +13,7 @@ use futures_core::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::bytes::{decode_from_mapping, decode_from_received};
+use super::bytes::{decode_from_mapping, decode_from_received, Bytes};
 use super::codec::{Codec, Postcard};
 use super::fd::{decode_with_fds, encode_with_fds};
 use super::pieces;
@@ -54,7 +55,7 @@ pub struct MessageStream<T, C: Codec = Postcard> {
     _types: PhantomData<fn() -> (T, C)>,
 }
 
-impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
+impl<T: DeserializeOwned + 'static, C: Codec> MessageStream<T, C> {
     pub(crate) fn new(receiver: mpsc::Receiver<Result<RawMessage, Error>>) -> Self {
         MessageStream {
             receiver,
@@ -98,7 +99,7 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
                 match payload {
                     Payload::Mapped(mapping) => decode_with_fds(fds, || {
                         decode_from_mapping(&mapping, || {
-                            decode_within(budget, || C::decode::<T>(mapping.as_slice()))
+                            decode_within(budget, || decode_message::<T, C>(mapping.as_slice()))
                         })
                     }),
                     // Received into a buffer of its own, which goes back
@@ -108,15 +109,15 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
                         let buffer = Arc::new(HeapBuffer::received(bytes));
                         decode_with_fds(fds, || {
                             decode_from_received(&buffer, || {
-                                decode_within(budget, || C::decode::<T>(&buffer))
+                                decode_within(budget, || decode_message::<T, C>(&buffer))
                             })
                         })
                     }
                     // Only outgoing messages are sealed or in pieces;
                     // nothing decodes them.
-                    Payload::Sealed { .. } | Payload::Pieces(_) => {
-                        decode_with_fds(fds, || decode_within(budget, || C::decode::<T>(&[])))
-                    }
+                    Payload::Sealed { .. } | Payload::Pieces(_) => decode_with_fds(fds, || {
+                        decode_within(budget, || decode_message::<T, C>(&[]))
+                    }),
                 }
                 .map_err(Error::decode::<T>)
             })
@@ -124,7 +125,7 @@ impl<T: DeserializeOwned, C: Codec> MessageStream<T, C> {
     }
 }
 
-impl<T: DeserializeOwned, C: Codec> Stream for MessageStream<T, C> {
+impl<T: DeserializeOwned + 'static, C: Codec> Stream for MessageStream<T, C> {
     type Item = Result<T, Error>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_recv(cx)
@@ -151,8 +152,11 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// socket write takes their bytes from their own buffers, which was faster
 /// than the memfd's copy up to tens of MiB, so such a message uses shared
 /// memory only from 32 MiB unless the threshold was set. For bulk data, use
-/// [`Bytes`](super::Bytes) (or `serde_bytes`) rather than a plain `Vec<u8>`,
-/// which serde encodes one element at a time. A `Bytes` frozen from a
+/// [`Bytes`](super::Bytes) (or `serde_bytes`) rather than a plain `Vec<u8>`
+/// inside a message, which serde encodes one element at a time; a message
+/// that is a `Vec<u8>` and nothing else goes as a byte string, as a `Bytes`
+/// does, with any codec that writes both alike (see
+/// [`Codec::BYTE_STRINGS_ARE_SEQUENCES`]). A `Bytes` frozen from a
 /// [`SharedBytesMut`](super::SharedBytesMut) is not copied at all: its
 /// sealed memfd rides with the message (counted with the message's `Fd`s
 /// against the descriptors a frame may carry, `Limits::max_fds_per_frame`
@@ -187,7 +191,7 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
     }
 }
 
-impl<T: Serialize, C: Codec> MessageSender<T, C> {
+impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
     pub(crate) fn new(sender: async_channel::Sender<RawMessage>, passes_descriptors: bool) -> Self {
         MessageSender {
             sender,
@@ -207,14 +211,36 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
     /// than 15 descriptors: `Fd`s and shared `Bytes`), and
     /// [`Error::Closed`] when the other side is gone.
     pub async fn send(&self, message: T) -> Result<(), Error> {
-        let raw = self.encode(&message)?;
+        let raw = self.encode_owned(message)?;
         self.sender.send(raw).await.map_err(|_| Error::Closed)
+    }
+
+    /// [`encode`](Self::encode), where a plain `Vec<u8>` goes as a byte
+    /// string when the codec writes both alike (see
+    /// [`Codec::BYTE_STRINGS_ARE_SEQUENCES`]): serde hands a `Vec<u8>` over
+    /// one element at a time, about a hundred times slower than the copy
+    /// of a byte string (and a large one is lent to the socket as a
+    /// [`Bytes`] is, not copied at all).
+    fn encode_owned(&self, message: T) -> Result<RawMessage, Error> {
+        if C::BYTE_STRINGS_ARE_SEQUENCES && TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+            let mut slot = Some(message);
+            let vec = (&mut slot as &mut dyn Any)
+                .downcast_mut::<Option<Vec<u8>>>()
+                .and_then(Option::take);
+            if let Some(vec) = vec {
+                return self.encode(&Bytes::from(vec));
+            }
+            let message = slot.expect("taken only by the downcast");
+            return self.encode(&message);
+        }
+        self.encode(&message)
     }
 
     /// The message's bytes (in a sealed memfd when large) and descriptors
     /// (its `Fd`s, and the memfds of shared `Bytes` when the channel passes
-    /// descriptors).
-    fn encode(&self, message: &T) -> Result<RawMessage, Error> {
+    /// descriptors). `message` is a `T`, or what stands for one on the wire
+    /// (see [`encode_owned`](Self::encode_owned)); errors name `T`.
+    fn encode<M: Serialize>(&self, message: &M) -> Result<RawMessage, Error> {
         let (payload, fds) = self.encode_payload(message)?;
         if fds.len() > MAX_MESSAGE_FDS {
             // Refused here, with words: the channel would otherwise refuse
@@ -229,7 +255,7 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
         Ok((payload, fds))
     }
 
-    fn encode_payload(&self, message: &T) -> Result<RawMessage, Error> {
+    fn encode_payload<M: Serialize>(&self, message: &M) -> Result<RawMessage, Error> {
         let attach = self.passes_descriptors;
         // Where the bytes the encode copies go: a recycled buffer when the
         // sizing pass says the message is large and lends nothing.
@@ -245,7 +271,7 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
                 let min = self.shared_threshold(min, len, lent);
                 if len >= min {
                     let (payload, fds) = encode_with_fds(attach, || {
-                        Ok::<_, Error>(Payload::encode_sealed::<C, T>(message, len))
+                        Ok::<_, Error>(Payload::encode_sealed::<C, M>(message, len))
                     })?;
                     if let Some(payload) = payload {
                         return Ok((payload, fds));
@@ -257,7 +283,7 @@ impl<T: Serialize, C: Codec> MessageSender<T, C> {
             }
         }
         // Large `Bytes` are lent, not copied (see `pieces`).
-        let (pieces, fds) = encode_with_fds(attach, || pieces::encode::<C, T>(message, buffer))
+        let (pieces, fds) = encode_with_fds(attach, || pieces::encode::<C, M>(message, buffer))
             .map_err(Error::encode::<T>)?;
         let shared = self.shared_min.is_some_and(|min| {
             pieces.len() >= self.shared_threshold(min, pieces.len(), pieces.lent())
@@ -309,7 +335,7 @@ impl<T, C: Codec> MessageSender<T, C> {
     }
 }
 
-impl<T: Serialize, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
+impl<T: Serialize + 'static, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -318,7 +344,7 @@ impl<T: Serialize, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
 
     fn start_send(self: Pin<&mut Self>, message: T) -> Result<(), Error> {
         let this = self.get_mut();
-        let raw = this.encode(&message)?;
+        let raw = this.encode_owned(message)?;
         let sender = this.sender.clone();
         let send: PendingSend =
             Box::pin(async move { sender.send(raw).await.map_err(|_| Error::Closed) });
@@ -334,6 +360,24 @@ impl<T: Serialize, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
         // The other side sees the end once every clone is dropped.
         self.get_mut().poll_pending(cx)
     }
+}
+
+/// Decodes one message; a plain `Vec<u8>` as a byte string where the codec
+/// writes both alike (see [`MessageSender`]'s `encode_owned`): one copy
+/// instead of a call per byte.
+fn decode_message<T: DeserializeOwned + 'static, C: Codec>(
+    bytes: &[u8],
+) -> Result<T, super::CodecError> {
+    if C::BYTE_STRINGS_ARE_SEQUENCES && TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        let mut slot = Some(C::decode::<serde_bytes::ByteBuf>(bytes)?.into_vec());
+        if let Some(message) = (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<T>>()
+            .and_then(Option::take)
+        {
+            return Ok(message);
+        }
+    }
+    C::decode::<T>(bytes)
 }
 
 impl<T, C: Codec> std::fmt::Debug for MessageSender<T, C> {

@@ -278,6 +278,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         process::received_buffers_are_reused_once_dropped_never_while_held,
         process::a_message_mostly_of_large_bytes_takes_the_socket_below_32_mib_by_default,
         process::a_copied_message_takes_the_socket_below_4_mib_by_default,
+        process::plain_byte_vectors_arrive_intact_both_ways,
         zero_copy::shared_buffers_past_a_streams_limit_are_refused_until_released,
         pool::timeout_kills_stuck_worker_and_pool_keeps_serving,
         pool::pool_of_4_over_1000_inputs_with_one_poisoned,

@@ -691,3 +691,54 @@ pub async fn a_copied_message_takes_the_socket_below_4_mib_by_default<R: Runtime
     process.handle.wait().await?;
     Ok(())
 }
+
+/// Runs in a worker: answers each plain byte vector with its bytes reversed.
+async fn reverse_byte_vectors(mut input: MessageStream<Vec<u8>>, output: MessageSender<Vec<u8>>) {
+    while let Some(Ok(mut message)) = input.recv().await {
+        message.reverse();
+        if output.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Plain `Vec<u8>` messages take the byte-string path both ways (the
+/// default codec writes a byte string as it writes a `Vec<u8>`): every size
+/// arrives whole, across the length prefix's width steps, the size from
+/// which a buffer is lent to the socket (16 KiB), and shared memory (4 MiB).
+pub async fn plain_byte_vectors_arrive_intact_both_ways<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let mut process = parallel.process(reverse_byte_vectors)?;
+    for len in [
+        0usize,
+        1,
+        127,
+        128,
+        300,
+        (16 << 10) + 3,
+        (1 << 20) + 7,
+        5 << 20,
+    ] {
+        let message: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut expected = message.clone();
+        expected.reverse();
+        process.sender.send(message).await?;
+        let Some(answer) = process.stream.next().await else {
+            return Err(format!("the stream ended before the {len}-byte answer").into());
+        };
+        let answer = answer?;
+        check(
+            answer.len() == len,
+            format!("{len} bytes sent, {} came back", answer.len()),
+        )?;
+        check(
+            answer == expected,
+            format!("the {len} bytes changed on the way"),
+        )?;
+    }
+    drop(process.sender);
+    check(process.stream.next().await.is_none(), "the stream ends")?;
+    process.handle.wait().await?;
+    Ok(())
+}
