@@ -285,7 +285,7 @@ impl Inbox {
         // `u8` and `MaybeUninit<u8>` have the same layout.
         let buffer =
             unsafe { &mut *(std::ptr::from_mut::<[u8]>(buffer) as *mut [MaybeUninit<u8>]) };
-        self.recv(socket, buffer, &mut [])
+        self.recv(socket, buffer)
     }
 
     /// Reads once, appending at most `max` bytes to `buffer` (reading into
@@ -315,77 +315,30 @@ impl Inbox {
             advise_huge_pages(buffer.spare_capacity_mut());
         }
         let spare = &mut buffer.spare_capacity_mut()[..max];
-        let received = self.recv(socket, spare, &mut [])?;
+        let received = self.recv(socket, spare)?;
         // SAFETY: the kernel initialized the first `received` bytes of the
         // spare capacity, which holds at least `max >= received` bytes.
         unsafe { buffer.set_len(buffer.len() + received) };
         Ok(received)
     }
 
-    /// [`read_append`](Self::read_append), and in the same `recvmsg` what
-    /// follows those `max` bytes into `then`: returns how many bytes went to
-    /// each (`then` gets some only once `buffer` got all `max`).
-    ///
-    /// For a stream of large frames: the rest of one frame's payload goes
-    /// straight into its buffer and the next frame's header into `then`,
-    /// so that the next payload too is read into its own buffer, without
-    /// a system call more per frame.
-    ///
-    /// # Errors
-    /// As [`read`](Self::read).
-    pub fn read_append_then(
-        &mut self,
-        socket: &impl AsRawFd,
-        buffer: &mut Vec<u8>,
-        max: usize,
-        then: &mut [u8],
-    ) -> io::Result<(usize, usize)> {
-        buffer.reserve(max);
-        if buffer.as_ptr() as usize != self.advised {
-            self.advised = buffer.as_ptr() as usize;
-            advise_huge_pages(buffer.spare_capacity_mut());
-        }
-        // SAFETY: `recv` only writes initialized bytes into the slice, and
-        // `u8` and `MaybeUninit<u8>` have the same layout.
-        let then = unsafe { &mut *(std::ptr::from_mut::<[u8]>(then) as *mut [MaybeUninit<u8>]) };
-        let spare = &mut buffer.spare_capacity_mut()[..max];
-        let received = self.recv(socket, spare, then)?;
-        let first = received.min(max);
-        // SAFETY: the kernel filled the iovecs in order: the first `first`
-        // bytes of the spare capacity (which holds `max >= first` bytes)
-        // are initialized.
-        unsafe { buffer.set_len(buffer.len() + first) };
-        Ok((first, received - first))
-    }
-
-    /// One `recvmsg` into possibly uninitialized memory, `buffer` then
-    /// `then` (empty: one slice), queueing the descriptors that came along.
-    fn recv(
-        &mut self,
-        socket: &impl AsRawFd,
-        buffer: &mut [MaybeUninit<u8>],
-        then: &mut [MaybeUninit<u8>],
-    ) -> io::Result<usize> {
+    /// One `recvmsg` into possibly uninitialized memory, queueing the
+    /// descriptors that came along.
+    fn recv(&mut self, socket: &impl AsRawFd, buffer: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
         loop {
-            let mut iov = [
-                libc::iovec {
-                    iov_base: buffer.as_mut_ptr().cast(),
-                    iov_len: buffer.len(),
-                },
-                libc::iovec {
-                    iov_base: then.as_mut_ptr().cast(),
-                    iov_len: then.len(),
-                },
-            ];
+            let mut iov = libc::iovec {
+                iov_base: buffer.as_mut_ptr().cast(),
+                iov_len: buffer.len(),
+            };
             // SAFETY: all-zero is a valid `msghdr` (null pointers, zero lengths).
             let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-            header.msg_iov = iov.as_mut_ptr();
-            header.msg_iovlen = if then.is_empty() { 1 } else { 2 };
+            header.msg_iov = &mut iov;
+            header.msg_iovlen = 1;
             header.msg_control = self.cmsg.as_mut_ptr().cast();
             header.msg_controllen = self.cmsg.len() as _;
-            // SAFETY: `header` points at `msg_iovlen` iovecs over `buffer`
-            // and `then` and at the control buffer, all valid for writes of
-            // their stated lengths for the duration of the call.
+            // SAFETY: `header` points at one iovec over `buffer` and at the
+            // control buffer, both valid for writes of their stated lengths
+            // for the duration of the call.
             let received =
                 unsafe { libc::recvmsg(socket.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) };
             if received < 0 {
@@ -526,67 +479,6 @@ mod tests {
             let advised = flags.split_whitespace().any(|flag| flag == "hg");
             assert!(advised, "MADV_HUGEPAGE not applied: VmFlags {flags}");
         }
-    }
-
-    #[test]
-    fn a_payload_and_the_next_header_are_read_in_one_go_and_no_further() {
-        let (mut writer, reader) = UnixStream::pair().unwrap();
-        let first: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-        // The payload's first 1000 bytes came before (in a staging read).
-        writer.write_all(&first[1000..]).unwrap();
-        writer.write_all(b"HEADER!!").unwrap();
-        writer.write_all(&[7; 1000]).unwrap();
-        let mut inbox = Inbox::new();
-        let mut payload = first[..1000].to_vec();
-        let mut then = [0u8; 8];
-        let mut rest = first.len() - payload.len();
-        let mut header = Vec::new();
-        while rest > 0 || header.len() < 8 {
-            let (into_payload, into_then) = inbox
-                .read_append_then(&reader, &mut payload, rest, &mut then[header.len()..])
-                .unwrap();
-            assert!(into_then == 0 || into_payload == rest, "in order");
-            rest -= into_payload;
-            header.extend_from_slice(&then[header.len()..header.len() + into_then]);
-        }
-        assert!(
-            payload == first,
-            "the payload: {} bytes of {}",
-            payload.len(),
-            first.len()
-        );
-        assert_eq!(header, b"HEADER!!", "the next header, and no more");
-        let mut after = [0u8; 2000];
-        let len = inbox.read(&reader, &mut after).unwrap();
-        assert_eq!(
-            &after[..len],
-            &[7; 1000][..],
-            "what follows stayed in the socket"
-        );
-    }
-
-    #[test]
-    fn the_next_frames_descriptors_come_with_its_header() {
-        let (sender, receiver) = UnixStream::pair().unwrap();
-        let mut outbox = Outbox::new();
-        outbox.push(transmit(&[], &[1; 20_000], 0), []);
-        let (carried, _other) = UnixStream::pair().unwrap();
-        outbox.push(transmit(&[2; 8], &[3; 100], 1), [OwnedFd::from(carried)]);
-        outbox.flush(&sender).unwrap();
-        let mut inbox = Inbox::new();
-        let mut payload = Vec::new();
-        let mut then = [0u8; 8];
-        let mut got = 0;
-        while got < 8 {
-            let want = 20_000 - payload.len();
-            let (_, into_then) = inbox
-                .read_append_then(&receiver, &mut payload, want, &mut then[got..])
-                .unwrap();
-            got += into_then;
-        }
-        assert_eq!(payload, [1; 20_000]);
-        assert_eq!(then, [2; 8]);
-        assert_eq!(inbox.take_fds(1).map(|fds| fds.len()), Some(1));
     }
 
     #[test]

@@ -30,17 +30,9 @@ const READ_CHUNK: usize = 256 * 1024;
 /// buffer doubles each time a read fills it, up to `READ_CHUNK`.
 const READ_START: usize = 4 * 1024;
 
-/// The rest of a payload of at least this many bytes is read straight into
-/// its own buffer rather than through `read_buffer` (however little of it
-/// is left: that read also takes the next frame's header, see
-/// `NEXT_HEADER_READ`, which keeps a stream of large frames out of
-/// `read_buffer`).
+/// Payloads with at least this many bytes still to come are read straight
+/// into their own buffer rather than through `read_buffer`.
 const DIRECT_READ_MIN: usize = 16 * 1024;
-
-/// What a read into a payload's own buffer takes after the payload's end:
-/// the next frame's header, no more (its payload, if large, is read
-/// straight into its own buffer too). At most `READ_START`.
-const NEXT_HEADER_READ: usize = parallel_proto::frame::HEADER_LEN;
 
 pub(crate) struct Conn<M, S> {
     pub(crate) machine: M,
@@ -56,9 +48,6 @@ pub(crate) struct Conn<M, S> {
     /// Unparsed bytes are `read_buffer[parsed..filled]`.
     parsed: usize,
     filled: usize,
-    /// The last read was into a large payload's own buffer: the next
-    /// staging read takes only the next frame's header.
-    after_large: bool,
     eof: bool,
 }
 
@@ -86,7 +75,6 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
             read_buffer,
             parsed: 0,
             filled: unparsed.len(),
-            after_large: false,
             eof: false,
         }
     }
@@ -117,9 +105,7 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
     /// Small frames are cut out of `read_buffer`, many per read; once a
     /// frame's header announced a payload of at least [`DIRECT_READ_MIN`]
     /// bytes and the buffer is used up, the rest of that payload is read
-    /// straight into the payload's own buffer (no staging copy, no zeroing),
-    /// together with the next frame's header and no more: back-to-back
-    /// large frames are each read into their own buffer.
+    /// straight into the payload's own buffer (no staging copy, no zeroing).
     pub(crate) fn poll_event(
         &mut self,
         cx: &mut Context<'_>,
@@ -147,70 +133,44 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
                 socket,
                 inbox,
                 read_buffer,
-                after_large,
                 ..
             } = self;
-            let mut staged = 0;
             let direct = machine
                 .payload_buffer()
-                .filter(|payload| payload.frame_len() >= DIRECT_READ_MIN);
-            let direct_read = direct.is_some();
+                .filter(|payload| payload.remaining() >= DIRECT_READ_MIN);
             let read = if let Some(mut payload) = direct {
-                // This frame's bytes, then the next frame's header alone:
-                // if that frame is large too, its payload is then read
-                // straight into its own buffer in turn (a stream of large
-                // messages goes through no staging copy), and small frames
-                // after it are read in bulk by the staging read as before.
-                let next_header = &mut read_buffer[..NEXT_HEADER_READ];
+                // Only this frame's bytes: the next frame's descriptors
+                // (which come with its first byte) stay in the socket.
                 ready!(socket.poll_read(cx, &mut |stream: BorrowedFd<'_>| {
                     let fds_before = inbox.pending_fds();
                     let want = payload.remaining();
-                    let (len, then) =
-                        inbox.read_append_then(&stream, payload.as_mut_vec(), want, next_header)?;
-                    let drained =
-                        len + then < want + NEXT_HEADER_READ && inbox.pending_fds() == fds_before;
-                    staged = then;
-                    Ok(ReadOutcome {
-                        len: len + then,
-                        drained,
-                    })
+                    let len = inbox.read_append(&stream, payload.as_mut_vec(), want)?;
+                    let drained = len < want && inbox.pending_fds() == fds_before;
+                    Ok(ReadOutcome { len, drained })
                 }))
                 .map(|outcome| (outcome, true))
             } else {
-                // Right after a large frame whose read did not bring the
-                // next header (it was not written yet), only that header:
-                // a staging read of the whole buffer would take the next
-                // large frames into it, each then copied out.
-                let limit = if *after_large {
-                    NEXT_HEADER_READ
-                } else {
-                    read_buffer.len()
-                };
-                let staging = &mut read_buffer[..limit];
                 ready!(socket.poll_read(cx, &mut |stream: BorrowedFd<'_>| {
                     let fds_before = inbox.pending_fds();
-                    let len = inbox.read(&stream, staging)?;
+                    let len = inbox.read(&stream, read_buffer)?;
                     // A short read without descriptors drained the socket
                     // (recvmsg on a stream socket stops early only after a
                     // message carrying descriptors).
-                    let drained = len < staging.len() && inbox.pending_fds() == fds_before;
+                    let drained = len < read_buffer.len() && inbox.pending_fds() == fds_before;
                     Ok(ReadOutcome { len, drained })
                 }))
                 .map(|outcome| (outcome, false))
             };
-            let limited = std::mem::replace(&mut self.after_large, direct_read);
             match read {
                 Ok((ReadOutcome { len: 0, .. }, _)) => self.eof = true,
                 Ok((ReadOutcome { len, .. }, false)) => {
                     self.filled = len;
-                    if !limited && len == self.read_buffer.len() && len < READ_CHUNK {
+                    if len == self.read_buffer.len() && len < READ_CHUNK {
                         // Bulk data: read more at a time from now on.
                         self.read_buffer.resize((len * 2).min(READ_CHUNK), 0);
                     }
                 }
                 Ok((_, true)) => {
-                    // The next frame's header, if it came, is parsed after.
-                    self.filled = staged;
                     // The payload may be complete: the machine says so with
                     // the event, given no further bytes.
                     if let Some(event) = self.machine.handle_input(&mut &[][..])? {
