@@ -485,6 +485,76 @@ pub async fn socket_messages_with_large_bytes_arrive_intact_and_in_order<R: Runt
     Ok(())
 }
 
+/// The worker of the descriptors-between-large-frames scenario: answers
+/// each message with its sequence number, the text of the file that came
+/// with it, and whether its bytes are those the parent made.
+async fn fd_and_bulk(
+    mut input: MessageStream<(u64, Fd, Bytes)>,
+    output: MessageSender<(u64, String, bool)>,
+) {
+    while let Some(Ok((sequence, fd, data))) = input.next().await {
+        let mut file = std::fs::File::from(fd.into_inner());
+        let mut text = String::new();
+        let read = file.read_to_string(&mut text).is_ok();
+        let intact = read && data == bulk_bytes(data.len(), sequence as usize);
+        if output.send((sequence, text, intact)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Large frames back to back are each read into their own buffer together
+/// with the next frame's header; the descriptors of that next frame come
+/// with its header and must still reach their own message.
+pub async fn descriptors_between_large_messages_reach_their_own_message<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel.process(fd_and_bulk)?;
+    let sender = process.sender.with_shared_memory_min(None);
+    let mut stream = process.stream;
+    let total = 24usize;
+    let sizes = [65_536, 100_003, 20_000, 8];
+    let send_all = async {
+        for sequence in 0..total {
+            let mut file = tempfile()?;
+            write!(file, "file {sequence}")?;
+            file.rewind()?;
+            let data = bulk_bytes(sizes[sequence % sizes.len()], sequence);
+            sender
+                .send((sequence as u64, Fd(file.into()), data))
+                .await?;
+        }
+        drop(sender);
+        Ok::<_, Failed>(())
+    };
+    let receive_all = async {
+        let mut received = 0u64;
+        while let Some(answer) = stream.next().await {
+            let (sequence, text, intact) = answer?;
+            check(
+                sequence == received,
+                format!("answer {received} carries sequence {sequence}: out of order"),
+            )?;
+            check(
+                text == format!("file {sequence}"),
+                format!("message {sequence} came with the file reading {text:?}"),
+            )?;
+            check(intact, format!("message {sequence}: its bytes changed"))?;
+            received += 1;
+        }
+        Ok::<_, Failed>(received)
+    };
+    let (sent, received) = futures_util::join!(send_all, receive_all);
+    sent?;
+    let received = received?;
+    check(
+        received == total as u64,
+        format!("{received} of {total} messages answered"),
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
 /// The worker of the buffer-reuse scenario: keeps every even-numbered
 /// message's `Bytes` and drops the odd ones before answering each with
 /// where its bytes are and whether they, and every `Bytes` kept so far, are
