@@ -11,9 +11,9 @@ use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
@@ -292,11 +292,12 @@ fn start<R: Runtime>(
         output,
         phase: Phase::Serve,
         yielded: false,
-        thread: None,
+        thread: Arc::new(AtomicUsize::new(0)),
         reader: None,
         both: None,
     }));
-    let submit = Submit(Arc::downgrade(&state));
+    let thread = Arc::clone(&state.lock().unwrap_or_else(|e| e.into_inner()).thread);
+    let submit = Submit(Arc::downgrade(&state), thread);
     let held = hold.then(|| Held(Arc::clone(&state)));
     R::spawn_driver(Driver {
         state,
@@ -342,11 +343,14 @@ type Answered = (Reply, Result<(CallId, Outcome), CallFailed>);
 /// on one lock, held for a poll at most). Whatever waiting the write
 /// needs (a full socket) is registered with the driver task's waker, so
 /// the driver finishes it as if it had made the write.
-pub(crate) struct Submit<R: Runtime>(Weak<Mutex<DriverState<R>>>);
+///
+/// The second field is the driver's [thread](DriverState::thread), read
+/// without the lock.
+pub(crate) struct Submit<R: Runtime>(Weak<Mutex<DriverState<R>>>, Arc<AtomicUsize>);
 
 impl<R: Runtime> Clone for Submit<R> {
     fn clone(&self) -> Self {
-        Submit(Weak::clone(&self.0))
+        Submit(Weak::clone(&self.0), Arc::clone(&self.1))
     }
 }
 
@@ -380,7 +384,9 @@ impl<R: Runtime> Submit<R> {
     /// driver, so that a caller set aside unpolled never keeps the channel
     /// from the other callers (the driver then reads as before).
     pub(crate) fn poll_read(&self, cx: &mut Context<'_>) -> bool {
-        if !R::CALLERS_READ {
+        // Checked before the lock: a caller on the driver's thread (a task
+        // of smol's executor) pays nothing more per call.
+        if !R::CALLERS_READ || !elsewhere(&self.1) {
             return false;
         }
         let Some(state) = self.0.upgrade() else {
@@ -459,6 +465,23 @@ impl<R: Runtime> Submit<R> {
     }
 }
 
+/// A number that tells the calling thread from every other thread alive:
+/// the address of a thread-local (never 0). Cheaper than
+/// `thread::current().id()`, which counts a reference per call.
+fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|token| std::ptr::from_ref(token) as usize)
+}
+
+/// Whether the driver whose thread is `driver` was last polled on another
+/// thread than the calling one.
+fn elsewhere(driver: &AtomicUsize) -> bool {
+    let driver = driver.load(Ordering::Relaxed);
+    driver != 0 && driver != thread_token()
+}
+
 /// The waker of what a caller serving the channel registers for (see
 /// [`Submit::poll_read`]), and of the driver's own registrations while that
 /// caller waits: it wakes both.
@@ -518,8 +541,9 @@ pub(crate) struct DriverState<R: Runtime> {
     /// system call (see `poll_serve`): the driver's task wakes itself once
     /// the answers are delivered.
     yielded: bool,
-    /// The thread of the driver task's last poll.
-    thread: Option<ThreadId>,
+    /// The thread of the driver task's last poll, as [`thread_token`]
+    /// gives it (0: not polled yet); only where [`Runtime::CALLERS_READ`].
+    thread: Arc<AtomicUsize>,
     /// The caller that last served the channel on its own thread and still
     /// waits (see [`Submit::poll_read`]).
     reader: Option<Waker>,
@@ -588,7 +612,7 @@ impl<R: Runtime> Future for Driver<R> {
                 this.task = Some(cx.waker().clone());
             }
             if R::CALLERS_READ {
-                this.thread = Some(thread::current().id());
+                this.thread.store(thread_token(), Ordering::Relaxed);
             }
             // A held driver is its handle's to poll until released.
             if !this.killer.poll_released(cx) {
@@ -741,7 +765,7 @@ impl<R: Runtime> DriverState<R> {
     /// [`Submit::poll_read`]): the runtime says so and the driver's task
     /// runs on another thread.
     fn caller_reads(&self) -> bool {
-        R::CALLERS_READ && self.thread.is_some_and(|t| t != thread::current().id())
+        R::CALLERS_READ && elsewhere(&self.thread)
     }
 
     /// The waker of the driver's task and the reading caller together, if a
