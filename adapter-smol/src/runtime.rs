@@ -44,6 +44,10 @@ impl core::Runtime for Smol {
     /// The caller (often the `block_on` thread) and the drivers (the
     /// executor's thread) are two threads: see the trait's doc.
     const CALLERS_WRITE_CHUNKS: bool = false;
+    /// A caller in the `block_on` future reads its answers on its own
+    /// thread rather than have the executor's thread read them and wake
+    /// it: see the trait's doc.
+    const CALLERS_READ: bool = true;
 
     fn register(socket: UnixStream) -> io::Result<SmolSocket> {
         SmolSocket::new(socket)

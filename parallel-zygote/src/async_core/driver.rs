@@ -11,8 +11,9 @@ use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
@@ -291,8 +292,12 @@ fn start<R: Runtime>(
         output,
         phase: Phase::Serve,
         yielded: false,
+        thread: Arc::new(AtomicUsize::new(0)),
+        reader: None,
+        both: None,
     }));
-    let submit = Submit(Arc::downgrade(&state));
+    let thread = Arc::clone(&state.lock().unwrap_or_else(|e| e.into_inner()).thread);
+    let submit = Submit(Arc::downgrade(&state), thread);
     let held = hold.then(|| Held(Arc::clone(&state)));
     R::spawn_driver(Driver {
         state,
@@ -338,11 +343,14 @@ type Answered = (Reply, Result<(CallId, Outcome), CallFailed>);
 /// on one lock, held for a poll at most). Whatever waiting the write
 /// needs (a full socket) is registered with the driver task's waker, so
 /// the driver finishes it as if it had made the write.
-pub(crate) struct Submit<R: Runtime>(Weak<Mutex<DriverState<R>>>);
+///
+/// The second field is the driver's [thread](DriverState::thread), read
+/// without the lock.
+pub(crate) struct Submit<R: Runtime>(Weak<Mutex<DriverState<R>>>, Arc<AtomicUsize>);
 
 impl<R: Runtime> Clone for Submit<R> {
     fn clone(&self) -> Self {
-        Submit(Weak::clone(&self.0))
+        Submit(Weak::clone(&self.0), Arc::clone(&self.1))
     }
 }
 
@@ -361,6 +369,135 @@ impl<R: Runtime> Submit<R> {
             return Err(command);
         };
         state.submit(command)
+    }
+
+    /// A caller waiting for its answer on another thread than the driver's
+    /// serves the channel here, on its own thread (reads the answers and
+    /// hands them over, writes what is queued), when the driver is idle
+    /// (its lock free) and serving. True when it served: the caller's own
+    /// answer may be in its channel now.
+    ///
+    /// Only where [`Runtime::CALLERS_READ`] says so. Everything the serving
+    /// registers for (the socket's readiness above all) wakes both the
+    /// caller and the driver's task (see [`Both`]): the caller, so that the
+    /// reactor hands it the next answer directly, on its thread; the
+    /// driver, so that a caller set aside unpolled never keeps the channel
+    /// from the other callers (the driver then reads as before).
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>) -> bool {
+        // Checked before the lock: a caller on the driver's thread (a task
+        // of smol's executor) pays nothing more per call.
+        if !R::CALLERS_READ || !elsewhere(&self.1) {
+            return false;
+        }
+        let Some(state) = self.0.upgrade() else {
+            return false;
+        };
+        // Not waiting: a driver holding the lock is serving, and registers
+        // for what comes next itself.
+        let Ok(mut state) = state.try_lock() else {
+            return false;
+        };
+        let this = &mut *state;
+        // A call alone in flight only: pipelined calls are written and read
+        // by the driver in batches (each caller serving here wrote its own
+        // call at once and the worker answered in small batches, which
+        // took longer: BENCHMARKS.md, session 10).
+        if this.calls.len() > 1
+            || !matches!(this.phase, Phase::Serve)
+            || !this.caller_reads()
+            || !this.killer.is_released()
+        {
+            return false;
+        }
+        if !this
+            .reader
+            .as_ref()
+            .is_some_and(|r| r.will_wake(cx.waker()))
+        {
+            this.reader = Some(cx.waker().clone());
+        }
+        let Some(both) = this.both() else {
+            return false;
+        };
+        let span = this.killer.span().clone();
+        let _entered = span.enter();
+        let mut cx = Context::from_waker(&both);
+        loop {
+            match this.poll_serve(&mut cx) {
+                Poll::Ready(returned) => {
+                    // The driver's task goes on from there.
+                    this.phase = Phase::Served(returned);
+                    if let Some(task) = &this.task {
+                        task.wake_by_ref();
+                    }
+                    break;
+                }
+                // Stopped after answers to hand them over first (see
+                // `poll_serve`): they are handed over below, once the lock
+                // is released, so read on to the empty socket and its
+                // registration now.
+                Poll::Pending if std::mem::take(&mut this.yielded) => {}
+                Poll::Pending => break,
+            }
+        }
+        let answered = std::mem::take(&mut this.answered);
+        drop(state);
+        for (reply, answer) in answered {
+            let _ = reply.send(answer);
+        }
+        true
+    }
+
+    /// The caller that served with [`poll_read`](Self::poll_read) has its
+    /// answer: the driver's registrations stop waking it (unless another
+    /// caller read since). Skipped when the driver holds the lock: a
+    /// leftover reader gets a wake-up too many, nothing worse.
+    pub(crate) fn stop_reading(&self, waker: &Waker) {
+        let Some(state) = self.0.upgrade() else {
+            return;
+        };
+        let Ok(mut state) = state.try_lock() else {
+            return;
+        };
+        if state.reader.as_ref().is_some_and(|r| r.will_wake(waker)) {
+            state.reader = None;
+        }
+    }
+}
+
+/// A number that tells the calling thread from every other thread alive:
+/// the address of a thread-local (never 0). Cheaper than
+/// `thread::current().id()`, which counts a reference per call.
+fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|token| std::ptr::from_ref(token) as usize)
+}
+
+/// Whether the driver whose thread is `driver` was last polled on another
+/// thread than the calling one.
+fn elsewhere(driver: &AtomicUsize) -> bool {
+    let driver = driver.load(Ordering::Relaxed);
+    driver != 0 && driver != thread_token()
+}
+
+/// The waker of what a caller serving the channel registers for (see
+/// [`Submit::poll_read`]), and of the driver's own registrations while that
+/// caller waits: it wakes both.
+struct Both {
+    task: Waker,
+    reader: Waker,
+}
+
+impl Wake for Both {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader.wake_by_ref();
+        self.task.wake_by_ref();
     }
 }
 
@@ -404,6 +541,15 @@ pub(crate) struct DriverState<R: Runtime> {
     /// system call (see `poll_serve`): the driver's task wakes itself once
     /// the answers are delivered.
     yielded: bool,
+    /// The thread of the driver task's last poll, as [`thread_token`]
+    /// gives it (0: not polled yet); only where [`Runtime::CALLERS_READ`].
+    thread: Arc<AtomicUsize>,
+    /// The caller that last served the channel on its own thread and still
+    /// waits (see [`Submit::poll_read`]).
+    reader: Option<Waker>,
+    /// The waker of `task` and `reader` together, kept while they are the
+    /// same.
+    both: Option<Arc<Both>>,
 }
 
 // No field is structurally pinned: every future the driver polls is boxed
@@ -465,11 +611,20 @@ impl<R: Runtime> Future for Driver<R> {
             if !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 this.task = Some(cx.waker().clone());
             }
+            if R::CALLERS_READ {
+                this.thread.store(thread_token(), Ordering::Relaxed);
+            }
             // A held driver is its handle's to poll until released.
             if !this.killer.poll_released(cx) {
                 return Poll::Pending;
             }
-            let poll = this.poll_phases(cx);
+            // While a caller reads on its own thread, what the driver
+            // registers for wakes that caller too: the answer it waits for
+            // reaches it directly, whichever of the two last registered.
+            let poll = match this.both() {
+                Some(both) => this.poll_phases(&mut Context::from_waker(&both)),
+                None => this.poll_phases(cx),
+            };
             if poll.is_ready() {
                 this.task = None;
             }
@@ -606,6 +761,38 @@ impl<R: Runtime> DriverState<R> {
 }
 
 impl<R: Runtime> DriverState<R> {
+    /// Whether a caller on this thread reads the channel itself (see
+    /// [`Submit::poll_read`]): the runtime says so and the driver's task
+    /// runs on another thread.
+    fn caller_reads(&self) -> bool {
+        R::CALLERS_READ && elsewhere(&self.thread)
+    }
+
+    /// The waker of the driver's task and the reading caller together, if a
+    /// caller reads (see [`Submit::poll_read`]).
+    fn both(&mut self) -> Option<Waker> {
+        // Callers read only alone (see `Submit::poll_read`): with calls
+        // pipelined, the driver reads, and wakes only whom it answers.
+        if self.calls.len() > 1 {
+            self.reader = None;
+            return None;
+        }
+        let (task, reader) = (self.task.as_ref()?, self.reader.as_ref()?);
+        match &self.both {
+            Some(both) if both.task.will_wake(task) && both.reader.will_wake(reader) => {
+                Some(Waker::from(Arc::clone(both)))
+            }
+            _ => {
+                let both = Arc::new(Both {
+                    task: task.clone(),
+                    reader: reader.clone(),
+                });
+                self.both = Some(Arc::clone(&both));
+                Some(Waker::from(both))
+            }
+        }
+    }
+
     /// Reads the worker's captured output and tracing, once its pid is
     /// known (every line is attributed to it): the pid comes with the
     /// worker's hello or the zygote's answer, whichever is first.

@@ -1,7 +1,10 @@
 //! `run`: a persistent worker; each call runs the function once more there.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_channel::oneshot;
@@ -104,7 +107,27 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
                 return Err(CallFailed::undelivered(self.killer.death(None)));
             }
         }
-        let outcome = answer.await;
+        let mut answer = answer;
+        let mut read = false;
+        let outcome = std::future::poll_fn(|cx| {
+            if let Poll::Ready(outcome) = Pin::new(&mut answer).poll(cx) {
+                if read {
+                    self.submit.stop_reading(cx.waker());
+                }
+                return Poll::Ready(outcome);
+            }
+            // Read it here, on this thread, where the runtime says so; the
+            // read may have handed this call its answer.
+            if self.submit.poll_read(cx) {
+                read = true;
+                if let Poll::Ready(outcome) = Pin::new(&mut answer).poll(cx) {
+                    self.submit.stop_reading(cx.waker());
+                    return Poll::Ready(outcome);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
         guard.disarm();
         match outcome {
             Ok(result) => result,

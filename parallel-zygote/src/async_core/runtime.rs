@@ -145,6 +145,20 @@ pub trait Runtime: Sized + 'static {
     /// calls: the two processes at work together, session 9*).
     const CALLERS_WRITE_CHUNKS: bool = true;
 
+    /// Whether a caller waiting for its answer on another thread than its
+    /// channel's driver reads the channel itself, on its own thread, when
+    /// it finds the driver idle (see the driver's `Submit::poll_read`).
+    ///
+    /// The answer then wakes the caller directly, instead of the driver's
+    /// thread, which would read it and wake the caller's thread in turn: on
+    /// smol, whose drivers run on the executor's thread beside the
+    /// `block_on` thread, that was two thread hand-overs per answer (or per
+    /// batch of pipelined answers). The driver is woken too, by every event
+    /// the caller registers for, so that a caller whose future is set aside
+    /// unpolled never keeps the channel from the others. False, the default,
+    /// where callers and drivers mostly share a thread.
+    const CALLERS_READ: bool = false;
+
     /// Registers a non-blocking socket with the current runtime.
     ///
     /// # Errors

@@ -227,3 +227,47 @@ pub async fn a_call_set_aside_blocks_no_other_call<R: Runtime>(
         None => Err(format!("the call set aside got no answer within {BOUND:?}").into()),
     }
 }
+
+/// A call alone on its channel, whose caller waited (on smol's `block_on`
+/// thread the caller reads the channel itself then: `Runtime::CALLERS_READ`)
+/// and is then no longer polled: the worker's death must still be noticed
+/// (the channel closed for every handle) without the caller, and the
+/// caller told of it once polled again. What the caller registered for
+/// wakes the driver too; had it woken the caller alone, nobody would read
+/// the end of the channel.
+pub async fn a_lone_caller_set_aside_leaves_no_death_unnoticed<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    check(run.call(RAISE).await? == RAISE, "warm-up call")?;
+    let pid = known_pid::<R>("run worker", || run.pid()).await?;
+    let mut first = pin!(run.call(1));
+    if within::<R, _>(Duration::from_millis(20), first.as_mut())
+        .await
+        .is_some()
+    {
+        return Err("the call was answered before its gate was raised".into());
+    }
+    if let Err(error) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
+        run.kill();
+        return Err(format!("could not kill the worker: {error}").into());
+    }
+    let noticed = within::<R, _>(BOUND, async {
+        while !run.is_closed() {
+            R::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    if noticed.is_none() {
+        return Err(format!(
+            "the worker's death was not noticed within {BOUND:?} while its only \
+             caller was set aside"
+        )
+        .into());
+    }
+    match within::<R, _>(BOUND, first).await {
+        Some(Err(Error::WorkerDied { call: Some(_), .. })) => Ok(()),
+        Some(other) => Err(format!("expected WorkerDied naming the call, got {other:?}").into()),
+        None => Err(format!("the call set aside got no answer within {BOUND:?}").into()),
+    }
+}
