@@ -271,6 +271,21 @@ mod bincode_codec {
     }
 }
 
+/// Runs `$check::<C>()` for every codec compiled in.
+macro_rules! every_codec {
+    ($check:ident) => {
+        $check::<Postcard>();
+        #[cfg(feature = "json")]
+        $check::<parallel_zygote::async_core::codecs::Json>();
+        #[cfg(feature = "msgpack")]
+        $check::<parallel_zygote::async_core::codecs::MessagePack>();
+        #[cfg(feature = "cbor")]
+        $check::<parallel_zygote::async_core::codecs::Cbor>();
+        #[cfg(feature = "bincode")]
+        $check::<parallel_zygote::async_core::codecs::Bincode>();
+    };
+}
+
 /// Garbage is an error, never a panic, in every codec.
 #[test]
 fn garbage_is_an_error() {
@@ -283,15 +298,7 @@ fn garbage_is_an_error() {
             );
         }
     }
-    check::<Postcard>();
-    #[cfg(feature = "json")]
-    check::<parallel_zygote::async_core::codecs::Json>();
-    #[cfg(feature = "msgpack")]
-    check::<parallel_zygote::async_core::codecs::MessagePack>();
-    #[cfg(feature = "cbor")]
-    check::<parallel_zygote::async_core::codecs::Cbor>();
-    #[cfg(feature = "bincode")]
-    check::<parallel_zygote::async_core::codecs::Bincode>();
+    every_codec!(check);
 }
 
 /// The self dev-dependency really turns every codec on for `cargo test`:
@@ -336,13 +343,5 @@ fn byte_strings_are_sequences_exactly_where_the_codec_says() {
         }
         assert_eq!(C::BYTE_STRINGS_ARE_SEQUENCES, same, "{name}");
     }
-    check::<Postcard>();
-    #[cfg(feature = "json")]
-    check::<parallel_zygote::async_core::codecs::Json>();
-    #[cfg(feature = "msgpack")]
-    check::<parallel_zygote::async_core::codecs::MessagePack>();
-    #[cfg(feature = "cbor")]
-    check::<parallel_zygote::async_core::codecs::Cbor>();
-    #[cfg(feature = "bincode")]
-    check::<parallel_zygote::async_core::codecs::Bincode>();
+    every_codec!(check);
 }

@@ -503,9 +503,10 @@ async fn fd_and_bulk(
     }
 }
 
-/// Large frames back to back are each read into their own buffer together
-/// with the next frame's header; the descriptors of that next frame come
-/// with its header and must still reach their own message.
+/// Large frames back to back, each with a descriptor: however the reads
+/// cut the stream (a read that takes a large payload's rest together with
+/// the next frame's header, and that header's descriptor, is one way to get
+/// it wrong), each descriptor must reach its own message.
 pub async fn descriptors_between_large_messages_reach_their_own_message<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
