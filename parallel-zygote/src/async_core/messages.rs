@@ -218,9 +218,9 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
     /// [`encode`](Self::encode), where a plain `Vec<u8>` goes as a byte
     /// string when the codec writes both alike (see
     /// [`Codec::BYTE_STRINGS_ARE_SEQUENCES`]): serde hands a `Vec<u8>` over
-    /// one element at a time, about a hundred times slower than the copy
-    /// of a byte string (and a large one is lent to the socket as a
-    /// [`Bytes`] is, not copied at all).
+    /// one element at a time, which made 1 MiB messages about thirty times
+    /// slower than as a byte string (and a large one is lent to the socket
+    /// as a [`Bytes`] is, not copied at all).
     fn encode_owned(&self, message: T) -> Result<RawMessage, Error> {
         if C::BYTE_STRINGS_ARE_SEQUENCES && TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
             let mut slot = Some(message);
