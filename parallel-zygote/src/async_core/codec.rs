@@ -58,8 +58,8 @@ pub trait Codec: 'static {
     /// type is a plain `Vec<u8>` is encoded and decoded as a byte string:
     /// one copy, where serde hands a `Vec<u8>` to the format one element at
     /// a time (about thirty times slower for 1 MiB messages with postcard,
-    /// end to end). The
-    /// wire does not change, so either side may take either path.
+    /// end to end). The wire does not change, so either side may take
+    /// either path.
     ///
     /// False by default; true for [`Postcard`], `Json` and `Bincode`.
     const BYTE_STRINGS_ARE_SEQUENCES: bool = false;

@@ -222,17 +222,18 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
     /// slower than as a byte string (and a large one is lent to the socket
     /// as a [`Bytes`] is, not copied at all).
     fn encode_owned(&self, message: T) -> Result<RawMessage, Error> {
-        if C::BYTE_STRINGS_ARE_SEQUENCES && TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
-            let mut slot = Some(message);
-            let vec = (&mut slot as &mut dyn Any)
+        let mut slot = Some(message);
+        if C::BYTE_STRINGS_ARE_SEQUENCES {
+            // `Some` only where `T` is `Vec<u8>`: the message moves out
+            // without a copy.
+            if let Some(vec) = (&mut slot as &mut dyn Any)
                 .downcast_mut::<Option<Vec<u8>>>()
-                .and_then(Option::take);
-            if let Some(vec) = vec {
+                .and_then(Option::take)
+            {
                 return self.encode(&Bytes::from(vec));
             }
-            let message = slot.expect("taken only by the downcast");
-            return self.encode(&message);
         }
+        let message = slot.expect("taken only when it is a Vec<u8>");
         self.encode(&message)
     }
 
