@@ -224,6 +224,10 @@ pub type AnyPool<C = Postcard> = core::AnyPool<C, Glommio>;
 /// why), or this is a zygote, e.g. a snapshot's init (`AlreadyStarted`).
 /// Inside a worker it starts the worker's own zygote (nested spawns).
 pub fn init() -> Result<Parallel, Error> {
+    // Asked here, before the zygote forks, for every worker to inherit; the
+    // answer itself is each worker's to give (a worker that cannot run
+    // glommio fails its spawn, saying why).
+    let _ = runtime::io_uring_usable();
     let zygote = parallel_zygote::Builder::new()
         .caller(<Glommio as core::Runtime>::INIT)
         .start()?;

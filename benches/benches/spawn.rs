@@ -219,7 +219,10 @@ fn main() {
     procspawn::init();
     // 3. The raw floor's mini zygote, while single-threaded.
     let raw = Arc::new(RawZygote::start());
-    // 4. The library's zygote, still single-threaded.
+    // 4. The library's zygote, still single-threaded, started as a glommio
+    //    program starts it (`parallel_glommio::init()` checks io_uring before
+    //    the fork, for glommio's workers to inherit); every adapter shares it.
+    let _glommio = parallel_glommio::init().expect("starting the zygote");
     let zygote = parallel_zygote::start().expect("starting the zygote");
     // 5. For glommio's executors, while still single-threaded.
     os::register_membarrier();
