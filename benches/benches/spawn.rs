@@ -2,11 +2,14 @@
 //! `parallel`, each figure beside its baseline measured in the same run.
 //!
 //! ```text
-//! cargo bench -p parallel-benches --bench spawn -- --quick   # < 1 min, 1 GiB heap
+//! cargo bench -p parallel-benches --bench spawn -- --quick   # ~3 min, 1 GiB heap
 //! cargo bench -p parallel-benches --bench spawn              # full, 4 GiB heap
 //! ```
 //!
-//! Options: `--quick`, `--heap-gib N` (the big parent's heap), `--only
+//! Options: `--quick`, `--heap-gib N` (the big parent's heap), `--rounds N`
+//! (interleaved rounds per table, 3 quick and 8 full by default: each row's
+//! time is split among them, and each round of a call row has a fresh
+//! worker, so more rounds weigh more workers in its median), `--only
 //! SECTIONS` (comma-separated, of `spawn`, `phases`, `calls`, `throughput`,
 //! `stages`, `peers`, `scaling`, `big`: only those tables). The report
 //! (Markdown tables: median, p10, p90, ratio to baseline, and the targets) goes
@@ -126,6 +129,7 @@ impl Config {
         let mut poll_idle = true;
         let mut profile = None;
         let mut only = None;
+        let mut rounds = None;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -135,6 +139,10 @@ impl Config {
                     assert!(heap_gib.is_some(), "--heap-gib takes a number");
                 }
                 "--no-poll-idle" => poll_idle = false,
+                "--rounds" => {
+                    rounds = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
+                    assert!(rounds.is_some(), "--rounds takes a number above 0");
+                }
                 "--profile" => profile = args.next(),
                 "--only" => {
                     let list = args.next().expect("--only takes a list of sections");
@@ -161,7 +169,7 @@ impl Config {
             Config {
                 quick,
                 heap_gib: heap_gib.unwrap_or(1),
-                rounds: 3,
+                rounds: rounds.unwrap_or(3),
                 poll_idle,
                 profile,
                 fast: budget(20, 100, 5_000, 200),
@@ -176,7 +184,7 @@ impl Config {
             Config {
                 quick,
                 heap_gib: heap_gib.unwrap_or(4),
-                rounds: 8,
+                rounds: rounds.unwrap_or(8),
                 poll_idle,
                 profile,
                 fast: budget(100, 500, 50_000, 2_000),
