@@ -209,7 +209,10 @@ pub type AnyPool<C = Postcard> = core::AnyPool<C, Glommio>;
 /// Starts the zygote and returns a handle on it. Call it anywhere: inside a
 /// running `LocalExecutor`, in a plain `#[test]`, after the zygote died. It
 /// touches nothing of glommio; it registers the parent for `membarrier`, as
-/// glommio would (cheap while the process has one thread).
+/// glommio would (cheap while the process has one thread), and reads
+/// whether io_uring is usable here (the kernel's release and
+/// `kernel.io_uring_disabled`), so that workers forked from this zygote
+/// inherit the answer rather than read it for each spawn.
 ///
 /// First thing in `main`, before any executor or other thread exists, it
 /// forks the zygote (the fastest start); once the process has threads it
