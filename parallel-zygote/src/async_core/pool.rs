@@ -322,7 +322,7 @@ where
     /// worker's, not the caller's.
     pub async fn call(&self, argument: A) -> Result<R, Error> {
         let args = C::encode(&argument).map_err(Error::encode::<A>)?;
-        let control = Control::new();
+        let control = Control::unwatched();
         let (outcome, pid) = self.core.call(args, &control).await?;
         outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>())
     }

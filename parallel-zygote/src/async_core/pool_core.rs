@@ -64,10 +64,10 @@ pub(crate) struct PoolCore<C: Codec, Rt: Runtime> {
     /// Indices with no worker (its replacement failed, or its call was
     /// dropped mid-call): the next call that needs a worker starts one.
     vacant: Mutex<Vec<usize>>,
-    /// Workers serving a call, by a key of the call's own. A list, not a
-    /// map: it holds at most `size` entries, and hashing each key cost a
-    /// call more than searching them.
-    busy: Mutex<Vec<(u64, RawRun<C, Rt>)>>,
+    /// Workers serving a call (what killing and draining them needs), by a
+    /// key of the call's own. A list, not a map: it holds at most `size`
+    /// entries, and hashing each key cost a call more than searching them.
+    busy: Mutex<Vec<(u64, Arc<Killer>)>>,
     permits: Semaphore,
     counters: Counters,
     /// What a shutdown from elsewhere (the handle's scope) touches.
@@ -191,7 +191,11 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             .iter()
             .filter_map(|s| s.run.pid())
             .collect();
-        pids.extend(lock(&self.busy).iter().filter_map(|(_, run)| run.pid()));
+        pids.extend(
+            lock(&self.busy)
+                .iter()
+                .filter_map(|(_, killer)| killer.pid()),
+        );
         pids
     }
 
@@ -224,7 +228,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         let busy = || -> Vec<Arc<Killer>> {
             lock(&self.busy)
                 .iter()
-                .map(|(_, run)| Arc::clone(run.killer()))
+                .map(|(_, killer)| Arc::clone(killer))
                 .filter(|killer| !killer.is_finished())
                 .collect()
         };
@@ -255,7 +259,11 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
 
     /// Whether the worker that just served a call is over the memory limit.
     fn over_memory(&self, run: &RawRun<C, Rt>) -> bool {
-        let (Some(limit), Some(pid)) = (self.config.max_worker_rss, run.pid()) else {
+        // The limit first: the pid takes a lock.
+        let Some(limit) = self.config.max_worker_rss else {
+            return false;
+        };
+        let Some(pid) = run.pid() else {
             return false;
         };
         match resident_bytes(pid) {
@@ -274,8 +282,8 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         for slot in &idle {
             slot.run.kill();
         }
-        for (_, run) in lock(&self.busy).iter() {
-            run.kill();
+        for (_, killer) in lock(&self.busy).iter() {
+            killer.kill();
         }
     }
 
@@ -377,9 +385,11 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                 Some(limit) => timeout::<Rt, _>(limit, call).await,
             };
             busy.finish();
-            let pid = slot.run.pid();
             let (result, lost) = match result {
-                Some(Ok((_, outcome))) => (Ok((outcome, pid)), false),
+                // The pid only names the worker in an error: a value needs
+                // none (and asking for it takes a lock).
+                Some(Ok((_, outcome @ Outcome::Ok(_)))) => (Ok((outcome, None)), false),
+                Some(Ok((_, outcome))) => (Ok((outcome, slot.run.pid())), false),
                 Some(Err(failed))
                     if !failed.delivered && retries_left > 0 && !control.is_killed() =>
                 {
@@ -400,6 +410,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                     // The call future was dropped: its worker is killed.
                     bump(&counters.timeouts);
                     let after = self.config.call_timeout.unwrap_or_default();
+                    let pid = slot.run.pid();
                     tracing::warn!(parent: slot.run.killer().span(), ?after, pid, "pool call timed out: killing its worker");
                     (Err(Error::Timeout { after, pid }), true)
                 }
@@ -492,7 +503,7 @@ struct Busy<'a, C: Codec, Rt: Runtime> {
 impl<'a, C: Codec, Rt: Runtime> Busy<'a, C, Rt> {
     fn new(core: &'a PoolCore<C, Rt>, run: &RawRun<C, Rt>, index: usize) -> Self {
         let key = core.counters.next_busy.fetch_add(1, Ordering::Relaxed);
-        lock(&core.busy).push((key, run.clone()));
+        lock(&core.busy).push((key, Arc::clone(run.killer())));
         Busy {
             core,
             key,
@@ -549,6 +560,9 @@ pub(crate) trait ScopedPool: Send + Sync {
 
 /// What a [`PoolTask`] shares with its call in flight.
 pub(crate) struct Control {
+    /// Whether a [`PoolTask`] watches the call (its pid, kill): else no
+    /// one asks for the worker, and `assign` skips its lock.
+    watched: bool,
     worker: Mutex<Option<Arc<Killer>>>,
     killed: AtomicBool,
     /// Closed (never sent to) to withdraw a queued call. Made only when a
@@ -559,11 +573,22 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// For a call a [`PoolTask`] watches.
     pub(crate) fn new() -> Self {
         Control {
+            watched: true,
             worker: Mutex::new(None),
             killed: AtomicBool::new(false),
             withdrawal: OnceLock::new(),
+        }
+    }
+
+    /// For a call no handle watches ([`Pool::call`](super::Pool::call)):
+    /// nothing kills it from elsewhere or asks for its worker.
+    pub(crate) fn unwatched() -> Self {
+        Control {
+            watched: false,
+            ..Control::new()
         }
     }
 
@@ -572,6 +597,9 @@ impl Control {
     }
 
     fn assign(&self, killer: &Arc<Killer>) {
+        if !self.watched {
+            return;
+        }
         *lock(&self.worker) = Some(Arc::clone(killer));
         if self.is_killed() {
             killer.kill();
