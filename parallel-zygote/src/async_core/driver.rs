@@ -282,7 +282,7 @@ impl<R: Runtime> DriverState<R> {
         let quiet = if deferred {
             // (The caller's waker leaves the socket too: its end closing
             // must not wake the caller.)
-            let mut unwoken = Context::from_waker(Waker::noop());
+            let mut unwoken = Context::from_waker(futures_util::task::noop_waker_ref());
             while let Poll::Ready(Ok(Some(_))) = self.conn.poll_event(&mut unwoken) {}
             self.killer.poll_exit_known(&mut cx).is_pending()
         } else {
