@@ -261,14 +261,11 @@ impl<R: Runtime> DriverState<R> {
     /// then woken as usual.
     ///
     /// A task not started yet (see [`Runtime::defer_driver`]) is started
-    /// by the worker's exit (or by the zygote's answer while there is
-    /// none): the stream is read here to its end (or to the last byte
-    /// there is) under no waker, as the worker's end closes before its
-    /// exit is reported. The task then mostly runs to its end in one
-    /// poll. Started earlier (at the outcome, or at the end of the
-    /// stream), it was polled once more and woken again by the exit, from
-    /// the zygote's reader thread: on tokio's multi-thread runtime each
-    /// wake-up from outside the runtime also wakes a second worker thread.
+    /// by the end of the stream (read here up to there), whether or not
+    /// the zygote answered: on the reactor's thread, with no other thread
+    /// woken. Started at the outcome from the caller's thread, it was
+    /// scheduled from outside the runtime, which on tokio's multi-thread
+    /// runtime also wakes a second worker thread.
     fn hand_over_quietly(&mut self) -> HandOver {
         let process = self.killer.process();
         let deferred = self.killer.is_deferred();
@@ -280,11 +277,20 @@ impl<R: Runtime> DriverState<R> {
         };
         let mut cx = Context::from_waker(&task);
         let quiet = if deferred {
-            // (The caller's waker leaves the socket too: its end closing
-            // must not wake the caller.)
-            let mut unwoken = Context::from_waker(futures_util::task::noop_waker_ref());
-            while let Poll::Ready(Ok(Some(_))) = self.conn.poll_event(&mut unwoken) {}
-            self.killer.poll_exit_known(&mut cx).is_pending()
+            // Started by the end of the stream (the worker's end closes as
+            // it exits): on the reactor's thread, which then starts the
+            // task itself. Never by what the zygote's reader thread
+            // completes (its answer, the exit): it wakes under the zygote
+            // client's lock, and a task started on a runtime that is gone
+            // is dropped at once, with what it holds, whose drop (a
+            // worker's process handle) takes that lock.
+            loop {
+                match self.conn.poll_event(&mut cx) {
+                    Poll::Ready(Ok(Some(_))) => {}
+                    Poll::Ready(_) => break false,
+                    Poll::Pending => break true,
+                }
+            }
         } else {
             // What the drain reads next (what comes after the outcome is
             // dropped there too).

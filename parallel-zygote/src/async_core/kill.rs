@@ -358,19 +358,6 @@ impl Killer {
         }
     }
 
-    /// Whether the worker's exit is known (or that it never started, or the
-    /// zygote is gone); registers `cx` with the zygote's answer while there
-    /// is none, then with the exit.
-    pub(crate) fn poll_exit_known(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.poll_resolve(cx).is_pending() {
-            return Poll::Pending;
-        }
-        match self.process() {
-            Some(process) => process.poll_exited(cx).map(|_| ()),
-            None => Poll::Ready(()),
-        }
-    }
-
     /// Gives up on the zygote's answer.
     pub(crate) fn abandon_spawn(&self) {
         let mut state = self.lock();
@@ -422,10 +409,11 @@ impl Killer {
 /// then registers its own waker with what it waits for; later ones find
 /// nothing to do.
 ///
-/// It only starts the task: it is woken by the zygote's reader thread
-/// with the zygote client's lock held, where taking the kill state's lock
-/// (which [`Killer::kill`] holds while it asks the zygote client) could
-/// deadlock.
+/// Registered only with the channel's socket, never with what the
+/// zygote's reader thread completes: that thread wakes under the zygote
+/// client's lock, and a task started on a runtime that is gone is dropped
+/// at once, there, with its worker's process handle, whose drop takes
+/// that lock.
 struct StartOnWake(Mutex<Option<StartDriver>>);
 
 impl Wake for StartOnWake {
