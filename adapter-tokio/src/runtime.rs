@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use parallel_zygote::async_core::{
-    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill, Registered,
+    self as core, AsyncSocket, Driver, LocalTask, ReadOutcome, Refill, Registered, StartDriver,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -43,6 +43,17 @@ impl core::Runtime for Tokio {
 
     fn spawn_driver(driver: Driver<Self>) {
         tokio::spawn(driver);
+    }
+
+    /// Started on the runtime the spawn was made in, through its handle
+    /// (which works from any thread).
+    fn defer_driver(driver: Driver<Self>) -> Result<StartDriver, Driver<Self>> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(driver);
+        };
+        Ok(Box::new(move || {
+            runtime.spawn(driver);
+        }))
     }
 
     fn spawn_refill(refill: Refill<Self>) {

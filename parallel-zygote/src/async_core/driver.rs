@@ -184,7 +184,9 @@ pub(crate) fn launch_one_shot<R: Runtime>(
 /// awaiting task does.
 ///
 /// The driver's task exists from the start (so that nothing needs the
-/// runtime later: a handle may be dropped on any thread) and waits until
+/// runtime later: a handle may be dropped on any thread), or, where the
+/// runtime can start it later from any thread (see
+/// [`Runtime::defer_driver`]), is started only then; it waits until
 /// the handle [releases](Killer::release) the driver: once its serving is
 /// over (the outcome is in, or the channel broke), when the handle is
 /// dropped (detached, timed out or cancelled), or at the scope's
@@ -209,22 +211,43 @@ impl<R: Runtime> Held<R> {
             let _entered = span.enter();
             this.poll_serve(cx)
         };
-        match served {
+        let handed = match served {
             Poll::Ready(returned) => {
                 this.phase = Phase::Served(returned);
-                if !(returned && this.hand_over_quietly()) {
-                    this.killer.release();
+                if returned {
+                    this.hand_over_quietly()
+                } else {
+                    HandOver::Release(Arc::clone(&this.killer))
                 }
-                Poll::Ready(())
             }
             Poll::Pending => {
                 if std::mem::take(&mut this.yielded) {
                     cx.waker().wake_by_ref();
                 }
-                Poll::Pending
+                return Poll::Pending;
             }
+        };
+        // Outside the lock: a deferred task started on a runtime that is
+        // gone is dropped at once, and its driver's drop takes the lock.
+        drop(state);
+        match handed {
+            HandOver::Quiet => {}
+            HandOver::Wake(task) => task.wake(),
+            HandOver::Release(killer) => killer.release(),
         }
+        Poll::Ready(())
     }
+}
+
+/// How a held driver whose serving ended goes to its task (see
+/// [`DriverState::hand_over_quietly`]).
+enum HandOver {
+    /// Handed over; its task is woken by what it waits for next.
+    Quiet,
+    /// Handed over; wake its task now.
+    Wake(Waker),
+    /// Not handed over: release it, which wakes (or starts) its task.
+    Release(Arc<Killer>),
 }
 
 impl<R: Runtime> DriverState<R> {
@@ -233,25 +256,52 @@ impl<R: Runtime> DriverState<R> {
     /// wake of the executor's thread). The task is registered instead with
     /// what it waits for next, which comes after the awaiting task has its
     /// value: the worker's end of the channel closing, or its exit (both
-    /// come as the worker exits). False (nothing handed over) when the
-    /// worker is not reported by the zygote yet, or either is there
-    /// already: the task is then woken as usual.
-    fn hand_over_quietly(&mut self) -> bool {
-        let Some(process) = self.killer.process() else {
-            return false;
-        };
+    /// come as the worker exits). Not handed over when the worker is not
+    /// reported by the zygote yet, or either is there already: the task is
+    /// then woken as usual.
+    ///
+    /// A task not started yet (see [`Runtime::defer_driver`]) is started
+    /// by the end of the stream (read here up to there), whether or not
+    /// the zygote answered: on the reactor's thread, with no other thread
+    /// woken. Started at the outcome from the caller's thread, it was
+    /// scheduled from outside the runtime, which on tokio's multi-thread
+    /// runtime also wakes a second worker thread.
+    fn hand_over_quietly(&mut self) -> HandOver {
+        let process = self.killer.process();
+        let deferred = self.killer.is_deferred();
+        if process.is_none() && !deferred {
+            return HandOver::Release(Arc::clone(&self.killer));
+        }
         let Some(task) = self.killer.release_quietly() else {
-            return false;
+            return HandOver::Release(Arc::clone(&self.killer));
         };
         let mut cx = Context::from_waker(&task);
-        // What the drain reads next (what comes after the outcome is
-        // dropped there too).
-        let quiet =
-            self.conn.poll_event(&mut cx).is_pending() && process.poll_exited(&mut cx).is_pending();
-        if !quiet {
-            task.wake();
+        let quiet = if deferred {
+            // Started by the end of the stream (the worker's end closes as
+            // it exits): on the reactor's thread, which then starts the
+            // task itself. Never by what the zygote's reader thread
+            // completes (its answer, the exit): it wakes under the zygote
+            // client's lock, and a task started on a runtime that is gone
+            // is dropped at once, with what it holds, whose drop (a
+            // worker's process handle) takes that lock.
+            loop {
+                match self.conn.poll_event(&mut cx) {
+                    Poll::Ready(Ok(Some(_))) => {}
+                    Poll::Ready(_) => break false,
+                    Poll::Pending => break true,
+                }
+            }
+        } else {
+            // What the drain reads next (what comes after the outcome is
+            // dropped there too).
+            self.conn.poll_event(&mut cx).is_pending()
+                && process.is_some_and(|process| process.poll_exited(&mut cx).is_pending())
+        };
+        if quiet {
+            HandOver::Quiet
+        } else {
+            HandOver::Wake(task)
         }
-        true
     }
 }
 
@@ -299,10 +349,26 @@ fn start<R: Runtime>(
     let thread = Arc::clone(&state.lock().unwrap_or_else(|e| e.into_inner()).thread);
     let submit = Submit(Arc::downgrade(&state), thread);
     let held = hold.then(|| Held(Arc::clone(&state)));
-    R::spawn_driver(Driver {
+    let driver = Driver {
         state,
         answered: Vec::new(),
-    });
+    };
+    // A held driver's task has nothing to do until its release: started
+    // then, where the runtime allows it (see `Runtime::defer_driver`).
+    let driver = if hold {
+        match R::defer_driver(driver) {
+            Ok(start) => {
+                killer.defer(start);
+                None
+            }
+            Err(driver) => Some(driver),
+        }
+    } else {
+        Some(driver)
+    };
+    if let Some(driver) = driver {
+        R::spawn_driver(driver);
+    }
     (
         OneShot {
             killer,
@@ -669,8 +735,14 @@ impl<R: Runtime> DriverState<R> {
                     }
                     this.phase = Phase::Drain(sleep::<R>(DRAIN));
                 }
-                Phase::Drain(deadline) => {
-                    if deadline.as_mut().poll(cx).is_ready() || this.poll_drained(cx).is_ready() {
+                Phase::Drain(_) => {
+                    // The deadline is polled (its timer registered) only
+                    // while the worker is not gone yet.
+                    let drained = this.poll_drained(cx).is_ready();
+                    let Phase::Drain(deadline) = &mut this.phase else {
+                        unreachable!("matched above");
+                    };
+                    if drained || deadline.as_mut().poll(cx).is_ready() {
                         tracing::debug!(pid = this.killer.pid(), "worker finished");
                         this.phase = Phase::Output {
                             deadline: sleep::<R>(OUTPUT_WAIT),

@@ -5,13 +5,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 use parallel_proto::channel::CallId;
 use parallel_proto::zygote::SpawnFailure;
 
 use super::error::LimitExceeded;
+use super::runtime::StartDriver;
 use super::Error;
 use crate::{ExitStatus, PendingSpawn, ResourceLimit, WorkerProcess};
 
@@ -43,6 +44,11 @@ pub(crate) struct Killer {
     released: AtomicBool,
     /// The driver's task, parked until [`release`](Self::release).
     parked: AtomicWaker,
+    /// What starts the driver's task, where the runtime starts it only at
+    /// [`release`](Self::release) (see
+    /// [`Runtime::defer_driver`](super::Runtime::defer_driver)): until
+    /// then there is no task to park or wake.
+    deferred: Mutex<Option<StartDriver>>,
     /// `KillState::requested`, readable without the lock: every call and
     /// every pass of the driver asks, and almost always hears no.
     requested: AtomicBool,
@@ -149,6 +155,7 @@ impl Killer {
             died: async_channel::bounded(1),
             released: AtomicBool::new(true),
             parked: AtomicWaker::new(),
+            deferred: Mutex::new(None),
             requested: AtomicBool::new(false),
         }
     }
@@ -159,21 +166,56 @@ impl Killer {
         self.released.store(false, Ordering::Release);
     }
 
+    /// The held driver's task is started by `start` at
+    /// [`release`](Self::release), not before (set once, before the handle
+    /// exists).
+    pub(crate) fn defer(&self, start: StartDriver) {
+        *self.deferred.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+    }
+
     /// Hands the driver to its task for good (idempotent, from any thread,
     /// inside a runtime or not): the handle that held it polls it no more.
+    ///
+    /// Never called with the driver's lock held: a deferred task started
+    /// on a runtime that is gone is dropped at once, and its driver's drop
+    /// takes that lock.
     pub(crate) fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
-            self.parked.wake();
+            match self.take_deferred() {
+                Some(start) => start(),
+                None => self.parked.wake(),
+            }
         }
+    }
+
+    /// Whether the driver's task waits to be started at the release (see
+    /// [`defer`](Self::defer)).
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn take_deferred(&self) -> Option<StartDriver> {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Hands the driver to its task without waking it, and returns the
     /// task's waker for the caller to register with what the task waits
     /// for next; `None` (nothing handed over) when the task has not
-    /// parked yet or the driver was released already.
-    pub(crate) fn release_quietly(&self) -> Option<std::task::Waker> {
+    /// parked yet or the driver was released already. A task not started
+    /// yet (deferred) comes back as a waker that starts it.
+    pub(crate) fn release_quietly(&self) -> Option<Waker> {
         if self.is_released() {
             return None;
+        }
+        if let Some(start) = self.take_deferred() {
+            self.released.store(true, Ordering::Release);
+            return Some(Waker::from(Arc::new(StartOnWake(Mutex::new(Some(start))))));
         }
         let waker = self.parked.take()?;
         self.released.store(true, Ordering::Release);
@@ -359,6 +401,31 @@ impl Killer {
         drop(state);
         self.died.0.close();
         death
+    }
+}
+
+/// The waker of a driver whose task is not started yet (see
+/// [`Killer::release_quietly`]): the first wake-up starts the task, which
+/// then registers its own waker with what it waits for; later ones find
+/// nothing to do.
+///
+/// Registered only with the channel's socket, never with what the
+/// zygote's reader thread completes: that thread wakes under the zygote
+/// client's lock, and a task started on a runtime that is gone is dropped
+/// at once, there, with its worker's process handle, whose drop takes
+/// that lock.
+struct StartOnWake(Mutex<Option<StartDriver>>);
+
+impl Wake for StartOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let start = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(start) = start {
+            start();
+        }
     }
 }
 

@@ -129,7 +129,7 @@ pub use pool::{Pool, PoolConfig, PoolStats};
 pub use pool_core::PoolTask;
 pub use process::{Process, ProcessHandle};
 pub use run::Run;
-pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, WorkerRuntime};
+pub use runtime::{AsyncSocket, LocalTask, ReadOutcome, Runtime, StartDriver, WorkerRuntime};
 pub use shared_bytes_mut::SharedBytesMut;
 pub use spawn::JoinHandle;
 pub use warm::{Refill, Registered, WarmConfig};

@@ -19,6 +19,9 @@ use serde::Serialize;
 use super::driver::Driver;
 use super::warm::{Refill, Registered};
 
+/// Starts a driver's task that [`Runtime::defer_driver`] prepared.
+pub type StartDriver = Box<dyn FnOnce() + Send>;
+
 /// A task as a worker runs it: one future, polled on the worker's thread.
 pub type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -175,6 +178,29 @@ pub trait Runtime: Sized + 'static {
 
     /// Runs a worker channel's driver as a task of its own until it completes.
     fn spawn_driver(driver: Driver<Self>);
+
+    /// Prepares a one-shot spawn's driver to be started later, possibly
+    /// from another thread: `Ok` with what starts its task, `Err` (the
+    /// default) to have it started now with
+    /// [`spawn_driver`](Self::spawn_driver).
+    ///
+    /// A one-shot spawn's handle polls the driver in place until the
+    /// outcome is in (its task only waits meanwhile), so a task started at
+    /// once is scheduled, polled and parked for nothing while the worker
+    /// starts: on tokio's multi-thread runtime that woke a worker thread
+    /// (which woke the other one in turn) on every cold spawn, competing
+    /// for the CPUs with the zygote and the new worker. Started later, the
+    /// task is scheduled once, when it has work. The returned closure may
+    /// run on any thread, inside the runtime or not (a handle dropped
+    /// anywhere), or never run and be dropped: where this returns `Ok`,
+    /// [`Driver<Self>`](Driver) must be `Send`, and the runtime must be
+    /// reachable from any thread.
+    ///
+    /// # Errors
+    /// The driver, given back, where it must start now (the default).
+    fn defer_driver(driver: Driver<Self>) -> Result<StartDriver, Driver<Self>> {
+        Err(driver)
+    }
 
     /// Runs the delayed refill of a set of pre-forked workers (see
     /// [`Parallel::warm_workers`](super::Parallel::warm_workers)) as a task

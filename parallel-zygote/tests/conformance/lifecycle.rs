@@ -257,6 +257,86 @@ pub async fn parallel_shutdown_is_not_held_up_by_unawaited_spawns<R: Runtime>(
     )
 }
 
+/// A spawn's driver, polled in place by its handle while awaited, goes to
+/// its task afterwards, which on some runtimes is started only then (see
+/// `Runtime::defer_driver`): every way a one-shot spawn ends still reports
+/// to its handle, and leaves no driver behind for a shutdown to wait for.
+/// A worker that dies while its handle awaits it (signal, exit code), one
+/// aborted while its handle waits, one dropped before its first poll, and
+/// one that returns: a shutdown with a long grace then returns at once,
+/// which it does only once every worker's driver has finished.
+pub async fn one_shot_spawns_report_every_end_and_leave_no_driver<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let scope = parallel.scope();
+    let killed = scope
+        .spawn(
+            |()| async move {
+                let _ = kill(Pid::this(), Signal::SIGKILL);
+            },
+            (),
+        )
+        .await;
+    match killed {
+        Err(error) => check(
+            error.signal() == Some(libc::SIGKILL),
+            format!("expected death by SIGKILL, got {error}"),
+        )?,
+        Ok(()) => return Err("a worker that killed itself returned".into()),
+    }
+    let exited = scope
+        .spawn::<_, _, _, ()>(|()| async move { std::process::exit(3) }, ())
+        .await;
+    check(
+        matches!(&exited, Err(Error::WorkerDied { status: Some(status), .. })
+            if *status == parallel_zygote::ExitStatus::Exited(3)),
+        format!("expected exit code 3, got {exited:?}"),
+    )?;
+    // Aborted while awaited: the handle, polled once, holds the driver.
+    let mut aborted = scope.spawn(
+        |()| async move {
+            std::thread::sleep(Duration::from_secs(30));
+        },
+        (),
+    );
+    let _ = futures_util::poll!(&mut aborted);
+    known_pid::<R>("aborted spawn", || aborted.pid()).await?;
+    aborted.abort();
+    match within::<R, _>(Duration::from_secs(20), aborted).await {
+        Some(Err(error)) => check(
+            error.signal() == Some(libc::SIGKILL),
+            format!("expected the aborted spawn's death by SIGKILL, got {error}"),
+        )?,
+        Some(Ok(())) => return Err("the aborted spawn returned".into()),
+        None => return Err("the aborted spawn's handle never resolved".into()),
+    }
+    // Dropped before its first poll: its worker is killed.
+    drop(scope.spawn(
+        |()| async move {
+            std::thread::sleep(Duration::from_secs(30));
+        },
+        (),
+    ));
+    let returned = scope.spawn(|x: u64| async move { x * 2 }, 21).await;
+    check(
+        matches!(returned, Ok(42)),
+        format!("the returning spawn: {returned:?}"),
+    )?;
+    let started = Instant::now();
+    let shut = within::<R, _>(
+        Duration::from_secs(60),
+        scope.shutdown(Duration::from_secs(30)),
+    )
+    .await;
+    check(
+        shut.is_some() && started.elapsed() < Duration::from_secs(20),
+        format!(
+            "shutdown waited {:?} (a driver left unfinished keeps it for its grace)",
+            started.elapsed()
+        ),
+    )
+}
+
 /// Grows by 64 MiB (touched) at each call, kept until the process exits.
 async fn grow(_: ()) -> i32 {
     let mut block = vec![0u8; 64 << 20];

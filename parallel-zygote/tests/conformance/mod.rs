@@ -309,6 +309,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         lifecycle::parallel_shutdown_drains_and_refuses_new_work,
         lifecycle::parallel_shutdown_terminates_what_outlives_the_grace,
         lifecycle::parallel_shutdown_is_not_held_up_by_unawaited_spawns,
+        lifecycle::one_shot_spawns_report_every_end_and_leave_no_driver,
         lifecycle::parallel_shutdown_shuts_its_pools_down,
         lifecycle::pool_recycles_workers_over_the_memory_limit,
         output::captured_output_is_attributed_to_its_worker,
