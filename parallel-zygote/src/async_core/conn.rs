@@ -42,10 +42,13 @@ const DIRECT_READ_MIN: usize = 16 * 1024;
 /// than the driver). See [`MessageBatch`].
 const MESSAGE_BATCH: usize = 16;
 /// Bytes of messages a pump takes per write, at most (reached with the
-/// message that passes it): about a socket buffer's worth (208 KiB by
-/// default), so that a batch is written in one or two system calls and
-/// large messages still go one at a time.
-const MESSAGE_BATCH_BYTES: usize = 256 * 1024;
+/// message that passes it): a whole queue of 64 KiB messages, so that their
+/// sender, once woken, refills the queue at once and sleeps until the batch
+/// is out (256 KiB, four such messages, made the sender wake four times as
+/// often: smol 26 → 15 ms per 64 MiB, BENCHMARKS.md, session 11); messages
+/// of 1 MiB and more go one at a time. Memory is bounded as before: the
+/// batch holds messages the sender made already, at most a queue's worth.
+const MESSAGE_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How many `process` messages a pump has taken for its next write (see
 /// [`MESSAGE_BATCH`]).
