@@ -46,8 +46,9 @@ const MESSAGE_BATCH: usize = 16;
 /// sender, once woken, refills the queue at once and sleeps until the batch
 /// is out (256 KiB, four such messages, made the sender wake four times as
 /// often: smol 26 → 15 ms per 64 MiB, BENCHMARKS.md, session 11); messages
-/// of 1 MiB and more go one at a time. Memory is bounded as before: the
-/// batch holds messages the sender made already, at most a queue's worth.
+/// of 1 MiB and more go one at a time. Memory stays bounded: a batch holds
+/// messages their sender made already, at most a queue's worth (16) on top
+/// of the queue's own (one message before).
 const MESSAGE_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How many `process` messages a pump has taken for its next write (see
