@@ -34,6 +34,43 @@ const READ_START: usize = 4 * 1024;
 /// into their own buffer rather than through `read_buffer`.
 const DIRECT_READ_MIN: usize = 16 * 1024;
 
+/// `process` messages a pump takes from its queue per write, at most: those
+/// queued together then go out in one gathered `sendmsg`, and the sending
+/// task, woken once the queue has room, is woken once per batch rather than
+/// once per message (each wake-up a thread's futex wake and sleep on smol
+/// and tokio's multi-thread runtime, whose senders run on another thread
+/// than the driver). See [`MessageBatch`].
+const MESSAGE_BATCH: usize = 16;
+/// Bytes of messages a pump takes per write, at most (reached with the
+/// message that passes it): a whole queue of 64 KiB messages, so that their
+/// sender, once woken, refills the queue at once and sleeps until the batch
+/// is out (256 KiB, four such messages, made the sender wake four times as
+/// often: smol 26 → 15 ms per 64 MiB, BENCHMARKS.md, session 11); messages
+/// of 1 MiB and more go one at a time. Memory stays bounded: a batch holds
+/// messages their sender made already, at most a queue's worth (16) on top
+/// of the queue's own (one message before).
+const MESSAGE_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How many `process` messages a pump has taken for its next write (see
+/// [`MESSAGE_BATCH`]).
+#[derive(Debug, Default)]
+pub(crate) struct MessageBatch {
+    messages: usize,
+    bytes: usize,
+}
+
+impl MessageBatch {
+    /// Whether the pump should stop taking messages and write.
+    pub(crate) fn is_full(&self) -> bool {
+        self.messages >= MESSAGE_BATCH || self.bytes >= MESSAGE_BATCH_BYTES
+    }
+
+    fn add(&mut self, bytes: usize) {
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+}
+
 pub(crate) struct Conn<M, S> {
     pub(crate) machine: M,
     socket: S,
@@ -265,23 +302,39 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
 impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
     /// Queues one `process` message: its bytes in the frame, or its memfd
     /// as the frame's first descriptor, then the message's own descriptors.
-    pub(crate) fn send_message(&mut self, (payload, fds): RawMessage) -> Result<(), Error> {
-        match payload {
+    /// `batch` counts it (see [`MessageBatch`]).
+    pub(crate) fn send_message(
+        &mut self,
+        (payload, fds): RawMessage,
+        batch: &mut MessageBatch,
+    ) -> Result<(), Error> {
+        let bytes = match payload {
             Payload::Sealed { memfd, len } => {
                 self.machine.send_shared_data(len, fds.len() + 1)?;
                 self.send_fds.push(memfd);
+                0
             }
-            Payload::Inline(bytes) => self.machine.send_data(bytes, fds.len())?,
+            Payload::Inline(bytes) => {
+                let len = bytes.len();
+                self.machine.send_data(bytes, fds.len())?;
+                len
+            }
             // Its large `Bytes` written from their own buffers.
             Payload::Pieces(pieces) => {
-                self.machine.send_data_external(pieces.len(), fds.len())?;
+                let len = pieces.len();
+                self.machine.send_data_external(len, fds.len())?;
                 self.send_pieces.push_back(pieces.into_pieces());
+                len
             }
             // A received message sent on: its bytes, copied.
-            Payload::Mapped(mapping) => self
-                .machine
-                .send_data(mapping.as_slice().to_vec(), fds.len())?,
-        }
+            Payload::Mapped(mapping) => {
+                let bytes = mapping.as_slice().to_vec();
+                let len = bytes.len();
+                self.machine.send_data(bytes, fds.len())?;
+                len
+            }
+        };
+        batch.add(bytes);
         // Attached once queued: a refused send leaves no stray descriptors.
         self.send_fds.extend(fds);
         Ok(())

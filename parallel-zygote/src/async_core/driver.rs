@@ -20,7 +20,7 @@ use futures_channel::{mpsc, oneshot};
 use futures_core::Stream;
 use parallel_proto::channel::{CallId, CallIdHasher, Outcome, ParentChannel, ParentEvent};
 
-use super::conn::Conn;
+use super::conn::{Conn, MessageBatch};
 use super::kill::{Death, Killer};
 use super::messages::{RawMessage, QUEUE_DEPTH};
 use super::output::Captured;
@@ -1002,10 +1002,17 @@ impl<R: Runtime> DriverState<R> {
                     }
                     progress = true;
                 }
-                if let Some(outgoing) = &mut self.outgoing {
+                // Every queued message (up to a batch) before the next
+                // write: they go out in one system call, and the sender is
+                // woken once for the room they leave (see `MessageBatch`).
+                let mut batch = MessageBatch::default();
+                while let Some(outgoing) = &mut self.outgoing {
+                    if batch.is_full() {
+                        break;
+                    }
                     match outgoing.as_mut().poll_next(cx) {
                         Poll::Ready(Some(message)) => {
-                            if self.outgoing(message).is_err() {
+                            if self.conn.send_message(message, &mut batch).is_err() {
                                 return Poll::Ready(false);
                             }
                             progress = true;
@@ -1017,7 +1024,7 @@ impl<R: Runtime> DriverState<R> {
                             }
                             progress = true;
                         }
-                        Poll::Pending => {}
+                        Poll::Pending => break,
                     }
                 }
             }
@@ -1106,10 +1113,6 @@ impl<R: Runtime> DriverState<R> {
                 let _ = reply.send(Err(CallFailed::undelivered(error.into())));
             }
         }
-    }
-
-    fn outgoing(&mut self, message: RawMessage) -> Result<(), Error> {
-        self.conn.send_message(message)
     }
 
     /// Every handle that could send is gone: half close.

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::codec::Codec;
-use super::conn::Conn;
+use super::conn::{Conn, MessageBatch};
 use super::forward::Forwarder;
 use super::messages::{MessageSender, MessageStream, RawMessage, QUEUE_DEPTH};
 use super::output::{Redirect, WorkerIo};
@@ -792,7 +792,10 @@ where
             if let Poll::Ready(result) = task.as_mut().poll(cx) {
                 // Send what the function queued before it returned.
                 while let Ok(message) = out_rx.try_recv() {
-                    if send(&mut conn, message).is_err() {
+                    if conn
+                        .send_message(message, &mut MessageBatch::default())
+                        .is_err()
+                    {
                         return Poll::Ready(None);
                     }
                 }
@@ -843,10 +846,13 @@ where
                 Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Pending => false,
             };
-            if output_open && flushed {
+            // Every queued message (up to a batch) before the next write,
+            // as the parent's driver does (see `MessageBatch`).
+            let mut batch = MessageBatch::default();
+            while output_open && flushed && !batch.is_full() {
                 match out_rx.as_mut().poll_next(cx) {
                     Poll::Ready(Some(message)) => {
-                        if send(&mut conn, message).is_err() {
+                        if conn.send_message(message, &mut batch).is_err() {
                             return Poll::Ready(None);
                         }
                         progress = true;
@@ -858,7 +864,7 @@ where
                         }
                         progress = true;
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => break,
                 }
             }
             if !progress {
@@ -871,13 +877,6 @@ where
             let _ = conn.flush().await;
         }
     })
-}
-
-fn send(
-    conn: &mut Conn<WorkerChannel, Box<dyn AsyncSocket>>,
-    message: RawMessage,
-) -> Result<(), super::Error> {
-    conn.send_message(message)
 }
 
 /// The sealed boot entry of workers on `W`.

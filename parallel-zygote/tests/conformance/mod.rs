@@ -278,6 +278,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         process::socket_messages_with_large_bytes_arrive_intact_and_in_order,
         process::received_buffers_are_reused_once_dropped_never_while_held,
         process::descriptors_between_large_messages_reach_their_own_message,
+        process::messages_queued_together_arrive_whole_in_order_with_their_descriptors,
         process::a_message_mostly_of_large_bytes_takes_the_socket_below_32_mib_by_default,
         process::a_copied_message_takes_the_socket_below_4_mib_by_default,
         process::plain_byte_vectors_arrive_intact_both_ways,

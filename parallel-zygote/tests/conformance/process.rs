@@ -556,6 +556,113 @@ pub async fn descriptors_between_large_messages_reach_their_own_message<R: Runti
     Ok(())
 }
 
+/// Messages in each burst of the queued-together scenario: a queue's worth
+/// (16), which the pumps take in one batch and write with one `sendmsg`
+/// where they can.
+const BURST: usize = 16;
+
+/// The worker of the queued-together scenario: gathers a burst of messages,
+/// then sends every one back at once (so that its own pump finds them all
+/// queued), each with its descriptor and its bytes as they came.
+async fn echo_bursts(
+    mut input: MessageStream<(u64, Option<Fd>, Bytes)>,
+    output: MessageSender<(u64, Option<Fd>, Bytes)>,
+) {
+    let mut burst = Vec::with_capacity(BURST);
+    loop {
+        let next = input.next().await;
+        let ended = !matches!(next, Some(Ok(_)));
+        if let Some(Ok(message)) = next {
+            burst.push(message);
+        }
+        if burst.len() == BURST || (ended && !burst.is_empty()) {
+            for message in burst.drain(..) {
+                if output.send(message).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+/// Messages queued together (small ones, large `Bytes` lent to the socket,
+/// some with a descriptor, a burst's bytes past what one write takes) go out
+/// in shared writes both ways: each must arrive whole, in order, with its
+/// own descriptor and no other.
+pub async fn messages_queued_together_arrive_whole_in_order_with_their_descriptors<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel.process(echo_bursts)?;
+    let sender = process.sender.with_shared_memory_min(None);
+    let mut stream = process.stream;
+    let sizes = [8, 65_536, 300, 100_003, 65_537, 0, 20_000];
+    let mut sequence = 0u64;
+    for burst in 0..4 {
+        let first = sequence;
+        // Sent without waiting for answers: the queue fills before the
+        // driver runs (on a one-thread runtime, all of it).
+        for index in 0..BURST {
+            let size = sizes[(index + burst) % sizes.len()];
+            let fd = if (index + burst) % 3 == 0 {
+                let mut file = tempfile()?;
+                write!(file, "file {sequence}")?;
+                file.rewind()?;
+                Some(Fd(file.into()))
+            } else {
+                None
+            };
+            sender
+                .send((sequence, fd, bulk_bytes(size, sequence as usize)))
+                .await?;
+            sequence += 1;
+        }
+        for expected in first..sequence {
+            let Some(answer) = stream.next().await else {
+                return Err(format!("the stream ended before answer {expected}").into());
+            };
+            let (got, fd, data) = answer?;
+            check(
+                got == expected,
+                format!("answer {expected} carries sequence {got}: out of order"),
+            )?;
+            let index = (expected - first) as usize;
+            let size = sizes[(index + burst) % sizes.len()];
+            check(
+                data == bulk_bytes(size, expected as usize),
+                format!("message {expected} ({size} bytes) changed on the way"),
+            )?;
+            match fd {
+                Some(fd) => {
+                    check(
+                        (index + burst) % 3 == 0,
+                        format!("message {expected} came back with a descriptor it had not"),
+                    )?;
+                    let mut text = String::new();
+                    std::fs::File::from(fd.into_inner()).read_to_string(&mut text)?;
+                    check(
+                        text == format!("file {expected}"),
+                        format!("message {expected} came back with the file reading {text:?}"),
+                    )?;
+                }
+                None => check(
+                    (index + burst) % 3 != 0,
+                    format!("message {expected} came back without its descriptor"),
+                )?,
+            }
+        }
+    }
+    drop(sender);
+    check(
+        stream.next().await.is_none(),
+        "the stream goes on after every answer",
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
 /// The worker of the buffer-reuse scenario: keeps every even-numbered
 /// message's `Bytes` and drops the odd ones before answering each with
 /// where its bytes are and whether they, and every `Bytes` kept so far, are
