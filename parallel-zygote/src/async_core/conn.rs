@@ -51,6 +51,15 @@ const MESSAGE_BATCH: usize = 16;
 /// of the queue's own (one message before).
 const MESSAGE_BATCH_BYTES: usize = 1024 * 1024;
 
+// A batch is written into a send queue that may hold up to a batch's
+// bytes already, and the queue refuses a frame that takes a non-empty
+// queue past `max_buffered_bytes` (which would break the channel): with
+// the worker channels' limits, a batch plus the largest frame must fit.
+const _: () = assert!(
+    MESSAGE_BATCH_BYTES + parallel_proto::Limits::DEFAULT.max_frame_len() as usize
+        <= parallel_proto::Limits::DEFAULT.max_buffered_bytes()
+);
+
 /// How many `process` messages a pump has taken for its next write (see
 /// [`MESSAGE_BATCH`]).
 #[derive(Debug, Default)]
