@@ -661,6 +661,16 @@ fn round_trip_section(
             Measure::Time,
             move |budget| adapter.raw_relayed(raw, Place::Task, budget),
         );
+        group.add(
+            format!("rt/{a}/proto"),
+            format!(
+                "{name}: ping-pong through parallel-proto's channels and postcard (no async core)"
+            ),
+            Some(raw_key.clone()),
+            config.fast,
+            Measure::Time,
+            move |budget| adapter.proto_ping_pong(raw, budget),
+        );
         if adapter.reads_by_peeking() {
             group.add(
                 format!("rt/{a}/peeked"),
@@ -1259,6 +1269,7 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "call-1mib" => adapter.run_bytes_round_trip(MIB, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "relay" => adapter.raw_relayed(raw, Place::Task, budget),
+        "proto" => adapter.proto_ping_pong(raw, budget),
         "peeked" => adapter.raw_peeked(raw, budget),
         "relay-main" => adapter.raw_relayed(raw, Place::Main, budget),
         "relay-pipe" => adapter.raw_relayed_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
@@ -1591,7 +1602,10 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) 
          adapter and runtime. Relayed: the raw echo with a reader task (spawned where the \
          drivers run) handing each reply to its caller, as the drivers do. Peeked: the \
          raw ping-pong reading as the library's glommio channel does (a `MSG_PEEK` \
-         through io_uring, then `recvmsg` with room for descriptors). Built before the \
+         through io_uring, then `recvmsg` with room for descriptors). Proto: the \
+         `u64` call and its answer framed, checked and encoded by `parallel-proto`'s \
+         channel state machines and postcard on both sides, with plain reads and \
+         writes (the protocol's own work, without the library's async core). Built before the \
          clock: raw writes of distinct messages rather than one hot buffer. After running \
          `true` / after a warm spawn: each sample made 5 ms after that process churn (a \
          fork, an exit), in the state every warm spawn but a first one finds the machine \
@@ -1629,9 +1643,19 @@ fn design_floors(report: &mut Report, adapters: &[Box<dyn Adapter>], big: &str) 
             "rt/{a}/raw".into(),
         ),
         (
+            "proto ping-pong: `parallel-proto` + postcard, no async core (/ raw ping-pong)".into(),
+            "rt/{a}/proto".into(),
+            "rt/{a}/raw".into(),
+        ),
+        (
             "`Run::call(x)` in a task (/ relayed)".into(),
             "rt/{a}/run".into(),
             "rt/{a}/relay".into(),
+        ),
+        (
+            "`Run::call(x)` in a task (/ proto ping-pong)".into(),
+            "rt/{a}/run".into(),
+            "rt/{a}/proto".into(),
         ),
         (
             "`Run::call(x)` in the `block_on` future (/ relayed there)".into(),

@@ -612,6 +612,11 @@ pub trait Adapter {
     fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
         self.raw_ping_pong(raw, budget)
     }
+    /// The protocol's floor (see [`super::proto`]): `u64 → u64` calls
+    /// through `parallel-proto`'s channels and postcard, with a raw worker
+    /// of kind `ProtoEcho` on the same runtime, made where the raw ping-pong
+    /// is made; plain reads and writes, no library code.
+    fn proto_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration>;
     /// The raw ping-pong in the shape of a `Run::call`: the caller at
     /// `place` writes its request itself, and a reader task spawned on the
     /// runtime (where the library runs a worker's driver) reads the reply

@@ -25,6 +25,7 @@ use super::adapter::{
     Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
+use super::proto::ProtoCaller;
 use super::raw::{RawKind, RawRuntime, RawZygote};
 use super::stages::{ByteChunk, Chunk, OurChunk, SeqChunk};
 use super::stats::{Budget, Sampler};
@@ -86,6 +87,12 @@ pub trait Host: 'static {
         self.block_on(async move { raw_ping_pongs(Self::stream(socket), budget).await })
     }
 
+    /// The protocol's floor (see [`proto_ping_pongs`]) where
+    /// [`raw_in_task`](Self::raw_in_task) makes the raw ping-pong.
+    fn proto_in_task(&self, socket: UnixStream, budget: Budget) -> Vec<Duration> {
+        self.block_on(async move { proto_ping_pongs(Self::stream(socket), budget).await })
+    }
+
     /// The raw floor (see [`raw_floors`]) where [`Host::in_task`] awaits
     /// its cold spawns. By default in the `block_on` future, as `in_task`.
     fn raw_floor_in_task(&self, raw: Arc<RawZygote>, budget: Budget) -> Vec<Duration>
@@ -127,6 +134,43 @@ pub async fn raw_ping_pongs<S: AsyncRead + AsyncWrite + Unpin>(
         stream.write_all(&x.to_le_bytes()).await.expect("write");
         stream.read_exact(&mut reply).await.expect("read");
         sampler.record(start.elapsed());
+    }
+    sampler.finish()
+}
+
+/// `u64 → u64` calls through `parallel-proto`'s channels on `stream`, to a
+/// raw `ProtoEcho` worker, one at a time (see [`super::proto`]).
+pub async fn proto_ping_pongs<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    budget: Budget,
+) -> Vec<Duration> {
+    let mut caller = ProtoCaller::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut sampler = Sampler::new(budget);
+    let mut x = 0u64;
+    // The hello and `Start` go out, and the worker's hello comes back,
+    // outside the clock (as a `Run`'s do before its calls).
+    let mut first = true;
+    while first || sampler.next() {
+        x += 1;
+        let start = Instant::now();
+        caller.call(x);
+        while let Some(transmit) = caller.transmit() {
+            stream.write_all(&transmit.head).await.expect("write");
+            stream.write_all(&transmit.body).await.expect("write");
+            caller.written(transmit);
+        }
+        loop {
+            let read = stream.read(&mut buffer).await.expect("read");
+            assert!(read > 0, "proto echo worker hung up");
+            if let Some(result) = caller.read(&buffer[..read]) {
+                assert_eq!(result, x, "proto echo worker's answer");
+                break;
+            }
+        }
+        if !std::mem::take(&mut first) {
+            sampler.record(start.elapsed());
+        }
     }
     sampler.finish()
 }
@@ -468,6 +512,11 @@ impl<H: Host> Adapter for HostAdapter<H> {
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
         let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::Echo);
         self.host.raw_in_task(stream, budget)
+    }
+
+    fn proto_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready_on(H::RAW, RawKind::ProtoEcho);
+        self.host.proto_in_task(stream, budget)
     }
 
     fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {

@@ -20,6 +20,7 @@ pub mod futures_adapter;
 pub mod glommio_adapter;
 pub mod os;
 pub mod peers;
+pub mod proto;
 pub mod raw;
 pub mod smol_adapter;
 pub mod stages;

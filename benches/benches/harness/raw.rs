@@ -27,6 +27,8 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use smol::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::proto::ProtoEchoer;
+
 /// The runtime a raw worker builds (for every [`RawKind`] but `Byte`): each
 /// adapter's raw baselines run on its own runtime, on both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,10 @@ pub enum RawKind {
     /// Builds the runtime, writes its pid, then repeatedly reads an 8-byte
     /// length `n`, reads and drops `n` bytes, and answers `n` (8 bytes).
     Sink = 3,
+    /// Builds the runtime, writes its pid, then speaks the worker's side of
+    /// `parallel-proto`'s channel with plain reads and writes, answering
+    /// each `u64` call with its argument (see [`super::proto`]).
+    ProtoEcho = 7,
 }
 
 impl RawKind {
@@ -88,6 +94,7 @@ impl RawKind {
             RawKind::RuntimeClock,
             RawKind::RuntimeClockTeardown,
             RawKind::RuntimeClockBusy,
+            RawKind::ProtoEcho,
         ]
         .into_iter()
         .find(|kind| *kind as u8 == byte)
@@ -323,6 +330,26 @@ fn work_tokio(kind: RawKind, channel: UnixStream) -> Box<dyn Any> {
                     }
                 }
             }
+            RawKind::ProtoEcho => {
+                let _ = stream.write_all(&std::process::id().to_le_bytes()).await;
+                let mut echoer = ProtoEchoer::new();
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    while let Some(transmit) = echoer.transmit() {
+                        if stream.write_all(&transmit.head).await.is_err()
+                            || stream.write_all(&transmit.body).await.is_err()
+                        {
+                            return;
+                        }
+                        echoer.written(transmit);
+                    }
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) if !echoer.read(&buffer[..read]) => return,
+                        Ok(_) => {}
+                    }
+                }
+            }
         }
     });
     Box::new(runtime)
@@ -417,6 +444,26 @@ async fn serve_futures_io<S: AsyncRead + AsyncWrite + Unpin>(kind: RawKind, mut 
                 }
                 if stream.write_all(&total.to_le_bytes()).await.is_err() {
                     return;
+                }
+            }
+        }
+        RawKind::ProtoEcho => {
+            let _ = stream.write_all(&std::process::id().to_le_bytes()).await;
+            let mut echoer = ProtoEchoer::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                while let Some(transmit) = echoer.transmit() {
+                    if stream.write_all(&transmit.head).await.is_err()
+                        || stream.write_all(&transmit.body).await.is_err()
+                    {
+                        return;
+                    }
+                    echoer.written(transmit);
+                }
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) if !echoer.read(&buffer[..read]) => return,
+                    Ok(_) => {}
                 }
             }
         }

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use super::adapter::{Place, ReplySlot, ReplySlots};
 use super::futures_adapter::{
-    raw_floors, raw_ping_pongs, relay_pipelined_replies, relay_replies, relayed_ping_pongs, Calls,
-    Host, HostAdapter,
+    proto_ping_pongs, raw_floors, raw_ping_pongs, relay_pipelined_replies, relay_replies,
+    relayed_ping_pongs, Calls, Host, HostAdapter,
 };
 use super::raw::{RawRuntime, RawZygote};
 use super::stats::Budget;
@@ -102,6 +102,13 @@ impl Host for SmolHost {
     fn raw_in_task(&self, socket: UnixStream, budget: Budget) -> Vec<Duration> {
         smol::block_on(smol::spawn(async move {
             raw_ping_pongs(Self::stream(socket), budget).await
+        }))
+    }
+
+    /// On smol's global executor, as the raw ping-pong.
+    fn proto_in_task(&self, socket: UnixStream, budget: Budget) -> Vec<Duration> {
+        smol::block_on(smol::spawn(async move {
+            proto_ping_pongs(Self::stream(socket), budget).await
         }))
     }
 }

@@ -17,6 +17,7 @@ use super::adapter::{
     Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot, ReplySlots, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
+use super::proto::ProtoCaller;
 use super::raw::{RawKind, RawZygote};
 use super::stages::{ByteChunk, Chunk, OurChunk, SeqChunk};
 use super::stats::{Budget, Sampler};
@@ -302,6 +303,42 @@ impl Adapter for TokioAdapter {
 
     fn raw_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
         self.raw_ping_pong_at(Place::Task, raw, budget)
+    }
+
+    fn proto_ping_pong(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
+        let (stream, _pid) = raw.spawn_ready(RawKind::ProtoEcho);
+        self.at(Place::Task, async move {
+            let mut stream = tokio_stream(stream);
+            let mut caller = ProtoCaller::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            let mut sampler = Sampler::new(budget);
+            let mut x = 0u64;
+            // The hello and `Start` go out, and the worker's hello comes
+            // back, outside the clock (as a `Run`'s do before its calls).
+            let mut first = true;
+            while first || sampler.next() {
+                x += 1;
+                let start = Instant::now();
+                caller.call(x);
+                while let Some(transmit) = caller.transmit() {
+                    stream.write_all(&transmit.head).await.expect("write");
+                    stream.write_all(&transmit.body).await.expect("write");
+                    caller.written(transmit);
+                }
+                loop {
+                    let read = stream.read(&mut buffer).await.expect("read");
+                    assert!(read > 0, "proto echo worker hung up");
+                    if let Some(result) = caller.read(&buffer[..read]) {
+                        assert_eq!(result, x, "proto echo worker's answer");
+                        break;
+                    }
+                }
+                if !std::mem::take(&mut first) {
+                    sampler.record(start.elapsed());
+                }
+            }
+            sampler.finish()
+        })
     }
 
     fn raw_ping_pong_main(&self, raw: &Arc<RawZygote>, budget: Budget) -> Vec<Duration> {
