@@ -523,7 +523,11 @@ pub async fn pipelined_calls<R: Runtime>(
     let run = parallel.run(echo).expect("run");
     run.call(0).await.expect("first call");
     let mut sampler = Sampler::new(budget);
+    // Each thread's scheduling per sample, with `PARALLEL_BENCH_SCHEDSTAT`
+    // set (see `os::ThreadSched`).
+    let watched = [std::process::id() as i32, run.pid().unwrap_or(0)];
     while sampler.next() {
+        let before = super::os::ThreadSched::of(&watched);
         let start = Instant::now();
         let answered = futures_util::stream::iter(0..calls as u64)
             .map(|x| run.call(x))
@@ -531,7 +535,10 @@ pub async fn pipelined_calls<R: Runtime>(
             .filter(|result| std::future::ready(result.is_ok()))
             .count()
             .await;
-        sampler.record(start.elapsed());
+        let took = start.elapsed();
+        let after = super::os::ThreadSched::of(&watched);
+        super::os::ThreadSched::report("pipelined calls", took, &before, &after);
+        sampler.record(took);
         assert_eq!(answered, calls);
     }
     sampler.finish()

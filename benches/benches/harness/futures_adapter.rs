@@ -24,7 +24,7 @@ use super::adapter::{
     pipelined_calls, pool_call, raw_messages, round_trip, shared_throughput, sink, Adapter, Churn,
     Encoding, IdleWorkers, Phases, Place, RawWrites, ReplyReader, ReplySlot, SharedMemory,
 };
-use super::os::{monotonic_ns, wait_exit};
+use super::os::{self, monotonic_ns, wait_exit};
 use super::proto::ProtoCaller;
 use super::raw::{RawKind, RawRuntime, RawZygote};
 use super::stages::{ByteChunk, Chunk, OurChunk, SeqChunk};
@@ -287,13 +287,24 @@ impl<H: Host> HostAdapter<H> {
             while sampler.next() {
                 // Built outside the clock: only the transfer is timed.
                 let messages: Vec<T> = (0..count).map(|_| T::data(template.clone())).collect();
+                // Each thread's scheduling in this transfer, with
+                // `PARALLEL_BENCH_SCHEDSTAT` set (see `os::ThreadSched`).
+                let watched = [std::process::id() as i32, process.handle.pid().unwrap_or(0)];
+                let before = os::ThreadSched::of(&watched);
                 let start = Instant::now();
                 for message in messages {
                     process.sender.send(message).await.expect("send");
                 }
                 process.sender.send(T::flush()).await.expect("send");
                 let received = process.stream.recv().await.expect("count").expect("count");
-                sampler.record(start.elapsed());
+                let took = start.elapsed();
+                os::ThreadSched::report(
+                    &format!("{size} B {}", std::any::type_name::<T>()),
+                    took,
+                    &before,
+                    &os::ThreadSched::of(&watched),
+                );
+                sampler.record(took);
                 assert_eq!(received, total);
             }
             sampler.finish()

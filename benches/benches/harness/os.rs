@@ -314,3 +314,92 @@ pub fn register_membarrier() {
         );
     }
 }
+
+/// Set to print, for every `process` throughput transfer, what each thread
+/// of the parent and of the worker did in it (see [`ThreadSched`]).
+pub const SCHEDSTAT_ENV: &str = "PARALLEL_BENCH_SCHEDSTAT";
+
+/// One thread's scheduler totals from `/proc/<pid>/task/<tid>/schedstat`:
+/// what tells a transfer whose threads ran apart (few time slices) from one
+/// where they handed the work over through extra wake-ups (many slices,
+/// time spent runnable but waiting for a CPU).
+#[derive(Debug, Clone)]
+pub struct ThreadSched {
+    pid: i32,
+    tid: i32,
+    name: String,
+    /// Nanoseconds on a CPU.
+    run_ns: u64,
+    /// Nanoseconds runnable, waiting for a CPU.
+    wait_ns: u64,
+    /// Times it was given a CPU.
+    slices: u64,
+}
+
+impl ThreadSched {
+    /// Every thread of `pids`; empty unless [`SCHEDSTAT_ENV`] is set.
+    pub fn of(pids: &[i32]) -> Vec<ThreadSched> {
+        let mut threads = Vec::new();
+        if std::env::var_os(SCHEDSTAT_ENV).is_none() {
+            return threads;
+        }
+        for &pid in pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let dir = format!("/proc/{pid}/task/{tid}");
+                let name = std::fs::read_to_string(format!("{dir}/comm")).unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("{dir}/schedstat")).unwrap_or_default();
+                let fields: Vec<u64> = stat
+                    .split_whitespace()
+                    .filter_map(|field| field.parse().ok())
+                    .collect();
+                if let [run_ns, wait_ns, slices] = fields[..] {
+                    threads.push(ThreadSched {
+                        pid,
+                        tid,
+                        name: name.trim().to_string(),
+                        run_ns,
+                        wait_ns,
+                        slices,
+                    });
+                }
+            }
+        }
+        threads
+    }
+
+    /// Prints one line: `took`, then each thread that ran more than 0.1 ms
+    /// or was given a CPU more than ten times between `before` and `after`
+    /// (`P` a thread of this process, `W` of the worker).
+    pub fn report(label: &str, took: Duration, before: &[ThreadSched], after: &[ThreadSched]) {
+        if after.is_empty() {
+            return;
+        }
+        let mut line = format!("{label}: {:.1} ms |", took.as_secs_f64() * 1e3);
+        for now in after {
+            let then = before.iter().find(|then| then.tid == now.tid);
+            let (run, wait, slices) = then.map_or((0, 0, 0), |t| (t.run_ns, t.wait_ns, t.slices));
+            let (run, wait, slices) = (now.run_ns - run, now.wait_ns - wait, now.slices - slices);
+            if run > 100_000 || slices > 10 {
+                let side = if now.pid == std::process::id() as i32 {
+                    "P"
+                } else {
+                    "W"
+                };
+                line += &format!(
+                    " {side} {} {}: run {:.1} wait {:.1} slices {slices} |",
+                    now.tid,
+                    now.name,
+                    run as f64 / 1e6,
+                    wait as f64 / 1e6
+                );
+            }
+        }
+        eprintln!("{line}");
+    }
+}

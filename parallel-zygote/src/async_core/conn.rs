@@ -34,6 +34,26 @@ const READ_START: usize = 4 * 1024;
 /// into their own buffer rather than through `read_buffer`.
 const DIRECT_READ_MIN: usize = 16 * 1024;
 
+/// Send buffer asked for on the parent's end of a worker channel (Linux
+/// doubles what is asked and caps the request at `net.core.wmem_max`; the
+/// default is about 208 KiB). With the default a 1 MiB batch of messages
+/// (or one 1 MiB message) takes five or more waits for room, each a reactor
+/// event; on smol, whose reactor may be served by async-io's own thread
+/// rather than the driver's, each such event is a thread hand-over on the
+/// way to the driver (BENCHMARKS.md, session 12). A batch then fits whole.
+/// Memory is taken only for bytes the worker has not read yet.
+const SEND_BUFFER: usize = 2 * 1024 * 1024;
+
+/// Asks for [`SEND_BUFFER`] on `socket`, the parent's end of a new worker
+/// channel. Best effort: where the system caps it lower, writes only wait
+/// for room more often.
+pub(crate) fn widen_send_buffer(socket: &std::os::unix::net::UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(error) = setsockopt(socket, sockopt::SndBuf, &SEND_BUFFER) {
+        tracing::debug!(%error, "widening a worker channel's send buffer failed");
+    }
+}
+
 /// `process` messages a pump takes from its queue per write, at most: those
 /// queued together then go out in one gathered `sendmsg`, and the sending
 /// task, woken once the queue has room, is woken once per batch rather than
@@ -347,5 +367,59 @@ impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
         // Attached once queued: a refused send leaves no stray descriptors.
         self.send_fds.extend(fds);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Write};
+    use std::os::unix::net::UnixStream;
+
+    use nix::sys::socket::{getsockopt, sockopt};
+
+    use super::{widen_send_buffer, MESSAGE_BATCH, MESSAGE_BATCH_BYTES, SEND_BUFFER};
+
+    /// The cap the kernel puts on a requested send buffer.
+    fn wmem_max() -> Option<usize> {
+        std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn a_widened_channel_takes_a_whole_batch_before_its_worker_reads() {
+        let (mut parent, worker) = UnixStream::pair().unwrap();
+        parent.set_nonblocking(true).unwrap();
+        let before = getsockopt(&parent, sockopt::SndBuf).unwrap();
+        widen_send_buffer(&parent);
+        let after = getsockopt(&parent, sockopt::SndBuf).unwrap();
+        let Some(cap) = wmem_max() else {
+            assert!(after >= before, "send buffer shrank: {before} -> {after}");
+            return;
+        };
+        // Linux keeps twice the request, capped at `wmem_max`.
+        let asked = SEND_BUFFER.min(cap);
+        assert!(
+            after >= (2 * asked).max(before),
+            "send buffer {after} after asking for {SEND_BUFFER} (wmem_max {cap}, before {before})"
+        );
+        if asked < SEND_BUFFER {
+            return; // Capped by the system: a batch may not fit.
+        }
+        // What the driver relies on: a whole batch of 64 KiB messages goes
+        // in without a wait for room while the worker reads nothing.
+        let message = vec![7u8; MESSAGE_BATCH_BYTES / MESSAGE_BATCH];
+        for index in 0..MESSAGE_BATCH {
+            match parent.write(&message) {
+                Ok(written) => assert_eq!(written, message.len(), "message {index} cut short"),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    panic!("message {index} of a batch had to wait for room")
+                }
+                Err(error) => panic!("write: {error}"),
+            }
+        }
+        drop(worker);
     }
 }

@@ -663,6 +663,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
                     self.zygote
                         .spawn_entry((self.worker.boot)()?, self.options.clone(), fds)?;
                 stream.set_nonblocking(true)?;
+                super::conn::widen_send_buffer(&stream);
                 let fd = stream.as_raw_fd();
                 let machine = ParentChannel::new(Limits::default());
                 (Conn::new(machine, R::register(stream)?), fd, pending)

@@ -360,10 +360,13 @@ impl WarmSet {
                 // Non-blocking now, so that the spawn that takes it does not
                 // make that syscall.
                 Ok((stream, pending)) => match stream.set_nonblocking(true) {
-                    Ok(()) => idle.push_back(Warm {
-                        channel: Channel::Plain(stream),
-                        pending,
-                    }),
+                    Ok(()) => {
+                        super::conn::widen_send_buffer(&stream);
+                        idle.push_back(Warm {
+                            channel: Channel::Plain(stream),
+                            pending,
+                        })
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "pre-forking a worker failed");
                         break;
