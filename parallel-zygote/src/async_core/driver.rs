@@ -352,6 +352,7 @@ fn start<R: Runtime>(
         reader: None,
         both: None,
         watchdog: None,
+        unregistered: false,
     }));
     let thread = Arc::clone(&state.lock().unwrap_or_else(|e| e.into_inner()).thread);
     let submit = Submit(Arc::downgrade(&state), thread);
@@ -507,11 +508,21 @@ impl<R: Runtime> Submit<R> {
                     break;
                 }
                 // Stopped after answers to hand them over first (see
-                // `poll_serve`): they are handed over below, once the lock
-                // is released, so read on to the empty socket and its
-                // registration now.
-                Poll::Pending if std::mem::take(&mut this.yielded) => {}
-                Poll::Pending => break,
+                // `poll_serve`): handed over below, once the lock is
+                // released. The read that would find the socket empty, and
+                // the registration after it (a system call each on smol),
+                // are left to this caller's next call, which tries its
+                // read at once, as a raw ping-pong does (its answer is
+                // often in by then); or, if it makes none, to the driver
+                // (see `unregistered`).
+                Poll::Pending if std::mem::take(&mut this.yielded) => {
+                    this.unregistered = true;
+                    break;
+                }
+                Poll::Pending => {
+                    this.unregistered = false;
+                    break;
+                }
             }
         }
         let answered = std::mem::take(&mut this.answered);
@@ -659,6 +670,11 @@ pub(crate) struct DriverState<R: Runtime> {
     /// While a caller reads, the driver's check that it comes for what woke
     /// it (see [`Both`]); polled with the driver task's waker.
     watchdog: Option<Pin<Box<R::Sleep>>>,
+    /// A reading caller stopped after its answer without reading on to the
+    /// empty socket: nothing is registered for the socket's readiness until
+    /// a caller reads again or the driver polls (woken by a call it must
+    /// read for, or by the watchdog, armed meanwhile).
+    unregistered: bool,
 }
 
 // No field is structurally pinned: every future the driver polls is boxed
@@ -735,6 +751,7 @@ impl<R: Runtime> Future for Driver<R> {
             // wakes the driver (a reading caller then gets its answer from
             // it, and registers its own waker again at its next read).
             let poll = this.poll_phases(cx);
+            this.unregistered = false;
             if poll.is_ready() {
                 this.task = None;
             }
@@ -1044,6 +1061,11 @@ impl<R: Runtime> DriverState<R> {
         if !alone && (!R::CALLERS_WRITE_CHUNKS || self.unsent.len() < CALLER_WRITE_CHUNK) {
             task.wake_by_ref();
             return Ok(());
+        }
+        // Nothing waits for the socket's readiness (see `unregistered`),
+        // and this caller will not read for itself: the driver must.
+        if self.unregistered && !self.caller_reads() {
+            task.wake_by_ref();
         }
         // Under the driver task's waker: a write that must wait for room
         // wakes the driver, which finishes it. (A chunk's write takes the
