@@ -1052,6 +1052,12 @@ impl<R: Runtime> DriverState<R> {
         // go out in one write rather than one each; up to a chunk: the
         // call that completes one writes it (see `CALLER_WRITE_CHUNK`).
         let alone = unwritten == 0 && self.calls.is_empty();
+        if !alone {
+            // Pipelined calls are the driver's to read (see
+            // `Submit::poll_read`): what a caller reading alone until now
+            // registered for wakes the driver again.
+            self.stop_reader();
+        }
         let span = self.killer.span().clone();
         let _entered = span.enter();
         self.command(command);
