@@ -497,33 +497,22 @@ impl<R: Runtime> Submit<R> {
         let _entered = span.enter();
         this.watch();
         let mut cx = Context::from_waker(&both);
-        loop {
-            match this.poll_serve(&mut cx) {
-                Poll::Ready(returned) => {
-                    // The driver's task goes on from there.
-                    this.phase = Phase::Served(returned);
-                    if let Some(task) = &this.task {
-                        task.wake_by_ref();
-                    }
-                    break;
-                }
-                // Stopped after answers to hand them over first (see
-                // `poll_serve`): handed over below, once the lock is
-                // released. The read that would find the socket empty, and
-                // the registration after it (a system call each on smol),
-                // are left to this caller's next call, which tries its
-                // read at once, as a raw ping-pong does (its answer is
-                // often in by then); or, if it makes none, to the driver
-                // (see `unregistered`).
-                Poll::Pending if std::mem::take(&mut this.yielded) => {
-                    this.unregistered = true;
-                    break;
-                }
-                Poll::Pending => {
-                    this.unregistered = false;
-                    break;
+        match this.poll_serve(&mut cx) {
+            Poll::Ready(returned) => {
+                // The driver's task goes on from there.
+                this.phase = Phase::Served(returned);
+                if let Some(task) = &this.task {
+                    task.wake_by_ref();
                 }
             }
+            // Stopped after answers to hand them over first (see
+            // `poll_serve`): handed over below, once the lock is released.
+            // The read that would find the socket empty, and the
+            // registration after it (a system call each on smol), are left
+            // to this caller's next call, which tries its read at once, as
+            // a raw ping-pong does (its answer is often in by then); or, if
+            // it makes none, to the driver (see `unregistered`).
+            Poll::Pending => this.unregistered = std::mem::take(&mut this.yielded),
         }
         let answered = std::mem::take(&mut this.answered);
         drop(state);
