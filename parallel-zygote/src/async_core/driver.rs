@@ -11,7 +11,7 @@ use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -41,6 +41,12 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// waiting for the end of the streams: a process the worker started may
 /// hold them open, and must not hold up the death report.
 const OUTPUT_WAIT: Duration = Duration::from_millis(500);
+
+/// How often a driver whose lone caller reads the channel on its own
+/// thread (see [`Submit::poll_read`]) checks that the caller came for what
+/// woke it: a caller whose future is set aside unpolled must not keep the
+/// channel from the driver longer than this.
+const READER_WATCH: Duration = Duration::from_millis(10);
 
 /// Calls taken from the queue per write, at most: the bound on what one
 /// pass of the driver buffers before the socket takes it.
@@ -345,6 +351,8 @@ fn start<R: Runtime>(
         thread: Arc::new(AtomicUsize::new(0)),
         reader: None,
         both: None,
+        watchdog: None,
+        unregistered: false,
     }));
     let thread = Arc::clone(&state.lock().unwrap_or_else(|e| e.into_inner()).thread);
     let submit = Submit(Arc::downgrade(&state), thread);
@@ -487,24 +495,24 @@ impl<R: Runtime> Submit<R> {
         };
         let span = this.killer.span().clone();
         let _entered = span.enter();
+        this.watch();
         let mut cx = Context::from_waker(&both);
-        loop {
-            match this.poll_serve(&mut cx) {
-                Poll::Ready(returned) => {
-                    // The driver's task goes on from there.
-                    this.phase = Phase::Served(returned);
-                    if let Some(task) = &this.task {
-                        task.wake_by_ref();
-                    }
-                    break;
+        match this.poll_serve(&mut cx) {
+            Poll::Ready(returned) => {
+                // The driver's task goes on from there.
+                this.phase = Phase::Served(returned);
+                if let Some(task) = &this.task {
+                    task.wake_by_ref();
                 }
-                // Stopped after answers to hand them over first (see
-                // `poll_serve`): they are handed over below, once the lock
-                // is released, so read on to the empty socket and its
-                // registration now.
-                Poll::Pending if std::mem::take(&mut this.yielded) => {}
-                Poll::Pending => break,
             }
+            // Stopped after answers to hand them over first (see
+            // `poll_serve`): handed over below, once the lock is released.
+            // The read that would find the socket empty, and the
+            // registration after it (a system call each on smol), are left
+            // to this caller's next call, which tries its read at once, as
+            // a raw ping-pong does (its answer is often in by then); or, if
+            // it makes none, to the driver (see `unregistered`).
+            Poll::Pending => this.unregistered = std::mem::take(&mut this.yielded),
         }
         let answered = std::mem::take(&mut this.answered);
         drop(state);
@@ -522,11 +530,11 @@ impl<R: Runtime> Submit<R> {
         let Some(state) = self.0.upgrade() else {
             return;
         };
-        let Ok(mut state) = state.try_lock() else {
-            return;
-        };
+        // Waits for a driver that holds the lock: while this caller is the
+        // reader, what the driver registered wakes it alone (see `Both`).
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         if state.reader.as_ref().is_some_and(|r| r.will_wake(waker)) {
-            state.reader = None;
+            state.stop_reader();
         }
     }
 }
@@ -549,11 +557,24 @@ fn elsewhere(driver: &AtomicUsize) -> bool {
 }
 
 /// The waker of what a caller serving the channel registers for (see
-/// [`Submit::poll_read`]), and of the driver's own registrations while that
-/// caller waits: it wakes both.
+/// [`Submit::poll_read`]): it wakes that caller alone while it reads, and
+/// the driver's task once it stopped.
+///
+/// Waking the driver's task as well (session 10) cost a wake-up of the
+/// driver's thread per answer, and that thread's read that found the socket
+/// empty. A caller that is woken but never comes (its future set aside
+/// unpolled) must still not keep the channel from the driver: a wake the
+/// caller has not served yet is `owed`, and the driver's watchdog (see
+/// [`READER_WATCH`]) takes the channel back from a caller that still owes
+/// one at its next check; a caller that stops reading with a wake owed
+/// hands it to the driver.
 struct Both {
     task: Waker,
     reader: Waker,
+    /// The caller still reads: wakes go to it.
+    reading: AtomicBool,
+    /// A wake went to the caller that it has not served yet.
+    owed: AtomicBool,
 }
 
 impl Wake for Both {
@@ -562,8 +583,27 @@ impl Wake for Both {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.reader.wake_by_ref();
+        if self.reading.load(Ordering::SeqCst) {
+            self.owed.store(true, Ordering::SeqCst);
+            self.reader.wake_by_ref();
+            // The caller stopped in between: the wake is the driver's (if
+            // the caller's stop did not pass it on already).
+            if self.reading.load(Ordering::SeqCst) || !self.owed.swap(false, Ordering::SeqCst) {
+                return;
+            }
+        }
         self.task.wake_by_ref();
+    }
+}
+
+impl Both {
+    /// The caller stops reading: what wakes this from now on is the
+    /// driver's, and so is a wake the caller did not serve.
+    fn stop(&self) {
+        self.reading.store(false, Ordering::SeqCst);
+        if self.owed.swap(false, Ordering::SeqCst) {
+            self.task.wake_by_ref();
+        }
     }
 }
 
@@ -616,6 +656,14 @@ pub(crate) struct DriverState<R: Runtime> {
     /// The waker of `task` and `reader` together, kept while they are the
     /// same.
     both: Option<Arc<Both>>,
+    /// While a caller reads, the driver's check that it comes for what woke
+    /// it (see [`Both`]); polled with the driver task's waker.
+    watchdog: Option<Pin<Box<R::Sleep>>>,
+    /// A reading caller stopped after its answer without reading on to the
+    /// empty socket: nothing is registered for the socket's readiness until
+    /// a caller reads again or the driver polls (woken by a call it must
+    /// read for, or by the watchdog, armed meanwhile).
+    unregistered: bool,
 }
 
 // No field is structurally pinned: every future the driver polls is boxed
@@ -684,13 +732,15 @@ impl<R: Runtime> Future for Driver<R> {
             if !this.killer.poll_released(cx) {
                 return Poll::Pending;
             }
-            // While a caller reads on its own thread, what the driver
-            // registers for wakes that caller too: the answer it waits for
-            // reaches it directly, whichever of the two last registered.
-            let poll = match this.both() {
-                Some(both) => this.poll_phases(&mut Context::from_waker(&both)),
-                None => this.poll_phases(cx),
-            };
+            // A caller reading on its own thread that has not come for
+            // what woke it since the last check loses the channel to the
+            // driver (see `Both`).
+            this.poll_watchdog(cx);
+            // Under the task's own waker: what the driver registers for
+            // wakes the driver (a reading caller then gets its answer from
+            // it, and registers its own waker again at its next read).
+            let poll = this.poll_phases(cx);
+            this.unregistered = false;
             if poll.is_ready() {
                 this.task = None;
             }
@@ -841,27 +891,94 @@ impl<R: Runtime> DriverState<R> {
     }
 
     /// The waker of the driver's task and the reading caller together, if a
-    /// caller reads (see [`Submit::poll_read`]).
+    /// caller reads (see [`Submit::poll_read`]), marked reading with nothing
+    /// owed: the caller serves now.
     fn both(&mut self) -> Option<Waker> {
         // Callers read only alone (see `Submit::poll_read`): with calls
         // pipelined, the driver reads, and wakes only whom it answers.
         if self.calls.len() > 1 {
-            self.reader = None;
+            self.stop_reader();
             return None;
         }
         let (task, reader) = (self.task.as_ref()?, self.reader.as_ref()?);
-        match &self.both {
+        let both = match &self.both {
             Some(both) if both.task.will_wake(task) && both.reader.will_wake(reader) => {
-                Some(Waker::from(Arc::clone(both)))
+                Arc::clone(both)
             }
             _ => {
+                if let Some(old) = self.both.take() {
+                    old.stop();
+                }
                 let both = Arc::new(Both {
                     task: task.clone(),
                     reader: reader.clone(),
+                    reading: AtomicBool::new(false),
+                    owed: AtomicBool::new(false),
                 });
                 self.both = Some(Arc::clone(&both));
-                Some(Waker::from(both))
+                both
             }
+        };
+        both.owed.store(false, Ordering::SeqCst);
+        both.reading.store(true, Ordering::SeqCst);
+        Some(Waker::from(both))
+    }
+
+    /// No caller reads any more: what its registrations wake is the
+    /// driver's again.
+    fn stop_reader(&mut self) {
+        self.reader = None;
+        if let Some(both) = &self.both {
+            both.stop();
+        }
+    }
+
+    /// Arms the watchdog of a reading caller (see [`Both`]), unless armed.
+    fn watch(&mut self) {
+        if self.watchdog.is_some() {
+            return;
+        }
+        let Some(task) = &self.task else {
+            return;
+        };
+        let mut watchdog = sleep::<R>(READER_WATCH);
+        // Registered with the driver's task, which checks when it expires.
+        if watchdog
+            .as_mut()
+            .poll(&mut Context::from_waker(task))
+            .is_pending()
+        {
+            self.watchdog = Some(watchdog);
+        }
+    }
+
+    /// The watchdog's check, once it expired: a caller that still owes a
+    /// wake since the last check has not come, and the driver takes the
+    /// channel back; one that still reads is watched on.
+    fn poll_watchdog(&mut self, cx: &mut Context<'_>) {
+        let Some(watchdog) = &mut self.watchdog else {
+            return;
+        };
+        if watchdog.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        self.watchdog = None;
+        let Some(both) = &self.both else {
+            return;
+        };
+        if !both.reading.load(Ordering::SeqCst) || !matches!(self.phase, Phase::Serve) {
+            return;
+        }
+        if both.owed.load(Ordering::SeqCst) {
+            // The driver's poll that follows serves what the caller did not.
+            self.reader = None;
+            both.reading.store(false, Ordering::SeqCst);
+            both.owed.store(false, Ordering::SeqCst);
+            return;
+        }
+        let mut watchdog = sleep::<R>(READER_WATCH);
+        if watchdog.as_mut().poll(cx).is_pending() {
+            self.watchdog = Some(watchdog);
         }
     }
 
@@ -924,6 +1041,12 @@ impl<R: Runtime> DriverState<R> {
         // go out in one write rather than one each; up to a chunk: the
         // call that completes one writes it (see `CALLER_WRITE_CHUNK`).
         let alone = unwritten == 0 && self.calls.is_empty();
+        if !alone {
+            // Pipelined calls are the driver's to read (see
+            // `Submit::poll_read`): what a caller reading alone until now
+            // registered for wakes the driver again.
+            self.stop_reader();
+        }
         let span = self.killer.span().clone();
         let _entered = span.enter();
         self.command(command);
@@ -933,6 +1056,11 @@ impl<R: Runtime> DriverState<R> {
         if !alone && (!R::CALLERS_WRITE_CHUNKS || self.unsent.len() < CALLER_WRITE_CHUNK) {
             task.wake_by_ref();
             return Ok(());
+        }
+        // Nothing waits for the socket's readiness (see `unregistered`),
+        // and this caller will not read for itself: the driver must.
+        if self.unregistered && !self.caller_reads() {
+            task.wake_by_ref();
         }
         // Under the driver task's waker: a write that must wait for room
         // wakes the driver, which finishes it. (A chunk's write takes the

@@ -108,21 +108,30 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
             }
         }
         let mut answer = answer;
-        let mut read = false;
+        let mut reading = Reading {
+            submit: &self.submit,
+            waker: None,
+        };
         let outcome = std::future::poll_fn(|cx| {
             if let Poll::Ready(outcome) = Pin::new(&mut answer).poll(cx) {
-                if read {
-                    self.submit.stop_reading(cx.waker());
-                }
+                reading.stop();
                 return Poll::Ready(outcome);
             }
             // Read it here, on this thread, where the runtime says so; the
             // read may have handed this call its answer.
             if self.submit.poll_read(cx) {
-                read = true;
                 if let Poll::Ready(outcome) = Pin::new(&mut answer).poll(cx) {
                     self.submit.stop_reading(cx.waker());
+                    reading.waker = None;
                     return Poll::Ready(outcome);
+                }
+                if !reading
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    reading.stop();
+                    reading.waker = Some(cx.waker().clone());
                 }
             }
             Poll::Pending
@@ -184,6 +193,31 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     /// Whether the worker is known to be dead (its channel broke).
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
+    }
+}
+
+/// A call's reading of its channel on its own thread (see
+/// `Submit::poll_read`), stopped when the call has its answer or is
+/// dropped: while the caller is the channel's reader, what the channel
+/// registered for wakes it alone, so a call dropped without stopping would
+/// leave the driver unwoken until its watchdog noticed.
+struct Reading<'a, R: Runtime> {
+    submit: &'a Submit<R>,
+    /// The waker the caller read under, while it may still be the reader.
+    waker: Option<std::task::Waker>,
+}
+
+impl<R: Runtime> Reading<'_, R> {
+    fn stop(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            self.submit.stop_reading(&waker);
+        }
+    }
+}
+
+impl<R: Runtime> Drop for Reading<'_, R> {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -156,10 +156,12 @@ pub trait Runtime: Sized + 'static {
     /// thread, which would read it and wake the caller's thread in turn: on
     /// smol, whose drivers run on the executor's thread beside the
     /// `block_on` thread, that was two thread hand-overs per answer (or per
-    /// batch of pipelined answers). The driver is woken too, by every event
-    /// the caller registers for, so that a caller whose future is set aside
-    /// unpolled never keeps the channel from the others. False, the default,
-    /// where callers and drivers mostly share a thread.
+    /// batch of pipelined answers). What the caller registers for wakes it
+    /// alone while it reads; a watchdog on the driver (every 10 ms while a
+    /// caller reads) takes the channel back from a caller whose future was
+    /// set aside unpolled, so that it never keeps the channel from the
+    /// others for longer. False, the default, where callers and drivers
+    /// mostly share a thread.
     const CALLERS_READ: bool = false;
 
     /// Registers a non-blocking socket with the current runtime.

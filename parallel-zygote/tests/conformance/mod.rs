@@ -268,6 +268,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         readers::worker_killed_while_calls_wait_fails_each_call,
         readers::a_call_set_aside_blocks_no_other_call,
         readers::a_lone_caller_set_aside_leaves_no_death_unnoticed,
+        readers::a_lone_caller_set_aside_keeps_the_answer_that_came,
         process::process_streams_both_ways_with_half_close,
         process::process_worker_panic_ends_stream_with_error,
         process::slow_consumer_keeps_memory_bounded,

@@ -233,8 +233,9 @@ pub async fn a_call_set_aside_blocks_no_other_call<R: Runtime>(
 /// and is then no longer polled: the worker's death must still be noticed
 /// (the channel closed for every handle) without the caller, and the
 /// caller told of it once polled again. What the caller registered for
-/// wakes the driver too; had it woken the caller alone, nobody would read
-/// the end of the channel.
+/// wakes that caller alone while it reads; without the driver's watchdog,
+/// which takes the channel back from a reader that did not come for what
+/// woke it, nobody would read the end of the channel.
 pub async fn a_lone_caller_set_aside_leaves_no_death_unnoticed<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
@@ -268,6 +269,51 @@ pub async fn a_lone_caller_set_aside_leaves_no_death_unnoticed<R: Runtime>(
     match within::<R, _>(BOUND, first).await {
         Some(Err(Error::WorkerDied { call: Some(_), .. })) => Ok(()),
         Some(other) => Err(format!("expected WorkerDied naming the call, got {other:?}").into()),
+        None => Err(format!("the call set aside got no answer within {BOUND:?}").into()),
+    }
+}
+
+/// A lone reading caller (see
+/// [`a_lone_caller_set_aside_leaves_no_death_unnoticed`]) set aside before
+/// its answer came: the answer wakes that caller alone, which does not
+/// come; the driver, taking the channel back, must keep the answer for it,
+/// then notice the worker's death, and the call, polled again, gets its
+/// answer, not the death.
+pub async fn a_lone_caller_set_aside_keeps_the_answer_that_came<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    // Level 1: a `LATE` call then answers 50 ms after it is made.
+    check(run.call(RAISE + 1).await? == RAISE + 1, "warm-up call")?;
+    let pid = known_pid::<R>("run worker", || run.pid()).await?;
+    let mut first = pin!(run.call(LATE + 1));
+    if within::<R, _>(Duration::from_millis(20), first.as_mut())
+        .await
+        .is_some()
+    {
+        return Err("the call was answered before its 50 ms".into());
+    }
+    // Its answer comes meanwhile.
+    R::sleep(Duration::from_millis(200)).await;
+    if let Err(error) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
+        run.kill();
+        return Err(format!("could not kill the worker: {error}").into());
+    }
+    let noticed = within::<R, _>(BOUND, async {
+        while !run.is_closed() {
+            R::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    if noticed.is_none() {
+        return Err(format!(
+            "the worker's death was not noticed within {BOUND:?} while its only \
+             caller, answered, was set aside"
+        )
+        .into());
+    }
+    match within::<R, _>(BOUND, first).await {
+        Some(answer) => check(answer? == LATE + 1, "the call set aside got another answer"),
         None => Err(format!("the call set aside got no answer within {BOUND:?}").into()),
     }
 }
