@@ -42,7 +42,9 @@ impl core::Runtime for Smol {
     /// on one thread (unless `SMOL_THREADS` asks for more).
     const YIELD_AFTER_ANSWERS: bool = true;
     /// The caller (often the `block_on` thread) and the drivers (the
-    /// executor's thread) are two threads: see the trait's doc.
+    /// executor's thread) are two threads: see the trait's doc. A caller
+    /// in a task of smol's executor, on the drivers' thread, writes its
+    /// chunks all the same.
     const CALLERS_WRITE_CHUNKS: bool = false;
     /// A caller in the `block_on` future reads its answers on its own
     /// thread rather than have the executor's thread read them and wake

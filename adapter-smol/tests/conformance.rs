@@ -40,6 +40,7 @@ impl Harness for SmolHarness {
             trial!(workers_spawn_local_and_smol_spawn),
             trial!(call_timeout_fires_on_an_async_io_timer),
             trial!(tokio_workers_from_a_smol_parent),
+            trial!(pipelined_calls_from_a_task_on_the_drivers_thread),
             {
                 // Not run through `block_on`: the point is a thread that
                 // runs no smol at all.
@@ -129,6 +130,24 @@ async fn tokio_workers_from_a_smol_parent(parallel: Parallel) -> Result<(), Fail
         )
         .await?;
     check(value == 42, format!("got {value}"))
+}
+
+/// Calls pipelined by a task of smol's global executor, which runs on the
+/// thread of their channel's driver: the shared trial, whose caller blocks
+/// its thread after making its calls, so that only a chunk its caller
+/// wrote can reach the worker (the driver cannot run until the caller
+/// yields; before session 13 that trial failed here after 60 s).
+async fn pipelined_calls_from_a_task_on_the_drivers_thread(
+    parallel: Parallel,
+) -> Result<(), Failed> {
+    let on_executor = smol::spawn(async move {
+        conformance::calls::pipelined_calls_reach_the_worker_while_their_caller_keeps_the_thread(
+            parallel,
+        )
+        .await
+        .map_err(|failed| format!("{failed:?}"))
+    });
+    Ok(on_executor.await?)
 }
 
 /// The driver runs on smol's global executor and the reactor on async-io's

@@ -890,6 +890,19 @@ impl<R: Runtime> DriverState<R> {
         R::CALLERS_READ && elsewhere(&self.thread)
     }
 
+    /// Whether a caller that completes a chunk of pipelined calls writes it
+    /// itself (see [`CALLER_WRITE_CHUNK`]): where the runtime says so, and
+    /// always for a caller on the driver's own thread. A runtime that says
+    /// no (smol) does for callers on another thread, whose every chunk left
+    /// to the driver wakes it; a caller on the driver's thread (a task of
+    /// smol's executor) wakes nobody, and its chunks left to the driver went
+    /// out only once it yielded, the worker idle meanwhile (64 calls in
+    /// flight from a smol task: 2.6-2.8 → 1.9-2.1 ms, BENCHMARKS.md,
+    /// session 13).
+    fn callers_write_chunks(&self) -> bool {
+        R::CALLERS_WRITE_CHUNKS || (R::CALLERS_READ && !elsewhere(&self.thread))
+    }
+
     /// The waker of the driver's task and the reading caller together, if a
     /// caller reads (see [`Submit::poll_read`]), marked reading with nothing
     /// owed: the caller serves now.
@@ -1053,7 +1066,7 @@ impl<R: Runtime> DriverState<R> {
         let Some(task) = &self.task else {
             unreachable!("checked above");
         };
-        if !alone && (!R::CALLERS_WRITE_CHUNKS || self.unsent.len() < CALLER_WRITE_CHUNK) {
+        if !alone && (!self.callers_write_chunks() || self.unsent.len() < CALLER_WRITE_CHUNK) {
             task.wake_by_ref();
             return Ok(());
         }

@@ -145,7 +145,11 @@ pub trait Runtime: Sized + 'static {
     /// it wakes that thread, which then writes what is queued so far
     /// (smol: often one call per write, and the pipelined calls turned
     /// bimodal and slower in the median; see BENCHMARKS.md, *Pipelined
-    /// calls: the two processes at work together, session 9*).
+    /// calls: the two processes at work together, session 9*). False
+    /// concerns callers on another thread than the driver only, where
+    /// [`CALLERS_READ`](Self::CALLERS_READ) tells them apart: a caller on
+    /// the driver's own thread writes its chunks all the same (its chunks
+    /// left to the driver waited until it yielded).
     const CALLERS_WRITE_CHUNKS: bool = true;
 
     /// Whether a caller waiting for its answer on another thread than its

@@ -309,7 +309,10 @@ pub async fn pipelined_calls_ready_at_once_or_later_reach_their_callers<R: Runti
 ///
 /// 17 calls: the first goes out alone (nothing else in flight), the next
 /// 16 as one chunk (the driver's `CALLER_WRITE_CHUNK`; on smol, whose
-/// drivers run on the executor's thread, the driver writes them).
+/// drivers run on the executor's thread, the driver writes them for a
+/// caller in the `block_on` future, and a caller in a task of the executor
+/// writes them itself: smol's own trial
+/// `pipelined_calls_from_a_task_on_the_drivers_thread`).
 pub async fn pipelined_calls_reach_the_worker_while_their_caller_keeps_the_thread<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {

@@ -114,7 +114,7 @@ use futures_util::future::{select, Either};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use parallel_zygote::async_core::{Error, Parallel, Runtime};
 
-mod calls;
+pub mod calls;
 mod cancel;
 mod failures;
 mod lifecycle;
