@@ -82,12 +82,6 @@ impl core::Runtime for Smol {
     ) -> Result<Box<dyn Any + Send>, Box<Registered<Self>>> {
         Ok(registered)
     }
-
-    /// A `process` sender writes its messages itself when the driver is
-    /// idle: no wake-up of the driver's task (on another thread, often).
-    fn share_writer(writer: core::MessageWriter<Self>) -> Option<core::SharedWriter> {
-        Some(core::SharedWriter::new(writer))
-    }
 }
 
 /// A worker channel on async-io's reactor.

@@ -72,12 +72,6 @@ impl core::Runtime for Tokio {
     ) -> Result<Box<dyn Any + Send>, Box<Registered<Self>>> {
         Ok(registered)
     }
-
-    /// A `process` sender writes its messages itself when the driver is
-    /// idle: no wake-up of the driver's task (on another thread, often).
-    fn share_writer(writer: core::MessageWriter<Self>) -> Option<core::SharedWriter> {
-        Some(core::SharedWriter::new(writer))
-    }
 }
 
 /// A runtime id as a number. tokio's `runtime::Id` wraps a `NonZeroU64`

@@ -353,7 +353,6 @@ fn start<R: Runtime>(
         both: None,
         watchdog: None,
         unregistered: false,
-        refused: false,
     }));
     let thread = Arc::clone(&state.lock().unwrap_or_else(|e| e.into_inner()).thread);
     let submit = Submit(Arc::downgrade(&state), thread);
@@ -540,86 +539,6 @@ impl<R: Runtime> Submit<R> {
     }
 }
 
-/// A `process` sender's way to write its messages itself, on its own
-/// thread, when the channel's driver is idle: the [`Submit`] of messages.
-///
-/// A message queued for the driver woke the driver's task, which took it
-/// (with whatever was queued beside it) and wrote it. Where the sender runs
-/// on another thread than the driver (smol's `block_on` future beside the
-/// executor's thread, tokio's multi-thread runtime), each batch cost a
-/// thread wake-up each way, and the sender slept until the batch was out
-/// (3.4-3.6 futex wake-ups per MiB each way on smol: BENCHMARKS.md,
-/// session 11). A sender that finds the driver idle (serving, everything
-/// written, nothing queued before it) queues its frame in the connection
-/// and writes it there and then, as a raw writer does; the driver is not
-/// woken. A write that does not go out whole leaves the frame's rest in the
-/// connection, with the socket's readiness registered under the driver
-/// task's waker: the driver finishes it, and frames never interleave (every
-/// frame is queued under the driver's lock, after everything before it).
-/// Nothing of the message stays with the send future, so dropping it after
-/// this returns loses nothing.
-///
-/// Made by the core for every `process`; a runtime shares it with the
-/// senders, which must be `Send` and `Sync` whatever the runtime, through
-/// [`Runtime::share_writer`] (where its sockets are `Send`).
-pub struct MessageWriter<R: Runtime>(Weak<Mutex<DriverState<R>>>);
-
-impl<R: Runtime> MessageWriter<R> {
-    pub(crate) fn new(submit: &Submit<R>) -> Self {
-        MessageWriter(Weak::clone(&submit.0))
-    }
-
-    /// Writes `message` now if the driver is idle; otherwise hands it back,
-    /// for the queue. `Ok(Err(_))`: the message was taken and the channel
-    /// refused it or broke.
-    fn try_write(&self, message: RawMessage) -> Result<Result<(), Error>, RawMessage> {
-        let Some(state) = self.0.upgrade() else {
-            return Err(message);
-        };
-        // Bounded as in `Submit::try_call`: the driver holds the lock for
-        // one poll, which never blocks.
-        let Ok(mut state) = state.lock() else {
-            return Err(message);
-        };
-        state.write_message(message)
-    }
-}
-
-/// A [`MessageWriter`] shared with a `process`'s senders, from
-/// [`Runtime::share_writer`].
-#[derive(Clone)]
-pub struct SharedWriter(Arc<dyn WriteMessage>);
-
-impl SharedWriter {
-    /// Shares `writer`: where [`Runtime::Socket`] is `Send`, so is the
-    /// writer.
-    pub fn new<R: Runtime>(writer: MessageWriter<R>) -> Self
-    where
-        MessageWriter<R>: Send + Sync,
-    {
-        SharedWriter(Arc::new(writer))
-    }
-
-    /// See [`MessageWriter`]; `Err` gives the message back.
-    pub(crate) fn try_write(&self, message: RawMessage) -> Result<Result<(), Error>, RawMessage> {
-        self.0.try_write(message)
-    }
-}
-
-/// [`MessageWriter`] without its runtime, for [`SharedWriter`].
-trait WriteMessage: Send + Sync {
-    fn try_write(&self, message: RawMessage) -> Result<Result<(), Error>, RawMessage>;
-}
-
-impl<R: Runtime> WriteMessage for MessageWriter<R>
-where
-    MessageWriter<R>: Send + Sync,
-{
-    fn try_write(&self, message: RawMessage) -> Result<Result<(), Error>, RawMessage> {
-        MessageWriter::try_write(self, message)
-    }
-}
-
 /// A number that tells the calling thread from every other thread alive:
 /// the address of a thread-local (never 0). Cheaper than
 /// `thread::current().id()`, which counts a reference per call.
@@ -745,10 +664,6 @@ pub(crate) struct DriverState<R: Runtime> {
     /// a caller reads again or the driver polls (woken by a call it must
     /// read for, or by the watchdog, armed meanwhile).
     unregistered: bool,
-    /// A message a sender wrote itself was refused by the channel (see
-    /// [`MessageWriter`]): the channel ends, as when the driver's own
-    /// send is refused.
-    refused: bool,
 }
 
 // No field is structurally pinned: every future the driver polls is boxed
@@ -1162,52 +1077,8 @@ impl<R: Runtime> DriverState<R> {
         Ok(())
     }
 
-    /// [`MessageWriter::try_write`]: the message is queued and written
-    /// here, on the sender's thread, if the driver serves, everything is
-    /// written and no message was queued before it; else it goes back to
-    /// the sender.
-    fn write_message(&mut self, message: RawMessage) -> Result<Result<(), Error>, RawMessage> {
-        let idle = matches!(self.phase, Phase::Serve)
-            && !self.write_broken
-            && !self.refused
-            && self.outgoing.as_ref().is_some_and(|o| o.is_empty());
-        // Not before the driver's first poll: its waker finishes the write.
-        if !idle || self.task.is_none() || !self.conn.is_flushed() {
-            return Err(message);
-        }
-        let span = self.killer.span().clone();
-        let _entered = span.enter();
-        let Some(task) = &self.task else {
-            unreachable!("checked above");
-        };
-        if let Err(error) = self
-            .conn
-            .send_message(message, &mut MessageBatch::default())
-        {
-            // As when the driver's own send is refused: the channel ends.
-            self.refused = true;
-            task.wake_by_ref();
-            return Ok(Err(error));
-        }
-        // Under the driver task's waker: a write that must wait for room
-        // wakes the driver, which finishes it.
-        match self.conn.poll_flush(&mut Context::from_waker(task)) {
-            Poll::Ready(Ok(())) | Poll::Pending => Ok(Ok(())),
-            Poll::Ready(Err(_)) => {
-                // The driver reads on (the worker's last words may be in)
-                // and reports the death.
-                self.write_broken = true;
-                task.wake_by_ref();
-                Ok(Err(Error::Closed))
-            }
-        }
-    }
-
     /// Serves until the task returns (true) or the channel breaks (false).
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.refused {
-            return Poll::Ready(false);
-        }
         loop {
             let mut progress = false;
             // A kill is waiting for the pid: get it (the kill follows).

@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use super::bytes::{decode_from_mapping, decode_from_received, Bytes};
 use super::codec::{Codec, Postcard};
-use super::driver::SharedWriter;
 use super::fd::{decode_with_fds, encode_with_fds};
 use super::pieces;
 use super::recycle::{self, HeapBuffer};
@@ -164,10 +163,6 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// less one: 15 by default), whatever the threshold.
 pub struct MessageSender<T, C: Codec = Postcard> {
     sender: async_channel::Sender<RawMessage>,
-    /// Writes a message on this thread when the channel's driver is idle
-    /// (see [`MessageWriter`](super::MessageWriter)); `None` where the
-    /// runtime does not share it, and on a worker's side.
-    writer: Option<SharedWriter>,
     /// Encoded messages at least this large go through shared memory;
     /// `None` on a channel that passes no descriptors, or when turned off.
     shared_min: Option<usize>,
@@ -187,7 +182,6 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
     fn clone(&self) -> Self {
         MessageSender {
             sender: self.sender.clone(),
-            writer: self.writer.clone(),
             shared_min: self.shared_min,
             shared_min_lent: self.shared_min_lent,
             passes_descriptors: self.passes_descriptors,
@@ -201,7 +195,6 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
     pub(crate) fn new(sender: async_channel::Sender<RawMessage>, passes_descriptors: bool) -> Self {
         MessageSender {
             sender,
-            writer: None,
             shared_min: passes_descriptors.then_some(SHARED_MIN),
             shared_min_lent: SHARED_MIN_LENT,
             passes_descriptors,
@@ -219,28 +212,7 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
     /// [`Error::Closed`] when the other side is gone.
     pub async fn send(&self, message: T) -> Result<(), Error> {
         let raw = self.encode_owned(message)?;
-        let raw = match self.try_write(raw) {
-            Ok(written) => return written,
-            Err(raw) => raw,
-        };
         self.sender.send(raw).await.map_err(|_| Error::Closed)
-    }
-
-    /// The sender's writer, for a channel whose driver lets its senders
-    /// write (see [`MessageWriter`](super::MessageWriter)).
-    pub(crate) fn with_writer(mut self, writer: Option<SharedWriter>) -> Self {
-        self.writer = writer;
-        self
-    }
-
-    /// Writes `raw` on this thread if the driver is idle and nothing this
-    /// channel's senders queued waits before it (messages queued earlier
-    /// must go first); `Err` gives it back, for the queue.
-    fn try_write(&self, raw: RawMessage) -> Result<Result<(), Error>, RawMessage> {
-        match &self.writer {
-            Some(writer) if self.sender.is_empty() => writer.try_write(raw),
-            _ => Err(raw),
-        }
     }
 
     /// [`encode`](Self::encode), where a plain `Vec<u8>` goes as a byte
@@ -374,11 +346,6 @@ impl<T: Serialize + 'static, C: Codec> futures_sink::Sink<T> for MessageSender<T
     fn start_send(self: Pin<&mut Self>, message: T) -> Result<(), Error> {
         let this = self.get_mut();
         let raw = this.encode_owned(message)?;
-        // `poll_ready` saw the message before this one queued.
-        let raw = match this.try_write(raw) {
-            Ok(written) => return written,
-            Err(raw) => raw,
-        };
         let sender = this.sender.clone();
         let send: PendingSend =
             Box::pin(async move { sender.send(raw).await.map_err(|_| Error::Closed) });

@@ -114,7 +114,7 @@ mod worker;
 pub use any_pool::AnyPool;
 pub use bytes::Bytes;
 pub use codec::{Codec, CodecError, Postcard};
-pub use driver::{Driver, MessageWriter, SharedWriter};
+pub use driver::Driver;
 pub use error::{Error, LimitExceeded};
 pub use fd::Fd;
 pub use forward::MAX_PENDING as MAX_TRACING_BUFFER;

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::{Codec, Postcard};
-use super::driver::{Link, MessageWriter};
+use super::driver::Link;
 use super::kill::Killer;
 use super::messages::{MessageSender, MessageStream};
 use super::run::outcome_into;
@@ -42,10 +42,7 @@ pub struct ProcessHandle {
 impl<In: Serialize + 'static, Out: DeserializeOwned + 'static, C: Codec> Process<In, Out, C> {
     pub(crate) fn new<R: super::runtime::Runtime>(link: Link<R>) -> Self {
         Process {
-            // Where the runtime shares it, the sender writes its messages
-            // itself when the driver is idle (see `MessageWriter`).
-            sender: MessageSender::new(link.outgoing, link.shared)
-                .with_writer(R::share_writer(MessageWriter::new(&link.submit))),
+            sender: MessageSender::new(link.outgoing, link.shared),
             stream: MessageStream::new(link.data),
             handle: ProcessHandle {
                 killer: link.killer,

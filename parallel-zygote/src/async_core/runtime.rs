@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::driver::{Driver, MessageWriter, SharedWriter};
+use super::driver::Driver;
 use super::warm::{Refill, Registered};
 
 /// Starts a driver's task that [`Runtime::defer_driver`] prepared.
@@ -202,17 +202,6 @@ pub trait Runtime: Sized + 'static {
     /// The driver, given back, where it must start now (the default).
     fn defer_driver(driver: Driver<Self>) -> Result<StartDriver, Driver<Self>> {
         Err(driver)
-    }
-
-    /// Shares a `process` channel's [`MessageWriter`] with its senders, so
-    /// that a sender writes its messages itself when the driver is idle
-    /// instead of queueing them and waking the driver's task:
-    /// `Some(SharedWriter::new(writer))` where [`Socket`](Self::Socket)
-    /// is `Send` (the senders are `Send` and `Sync` whatever the runtime).
-    /// `None`, the default: every message goes through the driver.
-    fn share_writer(writer: MessageWriter<Self>) -> Option<SharedWriter> {
-        let _ = writer;
-        None
     }
 
     /// Runs the delayed refill of a set of pre-forked workers (see
