@@ -7,13 +7,13 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use libtest_mimic::Failed;
 use parallel_zygote::async_core::{
     Bytes, Error, Fd, MessageSender, MessageStream, Parallel, Runtime,
 };
 
-use super::{check, mappings_named, open_fds, tempfile};
+use super::{check, known_pid, mappings_named, open_fds, tempfile, within};
 
 pub async fn process_streams_both_ways_with_half_close<R: Runtime>(
     parallel: Parallel<R>,
@@ -918,5 +918,181 @@ pub async fn plain_byte_vectors_arrive_intact_both_ways<R: Runtime>(
     drop(process.sender);
     check(process.stream.next().await.is_none(), "the stream ends")?;
     process.handle.wait().await?;
+    Ok(())
+}
+
+/// How many messages of each sender the many-senders scenario sends.
+const PER_SENDER: u64 = 24;
+
+/// The worker of the senders' scenarios: checks each message's bytes (the
+/// template `bulk_bytes(len, 7)`'s first `len` bytes) and that each sender's
+/// messages come in the order it sent them; once its input ends it answers
+/// with how many came and how many were wrong. With `wait`, it sleeps that
+/// long before it reads anything (the parent's writes then fill the socket).
+async fn check_senders(
+    mut input: MessageStream<(u64, u64, Bytes)>,
+    output: MessageSender<(u64, u64)>,
+    wait: Duration,
+) {
+    std::thread::sleep(wait);
+    let template = bulk_bytes(BIG_SEND, 7);
+    let mut next: Vec<u64> = Vec::new();
+    let (mut count, mut wrong) = (0, 0);
+    while let Some(message) = input.next().await {
+        let Ok((sender, sequence, data)) = message else {
+            wrong += 1;
+            break;
+        };
+        let sender = sender as usize;
+        if next.len() <= sender {
+            next.resize(sender + 1, 0);
+        }
+        if sequence != next[sender] || data[..] != template[..data.len()] {
+            wrong += 1;
+        }
+        next[sender] = sequence + 1;
+        count += 1;
+    }
+    let _ = output.send((count, wrong)).await;
+}
+
+/// A message larger than a widened socket buffer (4 MiB here): its write
+/// cannot go out whole while the worker does not read.
+const BIG_SEND: usize = 6 << 20;
+
+/// Clones of one sender sending at once (interleaved in one task, each one
+/// writing itself when it finds the driver idle, or queueing): every
+/// message arrives whole, each sender's in its order.
+pub async fn many_senders_at_once_arrive_whole_each_in_order<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel.process(|input, output| check_senders(input, output, Duration::ZERO))?;
+    let sender = process.sender.with_shared_memory_min(None);
+    let mut stream = process.stream;
+    let template = bulk_bytes(BIG_SEND, 7);
+    let sizes = [0, 300, 65_536, 100_003, 20_000, 1_048_576, 7];
+    const SENDERS: u64 = 5;
+    let sends = (0..SENDERS).map(|id| {
+        let sender = sender.clone();
+        let template = &template;
+        async move {
+            for sequence in 0..PER_SENDER {
+                let size = sizes[((id + sequence) % sizes.len() as u64) as usize];
+                sender
+                    .send((id, sequence, Bytes::from(&template[..size])))
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        }
+    });
+    for sent in futures_util::future::join_all(sends).await {
+        sent?;
+    }
+    drop(sender);
+    let answer = stream.next().await;
+    check(
+        matches!(answer, Some(Ok((count, 0))) if count == SENDERS * PER_SENDER),
+        format!(
+            "the worker answered {answer:?} for {} messages",
+            SENDERS * PER_SENDER
+        ),
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
+/// A message too large for the socket's buffer, sent while the worker does
+/// not read, and send futures dropped after one poll, those whose message
+/// went out (or in the queue) and the one that found the queue full: every
+/// message that was sent arrives whole and in order, the refused one not
+/// at all, and nothing of one message mixes with the next.
+pub async fn send_futures_dropped_mid_frame_lose_nothing_that_was_sent<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel
+        .process(|input, output| check_senders(input, output, Duration::from_millis(400)))?;
+    let sender = process.sender.with_shared_memory_min(None);
+    let mut stream = process.stream;
+    let template = bulk_bytes(BIG_SEND, 7);
+    // Polled once each, then dropped: the first is written in part (the
+    // rest is the driver's to write), the next ones queue until the queue
+    // is full.
+    let mut sequence = 0;
+    loop {
+        let size = if sequence == 0 { BIG_SEND } else { 1 << 20 };
+        match sender
+            .send((0, sequence, Bytes::from(&template[..size])))
+            .now_or_never()
+        {
+            Some(sent) => sent?,
+            None => break,
+        }
+        sequence += 1;
+        if sequence > 64 {
+            return Err("64 messages queued while the worker read nothing".into());
+        }
+    }
+    // The one whose send was dropped pending was not sent: its number goes
+    // with the next.
+    for _ in 0..3 {
+        sender
+            .send((0, sequence, Bytes::from(&template[..5000])))
+            .await?;
+        sequence += 1;
+    }
+    drop(sender);
+    let answer = stream.next().await;
+    check(
+        matches!(answer, Some(Ok((count, 0))) if count == sequence),
+        format!("the worker answered {answer:?} for {sequence} messages"),
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
+/// A worker killed while a message is half written and more wait in the
+/// queue: the sender gets an error (not a hang), and the handle says how
+/// the worker died.
+pub async fn a_worker_killed_mid_message_fails_its_sender<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process =
+        parallel.process(|input, output| check_senders(input, output, Duration::from_secs(60)))?;
+    let sender = process.sender.with_shared_memory_min(None);
+    let template = bulk_bytes(BIG_SEND, 7);
+    let mut sequence = 0;
+    while let Some(sent) = sender
+        .send((0, sequence, Bytes::from(&template[..1 << 20])))
+        .now_or_never()
+    {
+        sent?;
+        sequence += 1;
+        if sequence > 64 {
+            return Err("64 MiB queued while the worker read nothing".into());
+        }
+    }
+    known_pid::<R>("process worker", || process.handle.pid()).await?;
+    process.handle.kill();
+    let failed = within::<R, _>(Duration::from_secs(10), async {
+        loop {
+            if let Err(error) = sender
+                .send((0, sequence, Bytes::from(&template[..1000])))
+                .await
+            {
+                return error;
+            }
+            sequence += 1;
+        }
+    })
+    .await;
+    check(
+        matches!(failed, Some(Error::Closed)),
+        format!("sends to a killed worker ended with {failed:?}"),
+    )?;
+    let waited = process.handle.wait().await;
+    check(
+        matches!(waited, Err(Error::WorkerDied { .. })),
+        format!("the killed worker's handle said {waited:?}"),
+    )?;
     Ok(())
 }
