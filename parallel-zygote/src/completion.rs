@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -19,6 +20,10 @@ struct State<T> {
 pub(crate) struct Completion<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
+    /// Whether `value` is set, readable without the lock: a pool asks
+    /// [`peek`](Self::peek) of an idle worker's exit before each call,
+    /// and almost always hears no.
+    filled: AtomicBool,
 }
 
 impl<T: Clone> Completion<T> {
@@ -29,6 +34,7 @@ impl<T: Clone> Completion<T> {
                 wakers: Vec::new(),
             }),
             ready: Condvar::new(),
+            filled: AtomicBool::new(false),
         })
     }
 
@@ -40,6 +46,7 @@ impl<T: Clone> Completion<T> {
                 return;
             }
             state.value = Some(value);
+            self.filled.store(true, Ordering::Release);
             std::mem::take(&mut state.wakers)
         };
         self.ready.notify_all();
@@ -49,6 +56,9 @@ impl<T: Clone> Completion<T> {
     }
 
     pub(crate) fn peek(&self) -> Option<T> {
+        if !self.filled.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.state).value.clone()
     }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::codec::Codec;
 use super::parallel::Parallel;
 use super::pool::{PoolConfig, PoolStats};
-use super::pool_core::{Control, PoolCore, PoolTask, WorkerOptions};
+use super::pool_core::{Control, PoolCore, PoolTask, WorkerOptions, NO_ENCODER};
 use super::run::outcome_into;
 use super::runtime::Runtime;
 use super::worker::{self, AnyCall};
@@ -129,7 +129,7 @@ impl<C: Codec, Rt: Runtime> AnyPool<C, Rt> {
         let mine = Arc::clone(&control);
         PoolTask::new(
             async move {
-                let (outcome, pid) = core.call(call?, &mine).await?;
+                let (outcome, pid) = core.call(call?, NO_ENCODER, &mine).await?;
                 outcome_into::<T, C>(outcome, pid, None, std::any::type_name::<A>())
             },
             control,

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::codec::Codec;
 use super::parallel::{run_entry, Parallel};
-use super::pool_core::{Control, PoolCore, PoolTask, WorkerOptions};
+use super::pool_core::{Control, PoolCore, PoolTask, WorkerOptions, NO_ENCODER};
 use super::run::outcome_into;
 use super::runtime::Runtime;
 use super::Error;
@@ -301,7 +301,7 @@ where
         let mine = Arc::clone(&control);
         PoolTask::new(
             async move {
-                let (outcome, pid) = core.call(encoded?, &mine).await?;
+                let (outcome, pid) = core.call(encoded?, NO_ENCODER, &mine).await?;
                 outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>())
             },
             control,
@@ -321,9 +321,12 @@ where
     /// at once. Errors name no call number: in a pool that number is the
     /// worker's, not the caller's.
     pub async fn call(&self, argument: A) -> Result<R, Error> {
-        let args = C::encode(&argument).map_err(Error::encode::<A>)?;
+        // The argument stays with the call (as it did as a parameter): a
+        // retry encodes it again rather than every call keeping a copy.
+        let encode = move || C::encode(&argument).map_err(Error::encode::<A>);
+        let args = encode()?;
         let control = Control::unwatched();
-        let (outcome, pid) = self.core.call(args, &control).await?;
+        let (outcome, pid) = self.core.call(args, Some(encode), &control).await?;
         outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>())
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
-use async_lock::{Semaphore, SemaphoreGuard};
+use event_listener::{Event, EventListener, IntoNotification};
 use parallel_proto::channel::Outcome;
 use parallel_proto::WireEntry;
 
@@ -25,6 +25,13 @@ use crate::SpawnOptions;
 
 /// A worker's `Run`, untyped: the pool moves encoded bytes.
 type RawRun<C, Rt> = Run<Vec<u8>, Vec<u8>, C, Rt>;
+
+/// For [`PoolCore::call`]: no encoder, each attempt sends a copy of the
+/// encoded arguments (for a call whose future does not hold its argument).
+pub(crate) const NO_ENCODER: Option<Encoder> = None;
+
+/// A call's encoder of its arguments, as a function pointer.
+type Encoder = fn() -> Result<Vec<u8>, Error>;
 
 /// Gives worker `index` its spawn options.
 pub(crate) type WorkerOptions = Arc<dyn Fn(usize) -> SpawnOptions + Send + Sync>;
@@ -52,7 +59,22 @@ struct Counters {
     retries: AtomicU64,
     recycled_for_memory: AtomicU64,
     queued: AtomicUsize,
-    next_busy: AtomicU64,
+}
+
+/// The workers that are not serving a call, and the ones that are: one
+/// lock, so that taking a worker for a call (and giving it back) takes
+/// one acquisition each way. Each of the `size` indices is at any time
+/// idle, vacant, or claimed by one call ([`Claim`]).
+struct Workers<C: Codec, Rt: Runtime> {
+    idle: Vec<Slot<C, Rt>>,
+    /// Indices with no worker (its replacement failed, or its call was
+    /// dropped mid-call): the next call that claims one starts a worker.
+    vacant: Vec<usize>,
+    /// Workers serving a call (what killing and draining them needs), by
+    /// their claim's key. A list, not a map: it holds at most `size`
+    /// entries, and hashing each key cost a call more than searching them.
+    busy: Vec<(u64, Arc<Killer>)>,
+    next_key: u64,
 }
 
 pub(crate) struct PoolCore<C: Codec, Rt: Runtime> {
@@ -60,15 +82,12 @@ pub(crate) struct PoolCore<C: Codec, Rt: Runtime> {
     task: WireEntry,
     config: PoolConfig,
     options: Option<WorkerOptions>,
-    idle: Mutex<Vec<Slot<C, Rt>>>,
-    /// Indices with no worker (its replacement failed, or its call was
-    /// dropped mid-call): the next call that needs a worker starts one.
-    vacant: Mutex<Vec<usize>>,
-    /// Workers serving a call (what killing and draining them needs), by a
-    /// key of the call's own. A list, not a map: it holds at most `size`
-    /// entries, and hashing each key cost a call more than searching them.
-    busy: Mutex<Vec<(u64, Arc<Killer>)>>,
-    permits: Semaphore,
+    workers: Mutex<Workers<C, Rt>>,
+    /// Wakes calls queued for a worker. Notified only while some call is
+    /// queued (`counters.queued`): a free worker costs a call no
+    /// notification (a semaphore's release notified on every call, about
+    /// 90 instructions, counted).
+    freed: Event,
     counters: Counters,
     /// What a shutdown from elsewhere (the handle's scope) touches.
     signals: Arc<PoolSignals>,
@@ -81,28 +100,54 @@ pub(crate) struct PoolSignals {
     closed: AtomicBool,
     /// Closed (never sent to) at shutdown: wakes every queued call.
     shutdown: (async_channel::Sender<()>, async_channel::Receiver<()>),
-    /// The idle workers' call channels, by pool index (at most `size`
-    /// entries): closing one ends its worker gracefully (the driver then
-    /// sends End).
-    idle_ends: Mutex<Vec<(usize, async_channel::WeakSender<Command>)>>,
-}
-
-impl Default for PoolSignals {
-    fn default() -> Self {
-        PoolSignals {
-            closed: AtomicBool::new(false),
-            shutdown: async_channel::bounded(1),
-            idle_ends: Mutex::default(),
-        }
-    }
+    /// Every worker's call channel, by pool index (at most `size`
+    /// entries), set as the worker starts: closing one ends its worker
+    /// gracefully (the driver then sends End).
+    ends: Mutex<Vec<(usize, async_channel::WeakSender<Command>)>>,
+    /// By pool index: whether its worker is serving a call (its channel is
+    /// then left open at shutdown, for the call to finish). Flags, not the
+    /// list of ends kept for idle workers only: a call then takes no lock
+    /// here.
+    serving: Box<[AtomicBool]>,
 }
 
 impl PoolSignals {
+    fn new(size: usize) -> Self {
+        PoolSignals {
+            closed: AtomicBool::new(false),
+            shutdown: async_channel::bounded(1),
+            ends: Mutex::new(Vec::with_capacity(size)),
+            serving: (0..size).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Records the call channel of the worker just started at `index`.
+    fn set_end(&self, index: usize, end: async_channel::WeakSender<Command>) {
+        let mut ends = lock(&self.ends);
+        match ends.iter_mut().find(|(at, _)| *at == index) {
+            Some(entry) => entry.1 = end,
+            None => ends.push((index, end)),
+        }
+    }
+
+    fn set_serving(&self, index: usize, serving: bool) {
+        if let Some(flag) = self.serving.get(index) {
+            flag.store(serving, Ordering::Relaxed);
+        }
+    }
+
     /// No new calls, queued ones refused, idle workers ended.
     fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.shutdown.0.close();
-        for (_, end) in lock(&self.idle_ends).drain(..) {
+        for (index, end) in lock(&self.ends).drain(..) {
+            let serving = self
+                .serving
+                .get(index)
+                .is_some_and(|flag| flag.load(Ordering::Relaxed));
+            if serving {
+                continue;
+            }
             if let Some(commands) = end.upgrade() {
                 commands.close();
             }
@@ -117,33 +162,34 @@ impl ScopedPool for PoolSignals {
 }
 
 impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
-    /// Puts a worker among the idle ones.
-    fn push_idle(&self, slot: Slot<C, Rt>) {
-        let end = slot.run.downgrade_commands();
-        let mut ends = lock(&self.signals.idle_ends);
-        match ends.iter_mut().find(|(index, _)| *index == slot.index) {
-            Some(entry) => entry.1 = end,
-            None => ends.push((slot.index, end)),
-        }
-        drop(ends);
-        lock(&self.idle).push(slot);
-    }
-
-    /// Takes the next idle worker.
-    fn pop_idle(&self) -> Option<Slot<C, Rt>> {
-        let slot = lock(&self.idle).pop()?;
-        let mut ends = lock(&self.signals.idle_ends);
-        if let Some(at) = ends.iter().position(|(index, _)| *index == slot.index) {
-            ends.swap_remove(at);
-        }
-        drop(ends);
-        Some(slot)
-    }
-
     /// Takes every idle worker.
     fn take_idle(&self) -> Vec<Slot<C, Rt>> {
-        lock(&self.signals.idle_ends).clear();
-        std::mem::take(&mut *lock(&self.idle))
+        std::mem::take(&mut lock(&self.workers).idle)
+    }
+
+    /// Under the workers' lock: the next idle worker (listed busy at once)
+    /// or, failing that, a vacant index.
+    fn grab<'a>(&'a self, workers: &mut Workers<C, Rt>) -> Option<Claimed<'a, C, Rt>> {
+        if let Some(slot) = workers.idle.pop() {
+            let key = workers.next_key;
+            workers.next_key += 1;
+            workers.busy.push((key, Arc::clone(slot.run.killer())));
+            self.signals.set_serving(slot.index, true);
+            let claim = Claim::new(self, slot.index, Some(key));
+            return Some((Some(slot), claim));
+        }
+        let index = workers.vacant.pop()?;
+        Some((None, Claim::new(self, index, None)))
+    }
+
+    /// Wakes a queued call, if there is one, after a worker or an index
+    /// was given back.
+    fn wake_one(&self) {
+        // Read after the workers' lock was released: a call that queued
+        // before that release counted itself and listened under the lock.
+        if self.counters.queued.load(Ordering::Relaxed) > 0 {
+            self.freed.notify(1.additional());
+        }
     }
 
     /// Starts `config.size` workers running `task`.
@@ -159,17 +205,20 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             task,
             config: PoolConfig { size, ..config },
             options,
-            idle: Mutex::new(Vec::with_capacity(size)),
-            vacant: Mutex::new(Vec::new()),
-            busy: Mutex::new(Vec::with_capacity(size)),
-            permits: Semaphore::new(size),
+            workers: Mutex::new(Workers {
+                idle: Vec::with_capacity(size),
+                vacant: Vec::new(),
+                busy: Vec::with_capacity(size),
+                next_key: 0,
+            }),
+            freed: Event::new(),
             counters: Counters::default(),
-            signals: Arc::default(),
+            signals: Arc::new(PoolSignals::new(size)),
         };
         // Index 0 is popped first.
         for index in (0..size).rev() {
             let slot = core.fresh_slot(index)?;
-            core.push_idle(slot);
+            lock(&core.workers).idle.push(slot);
         }
         let core = Arc::new(core);
         // `Parallel::shutdown` on the handle's scope shuts this pool down too.
@@ -183,24 +232,26 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     }
 
     pub(crate) fn idle_pids(&self) -> Vec<Option<i32>> {
-        lock(&self.idle).iter().map(|slot| slot.run.pid()).collect()
+        lock(&self.workers)
+            .idle
+            .iter()
+            .map(|slot| slot.run.pid())
+            .collect()
     }
 
     pub(crate) fn pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = lock(&self.idle)
-            .iter()
-            .filter_map(|s| s.run.pid())
-            .collect();
-        pids.extend(
-            lock(&self.busy)
-                .iter()
-                .filter_map(|(_, killer)| killer.pid()),
-        );
-        pids
+        let workers = lock(&self.workers);
+        let idle = workers.idle.iter().filter_map(|s| s.run.pid());
+        let busy = workers.busy.iter().filter_map(|(_, killer)| killer.pid());
+        idle.chain(busy).collect()
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
         let counters = &self.counters;
+        let (idle, active) = {
+            let workers = lock(&self.workers);
+            (workers.idle.len(), workers.busy.len())
+        };
         PoolStats {
             replacements: counters.replacements.load(Ordering::Relaxed),
             deaths: counters.deaths.load(Ordering::Relaxed),
@@ -208,8 +259,8 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             retries: counters.retries.load(Ordering::Relaxed),
             recycled_for_memory: counters.recycled_for_memory.load(Ordering::Relaxed),
             size: self.config.size,
-            idle: lock(&self.idle).len(),
-            active: lock(&self.busy).len(),
+            idle,
+            active,
             queued: counters.queued.load(Ordering::Relaxed),
             shut_down: self.is_shut_down(),
         }
@@ -226,7 +277,8 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         self.shutdown();
         tracing::info!(?grace, "pool shutting down gracefully");
         let busy = || -> Vec<Arc<Killer>> {
-            lock(&self.busy)
+            lock(&self.workers)
+                .busy
                 .iter()
                 .map(|(_, killer)| Arc::clone(killer))
                 .filter(|killer| !killer.is_finished())
@@ -282,7 +334,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         for slot in &idle {
             slot.run.kill();
         }
-        for (_, killer) in lock(&self.busy).iter() {
+        for (_, killer) in lock(&self.workers).busy.iter() {
             killer.kill();
         }
     }
@@ -296,6 +348,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                 .run_entry(self.task)?,
             None => self.parallel.run_entry(self.task)?,
         };
+        self.signals.set_end(index, run.downgrade_commands());
         Ok(Slot {
             run,
             calls: 0,
@@ -303,62 +356,82 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         })
     }
 
-    /// A live idle worker, or a fresh one for a vacant index: a worker found
-    /// dead is replaced (same index) before it is given a call.
-    fn take_slot(&self) -> Result<Slot<C, Rt>, Error> {
-        loop {
-            let popped = self.pop_idle();
-            let Some(slot) = popped else {
-                let index = lock(&self.vacant).pop();
-                let fresh = self.fresh_slot(index.unwrap_or(0));
-                if let (Err(_), Some(index)) = (&fresh, index) {
-                    lock(&self.vacant).push(index);
-                }
-                return fresh;
-            };
-            if !slot.run.is_dead() {
-                return Ok(slot);
-            }
-            tracing::info!(parent: slot.run.killer().span(), index = slot.index, reason = "found dead", "replacing pool worker");
-            bump(&self.counters.deaths);
-            bump(&self.counters.replacements);
-            lock(&self.vacant).push(slot.index);
-        }
-    }
-
-    /// Waits for a free worker (the call is queued meanwhile).
-    async fn acquire(&self, control: &Control) -> Result<SemaphoreGuard<'_>, Error> {
+    /// Claims a free worker, or a vacant index, if there is one: the call's
+    /// usual start, without waiting (nor the state of a future that could).
+    fn try_claim(&self, control: &Control) -> Result<Option<Claimed<'_, C, Rt>>, Error> {
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
-        // A free worker: no waiting, so nothing to register for (the two
-        // listeners below cost more than the rest of taking a worker).
-        if let Some(permit) = self.permits.try_acquire() {
-            if control.is_killed() {
-                return Err(Error::Cancelled);
-            }
-            return Ok(permit);
+        if control.is_killed() {
+            return Err(Error::Cancelled);
         }
+        Ok(self.grab(&mut lock(&self.workers)))
+    }
+
+    /// Waits for a worker, or a vacant index, while all are busy (the call
+    /// is queued meanwhile).
+    async fn claim_queued(&self, control: &Control) -> Result<Claimed<'_, C, Rt>, Error> {
         let queued = Queued::new(&self.counters.queued);
-        let mut permit = pin!(self.permits.acquire());
         let mut shut = pin!(self.signals.shutdown.1.recv());
         let mut withdrawn = pin!(control.withdrawal().1.recv());
-        let permit = poll_fn(|cx| {
+        let mut listener: Option<EventListener> = None;
+        let claimed = poll_fn(|cx| {
             if shut.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Error::ShutDown));
             }
             if withdrawn.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Error::Cancelled));
             }
-            permit.as_mut().poll(cx).map(Ok)
+            loop {
+                if let Some(waiting) = listener.as_mut() {
+                    if Pin::new(waiting).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                let mut workers = lock(&self.workers);
+                if let Some(claimed) = self.grab(&mut workers) {
+                    return Poll::Ready(Ok(claimed));
+                }
+                // Listening under the lock: a worker given back after
+                // it is released notifies this listener (see `wake_one`).
+                listener = Some(self.freed.listen());
+            }
         })
         .await;
         drop(queued);
-        let permit = permit?;
+        let claimed = claimed?;
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
-        Ok(permit)
+        Ok(claimed)
+    }
+
+    /// A live worker for `claim`: its idle worker if alive, else one
+    /// started for its index. A worker found dead is replaced (same index)
+    /// before it is given a call, by another idle one if there is one.
+    fn live_slot<'a>(
+        &'a self,
+        mut slot: Option<Slot<C, Rt>>,
+        mut claim: Claim<'a, C, Rt>,
+    ) -> Result<Held<'a, C, Rt>, Error> {
+        loop {
+            match slot {
+                Some(found) if !found.run.is_dead() => return Ok((found, claim)),
+                Some(found) => {
+                    tracing::info!(parent: found.run.killer().span(), index = found.index, reason = "found dead", "replacing pool worker");
+                    bump(&self.counters.deaths);
+                    bump(&self.counters.replacements);
+                    drop(found);
+                    (slot, claim) = claim.swap();
+                }
+                None => {
+                    // On failure the claim's drop leaves its index vacant.
+                    let fresh = self.fresh_slot(claim.index)?;
+                    claim.register(fresh.run.killer());
+                    return Ok((fresh, claim));
+                }
+            }
+        }
     }
 
     /// Runs one call (encoded arguments) on an idle worker, waiting for one
@@ -367,24 +440,39 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     /// A call that provably never reached its worker (the worker died
     /// before the call was written whole) is sent again to another worker;
     /// a call that may have run, or that was killed, is never repeated.
-    pub(crate) async fn call(
+    /// The retry needs the arguments again, and the failed attempt consumed
+    /// them: `encode_again` encodes them anew; without it each attempt
+    /// sends a copy of `args` (a copy, an allocation, on every call).
+    pub(crate) async fn call<E>(
         &self,
-        args: Vec<u8>,
+        mut args: Vec<u8>,
+        encode_again: Option<E>,
         control: &Control,
-    ) -> Result<(Outcome, Option<i32>), Error> {
-        let _permit = self.acquire(control).await?;
+    ) -> Result<(Outcome, Option<i32>), Error>
+    where
+        E: Fn() -> Result<Vec<u8>, Error>,
+    {
+        // A free worker: no waiting, so nothing to register for (the
+        // listeners of a queued call cost more than the rest of taking one).
+        let (mut found, mut claim) = match self.try_claim(control)? {
+            Some(claimed) => claimed,
+            None => self.claim_queued(control).await?,
+        };
         let counters = &self.counters;
         let mut retries_left = self.config.size + 1;
         loop {
-            let mut slot = self.take_slot()?;
+            let (mut slot, held) = self.live_slot(found, claim)?;
+            claim = held;
             control.assign(slot.run.killer());
-            let busy = Busy::new(self, &slot.run, slot.index);
-            let call = slot.run.call_encoded(args.clone());
+            let attempt = match encode_again {
+                Some(_) => std::mem::take(&mut args),
+                None => args.clone(),
+            };
+            let call = slot.run.call_encoded(attempt);
             let result = match self.config.call_timeout {
                 None => Some(call.await),
                 Some(limit) => timeout::<Rt, _>(limit, call).await,
             };
-            busy.finish();
             let (result, lost) = match result {
                 // The pid only names the worker in an error: a value needs
                 // none (and asking for it takes a lock).
@@ -399,7 +487,13 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                     bump(&counters.replacements);
                     bump(&counters.retries);
                     slot.run.kill();
-                    lock(&self.vacant).push(slot.index);
+                    drop(slot);
+                    if let Some(encode) = &encode_again {
+                        // It encoded once: it fails again only if the
+                        // argument's encoding changes between calls.
+                        args = encode()?;
+                    }
+                    (found, claim) = claim.swap();
                     continue;
                 }
                 Some(Err(failed)) => {
@@ -425,7 +519,8 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                 bump(&counters.recycled_for_memory);
             }
             if self.is_shut_down() {
-                // No more work: a live worker ends as its `Run` is dropped.
+                // No more work: a live worker ends as its `Run` is dropped
+                // (and the claim's index is left vacant).
                 if lost {
                     slot.run.kill();
                 }
@@ -438,13 +533,13 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                     reason = if lost { "lost" } else if worn_out { "max calls" } else { "memory" },
                     "replacing pool worker"
                 );
-                // Replace it now, so the next call finds a warm worker.
-                match self.fresh_slot(slot.index) {
-                    Ok(next) => self.push_idle(next),
-                    Err(_) => lock(&self.vacant).push(slot.index),
+                // Replace it now, so the next call finds a warm worker (on
+                // failure the claim's drop leaves the index vacant).
+                if let Ok(next) = self.fresh_slot(slot.index) {
+                    claim.release(next);
                 }
             } else {
-                self.push_idle(slot);
+                claim.release(slot);
             }
             return result;
         }
@@ -490,44 +585,92 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// A worker listed as busy for as long as this lives: also when the call's
-/// future is dropped mid-call (the worker is then killed, must not stay
-/// listed, and its index becomes vacant).
-struct Busy<'a, C: Codec, Rt: Runtime> {
+/// A claim, with the idle worker it took (none for a vacant index).
+type Claimed<'a, C, Rt> = (Option<Slot<C, Rt>>, Claim<'a, C, Rt>);
+
+/// A claim with its live worker.
+type Held<'a, C, Rt> = (Slot<C, Rt>, Claim<'a, C, Rt>);
+
+/// A call's hold on one pool index, from [`PoolCore::try_claim`] (or
+/// `claim_queued`) until the call gives its worker back
+/// ([`release`](Self::release)); with a key once its worker is listed
+/// busy. Dropped otherwise (the call's future
+/// dropped mid-call, whose worker is then killed; a replacement that
+/// failed; a shutdown), it leaves the index vacant, unlisted, for the next
+/// call to start a worker there.
+struct Claim<'a, C: Codec, Rt: Runtime> {
     core: &'a PoolCore<C, Rt>,
-    key: u64,
     index: usize,
-    finished: bool,
+    key: Option<u64>,
+    done: bool,
 }
 
-impl<'a, C: Codec, Rt: Runtime> Busy<'a, C, Rt> {
-    fn new(core: &'a PoolCore<C, Rt>, run: &RawRun<C, Rt>, index: usize) -> Self {
-        let key = core.counters.next_busy.fetch_add(1, Ordering::Relaxed);
-        lock(&core.busy).push((key, Arc::clone(run.killer())));
-        Busy {
+impl<'a, C: Codec, Rt: Runtime> Claim<'a, C, Rt> {
+    fn new(core: &'a PoolCore<C, Rt>, index: usize, key: Option<u64>) -> Self {
+        Claim {
             core,
-            key,
             index,
-            finished: false,
+            key,
+            done: false,
         }
     }
 
-    /// The call came back: the caller takes care of the worker.
-    fn finish(mut self) {
-        self.finished = true;
+    /// Lists the worker just started for this index as busy.
+    fn register(&mut self, killer: &Arc<Killer>) {
+        let mut workers = lock(&self.core.workers);
+        let key = workers.next_key;
+        workers.next_key += 1;
+        workers.busy.push((key, Arc::clone(killer)));
+        drop(workers);
+        self.core.signals.set_serving(self.index, true);
+        self.key = Some(key);
+    }
+
+    /// Takes this claim's worker off the busy list, under the lock.
+    fn unlist(&self, workers: &mut Workers<C, Rt>) {
+        if let Some(key) = self.key {
+            if let Some(at) = workers.busy.iter().position(|(k, _)| *k == key) {
+                workers.busy.swap_remove(at);
+            }
+        }
+        self.core.signals.set_serving(self.index, false);
+    }
+
+    /// Gives the index back with `slot` (the worker that served the call,
+    /// or its replacement) idle.
+    fn release(mut self, slot: Slot<C, Rt>) {
+        self.done = true;
+        let mut workers = lock(&self.core.workers);
+        self.unlist(&mut workers);
+        workers.idle.push(slot);
+        drop(workers);
+        self.core.wake_one();
+    }
+
+    /// Leaves this index vacant (its worker is lost) and claims the next
+    /// one in the same acquisition: an idle worker if there is one, else
+    /// a vacant index (this one at least). The call keeps its turn.
+    fn swap(mut self) -> Claimed<'a, C, Rt> {
+        self.done = true;
+        let mut workers = lock(&self.core.workers);
+        self.unlist(&mut workers);
+        workers.vacant.push(self.index);
+        let core = self.core;
+        core.grab(&mut workers)
+            .expect("the index just left vacant can be claimed")
     }
 }
 
-impl<C: Codec, Rt: Runtime> Drop for Busy<'_, C, Rt> {
+impl<C: Codec, Rt: Runtime> Drop for Claim<'_, C, Rt> {
     fn drop(&mut self) {
-        let mut busy = lock(&self.core.busy);
-        if let Some(at) = busy.iter().position(|(key, _)| *key == self.key) {
-            busy.swap_remove(at);
+        if self.done {
+            return;
         }
-        drop(busy);
-        if !self.finished {
-            lock(&self.core.vacant).push(self.index);
-        }
+        let mut workers = lock(&self.core.workers);
+        self.unlist(&mut workers);
+        workers.vacant.push(self.index);
+        drop(workers);
+        self.core.wake_one();
     }
 }
 
