@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
@@ -52,6 +52,10 @@ pub(crate) struct Killer {
     /// `KillState::requested`, readable without the lock: every call and
     /// every pass of the driver asks, and almost always hears no.
     requested: AtomicBool,
+    /// `KillState::process` once known, readable without the lock: a
+    /// pool asks [`is_dead`](Self::is_dead) of an idle worker before each
+    /// call, and almost always hears no.
+    process_known: OnceLock<Arc<WorkerProcess>>,
 }
 
 #[derive(Default)]
@@ -157,6 +161,7 @@ impl Killer {
             parked: AtomicWaker::new(),
             deferred: Mutex::new(None),
             requested: AtomicBool::new(false),
+            process_known: OnceLock::new(),
         }
     }
 
@@ -311,13 +316,25 @@ impl Killer {
 
     /// Whether the worker was killed or is known to have exited.
     pub(crate) fn is_dead(&self) -> bool {
-        let state = self.lock();
-        state.requested
-            || state.death.is_some()
-            || state
-                .process
-                .as_ref()
-                .is_some_and(|process| process.try_status().is_some())
+        // `died` closes once the death is recorded (or the driver is done
+        // with the worker, which has then exited too).
+        if self.requested.load(Ordering::Acquire) || self.died.0.is_closed() {
+            return true;
+        }
+        let process = match self.process_known.get() {
+            Some(process) => process,
+            None => {
+                let state = self.lock();
+                if state.requested || state.death.is_some() {
+                    return true;
+                }
+                let Some(process) = &state.process else {
+                    return false;
+                };
+                self.process_known.get_or_init(|| Arc::clone(process))
+            }
+        };
+        process.try_status().is_some()
     }
 
     /// Records the pid the worker announced.

@@ -71,10 +71,9 @@ struct Workers<C: Codec, Rt: Runtime> {
     /// dropped mid-call): the next call that claims one starts a worker.
     vacant: Vec<usize>,
     /// Workers serving a call (what killing and draining them needs), by
-    /// their claim's key. A list, not a map: it holds at most `size`
-    /// entries, and hashing each key cost a call more than searching them.
-    busy: Vec<(u64, Arc<Killer>)>,
-    next_key: u64,
+    /// pool index: one claim holds an index at a time, so listing and
+    /// unlisting is a store, with no key to make or search.
+    busy: Vec<Option<Arc<Killer>>>,
 }
 
 pub(crate) struct PoolCore<C: Codec, Rt: Runtime> {
@@ -171,15 +170,13 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     /// or, failing that, a vacant index.
     fn grab<'a>(&'a self, workers: &mut Workers<C, Rt>) -> Option<Claimed<'a, C, Rt>> {
         if let Some(slot) = workers.idle.pop() {
-            let key = workers.next_key;
-            workers.next_key += 1;
-            workers.busy.push((key, Arc::clone(slot.run.killer())));
+            workers.busy[slot.index] = Some(Arc::clone(slot.run.killer()));
             self.signals.set_serving(slot.index, true);
-            let claim = Claim::new(self, slot.index, Some(key));
+            let claim = Claim::new(self, slot.index);
             return Some((Some(slot), claim));
         }
         let index = workers.vacant.pop()?;
-        Some((None, Claim::new(self, index, None)))
+        Some((None, Claim::new(self, index)))
     }
 
     /// Wakes a queued call, if there is one, after a worker or an index
@@ -208,8 +205,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             workers: Mutex::new(Workers {
                 idle: Vec::with_capacity(size),
                 vacant: Vec::new(),
-                busy: Vec::with_capacity(size),
-                next_key: 0,
+                busy: vec![None; size],
             }),
             freed: Event::new(),
             counters: Counters::default(),
@@ -242,7 +238,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
     pub(crate) fn pids(&self) -> Vec<i32> {
         let workers = lock(&self.workers);
         let idle = workers.idle.iter().filter_map(|s| s.run.pid());
-        let busy = workers.busy.iter().filter_map(|(_, killer)| killer.pid());
+        let busy = workers.busy.iter().flatten().filter_map(|k| k.pid());
         idle.chain(busy).collect()
     }
 
@@ -250,7 +246,8 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         let counters = &self.counters;
         let (idle, active) = {
             let workers = lock(&self.workers);
-            (workers.idle.len(), workers.busy.len())
+            let active = workers.busy.iter().flatten().count();
+            (workers.idle.len(), active)
         };
         PoolStats {
             replacements: counters.replacements.load(Ordering::Relaxed),
@@ -280,8 +277,9 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
             lock(&self.workers)
                 .busy
                 .iter()
-                .map(|(_, killer)| Arc::clone(killer))
+                .flatten()
                 .filter(|killer| !killer.is_finished())
+                .map(Arc::clone)
                 .collect()
         };
         if drained::<Rt>(grace, || busy().is_empty()).await {
@@ -334,7 +332,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
         for slot in &idle {
             slot.run.kill();
         }
-        for (_, killer) in lock(&self.workers).busy.iter() {
+        for killer in lock(&self.workers).busy.iter().flatten() {
             killer.kill();
         }
     }
@@ -593,46 +591,34 @@ type Held<'a, C, Rt> = (Slot<C, Rt>, Claim<'a, C, Rt>);
 
 /// A call's hold on one pool index, from [`PoolCore::try_claim`] (or
 /// `claim_queued`) until the call gives its worker back
-/// ([`release`](Self::release)); with a key once its worker is listed
-/// busy. Dropped otherwise (the call's future
-/// dropped mid-call, whose worker is then killed; a replacement that
-/// failed; a shutdown), it leaves the index vacant, unlisted, for the next
-/// call to start a worker there.
+/// ([`release`](Self::release)), its worker listed busy meanwhile.
+/// Dropped otherwise (the call's future dropped mid-call, whose worker is
+/// then killed; a replacement that failed; a shutdown), it leaves the
+/// index vacant, unlisted, for the next call to start a worker there.
 struct Claim<'a, C: Codec, Rt: Runtime> {
     core: &'a PoolCore<C, Rt>,
     index: usize,
-    key: Option<u64>,
     done: bool,
 }
 
 impl<'a, C: Codec, Rt: Runtime> Claim<'a, C, Rt> {
-    fn new(core: &'a PoolCore<C, Rt>, index: usize, key: Option<u64>) -> Self {
+    fn new(core: &'a PoolCore<C, Rt>, index: usize) -> Self {
         Claim {
             core,
             index,
-            key,
             done: false,
         }
     }
 
     /// Lists the worker just started for this index as busy.
     fn register(&mut self, killer: &Arc<Killer>) {
-        let mut workers = lock(&self.core.workers);
-        let key = workers.next_key;
-        workers.next_key += 1;
-        workers.busy.push((key, Arc::clone(killer)));
-        drop(workers);
+        lock(&self.core.workers).busy[self.index] = Some(Arc::clone(killer));
         self.core.signals.set_serving(self.index, true);
-        self.key = Some(key);
     }
 
     /// Takes this claim's worker off the busy list, under the lock.
     fn unlist(&self, workers: &mut Workers<C, Rt>) {
-        if let Some(key) = self.key {
-            if let Some(at) = workers.busy.iter().position(|(k, _)| *k == key) {
-                workers.busy.swap_remove(at);
-            }
-        }
+        workers.busy[self.index] = None;
         self.core.signals.set_serving(self.index, false);
     }
 
