@@ -296,6 +296,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         pools::pool_worker_i_keeps_its_options_after_a_replacement,
         pools::any_pool_runs_three_different_functions,
         pools::queued_pool_call_is_cancelled_without_touching_workers,
+        pools::a_woken_queued_call_dropped_passes_its_turn_on,
         pools::pool_task_killed_before_its_first_poll_never_runs,
         pools::pool_task_kill_kills_its_worker_only,
         pools::pool_shutdown_finishes_running_calls_and_refuses_new_ones,

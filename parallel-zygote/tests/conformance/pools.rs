@@ -293,6 +293,43 @@ pub async fn queued_pool_call_is_cancelled_without_touching_workers<R: Runtime>(
     )
 }
 
+/// A queued call woken for the worker just freed, and dropped before it
+/// took it, passes its turn on: the next queued call runs (rather than
+/// wait for another release, which here never comes).
+pub async fn a_woken_queued_call_dropped_passes_its_turn_on<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let pool = sleeper(&parallel, 1)?;
+    let mut running = pool.submit(300);
+    let mut woken = pool.submit(0);
+    let mut next = pool.submit(0);
+    let polled = within::<R, _>(
+        Duration::from_millis(100),
+        join3(&mut running, &mut woken, &mut next),
+    )
+    .await;
+    check(polled.is_none(), "the one worker is busy")?;
+    let stats = pool.stats();
+    check(
+        stats.active == 1 && stats.queued == 2,
+        format!("one running, two queued: {stats:?}"),
+    )?;
+    // The running call gives its worker back as it ends, waking the
+    // first queued call, which is dropped before it is polled again.
+    running.await?;
+    drop(woken);
+    let next = within::<R, _>(Duration::from_secs(5), next).await;
+    check(
+        matches!(next, Some(Ok(_))),
+        format!("the next queued call ran: {next:?}"),
+    )?;
+    let stats = pool.stats();
+    check(
+        stats.active == 0 && stats.queued == 0 && stats.idle == 1 && stats.deaths == 0,
+        format!("nothing left running or queued, no worker touched: {stats:?}"),
+    )
+}
+
 pub async fn pool_task_kill_kills_its_worker_only<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
