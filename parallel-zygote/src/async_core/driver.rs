@@ -471,7 +471,10 @@ impl<R: Runtime> Submit<R> {
     /// too, and all go out in one write. Left to the driver on smol's
     /// executor thread, every batch of calls and of answers crossed threads
     /// twice (BENCHMARKS.md, session 13).
-    pub(crate) fn poll_read(&self, cx: &mut Context<'_>) -> bool {
+    ///
+    /// `waiting`: this caller's waker is the one it last read with, and it
+    /// has not [stopped](Self::stop_reading) since (it is still listed).
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, waiting: bool) -> bool {
         // Checked before the lock: a caller on the driver's thread (a task
         // of smol's executor) pays nothing more per call.
         if !R::CALLERS_READ || !elsewhere(&self.1) {
@@ -488,13 +491,14 @@ impl<R: Runtime> Submit<R> {
         };
         let this = &mut *state;
         if !matches!(this.phase, Phase::Serve)
+            || this.task.is_none()
             || !this.caller_reads()
             || !this.killer.is_released()
         {
             return false;
         }
         let me = cx.waker();
-        if !this.waiting.iter().any(|w| w.will_wake(me)) {
+        if !waiting {
             this.waiting.push(me.clone());
         }
         let is_reader = this.reader.as_ref().is_some_and(|r| r.will_wake(me));
@@ -510,8 +514,9 @@ impl<R: Runtime> Submit<R> {
         if !is_reader {
             this.reader = Some(me.clone());
         }
+        // Listed: the caller stops reading when done, whatever happens here.
         let Some(both) = this.both() else {
-            return false;
+            return true;
         };
         this.watch();
         if !serve {
@@ -1148,8 +1153,11 @@ impl<R: Runtime> DriverState<R> {
             // lock is busy when it comes to it; so the reader is woken
             // (on this thread, as a rule), or, with none, the driver.
             match &self.both {
+                // A caller that deferred its write was woken for it already.
                 Some(both) if both.reading.load(Ordering::SeqCst) => {
-                    Waker::from(Arc::clone(both)).wake();
+                    if !self.flush_deferred {
+                        Waker::from(Arc::clone(both)).wake();
+                    }
                 }
                 _ => task.wake_by_ref(),
             }
