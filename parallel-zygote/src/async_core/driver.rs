@@ -65,6 +65,17 @@ const COMMAND_BATCH: usize = 64;
 /// write per chunk.
 const CALLER_WRITE_CHUNK: usize = 16;
 
+/// Calls left unwritten, at most, by callers that read the channel on their
+/// own thread (see [`Submit::poll_read`]) before the one that completes the
+/// chunk writes them; fewer are written by the caller that deferred them,
+/// once the calls made beside it are queued too.
+///
+/// 64 pipelined calls from smol's `block_on` future, per 1280 (BENCHMARKS.md,
+/// session 14): a write per call, 4.5 ms; chunks of 16, 2.6-2.9 ms; 32,
+/// 2.3-2.5 ms; 64, 3.2 ms (the caller's thread then waits for the worker
+/// between chunks).
+const READER_WRITE_CHUNK: usize = 32;
+
 /// What handles ask of the driver.
 pub(crate) enum Command {
     Call { args: Vec<u8>, reply: Reply },
@@ -465,7 +476,8 @@ impl<R: Runtime> Submit<R> {
     /// Pipelined calls (several in flight, made on this thread) are served
     /// here too: the callers waiting on this thread take turns as the
     /// reader (see [`DriverState::waiting`]), and write their calls in
-    /// chunks: a caller whose call leaves fewer than a chunk unwritten
+    /// chunks ([`READER_WRITE_CHUNK`]): a caller whose call leaves fewer
+    /// than a chunk unwritten
     /// defers the write to its next poll (it wakes itself), by which time
     /// the calls made beside it in the same poll of their task are queued
     /// too, and all go out in one write. Left to the driver on smol's
@@ -503,9 +515,8 @@ impl<R: Runtime> Submit<R> {
         }
         let is_reader = this.reader.as_ref().is_some_and(|r| r.will_wake(me));
         let unwritten = this.unsent.len();
-        let serve = unwritten == 0
-            || unwritten >= CALLER_WRITE_CHUNK
-            || (this.flush_deferred && is_reader);
+        let serve =
+            unwritten == 0 || unwritten >= READER_WRITE_CHUNK || (this.flush_deferred && is_reader);
         if !serve && this.flush_deferred {
             // Another caller deferred the write, and comes back for it (it
             // was woken for it): this one waits its turn.
@@ -983,7 +994,9 @@ impl<R: Runtime> DriverState<R> {
 
     /// The waker of the driver's task and the reading caller together, if a
     /// caller reads (see [`Submit::poll_read`]), marked reading with nothing
-    /// owed: the caller serves now.
+    /// owed: the caller serves now. Kept while the driver's task is the
+    /// same, its reader changed in place as callers take turns: what the
+    /// socket registered for under it wakes the new reader.
     fn both(&mut self) -> Option<Waker> {
         let (task, reader) = (self.task.as_ref()?, self.reader.as_ref()?);
         let both = match &self.both {

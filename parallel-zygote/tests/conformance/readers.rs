@@ -452,7 +452,10 @@ pub async fn a_pipelined_call_set_aside_blocks_no_other_call<R: Runtime>(
         )
         .into());
     };
-    check(raised? == RAISE + 1, "the raising call got another's answer")?;
+    check(
+        raised? == RAISE + 1,
+        "the raising call got another's answer",
+    )?;
     check(
         answers.len() == IN_FLIGHT - 1,
         format!("{} answers", answers.len()),
