@@ -650,10 +650,13 @@ impl Wake for Both {
     fn wake_by_ref(self: &Arc<Self>) {
         if self.reading.load(Ordering::SeqCst) {
             self.owed.store(true, Ordering::SeqCst);
-            self.reader
+            // Woken outside the lock: a waker may run anything.
+            let reader = self
+                .reader
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .wake_by_ref();
+                .clone();
+            reader.wake();
             // The caller stopped in between: the wake is the driver's (if
             // the caller's stop did not pass it on already).
             if self.reading.load(Ordering::SeqCst) || !self.owed.swap(false, Ordering::SeqCst) {
@@ -677,12 +680,14 @@ impl Both {
     /// Another caller reads from now on; a wake the one before did not
     /// serve is its own to serve.
     fn hand_to(&self, reader: &Waker) {
-        let mut current = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        if !current.will_wake(reader) {
-            *current = reader.clone();
+        {
+            let mut current = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            if !current.will_wake(reader) {
+                *current = reader.clone();
+            }
         }
         if self.owed.load(Ordering::SeqCst) {
-            current.wake_by_ref();
+            reader.wake_by_ref();
         }
     }
 }
