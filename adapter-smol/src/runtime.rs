@@ -46,9 +46,9 @@ impl core::Runtime for Smol {
     /// in a task of smol's executor, on the drivers' thread, writes its
     /// chunks all the same.
     const CALLERS_WRITE_CHUNKS: bool = false;
-    /// A caller in the `block_on` future reads its answers on its own
-    /// thread rather than have the executor's thread read them and wake
-    /// it: see the trait's doc.
+    /// A caller in the `block_on` future reads its answers (and writes its
+    /// pipelined calls) on its own thread rather than have the executor's
+    /// thread do it and wake it: see the trait's doc.
     const CALLERS_READ: bool = true;
 
     fn register(socket: UnixStream) -> io::Result<SmolSocket> {

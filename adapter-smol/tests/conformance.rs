@@ -41,6 +41,7 @@ impl Harness for SmolHarness {
             trial!(call_timeout_fires_on_an_async_io_timer),
             trial!(tokio_workers_from_a_smol_parent),
             trial!(pipelined_calls_from_a_task_on_the_drivers_thread),
+            trial!(pipelined_calls_from_block_on_and_from_a_task_at_once),
             {
                 // Not run through `block_on`: the point is a thread that
                 // runs no smol at all.
@@ -148,6 +149,45 @@ async fn pipelined_calls_from_a_task_on_the_drivers_thread(
         .map_err(|failed| format!("{failed:?}"))
     });
     Ok(on_executor.await?)
+}
+
+/// Smol only: pipelined calls (64 in flight each) on one worker from the
+/// `block_on` future, whose callers write and read the channel themselves
+/// on its thread (`Runtime::CALLERS_READ`), and from a task of smol's
+/// executor, on the driver's thread, at once: each caller gets its own
+/// answer, whichever thread wrote its call or read its answer.
+async fn pipelined_calls_from_block_on_and_from_a_task_at_once(
+    parallel: Parallel,
+) -> Result<(), Failed> {
+    use futures_util::stream::{self, StreamExt};
+
+    async fn pipelined(run: parallel_smol::Run<u64, u64>, from: u64) -> Vec<(u64, u64)> {
+        stream::iter(from..from + 2000)
+            .map(|x| {
+                let run = &run;
+                async move { (x, run.call(x).await.unwrap_or(0)) }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await
+    }
+    let run = parallel.run(|x: u64| async move { x * 2 + 1 })?;
+    let task = smol::spawn(pipelined(run.clone(), 0));
+    let here = pipelined(run.clone(), 10_000).await;
+    let there = task.await;
+    for (where_, answers) in [("block_on", here), ("task", there)] {
+        check(
+            answers.len() == 2000,
+            format!("{} answers in the {where_}", answers.len()),
+        )?;
+        for (x, answer) in answers {
+            check(
+                answer == x * 2 + 1,
+                format!("call {x} in the {where_} got {answer}"),
+            )?;
+        }
+    }
+    check(run.call(5).await? == 11, "a call after both")
 }
 
 /// The driver runs on smol's global executor and the reactor on async-io's

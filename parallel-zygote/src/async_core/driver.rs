@@ -65,6 +65,17 @@ const COMMAND_BATCH: usize = 64;
 /// write per chunk.
 const CALLER_WRITE_CHUNK: usize = 16;
 
+/// Calls left unwritten, at most, by callers that read the channel on their
+/// own thread (see [`Submit::poll_read`]) before the one that completes the
+/// chunk writes them; fewer are written by the caller that deferred them,
+/// once the calls made beside it are queued too.
+///
+/// 64 pipelined calls from smol's `block_on` future, per 1280 (BENCHMARKS.md,
+/// session 14): a write per call, 4.5 ms; chunks of 16, 2.6-2.9 ms; 32,
+/// 2.3-2.5 ms; 64, 3.2 ms (the caller's thread then waits for the worker
+/// between chunks).
+const READER_WRITE_CHUNK: usize = 32;
+
 /// What handles ask of the driver.
 pub(crate) enum Command {
     Call { args: Vec<u8>, reply: Reply },
@@ -350,6 +361,8 @@ fn start<R: Runtime>(
         yielded: false,
         thread: Arc::new(AtomicUsize::new(0)),
         reader: None,
+        waiting: Vec::new(),
+        flush_deferred: false,
         both: None,
         watchdog: None,
         unregistered: false,
@@ -448,16 +461,32 @@ impl<R: Runtime> Submit<R> {
     /// A caller waiting for its answer on another thread than the driver's
     /// serves the channel here, on its own thread (reads the answers and
     /// hands them over, writes what is queued), when the driver is idle
-    /// (its lock free) and serving. True when it served: the caller's own
-    /// answer may be in its channel now.
+    /// (its lock free) and serving. True when this caller may be the
+    /// channel's reader now (it must then [stop](Self::stop_reading) once it
+    /// has its answer or is dropped): it served, and its own answer may be
+    /// in its channel, or it waits for its turn to (see below).
     ///
     /// Only where [`Runtime::CALLERS_READ`] says so. Everything the serving
-    /// registers for (the socket's readiness above all) wakes both the
-    /// caller and the driver's task (see [`Both`]): the caller, so that the
-    /// reactor hands it the next answer directly, on its thread; the
-    /// driver, so that a caller set aside unpolled never keeps the channel
-    /// from the other callers (the driver then reads as before).
-    pub(crate) fn poll_read(&self, cx: &mut Context<'_>) -> bool {
+    /// registers for (the socket's readiness above all) wakes the reader
+    /// alone while it reads (see [`Both`]), so that the reactor hands it the
+    /// next answers directly, on its thread; a caller set aside unpolled
+    /// never keeps the channel from the other callers (the driver's
+    /// watchdog takes it back).
+    ///
+    /// Pipelined calls (several in flight, made on this thread) are served
+    /// here too: the callers waiting on this thread take turns as the
+    /// reader (see [`DriverState::waiting`]), and write their calls in
+    /// chunks ([`READER_WRITE_CHUNK`]): a caller whose call leaves fewer
+    /// than a chunk unwritten
+    /// defers the write to its next poll (it wakes itself), by which time
+    /// the calls made beside it in the same poll of their task are queued
+    /// too, and all go out in one write. Left to the driver on smol's
+    /// executor thread, every batch of calls and of answers crossed threads
+    /// twice (BENCHMARKS.md, session 13).
+    ///
+    /// `waiting`: this caller's waker is the one it last read with, and it
+    /// has not [stopped](Self::stop_reading) since (it is still listed).
+    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, waiting: bool) -> bool {
         // Checked before the lock: a caller on the driver's thread (a task
         // of smol's executor) pays nothing more per call.
         if !R::CALLERS_READ || !elsewhere(&self.1) {
@@ -467,35 +496,51 @@ impl<R: Runtime> Submit<R> {
             return false;
         };
         // Not waiting: a driver holding the lock is serving, and registers
-        // for what comes next itself.
+        // for what comes next itself; another caller serving does too, or
+        // deferred a write it comes back for.
         let Ok(mut state) = state.try_lock() else {
             return false;
         };
         let this = &mut *state;
-        // A call alone in flight only: pipelined calls are written and read
-        // by the driver in batches (each caller serving here wrote its own
-        // call at once and the worker answered in small batches, which
-        // took longer: BENCHMARKS.md, session 10).
-        if this.calls.len() > 1
-            || !matches!(this.phase, Phase::Serve)
+        if !matches!(this.phase, Phase::Serve)
+            || this.task.is_none()
             || !this.caller_reads()
             || !this.killer.is_released()
         {
             return false;
         }
-        if !this
-            .reader
-            .as_ref()
-            .is_some_and(|r| r.will_wake(cx.waker()))
-        {
-            this.reader = Some(cx.waker().clone());
+        let me = cx.waker();
+        if !waiting {
+            this.waiting.push(me.clone());
         }
+        let is_reader = this.reader.as_ref().is_some_and(|r| r.will_wake(me));
+        let unwritten = this.unsent.len();
+        let serve =
+            unwritten == 0 || unwritten >= READER_WRITE_CHUNK || (this.flush_deferred && is_reader);
+        if !serve && this.flush_deferred {
+            // Another caller deferred the write, and comes back for it (it
+            // was woken for it): this one waits its turn.
+            return true;
+        }
+        if !is_reader {
+            this.reader = Some(me.clone());
+        }
+        // Listed: the caller stops reading when done, whatever happens here.
         let Some(both) = this.both() else {
-            return false;
+            return true;
         };
+        this.watch();
+        if !serve {
+            // Back after the calls made beside this one in the same poll of
+            // their task: woken through `both`, so that the watchdog sees
+            // the wake owed if this caller is set aside.
+            this.flush_deferred = true;
+            both.wake_by_ref();
+            return true;
+        }
+        this.flush_deferred = false;
         let span = this.killer.span().clone();
         let _entered = span.enter();
-        this.watch();
         let mut cx = Context::from_waker(&both);
         match this.poll_serve(&mut cx) {
             Poll::Ready(returned) => {
@@ -511,8 +556,15 @@ impl<R: Runtime> Submit<R> {
             // registration after it (a system call each on smol), are left
             // to this caller's next call, which tries its read at once, as
             // a raw ping-pong does (its answer is often in by then); or, if
-            // it makes none, to the driver (see `unregistered`).
-            Poll::Pending => this.unregistered = std::mem::take(&mut this.yielded),
+            // it makes none, to the driver (see `unregistered`). With other
+            // calls still in flight, the reader comes back for it once the
+            // answers' callers ran (their next calls go out first).
+            Poll::Pending => {
+                this.unregistered = std::mem::take(&mut this.yielded);
+                if this.unregistered && this.calls.len() > 1 {
+                    both.wake_by_ref();
+                }
+            }
         }
         let answered = std::mem::take(&mut this.answered);
         drop(state);
@@ -523,9 +575,9 @@ impl<R: Runtime> Submit<R> {
     }
 
     /// The caller that served with [`poll_read`](Self::poll_read) has its
-    /// answer: the driver's registrations stop waking it (unless another
-    /// caller read since). Skipped when the driver holds the lock: a
-    /// leftover reader gets a wake-up too many, nothing worse.
+    /// answer, or is dropped: it waits no more, and if it was the reader,
+    /// another caller waiting on its thread reads on (woken if a wake is
+    /// owed), or, with none, the driver's registrations stop waking it.
     pub(crate) fn stop_reading(&self, waker: &Waker) {
         let Some(state) = self.0.upgrade() else {
             return;
@@ -533,8 +585,19 @@ impl<R: Runtime> Submit<R> {
         // Waits for a driver that holds the lock: while this caller is the
         // reader, what the driver registered wakes it alone (see `Both`).
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.reader.as_ref().is_some_and(|r| r.will_wake(waker)) {
-            state.stop_reader();
+        let this = &mut *state;
+        if let Some(at) = this.waiting.iter().position(|w| w.will_wake(waker)) {
+            this.waiting.swap_remove(at);
+        }
+        if !this.reader.as_ref().is_some_and(|r| r.will_wake(waker)) {
+            return;
+        }
+        match (this.waiting.last(), &this.both) {
+            (Some(next), Some(both)) if both.reading.load(Ordering::SeqCst) => {
+                this.reader = Some(next.clone());
+                both.hand_to(next);
+            }
+            _ => this.stop_reader(),
         }
     }
 }
@@ -570,7 +633,9 @@ fn elsewhere(driver: &AtomicUsize) -> bool {
 /// hands it to the driver.
 struct Both {
     task: Waker,
-    reader: Waker,
+    /// The caller that reads now (see [`DriverState::reader`]); another
+    /// caller waiting on its thread takes over when it stops.
+    reader: Mutex<Waker>,
     /// The caller still reads: wakes go to it.
     reading: AtomicBool,
     /// A wake went to the caller that it has not served yet.
@@ -585,7 +650,13 @@ impl Wake for Both {
     fn wake_by_ref(self: &Arc<Self>) {
         if self.reading.load(Ordering::SeqCst) {
             self.owed.store(true, Ordering::SeqCst);
-            self.reader.wake_by_ref();
+            // Woken outside the lock: a waker may run anything.
+            let reader = self
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            reader.wake();
             // The caller stopped in between: the wake is the driver's (if
             // the caller's stop did not pass it on already).
             if self.reading.load(Ordering::SeqCst) || !self.owed.swap(false, Ordering::SeqCst) {
@@ -603,6 +674,20 @@ impl Both {
         self.reading.store(false, Ordering::SeqCst);
         if self.owed.swap(false, Ordering::SeqCst) {
             self.task.wake_by_ref();
+        }
+    }
+
+    /// Another caller reads from now on; a wake the one before did not
+    /// serve is its own to serve.
+    fn hand_to(&self, reader: &Waker) {
+        {
+            let mut current = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            if !current.will_wake(reader) {
+                *current = reader.clone();
+            }
+        }
+        if self.owed.load(Ordering::SeqCst) {
+            reader.wake_by_ref();
         }
     }
 }
@@ -650,9 +735,18 @@ pub(crate) struct DriverState<R: Runtime> {
     /// The thread of the driver task's last poll, as [`thread_token`]
     /// gives it (0: not polled yet); only where [`Runtime::CALLERS_READ`].
     thread: Arc<AtomicUsize>,
-    /// The caller that last served the channel on its own thread and still
-    /// waits (see [`Submit::poll_read`]).
+    /// The caller that reads the channel on its own thread now (see
+    /// [`Submit::poll_read`]): what the channel registered for wakes it.
     reader: Option<Waker>,
+    /// The callers that served (or were ready to) on their own thread and
+    /// still wait for their answers: when the reader stops, the last of
+    /// them reads on, so that pipelined calls made on one thread are read
+    /// there until the last answer (see [`Submit::stop_reading`]).
+    waiting: Vec<Waker>,
+    /// A caller reading on its own thread left calls unwritten for its
+    /// next poll, to write them together with the calls made beside it
+    /// (see [`Submit::poll_read`]).
+    flush_deferred: bool,
     /// The waker of `task` and `reader` together, kept while they are the
     /// same.
     both: Option<Arc<Both>>,
@@ -905,17 +999,18 @@ impl<R: Runtime> DriverState<R> {
 
     /// The waker of the driver's task and the reading caller together, if a
     /// caller reads (see [`Submit::poll_read`]), marked reading with nothing
-    /// owed: the caller serves now.
+    /// owed: the caller serves now. Kept while the driver's task is the
+    /// same, its reader changed in place as callers take turns: what the
+    /// socket registered for under it wakes the new reader.
     fn both(&mut self) -> Option<Waker> {
-        // Callers read only alone (see `Submit::poll_read`): with calls
-        // pipelined, the driver reads, and wakes only whom it answers.
-        if self.calls.len() > 1 {
-            self.stop_reader();
-            return None;
-        }
         let (task, reader) = (self.task.as_ref()?, self.reader.as_ref()?);
         let both = match &self.both {
-            Some(both) if both.task.will_wake(task) && both.reader.will_wake(reader) => {
+            Some(both) if both.task.will_wake(task) => {
+                let mut current = both.reader.lock().unwrap_or_else(|e| e.into_inner());
+                if !current.will_wake(reader) {
+                    *current = reader.clone();
+                }
+                drop(current);
                 Arc::clone(both)
             }
             _ => {
@@ -924,7 +1019,7 @@ impl<R: Runtime> DriverState<R> {
                 }
                 let both = Arc::new(Both {
                     task: task.clone(),
-                    reader: reader.clone(),
+                    reader: Mutex::new(reader.clone()),
                     reading: AtomicBool::new(false),
                     owed: AtomicBool::new(false),
                 });
@@ -941,6 +1036,7 @@ impl<R: Runtime> DriverState<R> {
     /// driver's again.
     fn stop_reader(&mut self) {
         self.reader = None;
+        self.flush_deferred = false;
         if let Some(both) = &self.both {
             both.stop();
         }
@@ -985,6 +1081,7 @@ impl<R: Runtime> DriverState<R> {
         if both.owed.load(Ordering::SeqCst) {
             // The driver's poll that follows serves what the caller did not.
             self.reader = None;
+            self.flush_deferred = false;
             both.reading.store(false, Ordering::SeqCst);
             both.owed.store(false, Ordering::SeqCst);
             return;
@@ -1054,10 +1151,13 @@ impl<R: Runtime> DriverState<R> {
         // go out in one write rather than one each; up to a chunk: the
         // call that completes one writes it (see `CALLER_WRITE_CHUNK`).
         let alone = unwritten == 0 && self.calls.is_empty();
-        if !alone {
-            // Pipelined calls are the driver's to read (see
-            // `Submit::poll_read`): what a caller reading alone until now
-            // registered for wakes the driver again.
+        // A caller on another thread than the driver's, where callers read
+        // (smol's `block_on` future), writes and reads its pipelined calls
+        // itself (see `Submit::poll_read`, which it calls right after).
+        let reads = !alone && self.caller_reads();
+        if !alone && !reads {
+            // Pipelined calls are the driver's to read: what a caller
+            // reading until now registered for wakes the driver again.
             self.stop_reader();
         }
         let span = self.killer.span().clone();
@@ -1066,6 +1166,21 @@ impl<R: Runtime> DriverState<R> {
         let Some(task) = &self.task else {
             unreachable!("checked above");
         };
+        if reads {
+            // Whoever reads now writes the call: this caller, unless the
+            // lock is busy when it comes to it; so the reader is woken
+            // (on this thread, as a rule), or, with none, the driver.
+            match &self.both {
+                // A caller that deferred its write was woken for it already.
+                Some(both) if both.reading.load(Ordering::SeqCst) => {
+                    if !self.flush_deferred {
+                        Waker::from(Arc::clone(both)).wake();
+                    }
+                }
+                _ => task.wake_by_ref(),
+            }
+            return Ok(());
+        }
         if !alone && (!self.callers_write_chunks() || self.unsent.len() < CALLER_WRITE_CHUNK) {
             task.wake_by_ref();
             return Ok(());

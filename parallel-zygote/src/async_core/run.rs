@@ -119,7 +119,11 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
             }
             // Read it here, on this thread, where the runtime says so; the
             // read may have handed this call its answer.
-            if self.submit.poll_read(cx) {
+            let waiting = reading
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if self.submit.poll_read(cx, waiting) {
                 if let Poll::Ready(outcome) = Pin::new(&mut answer).poll(cx) {
                     self.submit.stop_reading(cx.waker());
                     reading.waker = None;

@@ -164,8 +164,11 @@ pub trait Runtime: Sized + 'static {
     /// alone while it reads; a watchdog on the driver (every 10 ms while a
     /// caller reads) takes the channel back from a caller whose future was
     /// set aside unpolled, so that it never keeps the channel from the
-    /// others for longer. False, the default, where callers and drivers
-    /// mostly share a thread.
+    /// others for longer. Pipelined calls made on such a thread are written
+    /// (in chunks) and read there too, their callers taking turns as the
+    /// reader (since session 14; before, every batch of calls and of
+    /// answers crossed between the two threads). False, the default, where
+    /// callers and drivers mostly share a thread.
     const CALLERS_READ: bool = false;
 
     /// Registers a non-blocking socket with the current runtime.

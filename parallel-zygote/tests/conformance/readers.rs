@@ -2,10 +2,11 @@
 //! answers that arrive out of order reach their own callers, a caller
 //! answered or cancelled mid-wait leaves the others served, a worker killed
 //! while calls wait fails each with its own call, and a caller whose future
-//! is kept but no longer polled keeps no other call from its answer. (Written
-//! for a design in which a waiting caller read the socket itself; that
-//! design was reverted for the last case, and the scenarios hold for any
-//! reader: the driver reads today.)
+//! is kept but no longer polled keeps no other call from its answer; the
+//! same with calls pipelined (64 in flight). The scenarios hold for any
+//! reader: the driver's task, or on smol a caller on another thread than
+//! the driver's (`Runtime::CALLERS_READ`), which since session 14 writes and
+//! reads pipelined calls too.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -317,6 +318,153 @@ pub async fn a_lone_caller_set_aside_keeps_the_answer_that_came<R: Runtime>(
     }
     match within::<R, _>(BOUND, first).await {
         Some(answer) => check(answer? == LATE + 1, "the call set aside got another answer"),
+        None => Err(format!("the call set aside got no answer within {BOUND:?}").into()),
+    }
+}
+
+/// How many calls the pipelined scenarios below keep in flight, as the
+/// benchmarks' `buffer_unordered(64)` does.
+const IN_FLIGHT: usize = 64;
+
+/// Pipelined calls (64 in flight, as in the benchmarks) with the worker
+/// killed from outside once 32 were answered: every call answered before
+/// gets its value, every other caller the death, and none waits on. (On
+/// smol's `block_on` thread such callers write and read the channel
+/// themselves, taking turns as its reader: `Runtime::CALLERS_READ`.)
+pub async fn pipelined_calls_with_the_worker_killed_halfway_each_end<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    check(run.call(RAISE).await? == RAISE, "warm-up call")?;
+    let pid = known_pid::<R>("run worker", || run.pid()).await?;
+    let answered = AtomicU32::new(0);
+    // The first 32 are answered at once, the rest wait for a level never
+    // raised.
+    let calls = futures_util::stream::iter(0..128u32)
+        .map(|i| {
+            let (run, answered) = (&run, &answered);
+            async move {
+                let answer = run.call(if i < 32 { RAISE } else { 1 }).await;
+                answered.fetch_add(u32::from(answer.is_ok()), Ordering::SeqCst);
+                (i, answer)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>();
+    let killer = async {
+        while answered.load(Ordering::SeqCst) < 32 {
+            R::sleep(Duration::from_millis(1)).await;
+        }
+        let sent = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if sent.is_err() {
+            run.kill(); // do not leave the calls waiting
+        }
+        sent
+    };
+    let Some((answers, sent)) = within::<R, _>(BOUND, join(calls, killer)).await else {
+        return Err(format!("the callers still waited {BOUND:?} after the kill").into());
+    };
+    sent?;
+    check(answers.len() == 128, format!("{} answers", answers.len()))?;
+    for (i, answer) in answers {
+        match answer {
+            Ok(value) if i < 32 => check(value == RAISE, format!("call {i} got {value}"))?,
+            Err(error @ Error::WorkerDied { .. }) if i >= 32 => {
+                check(error.signal() == Some(libc::SIGKILL), error.to_string())?;
+            }
+            other => return Err(format!("call {i}: unexpected {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+/// Pipelined callers waiting together, half of whose futures are dropped
+/// mid-flight (which kills the worker, as any cancelled call does), among
+/// them the last made, which on smol's `block_on` thread is the one that
+/// writes and reads for the others: the callers kept must each hear of the
+/// death rather than wait for a write or a read nobody does.
+pub async fn pipelined_callers_dropped_mid_flight_leave_no_caller_waiting<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    check(run.call(RAISE).await? == RAISE, "warm-up call")?;
+    let pid = known_pid::<R>("run worker", || run.pid()).await?;
+    let half = IN_FLIGHT / 2;
+    let mut kept: FuturesUnordered<_> = (0..half).map(|_| run.call(1)).collect();
+    let mut dropped: FuturesUnordered<_> = (0..half).map(|_| run.call(1)).collect();
+    // One poll each: every call is made and waits.
+    check(
+        futures_util::poll!(kept.next()).is_pending(),
+        "a gated call was answered",
+    )?;
+    check(
+        futures_util::poll!(dropped.next()).is_pending(),
+        "a gated call was answered",
+    )?;
+    drop(dropped);
+    let Some(answers) = within::<R, _>(BOUND, kept.collect::<Vec<_>>()).await else {
+        return Err(format!("the callers kept still waited after {BOUND:?}").into());
+    };
+    for answer in answers {
+        // A call not made yet when the others were dropped (the poll above
+        // may stop early, when the futures polled wake themselves) names
+        // no call: it never reached the worker.
+        match answer {
+            Err(error @ Error::WorkerDied { .. }) => {
+                check(error.signal() == Some(libc::SIGKILL), error.to_string())?;
+            }
+            other => return Err(format!("expected WorkerDied, got {other:?}").into()),
+        }
+    }
+    check(
+        wait_gone::<R>(pid, Duration::from_secs(2)).await,
+        format!("worker {pid} survived its cancelled calls"),
+    )
+}
+
+/// Pipelined callers waiting together, and one more made last and then set
+/// aside unpolled (on smol's `block_on` thread, the caller that was to
+/// write the calls made beside it, or to read for them): the others must
+/// still all be answered, and the one set aside too once polled again.
+pub async fn a_pipelined_call_set_aside_blocks_no_other_call<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let run = parallel.run(gate::<R>)?;
+    check(run.call(RAISE).await? == RAISE, "warm-up call")?;
+    let mut others: FuturesUnordered<_> = (0..IN_FLIGHT - 1).map(|_| run.call(1)).collect();
+    check(
+        futures_util::poll!(others.next()).is_pending(),
+        "a gated call was answered",
+    )?;
+    let mut last = pin!(run.call(1));
+    check(
+        futures_util::poll!(last.as_mut()).is_pending(),
+        "the last gated call was answered",
+    )?;
+    // `last` is kept, not polled, while the others wait, are let through
+    // and answered.
+    let raise = async { run.call(RAISE + 1).await };
+    let Some((answers, raised)) =
+        within::<R, _>(BOUND, join(others.collect::<Vec<_>>(), raise)).await
+    else {
+        return Err(format!(
+            "calls waiting beside one set aside were not all answered within {BOUND:?}"
+        )
+        .into());
+    };
+    check(
+        raised? == RAISE + 1,
+        "the raising call got another's answer",
+    )?;
+    check(
+        answers.len() == IN_FLIGHT - 1,
+        format!("{} answers", answers.len()),
+    )?;
+    for answer in answers {
+        check(answer? == 1, "a call got another's answer")?;
+    }
+    match within::<R, _>(BOUND, last).await {
+        Some(answer) => check(answer? == 1, "the call set aside got another's answer"),
         None => Err(format!("the call set aside got no answer within {BOUND:?}").into()),
     }
 }
