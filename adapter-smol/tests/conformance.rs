@@ -42,6 +42,7 @@ impl Harness for SmolHarness {
             trial!(tokio_workers_from_a_smol_parent),
             trial!(pipelined_calls_from_a_task_on_the_drivers_thread),
             trial!(pipelined_calls_from_block_on_and_from_a_task_at_once),
+            trial!(a_call_reading_its_own_answer_does_not_wake_its_task),
             {
                 // Not run through `block_on`: the point is a thread that
                 // runs no smol at all.
@@ -188,6 +189,73 @@ async fn pipelined_calls_from_block_on_and_from_a_task_at_once(
         }
     }
     check(run.call(5).await? == 11, "a call after both")
+}
+
+/// Smol only: a call made from the `block_on` future, which reads its
+/// own answer on its thread (`Runtime::CALLERS_READ`), returns it without
+/// waking its own task. Such a wake, made during the poll that completes
+/// the call, would have async-io's `block_on` make an extra pass of its
+/// reactor and poll the next call once more before waiting (BENCHMARKS.md,
+/// session 15). Wakes from other threads (the driver's, the reactor's) are
+/// not counted: only those made by the polling thread during the poll
+/// that returns the answer.
+async fn a_call_reading_its_own_answer_does_not_wake_its_task(
+    parallel: Parallel,
+) -> Result<(), Failed> {
+    use std::future::{poll_fn, Future};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    use std::thread::{self, ThreadId};
+
+    /// Forwards to the task's waker, counting the wakes made on `polling`.
+    struct Counting {
+        task: Waker,
+        polling: ThreadId,
+        here: AtomicUsize,
+    }
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            if thread::current().id() == self.polling {
+                self.here.fetch_add(1, Ordering::SeqCst);
+            }
+            self.task.wake_by_ref();
+        }
+    }
+
+    let run = parallel.run(|x: u64| async move { x + 1 })?;
+    check(run.call(0).await? == 1, "the first call")?;
+    let mut woken_by_itself = 0;
+    for x in 1..=200u64 {
+        let mut call = std::pin::pin!(run.call(x));
+        let mut counting: Option<(Arc<Counting>, Waker)> = None;
+        let answer = poll_fn(|cx| {
+            let (count, waker) = counting.get_or_insert_with(|| {
+                let count = Arc::new(Counting {
+                    task: cx.waker().clone(),
+                    polling: thread::current().id(),
+                    here: AtomicUsize::new(0),
+                });
+                let waker = Waker::from(Arc::clone(&count));
+                (count, waker)
+            });
+            let before = count.here.load(Ordering::SeqCst);
+            let poll = call.as_mut().poll(&mut Context::from_waker(waker));
+            if poll.is_ready() && count.here.load(Ordering::SeqCst) > before {
+                woken_by_itself += 1;
+            }
+            poll
+        })
+        .await?;
+        check(answer == x + 1, format!("call {x} got {answer}"))?;
+    }
+    check(
+        woken_by_itself == 0,
+        format!("{woken_by_itself} of 200 calls woke their own task as they returned"),
+    )
 }
 
 /// The driver runs on smol's global executor and the reactor on async-io's

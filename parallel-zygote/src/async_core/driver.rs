@@ -14,12 +14,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_channel::{mpsc, oneshot};
 use futures_core::Stream;
 use parallel_proto::channel::{CallId, CallIdHasher, Outcome, ParentChannel, ParentEvent};
 
+use super::alarm;
 use super::conn::{Conn, MessageBatch};
 use super::kill::{Death, Killer};
 use super::messages::{RawMessage, QUEUE_DEPTH};
@@ -45,7 +46,10 @@ const OUTPUT_WAIT: Duration = Duration::from_millis(500);
 /// How often a driver whose lone caller reads the channel on its own
 /// thread (see [`Submit::poll_read`]) checks that the caller came for what
 /// woke it: a caller whose future is set aside unpolled must not keep the
-/// channel from the driver longer than this.
+/// channel from the driver longer than this. The check is an alarm of the
+/// library's own thread (see the `alarm` module), not a timer of the
+/// runtime, which on smol made every call from the `block_on` future pay
+/// for re-arming a timer.
 const READER_WATCH: Duration = Duration::from_millis(10);
 
 /// Calls taken from the queue per write, at most: the bound on what one
@@ -416,6 +420,28 @@ pub struct Driver<R: Runtime> {
 /// A call's answer, and where it goes.
 type Answered = (Reply, Result<(CallId, Outcome), CallFailed>);
 
+/// What [`Submit::poll_read`] did for the caller that asked.
+pub(crate) enum Served {
+    /// Nothing: the driver serves the channel, or another caller does, or
+    /// this runtime leaves the reading to the driver.
+    No,
+    /// The caller may be the channel's reader now: it must
+    /// [stop](Submit::stop_reading) once it has its answer or is dropped.
+    Reading,
+    /// As `Reading`, and the read brought the caller's own answer, handed
+    /// back here with its one-shot's sender instead of sent through it.
+    ///
+    /// Sent, it would wake the caller's own task while that task is being
+    /// polled: async-io's `block_on` then takes the wake for news, makes a
+    /// non-blocking pass of its reactor (`epoll_wait`, the timer's
+    /// `timerfd_settime`, the notifier's read and two `epoll_ctl`) and
+    /// polls the future once more before it blocks, on every call made in
+    /// the `block_on` future (smol; BENCHMARKS.md, session 15). The caller
+    /// drops its receiver before this sender: the sender dropped first
+    /// would wake it all the same.
+    Answered(Reply, Result<(CallId, Outcome), CallFailed>),
+}
+
 /// Calls submitted on the caller's thread.
 ///
 /// A call used to go to the driver through a channel, which woke the
@@ -486,20 +512,27 @@ impl<R: Runtime> Submit<R> {
     ///
     /// `waiting`: this caller's waker is the one it last read with, and it
     /// has not [stopped](Self::stop_reading) since (it is still listed).
-    pub(crate) fn poll_read(&self, cx: &mut Context<'_>, waiting: bool) -> bool {
+    /// `mine`: the receiver of this caller's answer (see
+    /// [`Served::Answered`]).
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        waiting: bool,
+        mine: &oneshot::Receiver<Result<(CallId, Outcome), CallFailed>>,
+    ) -> Served {
         // Checked before the lock: a caller on the driver's thread (a task
         // of smol's executor) pays nothing more per call.
         if !R::CALLERS_READ || !elsewhere(&self.1) {
-            return false;
+            return Served::No;
         }
         let Some(state) = self.0.upgrade() else {
-            return false;
+            return Served::No;
         };
         // Not waiting: a driver holding the lock is serving, and registers
         // for what comes next itself; another caller serving does too, or
         // deferred a write it comes back for.
         let Ok(mut state) = state.try_lock() else {
-            return false;
+            return Served::No;
         };
         let this = &mut *state;
         if !matches!(this.phase, Phase::Serve)
@@ -507,7 +540,7 @@ impl<R: Runtime> Submit<R> {
             || !this.caller_reads()
             || !this.killer.is_released()
         {
-            return false;
+            return Served::No;
         }
         let me = cx.waker();
         if !waiting {
@@ -520,14 +553,14 @@ impl<R: Runtime> Submit<R> {
         if !serve && this.flush_deferred {
             // Another caller deferred the write, and comes back for it (it
             // was woken for it): this one waits its turn.
-            return true;
+            return Served::Reading;
         }
         if !is_reader {
             this.reader = Some(me.clone());
         }
         // Listed: the caller stops reading when done, whatever happens here.
         let Some(both) = this.both() else {
-            return true;
+            return Served::Reading;
         };
         this.watch();
         if !serve {
@@ -536,7 +569,7 @@ impl<R: Runtime> Submit<R> {
             // the wake owed if this caller is set aside.
             this.flush_deferred = true;
             both.wake_by_ref();
-            return true;
+            return Served::Reading;
         }
         this.flush_deferred = false;
         let span = this.killer.span().clone();
@@ -568,10 +601,18 @@ impl<R: Runtime> Submit<R> {
         }
         let answered = std::mem::take(&mut this.answered);
         drop(state);
+        let mut own = None;
         for (reply, answer) in answered {
-            let _ = reply.send(answer);
+            if own.is_none() && reply.is_connected_to(mine) {
+                own = Some((reply, answer));
+            } else {
+                let _ = reply.send(answer);
+            }
         }
-        true
+        match own {
+            Some((reply, answer)) => Served::Answered(reply, answer),
+            None => Served::Reading,
+        }
     }
 
     /// The caller that served with [`poll_read`](Self::poll_read) has its
@@ -751,8 +792,8 @@ pub(crate) struct DriverState<R: Runtime> {
     /// same.
     both: Option<Arc<Both>>,
     /// While a caller reads, the driver's check that it comes for what woke
-    /// it (see [`Both`]); polled with the driver task's waker.
-    watchdog: Option<Pin<Box<R::Sleep>>>,
+    /// it (see [`Both`]); it wakes the driver's task.
+    watchdog: Option<Watchdog<R::Sleep>>,
     /// A reading caller stopped after its answer without reading on to the
     /// empty socket: nothing is registered for the socket's readiness until
     /// a caller reads again or the driver polls (woken by a call it must
@@ -802,6 +843,15 @@ enum Phase<R: Runtime> {
         death: Option<Death>,
     },
     Done,
+}
+
+/// When the watchdog of a reading caller checks (see [`READER_WATCH`]).
+enum Watchdog<S> {
+    /// At this instant: the alarm thread wakes the driver's task then.
+    Alarm(Instant),
+    /// When this timer of the runtime fires, where the alarm thread could
+    /// not be started.
+    Timer(Pin<Box<S>>),
 }
 
 fn sleep<R: Runtime>(duration: Duration) -> Pin<Box<R::Sleep>> {
@@ -1047,17 +1097,27 @@ impl<R: Runtime> DriverState<R> {
         if self.watchdog.is_some() {
             return;
         }
-        let Some(task) = &self.task else {
+        if let Some(task) = self.task.clone() {
+            self.arm_watchdog(&task);
+        }
+    }
+
+    /// Arms the watchdog to wake `task` (the driver's) after
+    /// [`READER_WATCH`]: through the alarm thread, or where it could not be
+    /// started, a timer of the runtime.
+    fn arm_watchdog(&mut self, task: &Waker) {
+        let due = Instant::now() + READER_WATCH;
+        if alarm::wake_at(due, task) {
+            self.watchdog = Some(Watchdog::Alarm(due));
             return;
-        };
-        let mut watchdog = sleep::<R>(READER_WATCH);
-        // Registered with the driver's task, which checks when it expires.
-        if watchdog
+        }
+        let mut timer = sleep::<R>(READER_WATCH);
+        if timer
             .as_mut()
             .poll(&mut Context::from_waker(task))
             .is_pending()
         {
-            self.watchdog = Some(watchdog);
+            self.watchdog = Some(Watchdog::Timer(timer));
         }
     }
 
@@ -1065,10 +1125,12 @@ impl<R: Runtime> DriverState<R> {
     /// wake since the last check has not come, and the driver takes the
     /// channel back; one that still reads is watched on.
     fn poll_watchdog(&mut self, cx: &mut Context<'_>) {
-        let Some(watchdog) = &mut self.watchdog else {
-            return;
+        let expired = match &mut self.watchdog {
+            None => return,
+            Some(Watchdog::Alarm(due)) => Instant::now() >= *due,
+            Some(Watchdog::Timer(timer)) => timer.as_mut().poll(cx).is_ready(),
         };
-        if watchdog.as_mut().poll(cx).is_pending() {
+        if !expired {
             return;
         }
         self.watchdog = None;
@@ -1086,10 +1148,7 @@ impl<R: Runtime> DriverState<R> {
             both.owed.store(false, Ordering::SeqCst);
             return;
         }
-        let mut watchdog = sleep::<R>(READER_WATCH);
-        if watchdog.as_mut().poll(cx).is_pending() {
-            self.watchdog = Some(watchdog);
-        }
+        self.arm_watchdog(cx.waker());
     }
 
     /// Reads the worker's captured output and tracing, once its pid is

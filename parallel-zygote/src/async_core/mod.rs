@@ -84,6 +84,7 @@
 //!    `init()`, and re-exports.
 #![forbid(unsafe_code)]
 
+mod alarm;
 mod any_pool;
 mod bytes;
 mod codec;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::codec::Codec;
 use std::any::type_name;
 
-use super::driver::{CallFailed, Command, Link, Submit};
+use super::driver::{CallFailed, Command, Link, Served, Submit};
 use super::kill::{KillOnDrop, Killer};
 use super::runtime::{timeout, Runtime};
 use super::worker::WorkerFailure;
@@ -108,6 +108,7 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
             }
         }
         let mut answer = answer;
+        let mut own_reply = None;
         let mut reading = Reading {
             submit: &self.submit,
             waker: None,
@@ -118,29 +119,45 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
                 return Poll::Ready(outcome);
             }
             // Read it here, on this thread, where the runtime says so; the
-            // read may have handed this call its answer.
+            // read may have brought this call its answer.
             let waiting = reading
                 .waker
                 .as_ref()
                 .is_some_and(|w| w.will_wake(cx.waker()));
-            if self.submit.poll_read(cx, waiting) {
-                if let Poll::Ready(outcome) = Pin::new(&mut answer).poll(cx) {
+            match self.submit.poll_read(cx, waiting, &answer) {
+                Served::No => {}
+                Served::Answered(reply, outcome) => {
                     self.submit.stop_reading(cx.waker());
                     reading.waker = None;
-                    return Poll::Ready(outcome);
+                    own_reply = Some(reply);
+                    return Poll::Ready(Ok(outcome));
                 }
-                if !reading
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    reading.stop();
-                    reading.waker = Some(cx.waker().clone());
+                Served::Reading => {
+                    // Its answer may have come meanwhile, read by the
+                    // driver or by another caller.
+                    if let Poll::Ready(outcome) = Pin::new(&mut answer).poll(cx) {
+                        self.submit.stop_reading(cx.waker());
+                        reading.waker = None;
+                        return Poll::Ready(outcome);
+                    }
+                    if !reading
+                        .waker
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        reading.stop();
+                        reading.waker = Some(cx.waker().clone());
+                    }
                 }
             }
             Poll::Pending
         })
         .await;
+        // The receiver first: the sender of an answer handed back
+        // (`Served::Answered`), dropped unsent before it, would wake this
+        // task.
+        drop(answer);
+        drop(own_reply);
         guard.disarm();
         match outcome {
             Ok(result) => result,
