@@ -1230,7 +1230,7 @@ fn memory_table(
 /// `process-64mib-ours`, `process-64mib-ours-inline` (socket only), `raw-64mib`,
 /// `process-<n>mib[-ours][-inline]` (64 MiB in messages of n MiB: serde_bytes, or `Bytes` with `-ours`),
 /// `process-64b-ours`, `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
-/// `fresh-64kib-ours` and `fresh-64kib-raw` (20 fresh workers, six 64 MiB transfers
+/// `fresh-64kib-ours`, `fresh-64kib-raw`, `fresh-1mib-ours` and `fresh-1mib-raw` (20 fresh workers, six 64 MiB transfers
 /// each in 64 KiB messages, printed per worker: a fresh worker's first transfers),
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
 /// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
@@ -1277,10 +1277,15 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "relay-main" => adapter.raw_relayed(raw, Place::Main, budget),
         "relay-pipe" => adapter.raw_relayed_pipelined(raw, 20 * IN_FLIGHT, IN_FLIGHT, budget),
         "pool" => adapter.pool_call(Place::Task, budget),
-        // `fresh-64kib-ours` / `fresh-64kib-raw`: 20 fresh workers, six
-        // transfers of 64 MiB each (no warm-up), every transfer printed by
+        // `fresh-64kib-ours` / `fresh-64kib-raw` (and `fresh-1mib-*`): 20
+        // fresh workers, six transfers of 64 MiB each (no warm-up), every transfer printed by
         // its index: how a fresh worker's first transfers compare with its later ones.
-        "fresh-64kib-ours" | "fresh-64kib-raw" => {
+        "fresh-64kib-ours" | "fresh-64kib-raw" | "fresh-1mib-ours" | "fresh-1mib-raw" => {
+            let size = if operation.starts_with("fresh-1mib") {
+                MIB
+            } else {
+                64 * KIB
+            };
             let per_worker = Budget {
                 warmup: 0,
                 min: 6,
@@ -1289,16 +1294,22 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
             };
             let mut all = Vec::new();
             for _ in 0..20 {
-                let samples = if operation == "fresh-64kib-ours" {
+                let samples = if operation.ends_with("-ours") {
                     adapter.process_throughput(
-                        64 * KIB,
-                        1024,
+                        size,
+                        64 * MIB / size,
                         Encoding::Ours,
                         SharedMemory::Default,
                         per_worker,
                     )
                 } else {
-                    adapter.raw_throughput(raw, 64 * KIB, 1024, RawWrites::Prebuilt, per_worker)
+                    adapter.raw_throughput(
+                        raw,
+                        size,
+                        64 * MIB / size,
+                        RawWrites::Prebuilt,
+                        per_worker,
+                    )
                 };
                 let line: Vec<String> = samples
                     .iter()
