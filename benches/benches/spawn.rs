@@ -1231,7 +1231,7 @@ fn memory_table(
 /// `process-<n>mib[-ours][-inline]` (64 MiB in messages of n MiB: serde_bytes, or `Bytes` with `-ours`),
 /// `process-64b-ours`, `process-64kib`, `process-64kib-ours`, `raw-64kib`, `raw-64kib-prebuilt`, `raw-64kib-copied`, `raw-1mib-copied`,
 /// `fresh-64kib-ours`, `fresh-64kib-raw`, `fresh-1mib-ours` and `fresh-1mib-raw` (20 fresh workers, six 64 MiB transfers
-/// each in 64 KiB messages, printed per worker: a fresh worker's first transfers),
+/// each in 64 KiB or 1 MiB messages, printed per worker: a fresh worker's first transfers),
 /// and `phases` / `raw-phases` / `warm-phases` (which also print the
 /// medians of table 1c's phases; `warm-phases` for a warm spawn refilled
 /// after 1 ms).
