@@ -1006,6 +1006,11 @@ impl<R: Runtime> DriverState<R> {
                     if !done && deadline.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
+                    // A last line read without its newline is still the
+                    // worker's: delivered (and in the stderr tail below).
+                    if let Some(output) = &mut this.output {
+                        output.finish_open();
+                    }
                     if let Some(mut death) = death.take() {
                         if let Some(output) = &this.output {
                             death.stderr_tail = output.stderr_tail();

@@ -480,6 +480,21 @@ impl<R: Runtime> Captured<R> {
         }
     }
 
+    /// Stops reading the streams still open (the driver waited long
+    /// enough for their end): the last line read from each, if it had no
+    /// newline yet, is delivered as it is rather than dropped.
+    pub(crate) fn finish_open(&mut self) {
+        let Some(pid) = self.pid else {
+            return;
+        };
+        for reader in &mut self.readers {
+            if !reader.eof {
+                reader.eof = true;
+                reader.finish(pid, &self.name, &mut self.tail);
+            }
+        }
+    }
+
     /// Whether every stream reached its end (the worker and anything that
     /// inherited its descriptors closed them).
     pub(crate) fn is_done(&self) -> bool {

@@ -585,6 +585,13 @@ where
             // address space down: 100-200 µs measured) would run first.
             // Lowering the policy alone does not preempt (the priority
             // value is the same), so the CPU is also handed over at once.
+            // What the task printed goes out first, at the usual priority:
+            // on a busy machine an idle-policy process may wait seconds for
+            // the CPU, and its buffered stdout, flushed at the exit, then
+            // reached the parent after the parent stopped reading (a last
+            // line without a newline lost, seen under load).
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
             crate::sys::idle_priority();
             std::thread::yield_now();
         }
