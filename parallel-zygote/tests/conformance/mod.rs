@@ -326,6 +326,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         output::inherited_output_is_the_parents,
         output::death_error_carries_the_stderr_tail,
         output::over_long_lines_are_cut_and_marked,
+        output::a_last_line_is_delivered_when_a_child_holds_the_stream_open,
         output::pool_workers_output_is_attributed_to_each_worker,
         warm::warm_spawn_uses_a_preforked_worker_and_the_set_refills,
         warm::warm_workers_that_wait_before_building_their_runtime_serve_too,

@@ -228,6 +228,41 @@ pub async fn over_long_lines_are_cut_and_marked<R: Runtime>(
     )
 }
 
+/// A last line without its newline, in a stream that a process the worker
+/// started keeps open after the worker exited: the driver stops waiting for
+/// the stream's end after a while, and delivers that line then rather than
+/// dropping it with the stream. (Before, the line went only with the end of
+/// the stream; it was also how a starved worker's last line got lost.)
+pub async fn a_last_line_is_delivered_when_a_child_holds_the_stream_open<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let (output, mut lines) = Output::lines(16);
+    let pid = parallel
+        .clone()
+        .worker_output(output)
+        .spawn(
+            |()| async move {
+                // Inherits stdout and outlives the worker by five seconds.
+                let _ = std::process::Command::new("sleep").arg("5").spawn();
+                print!("no newline, the stream held open");
+                std::process::id() as i32
+            },
+            (),
+        )
+        .await?;
+    let started = Instant::now();
+    let seen = collect::<R>(&mut lines, 1, |line| line.pid == pid).await?;
+    check(
+        seen[0].text == "no newline, the stream held open" && !seen[0].truncated,
+        format!("the last line: {:?}", seen[0]),
+    )?;
+    // Delivered when the driver stopped waiting, not at the child's exit.
+    check(
+        started.elapsed() < Duration::from_millis(4500),
+        format!("delivered after {:?}", started.elapsed()),
+    )
+}
+
 pub async fn pool_workers_output_is_attributed_to_each_worker<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
