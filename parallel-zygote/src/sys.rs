@@ -51,24 +51,6 @@ pub(crate) fn set_nice(nice: i32) -> Result<(), nix::errno::Errno> {
     Ok(())
 }
 
-/// Moves the calling thread to the `SCHED_IDLE` policy: it runs only when
-/// no other thread wants its CPU. A worker whose task has returned and whose
-/// answer is written calls this before it exits: the exit (`atexit`
-/// handlers, `_dl_fini`, the kernel tearing its memory down) then no longer
-/// delays the parent, whose wake-up by that answer the scheduler tends to
-/// place on the worker's CPU. Errors are ignored: it only changes when the
-/// exit runs.
-pub(crate) fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads the `sched_param` we pass (a local
-    // that outlives the call) and writes no memory of ours; pid 0 is the
-    // calling thread. Lowering one's own policy needs no privilege; a
-    // failure leaves the policy as it was.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-    }
-}
-
 /// Puts `fd` on descriptor `target` (1 for stdout, 2 for stderr) of this
 /// process: a worker's captured or discarded output, set before its task
 /// runs. `None` points `target` at `/dev/null`.

@@ -1,6 +1,7 @@
 //! The reliability suite: hostile conditions (a parent killed, a storm of
-//! worker kills, a zygote killed under load, leaks, scale, back-pressure,
-//! bad input, resource limits), each scenario measuring and asserting, written once,
+//! worker kills, a zygote killed under load, leaks, exits on a busy machine,
+//! scale, back-pressure, bad input, resource limits), each scenario
+//! measuring and asserting, written once,
 //! generic over the [`Runtime`], run by each adapter's
 //! `tests/reliability.rs` (a `harness = false` test target):
 //!
@@ -123,6 +124,10 @@ fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         in_process("worker_storm", |p| Box::pin(faults::worker_storm(p))),
         Trial::test("zygote_killed_under_load", faults::zygote_killed::<H>),
         Trial::test("leaks_sequential_and_dropped_spawns", resources::leaks::<H>),
+        Trial::test(
+            "exits_on_a_busy_machine",
+            resources::exits_on_a_busy_machine::<H>,
+        ),
         Trial::test("scale_live_workers", resources::scale::<H>),
         Trial::test("back_pressure_slow_consumer", resources::back_pressure::<H>),
         in_process("bad_input_on_a_worker_channel", |p| {
@@ -155,6 +160,7 @@ fn helper<H: Harness>(which: &str) {
         faults::VICTIM_STARTUP => faults::victim_startup::<H>,
         faults::ZYGOTE_KILLED => faults::zygote_killed_helper::<H>,
         resources::LEAKS => resources::leaks_helper::<H>,
+        resources::BUSY_EXITS => resources::exits_on_a_busy_machine_helper::<H>,
         resources::SCALE => resources::scale_helper::<H>,
         resources::BACK_PRESSURE => resources::back_pressure_helper::<H>,
         bad_input::ZYGOTE_SOCKET => bad_input::zygote_socket_helper::<H>,

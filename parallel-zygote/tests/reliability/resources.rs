@@ -17,6 +17,7 @@ use super::{
 pub const LEAKS: &str = "leaks";
 pub const SCALE: &str = "scale";
 pub const BACK_PRESSURE: &str = "back-pressure";
+pub const BUSY_EXITS: &str = "busy-exits";
 
 /// *leaks*: sequential spawns leave descriptors, processes and zombies
 /// flat; spawns dropped unawaited give their memory back.
@@ -145,6 +146,82 @@ async fn leaks_body<R: Runtime>(
             "RSS not back within 2x of its baseline ({rss_after} kB vs {rss_before} kB): {}",
             figures.join("; ")
         ),
+    )?;
+    Ok(figures)
+}
+
+/// *exits on a busy machine*: sequential spawns while every CPU is kept
+/// busy by threads of the parent; a worker that has answered must exit as
+/// any process does, so the finished workers alive at once stay few.
+///
+/// A worker once moved itself to `SCHED_IDLE` for its exit: beside busy
+/// loops of ordinary priority such exits waited seconds for a CPU, and the
+/// finished workers piled up (92-145 alive at once during 1000 sequential
+/// spawns beside six busy loops).
+pub fn exits_on_a_busy_machine<H: Harness>() -> Result<(), Failed> {
+    let spawns = size(300, 3000);
+    let figures = run_helper(BUSY_EXITS, &spawns.to_string(), Duration::from_secs(120))?;
+    report::<H::R>("exits on a busy machine", &figures);
+    Ok(())
+}
+
+pub fn exits_on_a_busy_machine_helper<H: Harness>(arg: &str) -> Result<Vec<String>, Failed> {
+    let spawns: u64 = arg.parse()?;
+    let parallel = H::init()?;
+    // Two spinning threads per CPU (started after the zygote, which must
+    // be forked while this process has one thread).
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2 * cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let outcome = block_on_figures::<H, _>(busy_exits_body::<H::R>(parallel, spawns, cpus));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        let _ = spinner.join();
+    }
+    outcome
+}
+
+async fn busy_exits_body<R: Runtime>(
+    parallel: Parallel<R>,
+    spawns: u64,
+    cpus: usize,
+) -> Result<Vec<String>, Failed> {
+    let add = |x: u64| async move { x + 1 };
+    let started = Instant::now();
+    // Descendants besides the zygote: workers running, exiting, or exited
+    // and not yet reaped.
+    let mut most = 0;
+    for i in 0..spawns {
+        check(parallel.spawn(add, i).await? == i + 1, format!("spawn {i}"))?;
+        if i % 10 == 0 {
+            most = most.max(
+                super::descendants(std::process::id() as i32)
+                    .len()
+                    .saturating_sub(1),
+            );
+        }
+    }
+    let took = started.elapsed();
+    let figures = vec![format!(
+        "{spawns} sequential spawns beside {} spinning threads in {} ({:.0}/s); at most {most} workers alive or unreaped at once",
+        2 * cpus,
+        ms(took),
+        spawns as f64 / took.as_secs_f64()
+    )];
+    // One worker answers at a time; its exit runs while the next spawns.
+    // A few more are fine; dozens mean exits wait for an idle CPU.
+    check(
+        most <= 20,
+        format!("finished workers pile up: {}", figures[0]),
     )?;
     Ok(figures)
 }
