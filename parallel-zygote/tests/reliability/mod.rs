@@ -354,6 +354,40 @@ pub fn descendants(root: i32) -> Vec<Proc> {
     found
 }
 
+/// This process's live descendants besides the zygote (its first child),
+/// each with its name, state, threads and where it waits: what a failure
+/// that finds workers still alive says about them.
+pub fn describe_live_descendants() -> String {
+    let me = std::process::id() as i32;
+    let live: Vec<String> = descendants(me)
+        .iter()
+        .filter(|p| !p.zombie && p.ppid != me)
+        .take(10)
+        .map(|p| {
+            let read = |file: &str| {
+                std::fs::read_to_string(format!("/proc/{}/{file}", p.pid)).unwrap_or_default()
+            };
+            let stat = read("stat");
+            let name = stat
+                .find('(')
+                .zip(stat.rfind(')'))
+                .map_or("?", |(open, close)| &stat[open + 1..close]);
+            let state = stat
+                .rfind(')')
+                .and_then(|close| stat.get(close + 2..close + 3))
+                .unwrap_or("?");
+            let threads =
+                std::fs::read_dir(format!("/proc/{}/task", p.pid)).map_or(0, |tasks| tasks.count());
+            format!(
+                "{} {name} {state}, {threads} threads, waits in {:?}",
+                p.pid,
+                read("wchan")
+            )
+        })
+        .collect();
+    format!("[{}]", live.join("; "))
+}
+
 /// Live (non-zombie) descendants of this process.
 pub fn live_descendants() -> usize {
     descendants(std::process::id() as i32)

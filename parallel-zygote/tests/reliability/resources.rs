@@ -320,14 +320,16 @@ async fn scale_body<R: Runtime>(
     let answering = answers.iter().filter(|a| matches!(a, Ok(3))).count();
     let count = runs.len();
     drop(runs);
+    let dropped = Instant::now();
     let ended = settle::<R>(Duration::from_secs(30), || live_descendants() <= 1).await;
+    let ending = ms(dropped.elapsed());
     let label = if probe {
         format!("probe at soft RLIMIT_NOFILE {now}")
     } else {
         format!("soft RLIMIT_NOFILE raised {old} -> {now} (hard {hard})")
     };
     let figures = vec![format!(
-        "{label}: {count}/{workers} live workers in {} ({live} processes, {answering} answering at once; parent +{fds_held} fds, +{} MiB RSS); {}; all ended: {ended}",
+        "{label}: {count}/{workers} live workers in {} ({live} processes, {answering} answering at once; parent +{fds_held} fds, +{} MiB RSS); {}; all ended: {ended} (in {ending})",
         ms(took),
         rss / 1024,
         failure.as_deref().unwrap_or("no failure")
@@ -346,10 +348,14 @@ async fn scale_body<R: Runtime>(
         // out with an error, not hang or crash.
         check(count == workers || failure.is_some(), figures[0].clone())?;
     }
-    check(
-        ended,
-        "workers still alive 30 s after their handles dropped",
-    )?;
+    if !ended {
+        return Err(format!(
+            "workers still alive 30 s after their handles dropped: {}; {}",
+            super::describe_live_descendants(),
+            figures[0]
+        )
+        .into());
+    }
     Ok(figures)
 }
 
