@@ -254,6 +254,29 @@ impl Outbox {
     }
 }
 
+/// Writes as much of `slices` as the socket takes now, in one `sendmsg`,
+/// with no descriptors. Returns the bytes written.
+///
+/// # Errors
+/// [`io::ErrorKind::WouldBlock`] on a non-blocking socket whose buffer is
+/// full; any other `sendmsg` error as it is (`EINTR` is retried, and
+/// `MSG_NOSIGNAL` means no `SIGPIPE`).
+pub fn write_gathered(socket: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            slices,
+            &[],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(sent) => return Ok(sent),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
 /// The descriptors received on one socket, in order, until frames claim them.
 #[derive(Debug)]
 pub struct Inbox {

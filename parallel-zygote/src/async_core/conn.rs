@@ -6,17 +6,26 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::task::{ready, Context, Poll};
 
-use parallel_proto::Endpoint;
+use parallel_proto::{Endpoint, Transmit};
 
 use super::messages::RawMessage;
 use super::recycle;
 use super::runtime::{AsyncSocket, ReadOutcome};
 use super::shared::{Payload, SendData};
+use super::streamed::{self, Streamed};
 use super::Error;
 use crate::io::{Inbox, Outbox, Piece};
+
+/// The bytes that complete a transmit announcing external bytes.
+enum External {
+    /// Written from where they are (large `Bytes` lent, the rest copied).
+    Pieces(Vec<Piece>),
+    /// A message encoded as it is written (see `streamed`).
+    Streamed(Box<dyn Streamed>),
+}
 
 /// An event and the descriptors that came with it.
 pub(crate) type Received<E> = (E, Vec<OwnedFd>);
@@ -107,9 +116,13 @@ pub(crate) struct Conn<M, S> {
     outbox: Outbox,
     /// Descriptors handed over with sends, waiting for their transmit.
     send_fds: Vec<OwnedFd>,
-    /// The pieces of messages sent in pieces, waiting for their transmit
-    /// (the one with their `external` bytes), in order.
-    send_pieces: VecDeque<Vec<Piece>>,
+    /// The pieces of messages sent in pieces or streamed, waiting for their
+    /// transmit (the one with their `external` bytes), in order.
+    send_pieces: VecDeque<External>,
+    /// A streamed message's transmit, waiting for the outbox to empty: it
+    /// is written then, and the transmits after it stay with the state
+    /// machine until it is.
+    streaming: Option<(Transmit, Box<dyn Streamed>)>,
     read_buffer: Vec<u8>,
     /// Unparsed bytes are `read_buffer[parsed..filled]`.
     parsed: usize,
@@ -138,6 +151,7 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
             outbox,
             send_fds: Vec::new(),
             send_pieces: VecDeque::new(),
+            streaming: None,
             read_buffer,
             parsed: 0,
             filled: unparsed.len(),
@@ -261,9 +275,13 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
         Ok((event, fds))
     }
 
-    /// Moves what the state machine queued into the outbox.
+    /// Moves what the state machine queued into the outbox, up to a
+    /// streamed message (kept in `streaming` until the outbox is written).
     fn collect_transmits(&mut self) {
-        while let Some(transmit) = self.machine.poll_transmit() {
+        while self.streaming.is_none() {
+            let Some(transmit) = self.machine.poll_transmit() else {
+                break;
+            };
             // (Most frames carry none: no drain, no collect.)
             let fds: Vec<OwnedFd> = if transmit.fds == 0 {
                 Vec::new()
@@ -272,13 +290,31 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
                     .drain(..transmit.fds.min(self.send_fds.len()))
                     .collect()
             };
-            let pieces = if transmit.external > 0 {
-                self.send_pieces.pop_front().unwrap_or_default()
+            let external = if transmit.external > 0 {
+                self.send_pieces.pop_front()
             } else {
-                Vec::new()
+                None
             };
-            self.outbox.push_with(transmit, fds, pieces);
+            match external {
+                None => self.outbox.push_with(transmit, fds, Vec::new()),
+                Some(External::Pieces(pieces)) => self.outbox.push_with(transmit, fds, pieces),
+                Some(External::Streamed(message)) if fds.is_empty() && transmit.body.is_empty() => {
+                    self.streaming = Some((transmit, message));
+                }
+                // Not made by `send_message` (a streamed message has no
+                // descriptors, and its transmit no body); whole, copied.
+                Some(External::Streamed(message)) => {
+                    let bytes: Piece = Box::new(streamed::to_vec(&*message));
+                    self.outbox.push_with(transmit, fds, vec![bytes]);
+                }
+            }
         }
+    }
+
+    /// Whether nothing waits to be written (after collecting).
+    fn nothing_queued(&mut self) -> bool {
+        self.collect_transmits();
+        self.outbox.is_empty() && self.streaming.is_none()
     }
 
     /// Writes what is queued now on `fd` (this connection's socket), without
@@ -288,9 +324,8 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
     /// poll. What does not go out (a full buffer, an error) stays queued for
     /// [`poll_flush`](Self::poll_flush), which reports any error then.
     pub(crate) fn write_ahead(&mut self, fd: RawFd) {
-        self.collect_transmits();
-        if !self.outbox.is_empty() {
-            let _ = self.outbox.flush(&fd);
+        if !self.nothing_queued() {
+            let _ = write_queued(&mut self.outbox, &mut self.streaming, &fd);
             self.recycle_spent();
         }
     }
@@ -305,20 +340,26 @@ impl<M: Endpoint, S: AsyncSocket> Conn<M, S> {
 
     /// Whether everything queued has been written.
     pub(crate) fn is_flushed(&mut self) -> bool {
-        self.collect_transmits();
-        self.outbox.is_empty()
+        self.nothing_queued()
     }
 
     /// Writes everything the state machine has queued.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.collect_transmits();
-        if self.outbox.is_empty() {
-            return Poll::Ready(Ok(()));
+        // More than one round only after a streamed message, whose
+        // followers were left with the state machine.
+        while !self.nothing_queued() {
+            let Conn {
+                socket,
+                outbox,
+                streaming,
+                ..
+            } = self;
+            let written = socket.poll_write(cx, &mut |stream: BorrowedFd<'_>| {
+                write_queued(outbox, streaming, &stream)
+            });
+            self.recycle_spent();
+            ready!(written)?;
         }
-        let Conn { socket, outbox, .. } = self;
-        let written = socket.poll_write(cx, &mut |stream: BorrowedFd<'_>| outbox.flush(&stream));
-        self.recycle_spent();
-        ready!(written)?;
         Poll::Ready(Ok(()))
     }
 
@@ -352,7 +393,15 @@ impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
             Payload::Pieces(pieces) => {
                 let len = pieces.len();
                 self.machine.send_data_external(len, fds.len())?;
-                self.send_pieces.push_back(pieces.into_pieces());
+                self.send_pieces
+                    .push_back(External::Pieces(pieces.into_pieces()));
+                len
+            }
+            // Encoded by the write (see `streamed`).
+            Payload::Streamed(message) => {
+                let len = message.len();
+                self.machine.send_data_external(len, fds.len())?;
+                self.send_pieces.push_back(External::Streamed(message));
                 len
             }
             // A received message sent on: its bytes, copied.
@@ -368,6 +417,34 @@ impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
         self.send_fds.extend(fds);
         Ok(())
     }
+}
+
+/// Writes `outbox`, then the streamed message waiting behind it, if any
+/// (what the socket does not take of it is queued in `outbox`).
+///
+/// # Errors
+/// As [`Outbox::flush`]: `WouldBlock` while anything is left.
+fn write_queued(
+    outbox: &mut Outbox,
+    streaming: &mut Option<(Transmit, Box<dyn Streamed>)>,
+    socket: &impl AsRawFd,
+) -> io::Result<()> {
+    outbox.flush(socket)?;
+    if let Some((transmit, message)) = streaming.take() {
+        let rest = streamed::write(socket, transmit.head, &*message);
+        if !rest.is_empty() {
+            // As a body: once written it goes to the payload buffers' pool.
+            let rest = Transmit {
+                head: Vec::new(),
+                body: rest,
+                fds: 0,
+                external: 0,
+            };
+            outbox.push(rest, []);
+            outbox.flush(socket)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

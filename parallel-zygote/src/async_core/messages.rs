@@ -21,6 +21,7 @@ use super::recycle::{self, HeapBuffer};
 use super::shared::{
     decode_within, Payload, SharedBudget, DEFAULT_SHARED_MEMORY_LIMIT, SHARED_MIN, SHARED_MIN_LENT,
 };
+use super::streamed::{self, Shape};
 use super::Error;
 
 /// A message's bytes and the descriptors that ride with it.
@@ -29,6 +30,19 @@ pub(crate) type RawMessage = (Payload, Vec<OwnedFd>);
 /// The most descriptors one message may carry: a frame's limit, less the
 /// one a large message's memfd takes.
 const MAX_MESSAGE_FDS: usize = parallel_proto::Limits::DEFAULT.max_fds_per_frame() as usize - 1;
+
+/// What a sizing pass over a message found (see `MessageSender::size`).
+#[derive(Debug, Clone, Copy)]
+struct Sizing {
+    /// The encoding's length.
+    len: usize,
+    /// Bytes of it in large byte strings.
+    large: usize,
+    /// Bytes of it in large heap `Bytes`, which lend their buffers.
+    lent: usize,
+    /// Descriptors it carries.
+    fds: usize,
+}
 
 /// How many messages may wait in each direction before the sender waits:
 /// the bound that keeps a slow consumer from growing memory.
@@ -113,11 +127,13 @@ impl<T: DeserializeOwned + 'static, C: Codec> MessageStream<T, C> {
                             })
                         })
                     }
-                    // Only outgoing messages are sealed or in pieces;
-                    // nothing decodes them.
-                    Payload::Sealed { .. } | Payload::Pieces(_) => decode_with_fds(fds, || {
-                        decode_within(budget, || decode_message::<T, C>(&[]))
-                    }),
+                    // Only outgoing messages are sealed, in pieces or
+                    // streamed; nothing decodes them.
+                    Payload::Sealed { .. } | Payload::Pieces(_) | Payload::Streamed(_) => {
+                        decode_with_fds(fds, || {
+                            decode_within(budget, || decode_message::<T, C>(&[]))
+                        })
+                    }
                 }
                 .map_err(Error::decode::<T>)
             })
@@ -191,7 +207,7 @@ impl<T, C: Codec> Clone for MessageSender<T, C> {
     }
 }
 
-impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
+impl<T: Serialize + Send + 'static, C: Codec> MessageSender<T, C> {
     pub(crate) fn new(sender: async_channel::Sender<RawMessage>, passes_descriptors: bool) -> Self {
         MessageSender {
             sender,
@@ -220,7 +236,9 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
     /// [`Codec::BYTE_STRINGS_ARE_SEQUENCES`]): serde hands a `Vec<u8>` over
     /// one element at a time, which made 1 MiB messages about thirty times
     /// slower than as a byte string (and a large one is lent to the socket
-    /// as a [`Bytes`] is, not copied at all).
+    /// as a [`Bytes`] is, not copied at all). A message with large byte
+    /// strings of its own (`serde_bytes`) goes to the driver whole, to be
+    /// encoded as it is written (see `streamed`).
     fn encode_owned(&self, message: T) -> Result<RawMessage, Error> {
         let mut slot = Some(message);
         if C::BYTE_STRINGS_ARE_SEQUENCES {
@@ -234,7 +252,12 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
             }
         }
         let message = slot.expect("taken only when it is a Vec<u8>");
-        self.encode(&message)
+        let sized = self.size(&message);
+        if let Some(sized) = sized.filter(|sized| self.streams(sized)) {
+            let streamed = streamed::boxed(message, sized.len, self.passes_descriptors);
+            return Ok((Payload::Streamed(streamed), Vec::new()));
+        }
+        self.encode_sized(&message, sized)
     }
 
     /// The message's bytes (in a sealed memfd when large) and descriptors
@@ -242,7 +265,17 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
     /// descriptors). `message` is a `T`, or what stands for one on the wire
     /// (see [`encode_owned`](Self::encode_owned)); errors name `T`.
     fn encode<M: Serialize>(&self, message: &M) -> Result<RawMessage, Error> {
-        let (payload, fds) = self.encode_payload(message)?;
+        self.encode_sized(message, self.size(message))
+    }
+
+    /// [`encode`](Self::encode), with what a sizing pass found (`None`: no
+    /// sizing, or the codec cannot size).
+    fn encode_sized<M: Serialize>(
+        &self,
+        message: &M,
+        sized: Option<Sizing>,
+    ) -> Result<RawMessage, Error> {
+        let (payload, fds) = self.encode_payload(message, sized)?;
         if fds.len() > MAX_MESSAGE_FDS {
             // Refused here, with words: the channel would otherwise refuse
             // the frame and end.
@@ -256,31 +289,69 @@ impl<T: Serialize + 'static, C: Codec> MessageSender<T, C> {
         Ok((payload, fds))
     }
 
-    fn encode_payload<M: Serialize>(&self, message: &M) -> Result<RawMessage, Error> {
+    /// Sizes `message` without copying its bytes, as it will be encoded (a
+    /// shared `Bytes` as its memfd's reference; the pass's descriptors are
+    /// counted and dropped): with the default codec always (it decides
+    /// whether the message is streamed), with another only when it may
+    /// go through shared memory.
+    fn size<M: Serialize>(&self, message: &M) -> Option<Sizing> {
+        let postcard = TypeId::of::<C>() == TypeId::of::<Postcard>();
+        if !postcard && self.shared_min.is_none() {
+            return None;
+        }
+        let sized = encode_with_fds(self.passes_descriptors, || {
+            Ok::<_, Error>(pieces::lendable::<C, _>(|| {
+                if postcard {
+                    streamed::shape(message)
+                } else {
+                    C::encoded_len(message).map(|len| Shape { len, large: 0 })
+                }
+            }))
+        });
+        let ((shape, lent), fds) = sized.ok()?;
+        let shape = shape?;
+        Some(Sizing {
+            len: shape.len,
+            large: shape.large,
+            lent,
+            fds: fds.len(),
+        })
+    }
+
+    /// Whether a message so sized goes to the driver to be encoded as it is
+    /// written: it has large byte strings that are not lent `Bytes` (those
+    /// are written from their own buffers already), no descriptors (they
+    /// ride with a frame's first byte), and stays below shared memory's
+    /// threshold.
+    fn streams(&self, sized: &Sizing) -> bool {
+        sized.fds == 0
+            && sized.large > sized.lent
+            && !self
+                .shared_min
+                .is_some_and(|min| sized.len >= self.shared_threshold(min, sized.len, sized.lent))
+    }
+
+    fn encode_payload<M: Serialize>(
+        &self,
+        message: &M,
+        sized: Option<Sizing>,
+    ) -> Result<RawMessage, Error> {
         let attach = self.passes_descriptors;
         // Where the bytes the encode copies go: a recycled buffer when the
         // sizing pass says the message is large and lends nothing.
         let mut buffer = Vec::new();
-        if let Some(min) = self.shared_min {
-            // A message the codec can size goes straight into shared
-            // memory. Sized as it will be encoded (a shared `Bytes` as its
-            // memfd's reference); the descriptors of that pass are dropped.
-            let sized = encode_with_fds(attach, || {
-                Ok::<_, Error>(pieces::lendable::<C, _>(|| C::encoded_len(message)))
-            });
-            if let Ok(((Some(len), lent), _)) = sized {
-                let min = self.shared_threshold(min, len, lent);
-                if len >= min {
-                    let (payload, fds) = encode_with_fds(attach, || {
-                        Ok::<_, Error>(Payload::encode_sealed::<C, M>(message, len))
-                    })?;
-                    if let Some(payload) = payload {
-                        return Ok((payload, fds));
-                    }
+        if let (Some(min), Some(Sizing { len, lent, .. })) = (self.shared_min, sized) {
+            // A message the codec can size goes straight into shared memory.
+            if len >= self.shared_threshold(min, len, lent) {
+                let (payload, fds) = encode_with_fds(attach, || {
+                    Ok::<_, Error>(Payload::encode_sealed::<C, M>(message, len))
+                })?;
+                if let Some(payload) = payload {
+                    return Ok((payload, fds));
                 }
-                if lent == 0 {
-                    buffer = recycle::take(len);
-                }
+            }
+            if lent == 0 {
+                buffer = recycle::take(len);
             }
         }
         // Large `Bytes` are lent, not copied (see `pieces`).
@@ -336,7 +407,7 @@ impl<T, C: Codec> MessageSender<T, C> {
     }
 }
 
-impl<T: Serialize + 'static, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
+impl<T: Serialize + Send + 'static, C: Codec> futures_sink::Sink<T> for MessageSender<T, C> {
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {

@@ -108,6 +108,7 @@ mod runtime;
 mod shared;
 mod shared_bytes_mut;
 mod spawn;
+mod streamed;
 mod sugar;
 mod warm;
 mod worker;

@@ -550,8 +550,8 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     pub fn process<F, In, Out, Fut>(&self, function: F) -> Result<Process<In, Out, C>, Error>
     where
         F: Fn(MessageStream<In, C>, MessageSender<Out, C>) -> Fut + crate::entry::CapturesNothing,
-        In: Serialize + DeserializeOwned + 'static,
-        Out: Serialize + DeserializeOwned + 'static,
+        In: Serialize + DeserializeOwned + Send + 'static,
+        Out: Serialize + DeserializeOwned + Send + 'static,
         Fut: Future<Output = ()> + 'static,
     {
         // Both capture checks, reported at the caller's line.

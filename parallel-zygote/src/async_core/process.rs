@@ -39,7 +39,9 @@ pub struct ProcessHandle {
     returned: oneshot::Receiver<Result<Outcome, Error>>,
 }
 
-impl<In: Serialize + 'static, Out: DeserializeOwned + 'static, C: Codec> Process<In, Out, C> {
+impl<In: Serialize + Send + 'static, Out: DeserializeOwned + 'static, C: Codec>
+    Process<In, Out, C>
+{
     pub(crate) fn new<R: super::runtime::Runtime>(link: Link<R>) -> Self {
         Process {
             sender: MessageSender::new(link.outgoing, link.shared),

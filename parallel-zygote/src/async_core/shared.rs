@@ -31,6 +31,7 @@ use parallel_proto::RemoteError;
 
 use super::codec::{Codec, CodecError};
 use super::pieces::Pieces;
+use super::streamed::Streamed;
 use crate::shm::{sealed_memfd_with, SharedBytes};
 
 /// By default, encoded messages at least this large go through a sealed
@@ -64,6 +65,9 @@ pub(crate) enum Payload {
     Pieces(Pieces),
     /// Outgoing: copied into a sealed memfd of `len` bytes, sent with the frame.
     Sealed { memfd: OwnedFd, len: u64 },
+    /// Outgoing: the message itself, encoded as the driver writes it (its
+    /// large byte strings straight from its memory; see `streamed`).
+    Streamed(Box<dyn Streamed>),
     /// Incoming: the sender's memfd, mapped read-only (shared with the
     /// `Bytes` decoded from it).
     Mapped(Arc<SharedBytes>),

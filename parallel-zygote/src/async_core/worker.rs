@@ -778,7 +778,7 @@ pub(crate) fn process_task<F, In, Out, Fut, C>(function: F, context: TaskContext
 where
     F: Fn(MessageStream<In, C>, MessageSender<Out, C>) -> Fut + Copy + 'static,
     In: DeserializeOwned + 'static,
-    Out: Serialize + 'static,
+    Out: Serialize + Send + 'static,
     Fut: Future<Output = ()> + 'static,
     C: Codec,
 {

@@ -929,8 +929,8 @@ const PER_SENDER: u64 = 24;
 /// messages come in the order it sent them; once its input ends it answers
 /// with how many came and how many were wrong. With `wait`, it sleeps that
 /// long before it reads anything (the parent's writes then fill the socket).
-async fn check_senders(
-    mut input: MessageStream<(u64, u64, Bytes)>,
+async fn check_senders<B: AsRef<[u8]> + serde::de::DeserializeOwned + 'static>(
+    mut input: MessageStream<(u64, u64, B)>,
     output: MessageSender<(u64, u64)>,
     wait: Duration,
 ) {
@@ -947,6 +947,7 @@ async fn check_senders(
         if next.len() <= sender {
             next.resize(sender + 1, 0);
         }
+        let data = data.as_ref();
         if sequence != next[sender] || data[..] != template[..data.len()] {
             wrong += 1;
         }
@@ -966,7 +967,31 @@ const BIG_SEND: usize = 6 << 20;
 pub async fn many_senders_at_once_arrive_whole_each_in_order<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
-    let process = parallel.process(|input, output| check_senders(input, output, Duration::ZERO))?;
+    many_senders_body(parallel, |bytes| Bytes::from(bytes)).await
+}
+
+/// The same with `serde_bytes` buffers (written from the messages' own
+/// memory as the driver encodes them).
+pub async fn many_senders_of_serde_bytes_at_once_arrive_whole_each_in_order<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    many_senders_body(parallel, serde_bytes_of).await
+}
+
+/// A `serde_bytes` buffer of `bytes`.
+fn serde_bytes_of(bytes: &[u8]) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(bytes.to_vec())
+}
+
+async fn many_senders_body<R: Runtime, B>(
+    parallel: Parallel<R>,
+    make: fn(&[u8]) -> B,
+) -> Result<(), Failed>
+where
+    B: AsRef<[u8]> + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let process =
+        parallel.process(|input, output| check_senders::<B>(input, output, Duration::ZERO))?;
     let sender = process.sender.with_shared_memory_min(None);
     let mut stream = process.stream;
     let template = bulk_bytes(BIG_SEND, 7);
@@ -978,9 +1003,7 @@ pub async fn many_senders_at_once_arrive_whole_each_in_order<R: Runtime>(
         async move {
             for sequence in 0..PER_SENDER {
                 let size = sizes[((id + sequence) % sizes.len() as u64) as usize];
-                sender
-                    .send((id, sequence, Bytes::from(&template[..size])))
-                    .await?;
+                sender.send((id, sequence, make(&template[..size]))).await?;
             }
             Ok::<_, Error>(())
         }
@@ -1009,8 +1032,26 @@ pub async fn many_senders_at_once_arrive_whole_each_in_order<R: Runtime>(
 pub async fn send_futures_dropped_mid_frame_lose_nothing_that_was_sent<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
+    send_futures_dropped_body(parallel, |bytes| Bytes::from(bytes)).await
+}
+
+/// The same with `serde_bytes` buffers: a message the driver encodes as it
+/// writes it, past the socket buffer, keeps its rest queued, whole.
+pub async fn serde_bytes_send_futures_dropped_mid_frame_lose_nothing_that_was_sent<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    send_futures_dropped_body(parallel, serde_bytes_of).await
+}
+
+async fn send_futures_dropped_body<R: Runtime, B>(
+    parallel: Parallel<R>,
+    make: fn(&[u8]) -> B,
+) -> Result<(), Failed>
+where
+    B: AsRef<[u8]> + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
     let process = parallel
-        .process(|input, output| check_senders(input, output, Duration::from_millis(400)))?;
+        .process(|input, output| check_senders::<B>(input, output, Duration::from_millis(400)))?;
     let sender = process.sender.with_shared_memory_min(None);
     let mut stream = process.stream;
     let template = bulk_bytes(BIG_SEND, 7);
@@ -1021,7 +1062,7 @@ pub async fn send_futures_dropped_mid_frame_lose_nothing_that_was_sent<R: Runtim
     loop {
         let size = if sequence == 0 { BIG_SEND } else { 1 << 20 };
         match sender
-            .send((0, sequence, Bytes::from(&template[..size])))
+            .send((0, sequence, make(&template[..size])))
             .now_or_never()
         {
             Some(sent) => sent?,
@@ -1035,9 +1076,7 @@ pub async fn send_futures_dropped_mid_frame_lose_nothing_that_was_sent<R: Runtim
     // The one whose send was dropped pending was not sent: its number goes
     // with the next.
     for _ in 0..3 {
-        sender
-            .send((0, sequence, Bytes::from(&template[..5000])))
-            .await?;
+        sender.send((0, sequence, make(&template[..5000]))).await?;
         sequence += 1;
     }
     drop(sender);
@@ -1094,5 +1133,239 @@ pub async fn a_worker_killed_mid_message_fails_its_sender<R: Runtime>(
         matches!(waited, Err(Error::WorkerDied { .. })),
         format!("the killed worker's handle said {waited:?}"),
     )?;
+    Ok(())
+}
+
+/// A `process` message with byte strings of its own, as users write them
+/// (`serde_bytes`): those of 16 KiB and up are written to the socket from
+/// the message's memory, encoded as the driver writes them; a descriptor
+/// or a lent `Bytes` may ride along.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    sequence: u64,
+    label: String,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    tail: serde_bytes::ByteBuf,
+    fd: Option<Fd>,
+    ours: Option<Bytes>,
+}
+
+/// Sizes of a `Record`'s `data`: either side of the streaming threshold
+/// (16 KiB), past a socket buffer, and past shared memory's threshold
+/// (4 MiB: that one goes as a memfd, as before).
+const RECORD_SIZES: [usize; 9] = [
+    0,
+    100,
+    (16 << 10) - 1,
+    16 << 10,
+    65_536,
+    (1 << 20) + 3,
+    3 << 20,
+    (5 << 20) + 1,
+    300,
+];
+const RECORD_ROUNDS: usize = 3;
+
+fn record(sequence: usize) -> Result<Record, Failed> {
+    let size = RECORD_SIZES[sequence % RECORD_SIZES.len()];
+    let fd = if sequence % 4 == 1 {
+        let mut file = tempfile()?;
+        write!(file, "file {sequence}")?;
+        file.rewind()?;
+        Some(Fd(file.into()))
+    } else {
+        None
+    };
+    Ok(Record {
+        sequence: sequence as u64,
+        label: format!("record {sequence}"),
+        data: bulk_bytes(size, sequence).to_vec(),
+        tail: serde_bytes::ByteBuf::from(
+            bulk_bytes([0, 20_000, 7][sequence % 3], !sequence).to_vec(),
+        ),
+        fd,
+        ours: (sequence % 5 == 2).then(|| bulk_bytes(100_000, sequence + 1)),
+    })
+}
+
+/// Whether `received` is what [`record`] made for its sequence number,
+/// its descriptor's file read back (the worker echoes records as they came).
+fn record_is_intact(received: Record) -> Result<(), Failed> {
+    let sequence = received.sequence as usize;
+    let expected = record(sequence)?;
+    check(
+        received.label == expected.label,
+        format!("record {sequence}: its label is {:?}", received.label),
+    )?;
+    check(
+        received.data == expected.data && received.tail == expected.tail,
+        format!(
+            "record {sequence}: its bytes changed ({} and {} bytes came)",
+            received.data.len(),
+            received.tail.len()
+        ),
+    )?;
+    check(
+        received.ours.as_deref() == expected.ours.as_deref(),
+        format!("record {sequence}: its Bytes changed"),
+    )?;
+    match (received.fd, expected.fd.is_some()) {
+        (None, false) => Ok(()),
+        (Some(fd), true) => {
+            let mut text = String::new();
+            let mut file = std::fs::File::from(fd.into_inner());
+            file.rewind()?;
+            file.read_to_string(&mut text)?;
+            check(
+                text == format!("file {sequence}"),
+                format!("record {sequence} came with the file reading {text:?}"),
+            )
+        }
+        (fd, _) => Err(format!("record {sequence}: its descriptor came as {fd:?}").into()),
+    }
+}
+
+/// The worker of the records scenario: sends every record back as it came.
+async fn echo_records(mut input: MessageStream<Record>, output: MessageSender<Record>) {
+    while let Some(record) = input.next().await {
+        let Ok(record) = record else {
+            return;
+        };
+        if output.send(record).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Messages with `serde_bytes` fields of every size, some with a descriptor
+/// or a lent `Bytes`, sent as fast as the channel takes them, both ways:
+/// each arrives whole and in order, whether it was written from its own
+/// memory, copied, or sent through shared memory.
+pub async fn messages_with_serde_bytes_arrive_intact_and_in_order_both_ways<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel.process(echo_records)?;
+    let sender = process.sender;
+    let mut stream = process.stream;
+    let total = RECORD_SIZES.len() * RECORD_ROUNDS;
+    let send_all = async {
+        for sequence in 0..total {
+            sender.send(record(sequence)?).await?;
+        }
+        drop(sender);
+        Ok::<_, Failed>(())
+    };
+    let receive_all = async {
+        let mut received = 0;
+        while let Some(answer) = stream.next().await {
+            let answer = answer?;
+            check(
+                answer.sequence == received as u64,
+                format!(
+                    "answer {received} carries sequence {}: out of order",
+                    answer.sequence
+                ),
+            )?;
+            record_is_intact(answer)?;
+            received += 1;
+        }
+        Ok::<_, Failed>(received)
+    };
+    let (sent, received) = futures_util::join!(send_all, receive_all);
+    sent?;
+    let received = received?;
+    check(
+        received == total,
+        format!("{received} of {total} records came back"),
+    )?;
+    process.handle.wait().await?;
+    Ok(())
+}
+
+/// A message of `len` bytes the first time it is serialized (the sender's
+/// sizing pass) and `len + change` every time after (the encode as it is
+/// written): what a `Serialize` with interior mutability can do.
+struct Shifty {
+    len: usize,
+    change: isize,
+    passes: std::sync::atomic::AtomicUsize,
+}
+
+impl serde::Serialize for Shifty {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let len = match self
+            .passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => self.len,
+            _ => self.len.saturating_add_signed(self.change),
+        };
+        serializer.serialize_bytes(&vec![9; len])
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Shifty {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        if bytes.iter().any(|&byte| byte != 9) {
+            return Err(serde::de::Error::custom("a byte other than 9"));
+        }
+        Ok(Shifty {
+            len: bytes.len(),
+            change: 0,
+            passes: 0.into(),
+        })
+    }
+}
+
+/// The worker of the shifting-message scenario: answers each message with
+/// its length, or the error its decode gave.
+async fn shifty_lengths(
+    mut input: MessageStream<Shifty>,
+    output: MessageSender<Result<usize, String>>,
+) {
+    while let Some(message) = input.next().await {
+        let answer = message.map(|shifty| shifty.len).map_err(|e| e.to_string());
+        if output.send(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A message whose encode when written differs from its sizing: its frame
+/// keeps the length it announced (cut, or filled with zeros), so the
+/// channel stays whole; the receiver decodes what came (a shorter encoding
+/// then zeros is the shorter value, a cut one an error) and the next
+/// messages arrive as sent.
+pub async fn a_message_that_encodes_differently_when_written_leaves_the_channel_whole<
+    R: Runtime,
+>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let process = parallel.process(shifty_lengths)?;
+    let mut stream = process.stream;
+    for change in [-10_000, 10_000, 0, 25_000, -40_000] {
+        let shifty = Shifty {
+            len: 40_000,
+            change,
+            passes: 0.into(),
+        };
+        process.sender.send(shifty).await?;
+        let answer = stream.next().await;
+        let fits = match (change, &answer) {
+            (-10_000, Some(Ok(Ok(30_000)))) | (0, Some(Ok(Ok(40_000)))) => true,
+            // Zero bytes then zeros: an empty byte string.
+            (-40_000, Some(Ok(Ok(0)))) => true,
+            (10_000 | 25_000, Some(Ok(Err(error)))) => !error.is_empty(),
+            _ => false,
+        };
+        check(
+            fits,
+            format!("a 40 000-byte message that became {change:+} bytes longer when written: the worker said {answer:?}"),
+        )?;
+    }
+    drop(process.sender);
+    process.handle.wait().await?;
     Ok(())
 }
