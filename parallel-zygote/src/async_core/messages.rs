@@ -167,7 +167,18 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// and up, in a buffer of their own) is not copied at all on this side: the
 /// socket write takes their bytes from their own buffers, which was faster
 /// than the memfd's copy up to tens of MiB, so such a message uses shared
-/// memory only from 32 MiB unless the threshold was set. For bulk data, use
+/// memory only from 32 MiB unless the threshold was set. Byte strings of
+/// 16 KiB and up that a message holds itself (`serde_bytes` fields and
+/// buffers) are not copied into a frame either: below the threshold, such a
+/// message goes to the channel's driver whole (which is why `T` is `Send`),
+/// and the driver encodes it as it writes it, each of those byte strings
+/// from the message's memory to the socket (what the socket does not take
+/// at once is copied, to be written next). Its `Serialize` then runs twice,
+/// in `send` to size it and when it is written, and must give the same
+/// bytes both times, as any `Serialize` that depends only on the value
+/// does; one that does not still leaves the channel whole (the frame keeps
+/// the length `send` found), and its receiver most likely gets a decode
+/// error for that message. For bulk data, use
 /// [`Bytes`](super::Bytes) (or `serde_bytes`) rather than a plain `Vec<u8>`
 /// inside a message, which serde encodes one element at a time; a message
 /// that is a `Vec<u8>` and nothing else goes as a byte string, as a `Bytes`
