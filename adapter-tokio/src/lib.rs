@@ -119,9 +119,10 @@
 //! `Vec<u8>` to the codec one element at a time, about thirty times
 //! slower. (A `process` message that *is* a `Vec<u8>`, nothing around it,
 //! goes as a byte string with the default codec: as fast as `Bytes`.) With
-//! the default codec, the bytes of a large `Bytes` or `serde_bytes` field (16
-//! KiB and up) in a `process` message go to the socket from their own
-//! buffer, not copied into a frame first. A `process` message whose encoding reaches 4 MiB travels through
+//! the default codec, the bytes of a large `Bytes` (16 KiB and up) in a
+//! `process` message go to the socket from their own buffer, not copied
+//! into a frame first; so do those of `serde_bytes` fields (16 KiB and up)
+//! in a message that holds 256 KiB or more of them. A `process` message whose encoding reaches 4 MiB travels through
 //! shared memory (a sealed memfd that the other side maps) instead of the
 //! socket; [`MessageSender::with_shared_memory_min`] moves or removes that
 //! threshold. For the largest payloads, fill a [`SharedBytesMut`] (a buffer

@@ -169,8 +169,9 @@ type PendingSend = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 /// than the memfd's copy up to tens of MiB, so such a message uses shared
 /// memory only from 32 MiB unless the threshold was set. Byte strings of
 /// 16 KiB and up that a message holds itself (`serde_bytes` fields and
-/// buffers) are not copied into a frame either: below the threshold, such a
-/// message goes to the channel's driver whole (which is why `T` is `Send`),
+/// buffers) are not copied into a frame either once they add up to 256 KiB:
+/// below the threshold, such a message goes to the channel's driver whole
+/// (which is why `T` is `Send`),
 /// and the driver encodes it as it writes it, each of those byte strings
 /// from the message's memory to the socket (what the socket does not take
 /// at once is copied, to be written next). Its `Serialize` then runs twice,
@@ -330,13 +331,14 @@ impl<T: Serialize + Send + 'static, C: Codec> MessageSender<T, C> {
     }
 
     /// Whether a message so sized goes to the driver to be encoded as it is
-    /// written: it has large byte strings that are not lent `Bytes` (those
-    /// are written from their own buffers already), no descriptors (they
+    /// written: it has at least [`STREAM_MIN`](streamed::STREAM_MIN) bytes
+    /// in large byte strings that are not lent `Bytes` (those are written
+    /// from their own buffers already), no descriptors (they
     /// ride with a frame's first byte), and stays below shared memory's
     /// threshold.
     fn streams(&self, sized: &Sizing) -> bool {
         sized.fds == 0
-            && sized.large > sized.lent
+            && sized.large - sized.lent >= streamed::STREAM_MIN
             && !self
                 .shared_min
                 .is_some_and(|min| sized.len >= self.shared_threshold(min, sized.len, sized.lent))

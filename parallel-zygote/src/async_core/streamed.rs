@@ -1,7 +1,8 @@
 //! A `process` message encoded while it is written: its large byte strings
 //! (`serde_bytes` fields and buffers, anything serialized with
-//! `serialize_bytes` of at least [`LEND_MIN`] bytes) go from the message's
-//! own memory to the socket, with no copy into a frame first.
+//! `serialize_bytes` of at least [`LEND_MIN`] bytes; [`STREAM_MIN`] of them
+//! in all) go from the message's own memory to the socket, with no copy
+//! into a frame first.
 //!
 //! serde lends a `serialize_bytes` slice only for the duration of the call,
 //! so its bytes cannot be kept for a later gathered write (as a [`Bytes`]'s
@@ -29,6 +30,15 @@ use serde::Serialize;
 
 use super::fd::encode_with_fds;
 use super::pieces::LEND_MIN;
+
+/// Bytes in large byte strings (not lent `Bytes`) from which a message is
+/// streamed. Below it, the copy into a frame costs less than what streaming
+/// gives up: the messages queued together then go out in one gathered
+/// write, where each streamed message is a write (or more) of its own
+/// (64 KiB `serde_bytes` messages went 0.7-0.95 × as fast streamed on
+/// tokio's current-thread runtime and on glommio, 256 KiB ones 0.95-1.3 ×,
+/// 1 MiB ones 1.2-1.7 ×: BENCHMARKS.md, session 18).
+pub(crate) const STREAM_MIN: usize = 256 * 1024;
 
 /// What a sizing pass over a message found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

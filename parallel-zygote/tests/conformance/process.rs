@@ -1151,15 +1151,18 @@ struct Record {
     ours: Option<Bytes>,
 }
 
-/// Sizes of a `Record`'s `data`: either side of the streaming threshold
-/// (16 KiB), past a socket buffer, and past shared memory's threshold
-/// (4 MiB: that one goes as a memfd, as before).
-const RECORD_SIZES: [usize; 9] = [
+/// Sizes of a `Record`'s `data`: either side of a large byte string (16
+/// KiB) and of a streamed message (256 KiB of them; the `tail` may add up
+/// to 20 000), past a socket buffer, and past shared memory's threshold (4
+/// MiB: that one goes as a memfd).
+const RECORD_SIZES: [usize; 11] = [
     0,
     100,
     (16 << 10) - 1,
     16 << 10,
     65_536,
+    (256 << 10) - 30_000,
+    256 << 10,
     (1 << 20) + 3,
     3 << 20,
     (5 << 20) + 1,
@@ -1345,24 +1348,28 @@ pub async fn a_message_that_encodes_differently_when_written_leaves_the_channel_
 ) -> Result<(), Failed> {
     let process = parallel.process(shifty_lengths)?;
     let mut stream = process.stream;
-    for change in [-10_000, 10_000, 0, 25_000, -40_000] {
+    for change in [-100_000, 100_000, 0, 250_000, -400_000] {
         let shifty = Shifty {
-            len: 40_000,
+            len: 400_000,
             change,
             passes: 0.into(),
         };
         process.sender.send(shifty).await?;
-        let answer = stream.next().await;
+        // A frame that lost its length would leave the worker waiting for
+        // bytes that never come: bounded, not a hang.
+        let answer = within::<R, _>(Duration::from_secs(30), stream.next())
+            .await
+            .ok_or("no answer in 30 s: the channel lost its framing")?;
         let fits = match (change, &answer) {
-            (-10_000, Some(Ok(Ok(30_000)))) | (0, Some(Ok(Ok(40_000)))) => true,
+            (-100_000, Some(Ok(Ok(300_000)))) | (0, Some(Ok(Ok(400_000)))) => true,
             // Zero bytes then zeros: an empty byte string.
-            (-40_000, Some(Ok(Ok(0)))) => true,
-            (10_000 | 25_000, Some(Ok(Err(error)))) => !error.is_empty(),
+            (-400_000, Some(Ok(Ok(0)))) => true,
+            (100_000 | 250_000, Some(Ok(Err(error)))) => !error.is_empty(),
             _ => false,
         };
         check(
             fits,
-            format!("a 40 000-byte message that became {change:+} bytes longer when written: the worker said {answer:?}"),
+            format!("a 400 000-byte message that became {change:+} bytes longer when written: the worker said {answer:?}"),
         )?;
     }
     drop(process.sender);
