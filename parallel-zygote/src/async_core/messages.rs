@@ -331,14 +331,16 @@ impl<T: Serialize + Send + 'static, C: Codec> MessageSender<T, C> {
     }
 
     /// Whether a message so sized goes to the driver to be encoded as it is
-    /// written: it has at least [`STREAM_MIN`](streamed::STREAM_MIN) bytes
-    /// in large byte strings that are not lent `Bytes` (those are written
-    /// from their own buffers already), no descriptors (they
-    /// ride with a frame's first byte), and stays below shared memory's
-    /// threshold.
+    /// written: the codec is the default one (the driver encodes with
+    /// postcard), the message has at least
+    /// [`STREAM_MIN`](streamed::STREAM_MIN) bytes in large byte strings
+    /// that are not lent `Bytes` (those are written from their own buffers
+    /// already), no descriptors (they ride with a frame's first byte), and
+    /// it stays below shared memory's threshold.
     fn streams(&self, sized: &Sizing) -> bool {
-        sized.fds == 0
-            && sized.large - sized.lent >= streamed::STREAM_MIN
+        TypeId::of::<C>() == TypeId::of::<Postcard>()
+            && sized.fds == 0
+            && sized.large.saturating_sub(sized.lent) >= streamed::STREAM_MIN
             && !self
                 .shared_min
                 .is_some_and(|min| sized.len >= self.shared_threshold(min, sized.len, sized.lent))
@@ -474,5 +476,44 @@ impl<T, C: Codec> std::fmt::Debug for MessageSender<T, C> {
 impl<T, C: Codec> std::fmt::Debug for MessageStream<T, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageStream").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Record {
+        tag: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    }
+
+    /// How a sender of `C` on a descriptor-passing channel would send a
+    /// `Record` of `len` bytes.
+    fn payload_of<C: Codec>(len: usize) -> Payload {
+        let (sender, _receiver) = async_channel::bounded(1);
+        let sender = MessageSender::<Record, C>::new(sender, true);
+        let record = Record {
+            tag: 1,
+            data: vec![7; len],
+        };
+        sender.encode_owned(record).expect("encodes").0
+    }
+
+    #[test]
+    fn only_default_codec_messages_with_enough_byte_strings_are_streamed() {
+        let streamed = |payload: &Payload| matches!(payload, Payload::Streamed(_));
+        assert!(streamed(&payload_of::<Postcard>(streamed::STREAM_MIN)));
+        assert!(streamed(&payload_of::<Postcard>(1 << 20)));
+        assert!(!streamed(&payload_of::<Postcard>(streamed::STREAM_MIN - 1)));
+        // From 4 MiB: shared memory, as before.
+        assert!(!streamed(&payload_of::<Postcard>(5 << 20)));
+        // The driver encodes with postcard: another codec copies.
+        #[cfg(feature = "msgpack")]
+        assert!(!streamed(&payload_of::<super::super::codecs::MessagePack>(
+            1 << 20
+        )));
     }
 }
