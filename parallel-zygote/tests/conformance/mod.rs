@@ -278,7 +278,6 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         process::fd_passed_to_a_worker_is_usable_there,
         process::fd_passed_back_from_a_worker_is_usable_here,
         process::process_sender_is_a_sink,
-        process::large_messages_arrive_intact_both_ways_and_leak_nothing,
         process::socket_messages_with_large_bytes_arrive_intact_and_in_order,
         process::received_buffers_are_reused_once_dropped_never_while_held,
         process::descriptors_between_large_messages_reach_their_own_message,

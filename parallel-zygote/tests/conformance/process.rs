@@ -3,6 +3,7 @@
 //! messages through shared memory both ways, and large `Bytes` through the
 //! socket (sharing the received buffer) in order.
 
+use std::future::Future;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use libtest_mimic::Failed;
 use parallel_zygote::async_core::{
-    Bytes, Error, Fd, MessageSender, MessageStream, Parallel, Runtime,
+    Bytes, Error, Fd, MessageSender, MessageStream, Parallel, ProcessHandle, Runtime,
 };
 
 use super::{check, known_pid, mappings_named, open_fds, tempfile, within};
@@ -252,6 +253,29 @@ fn checksum(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Sends and reads at once (a worker that answers each message must be
+/// read while it is written to), then checks that all `total` answers came
+/// and that the worker ended well.
+async fn send_and_read_all<E>(
+    send_all: impl Future<Output = Result<(), E>>,
+    receive_all: impl Future<Output = Result<usize, Failed>>,
+    total: usize,
+    handle: ProcessHandle,
+) -> Result<(), Failed>
+where
+    Failed: From<E>,
+{
+    let (sent, received) = futures_util::join!(send_all, receive_all);
+    sent?;
+    let received = received?;
+    check(
+        received == total,
+        format!("{received} of {total} messages answered"),
+    )?;
+    handle.wait().await?;
+    Ok(())
+}
+
 fn bulk_bytes(size: usize, seed: usize) -> Bytes {
     (0..size)
         .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
@@ -474,15 +498,7 @@ pub async fn socket_messages_with_large_bytes_arrive_intact_and_in_order<R: Runt
         }
         Ok::<_, Failed>(received)
     };
-    let (sent, received) = futures_util::join!(send_all, receive_all);
-    sent?;
-    let received = received?;
-    check(
-        received == total,
-        format!("{received} of {total} messages came back"),
-    )?;
-    process.handle.wait().await?;
-    Ok(())
+    send_and_read_all(send_all, receive_all, total, process.handle).await
 }
 
 /// The worker of the descriptors-between-large-frames scenario: answers
@@ -543,17 +559,9 @@ pub async fn descriptors_between_large_messages_reach_their_own_message<R: Runti
             check(intact, format!("message {sequence}: its bytes changed"))?;
             received += 1;
         }
-        Ok::<_, Failed>(received)
+        Ok::<_, Failed>(received as usize)
     };
-    let (sent, received) = futures_util::join!(send_all, receive_all);
-    sent?;
-    let received = received?;
-    check(
-        received == total as u64,
-        format!("{received} of {total} messages answered"),
-    )?;
-    process.handle.wait().await?;
-    Ok(())
+    send_and_read_all(send_all, receive_all, total, process.handle).await
 }
 
 /// Messages in each burst of the queued-together scenario: a queue's worth
@@ -1229,8 +1237,13 @@ fn record_is_intact(received: Record) -> Result<(), Failed> {
     }
 }
 
-/// The worker of the records scenario: sends every record back as it came.
+/// The worker of the records scenario: sends every record back as it came,
+/// through the socket whatever its size (a record the parent received in
+/// shared memory would map a memfd in the parent, which
+/// `large_messages_arrive_intact_both_ways_and_leak_nothing`, running
+/// beside this in the same process, counts).
 async fn echo_records(mut input: MessageStream<Record>, output: MessageSender<Record>) {
+    let output = output.with_shared_memory_min(None);
     while let Some(record) = input.next().await {
         let Ok(record) = record else {
             return;
@@ -1244,7 +1257,7 @@ async fn echo_records(mut input: MessageStream<Record>, output: MessageSender<Re
 /// Messages with `serde_bytes` fields of every size, some with a descriptor
 /// or a lent `Bytes`, sent as fast as the channel takes them, both ways:
 /// each arrives whole and in order, whether it was written from its own
-/// memory, copied, or sent through shared memory.
+/// memory, copied, or (towards the worker) sent through shared memory.
 pub async fn messages_with_serde_bytes_arrive_intact_and_in_order_both_ways<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
@@ -1275,15 +1288,7 @@ pub async fn messages_with_serde_bytes_arrive_intact_and_in_order_both_ways<R: R
         }
         Ok::<_, Failed>(received)
     };
-    let (sent, received) = futures_util::join!(send_all, receive_all);
-    sent?;
-    let received = received?;
-    check(
-        received == total,
-        format!("{received} of {total} records came back"),
-    )?;
-    process.handle.wait().await?;
-    Ok(())
+    send_and_read_all(send_all, receive_all, total, process.handle).await
 }
 
 /// A message of `len` bytes the first time it is serialized (the sender's

@@ -16,6 +16,10 @@ pub const TRAVEL: &str = "shared_buffers_travel_as_memfds_both_ways_are_sent_on_
 /// The trial that sends one shared buffer too many in a message.
 pub const TOO_MANY: &str =
     "a_message_with_too_many_shared_buffers_is_refused_and_the_channel_goes_on";
+/// `process`' trial of large messages both ways, which counts the parent's
+/// mappings of message memfds: any trial beside it that receives a message
+/// through shared memory maps one for a moment.
+pub const LARGE: &str = "large_messages_arrive_intact_both_ways_and_leak_nothing";
 /// How a [`HELPER_ENV`](super::HELPER_ENV) value naming one of these
 /// trials starts.
 pub const HELPER_PREFIX: &str = "zero-copy:";
@@ -24,7 +28,7 @@ pub const HELPER_PREFIX: &str = "zero-copy:";
 /// trials, running beside them in the same process, open and close theirs
 /// at any moment, so each runs alone in a helper process.
 pub fn alone_trials<H: Harness>() -> Vec<libtest_mimic::Trial> {
-    [TRAVEL, TOO_MANY]
+    [TRAVEL, TOO_MANY, LARGE]
         .into_iter()
         .map(|name| {
             skippable::<H>(name, move || {
@@ -41,6 +45,9 @@ pub fn helper<H: Harness>(name: &str) {
         let test: TestFuture = match name {
             TRAVEL => Box::pin(travel_both_ways_and_leak_nothing(parallel)),
             TOO_MANY => Box::pin(too_many_refused_and_the_channel_goes_on(parallel)),
+            LARGE => Box::pin(
+                super::process::large_messages_arrive_intact_both_ways_and_leak_nothing(parallel),
+            ),
             other => return Err(format!("no zero-copy trial called {other}").into()),
         };
         H::block_on(test)
