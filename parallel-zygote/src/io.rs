@@ -214,19 +214,7 @@ impl Outbox {
             let slices = &slices[..used];
             let rights = [ControlMessage::ScmRights(&raw)];
             let cmsgs: &[ControlMessage] = if attach > 0 { &rights } else { &[] };
-            let mut sent = loop {
-                match sendmsg::<()>(
-                    socket.as_raw_fd(),
-                    slices,
-                    cmsgs,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                ) {
-                    Ok(sent) => break sent,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(errno) => return Err(errno.into()),
-                }
-            };
+            let mut sent = send_gathered(socket, slices, cmsgs)?;
             // The kernel took the descriptors with the first byte: close ours.
             if sent > 0 {
                 self.fds.drain(..attach);
@@ -262,11 +250,21 @@ impl Outbox {
 /// full; any other `sendmsg` error as it is (`EINTR` is retried, and
 /// `MSG_NOSIGNAL` means no `SIGPIPE`).
 pub fn write_gathered(socket: &impl AsRawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    send_gathered(socket, slices, &[])
+}
+
+/// One `sendmsg` of `slices` with `cmsgs`, retried on `EINTR`, without
+/// `SIGPIPE`.
+fn send_gathered(
+    socket: &impl AsRawFd,
+    slices: &[IoSlice<'_>],
+    cmsgs: &[ControlMessage<'_>],
+) -> io::Result<usize> {
     loop {
         match sendmsg::<()>(
             socket.as_raw_fd(),
             slices,
-            &[],
+            cmsgs,
             MsgFlags::MSG_NOSIGNAL,
             None,
         ) {

@@ -986,18 +986,27 @@ pub async fn many_senders_of_serde_bytes_at_once_arrive_whole_each_in_order<R: R
     many_senders_body(parallel, serde_bytes_of).await
 }
 
+/// A byte buffer the senders' scenarios send: `Bytes` or a `serde_bytes`
+/// buffer (each travels its own way; both decode from the same wire).
+trait ByteBuffer:
+    AsRef<[u8]> + serde::Serialize + serde::de::DeserializeOwned + Send + 'static
+{
+}
+
+impl<B> ByteBuffer for B where
+    B: AsRef<[u8]> + serde::Serialize + serde::de::DeserializeOwned + Send + 'static
+{
+}
+
 /// A `serde_bytes` buffer of `bytes`.
 fn serde_bytes_of(bytes: &[u8]) -> serde_bytes::ByteBuf {
     serde_bytes::ByteBuf::from(bytes.to_vec())
 }
 
-async fn many_senders_body<R: Runtime, B>(
+async fn many_senders_body<R: Runtime, B: ByteBuffer>(
     parallel: Parallel<R>,
     make: fn(&[u8]) -> B,
-) -> Result<(), Failed>
-where
-    B: AsRef<[u8]> + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
+) -> Result<(), Failed> {
     let process =
         parallel.process(|input, output| check_senders::<B>(input, output, Duration::ZERO))?;
     let sender = process.sender.with_shared_memory_min(None);
@@ -1051,13 +1060,10 @@ pub async fn serde_bytes_send_futures_dropped_mid_frame_lose_nothing_that_was_se
     send_futures_dropped_body(parallel, serde_bytes_of).await
 }
 
-async fn send_futures_dropped_body<R: Runtime, B>(
+async fn send_futures_dropped_body<R: Runtime, B: ByteBuffer>(
     parallel: Parallel<R>,
     make: fn(&[u8]) -> B,
-) -> Result<(), Failed>
-where
-    B: AsRef<[u8]> + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
+) -> Result<(), Failed> {
     let process = parallel
         .process(|input, output| check_senders::<B>(input, output, Duration::from_millis(400)))?;
     let sender = process.sender.with_shared_memory_min(None);
