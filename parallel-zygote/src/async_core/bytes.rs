@@ -12,6 +12,7 @@ use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fd::{attach_memfd, take_incoming};
+use super::huge_bytes;
 use super::pieces;
 use super::recycle::HeapBuffer;
 use super::shared::{self, Charge};
@@ -414,7 +415,10 @@ impl Serialize for Bytes {
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        deserializer.deserialize_byte_buf(BytesVisitor)
+        // The visitor shares the message's memory where it can: a decoder
+        // that copies large byte strings into memory of their own leaves
+        // these alone.
+        huge_bytes::leaving_to_visitor(|| deserializer.deserialize_byte_buf(BytesVisitor))
     }
 }
 

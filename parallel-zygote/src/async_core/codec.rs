@@ -6,6 +6,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::huge_bytes::{HugeBytes, HUGE_BYTES_MIN};
+
 /// What a codec says when a value does not encode or decode: any error
 /// type (it becomes the `source` of [`Error::Codec`](super::Error::Codec)).
 pub type CodecError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,8 +113,15 @@ impl Codec for Postcard {
         Ok(postcard::to_stdvec(value)?)
     }
 
+    /// A message of 4 MiB and up decodes its large owned byte strings
+    /// (serde_bytes) into memory backed by huge pages where the system
+    /// gives them: the same values, built with far fewer page faults.
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-        Ok(postcard::from_bytes(bytes)?)
+        if bytes.len() < HUGE_BYTES_MIN {
+            return Ok(postcard::from_bytes(bytes)?);
+        }
+        let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+        Ok(T::deserialize(HugeBytes::new(&mut deserializer))?)
     }
 
     fn encoded_len<T: Serialize>(value: &T) -> Option<usize> {

@@ -94,6 +94,7 @@ mod driver;
 mod error;
 mod fd;
 mod forward;
+mod huge_bytes;
 mod kill;
 mod messages;
 mod output;
