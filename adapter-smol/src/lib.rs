@@ -135,6 +135,9 @@
 //! threshold. For the largest payloads, fill a [`SharedBytesMut`] (a buffer
 //! in shared memory) and freeze it into a `Bytes`: only its sealed memfd
 //! travels with the message, and no byte is copied on either side.
+//! Received, a `serde_bytes` field (or a `Vec<u8>` message) of 4 MiB and
+//! up is decoded into memory the kernel is asked to back with transparent
+//! huge pages: a fresh buffer of that size fills several times faster.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(clippy::missing_errors_doc)]

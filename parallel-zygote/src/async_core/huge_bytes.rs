@@ -18,7 +18,8 @@
 //! ([`copy_to_huge_pages`]) and given to the visitor as that owned
 //! buffer. Everything else is passed through untouched. The crate's own
 //! [`Bytes`](super::Bytes) is left alone (see [`leaving_to_visitor`]):
-//! it shares the message's memory instead of copying.
+//! it shares the message's memory instead of copying, and copies through
+//! [`owned_copy`] when taken out of it.
 //!
 //! Used by [`Postcard`](super::Postcard) for messages of at least
 //! [`HUGE_BYTES_MIN`]; smaller ones cannot hold such a byte string, and
@@ -57,6 +58,18 @@ pub(crate) fn leaving_to_visitor<R>(deserialize: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(LEAVE_TO_VISITOR.with(|flag| flag.replace(true)));
     deserialize()
+}
+
+/// `bytes` copied into a `Vec` of their own: into huge-page memory from
+/// [`HUGE_BYTES_MIN`] on, as `to_vec` below. For every copy out of a
+/// received message, decoded or taken from a shared
+/// [`Bytes`](super::Bytes).
+pub(crate) fn owned_copy(bytes: &[u8]) -> Vec<u8> {
+    if bytes.len() >= HUGE_BYTES_MIN {
+        copy_to_huge_pages(bytes)
+    } else {
+        bytes.to_vec()
+    }
 }
 
 /// A deserializer, visitor, access or seed of the wrapped format that
@@ -193,14 +206,14 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for HugeBytes<V> {
 
     fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<V::Value, E> {
         if self.owned_bytes && bytes.len() >= HUGE_BYTES_MIN {
-            return self.inner.visit_byte_buf(copy_to_huge_pages(bytes));
+            return self.inner.visit_byte_buf(owned_copy(bytes));
         }
         self.inner.visit_bytes(bytes)
     }
 
     fn visit_borrowed_bytes<E: serde::de::Error>(self, bytes: &'de [u8]) -> Result<V::Value, E> {
         if self.owned_bytes && bytes.len() >= HUGE_BYTES_MIN {
-            return self.inner.visit_byte_buf(copy_to_huge_pages(bytes));
+            return self.inner.visit_byte_buf(owned_copy(bytes));
         }
         self.inner.visit_borrowed_bytes(bytes)
     }
@@ -478,6 +491,10 @@ mod tests {
         assert_eq!((owned.as_slice(), &bytes), (&message.0[..], &message.1));
         assert!(bytes.is_shared(), "the Bytes points into the mapping");
         assert_ne!(advised(&owned), Some(false));
+        // Taken out of the mapping, it is copied into huge pages too.
+        let taken = bytes.into_vec();
+        assert_eq!(taken, message.1.as_slice());
+        assert_ne!(advised(&taken), Some(false));
         assert!(!LEAVE_TO_VISITOR.with(Cell::get), "the flag is put back");
     }
 }
