@@ -209,7 +209,7 @@ pub(crate) fn owned_payload(payload: Cow<'_, [u8]>, alloc: Option<PayloadAlloc>)
         Cow::Borrowed(bytes) => {
             let mut owned = alloc.map_or_else(Vec::new, |alloc| alloc(bytes.len()));
             owned.clear();
-            owned.extend_from_slice(bytes);
+            crate::copy::extend_from_slice(&mut owned, bytes);
             owned
         }
     }
@@ -325,7 +325,7 @@ impl FrameDecoder {
                         let target = (payload.len() + take).saturating_mul(4).min(len);
                         payload.reserve_exact(target - payload.len());
                     }
-                    payload.extend_from_slice(&input[..take]);
+                    crate::copy::extend_from_slice(payload, &input[..take]);
                     *input = &input[take..];
                     if payload.len() < header.len as usize {
                         return Ok(None);
@@ -456,7 +456,7 @@ impl PayloadBuffer<'_> {
     /// [`remaining`](Self::remaining); returns how many it took.
     pub fn extend_from_slice(&mut self, bytes: &[u8]) -> usize {
         let take = bytes.len().min(self.remaining());
-        self.payload.extend_from_slice(&bytes[..take]);
+        crate::copy::extend_from_slice(self.payload, &bytes[..take]);
         take
     }
 }

@@ -130,6 +130,7 @@
 
 pub mod channel;
 mod codec;
+pub mod copy;
 mod endpoint;
 pub mod entry;
 mod error;

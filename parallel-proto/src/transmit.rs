@@ -87,7 +87,7 @@ impl TransmitQueue {
         if coalesce {
             let last = self.queue.back_mut().expect("checked above");
             last.head.extend_from_slice(&header.to_bytes());
-            last.head.extend_from_slice(&payload);
+            crate::copy::extend_from_slice(&mut last.head, &payload);
             return Ok(());
         }
         let mut head = std::mem::take(&mut self.spare);
@@ -99,7 +99,7 @@ impl TransmitQueue {
             external: 0,
         };
         if payload.len() < MOVE_THRESHOLD {
-            transmit.head.extend_from_slice(&payload);
+            crate::copy::extend_from_slice(&mut transmit.head, &payload);
         } else {
             transmit.body = payload;
         }

@@ -466,7 +466,7 @@ const HUGE_PAGE: usize = 2 << 20;
 pub fn copy_to_huge_pages(bytes: &[u8]) -> Vec<u8> {
     let mut copy = Vec::with_capacity(bytes.len());
     advise_huge_pages(&mut copy.spare_capacity_mut()[..bytes.len()]);
-    copy.extend_from_slice(bytes);
+    parallel_proto::copy::extend_from_slice(&mut copy, bytes);
     copy
 }
 

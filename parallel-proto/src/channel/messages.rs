@@ -74,9 +74,9 @@ impl std::fmt::Display for PanicReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// It returned a value.
-    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    Ok(#[serde(with = "crate::copy::bytes")] Vec<u8>),
     /// It returned the user's error value.
-    Err(#[serde(with = "serde_bytes")] Vec<u8>),
+    Err(#[serde(with = "crate::copy::bytes")] Vec<u8>),
     /// It panicked.
     Panic(PanicReport),
 }
@@ -159,7 +159,7 @@ struct WorkerHelloBody {
 #[derive(Serialize, Deserialize)]
 struct StartBody {
     task: WireEntry,
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::copy::bytes")]
     args: Vec<u8>,
 }
 #[derive(Serialize, Deserialize)]
@@ -169,7 +169,7 @@ struct SharedBody {
 #[derive(Serialize, Deserialize)]
 struct CallBody {
     call: CallId,
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::copy::bytes")]
     args: Vec<u8>,
 }
 #[derive(Serialize, Deserialize)]
@@ -231,7 +231,7 @@ impl ToWorker {
         match self {
             ToWorker::Hello { version } => encode_body_into(&HelloBody { version }, out),
             ToWorker::Start { task, args } => encode_body_into(&StartBody { task, args }, out),
-            ToWorker::Data(bytes) => out.extend_from_slice(&bytes),
+            ToWorker::Data(bytes) => crate::copy::extend_from_slice(out, &bytes),
             ToWorker::SharedData { len } => encode_body_into(&SharedBody { len }, out),
             ToWorker::End => {}
             ToWorker::Call { call, args } => encode_body_into(&CallBody { call, args }, out),
@@ -357,7 +357,7 @@ impl FromWorker {
             FromWorker::Hello { version, pid } => {
                 encode_body_into(&WorkerHelloBody { version, pid }, out)
             }
-            FromWorker::Data(bytes) => out.extend_from_slice(&bytes),
+            FromWorker::Data(bytes) => crate::copy::extend_from_slice(out, &bytes),
             FromWorker::SharedData { len } => encode_body_into(&SharedBody { len }, out),
             FromWorker::End => {}
             FromWorker::Reply { call, outcome } => {

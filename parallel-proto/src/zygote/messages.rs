@@ -374,7 +374,7 @@ pub struct SnapshotRequest {
     /// The init function.
     pub init: WireEntry,
     /// Its serialized arguments.
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::copy::bytes")]
     pub args: Vec<u8>,
     /// Name, limits, environment, identity and placement of the snapshot process (its workers inherit them).
     pub options: SpawnOptions,

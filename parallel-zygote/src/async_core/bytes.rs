@@ -12,7 +12,7 @@ use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fd::{attach_memfd, take_incoming};
-use super::huge_bytes::{self, owned_copy};
+use super::owned_bytes::{self, owned_copy};
 use super::pieces;
 use super::recycle::HeapBuffer;
 use super::shared::{self, Charge};
@@ -370,7 +370,7 @@ impl From<Vec<u8>> for Bytes {
 
 impl From<&[u8]> for Bytes {
     fn from(bytes: &[u8]) -> Self {
-        Bytes::from(bytes.to_vec())
+        Bytes::from(owned_copy(bytes))
     }
 }
 
@@ -419,7 +419,7 @@ impl<'de> Deserialize<'de> for Bytes {
         // The visitor shares the message's memory where it can: a decoder
         // that copies large byte strings into memory of their own leaves
         // these alone.
-        huge_bytes::leaving_to_visitor(|| deserializer.deserialize_byte_buf(BytesVisitor))
+        owned_bytes::leaving_to_visitor(|| deserializer.deserialize_byte_buf(BytesVisitor))
     }
 }
 
@@ -455,7 +455,7 @@ mod wire {
         let mut block = Vec::with_capacity(MARK.len() + 1 + bytes.len());
         block.extend_from_slice(&MARK);
         block.push(ESCAPED);
-        block.extend_from_slice(bytes);
+        parallel_proto::copy::extend_from_slice(&mut block, bytes);
         block
     }
 

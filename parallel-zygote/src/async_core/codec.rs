@@ -6,7 +6,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::huge_bytes::{HugeBytes, HUGE_BYTES_MIN};
+use super::owned_bytes::{OwnedBytes, OWNED_COPY_MIN};
 
 /// What a codec says when a value does not encode or decode: any error
 /// type (it becomes the `source` of [`Error::Codec`](super::Error::Codec)).
@@ -113,15 +113,16 @@ impl Codec for Postcard {
         Ok(postcard::to_stdvec(value)?)
     }
 
-    /// A message of 4 MiB and up decodes its large owned byte strings
-    /// (serde_bytes) into memory backed by huge pages where the system
-    /// gives them: the same values, built with far fewer page faults.
+    /// A message of 2 KiB and up decodes its owned byte strings
+    /// (serde_bytes) with a copy that keeps to memory speed whatever their
+    /// alignment, into memory backed by huge pages from 4 MiB: the same
+    /// values, built faster (see BENCHMARKS.md, session 19).
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-        if bytes.len() < HUGE_BYTES_MIN {
+        if bytes.len() < OWNED_COPY_MIN {
             return Ok(postcard::from_bytes(bytes)?);
         }
         let mut deserializer = postcard::Deserializer::from_bytes(bytes);
-        Ok(T::deserialize(HugeBytes::new(&mut deserializer))?)
+        Ok(T::deserialize(OwnedBytes::new(&mut deserializer))?)
     }
 
     fn encoded_len<T: Serialize>(value: &T) -> Option<usize> {

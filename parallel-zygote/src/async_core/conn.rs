@@ -406,7 +406,7 @@ impl<M: Endpoint + SendData, S: AsyncSocket> Conn<M, S> {
             }
             // A received message sent on: its bytes, copied.
             Payload::Mapped(mapping) => {
-                let bytes = mapping.as_slice().to_vec();
+                let bytes = parallel_proto::copy::to_vec(mapping.as_slice());
                 let len = bytes.len();
                 self.machine.send_data(bytes, fds.len())?;
                 len

@@ -193,7 +193,7 @@ impl io::Write for Pieces {
                 self.close_copied();
                 self.parts.push(Part::Lent(lent));
             }
-            None => self.copied.extend_from_slice(bytes),
+            None => parallel_proto::copy::extend_from_slice(&mut self.copied, bytes),
         }
         self.len += bytes.len();
         Ok(bytes.len())

@@ -200,7 +200,7 @@ impl<S: AsRawFd> Writer<'_, S> {
                 // meet again on the driver's next write.
                 _ => {
                     self.pending.drain(..pending_sent);
-                    self.pending.extend_from_slice(&run[run_sent..]);
+                    parallel_proto::copy::extend_from_slice(&mut self.pending, &run[run_sent..]);
                     self.stopped = true;
                     return;
                 }
@@ -227,7 +227,7 @@ impl<S: AsRawFd> io::Write for Writer<'_, S> {
         self.remaining -= run.len();
         self.overflowed |= run.len() < bytes.len();
         if self.stopped || run.len() < LEND_MIN {
-            self.pending.extend_from_slice(run);
+            parallel_proto::copy::extend_from_slice(&mut self.pending, run);
         } else {
             self.send(run);
         }
@@ -251,7 +251,7 @@ impl io::Write for Collector {
         let run = &bytes[..bytes.len().min(self.remaining)];
         self.remaining -= run.len();
         self.overflowed |= run.len() < bytes.len();
-        self.bytes.extend_from_slice(run);
+        parallel_proto::copy::extend_from_slice(&mut self.bytes, run);
         Ok(bytes.len())
     }
 

@@ -1,28 +1,34 @@
-//! Large byte strings decoded into memory backed by huge pages.
+//! Owned byte strings decoded with a copy that runs at memory speed.
 //!
 //! A type that owns its bytes (`Vec<u8>` or `ByteBuf` with serde_bytes) is
-//! built by copying them out of the received message into a new
-//! allocation. At 64 MiB that allocation is fresh memory from the kernel,
-//! and with 4 KiB pages its faults and zeroing cost four times the copy
-//! itself (16 384 faults: 44 ms against 11 ms for the same copy into
-//! memory advised for transparent huge pages, measured on the benchmark
-//! machine). The copy cannot be avoided, since the user owns the result;
-//! the faults can.
+//! built by copying them out of the received message. Left to serde_bytes,
+//! that copy is `to_vec`, which on the benchmark machine costs far more
+//! than it should in two cases:
 //!
-//! [`HugeBytes`] wraps a serde `Deserializer` and everything it hands to a
+//! - From 2 KiB, glibc before 2.40 copies with `rep movsb`, which on AMD
+//!   Zen runs 15-20 times slower when the destination lies 1 to 31 bytes
+//!   ahead of the source modulo 64 (see [`parallel_proto::copy`]). A byte
+//!   string's place in a message is arbitrary, so half of all alignments
+//!   hit it: a 64 KiB field took 22-35 µs to copy instead of 1.3-2.2 µs.
+//! - At 64 MiB the new allocation is fresh memory from the kernel, and with
+//!   4 KiB pages its faults and zeroing cost four times the copy itself
+//!   (16 384 faults: 44 ms against 11 ms for the same copy into memory
+//!   advised for transparent huge pages).
+//!
+//! [`OwnedBytes`] wraps a serde `Deserializer` and everything it hands to a
 //! visitor (sequences, maps, enums, options, newtypes), and changes one
 //! thing: when a type asks for an owned byte buffer
 //! (`deserialize_byte_buf`, which serde_bytes' `Vec<u8>` and `ByteBuf`
-//! do) and the format hands out a slice of at least
-//! [`HUGE_BYTES_MIN`], the slice is copied into huge-page memory
-//! ([`copy_to_huge_pages`]) and given to the visitor as that owned
-//! buffer. Everything else is passed through untouched. The crate's own
+//! do) and the format hands out a slice of at least [`OWNED_COPY_MIN`], the
+//! slice is copied by [`owned_copy`] (aligned, and into huge pages from
+//! [`HUGE_PAGES_MIN`]) and given to the visitor as that owned buffer.
+//! Everything else is passed through untouched. The crate's own
 //! [`Bytes`](super::Bytes) is left alone (see [`leaving_to_visitor`]):
 //! it shares the message's memory instead of copying, and copies through
 //! [`owned_copy`] when taken out of it.
 //!
 //! Used by [`Postcard`](super::Postcard) for messages of at least
-//! [`HUGE_BYTES_MIN`]; smaller ones cannot hold such a byte string, and
+//! [`OWNED_COPY_MIN`]; smaller ones cannot hold such a byte string, and
 //! decode as before.
 
 use std::cell::Cell;
@@ -34,9 +40,13 @@ use serde::de::{
 
 use crate::io::copy_to_huge_pages;
 
+/// Byte strings copied by [`owned_copy`] from this length on: shorter ones
+/// glibc copies well (vector moves), and are left to their visitor.
+pub(crate) const OWNED_COPY_MIN: usize = 2 << 10;
+
 /// Byte strings copied into huge pages from this length on: below two huge
 /// pages, few whole 2 MiB blocks fit and the advice gains little.
-pub(crate) const HUGE_BYTES_MIN: usize = 4 << 20;
+pub(crate) const HUGE_PAGES_MIN: usize = 4 << 20;
 
 thread_local! {
     /// Set while a type that borrows from the message (the crate's
@@ -46,7 +56,7 @@ thread_local! {
 
 /// Runs `deserialize` (one byte string's request) with the bytes handed to
 /// its visitor unchanged, even when the request is `deserialize_byte_buf`
-/// inside a [`HugeBytes`]: for a type that shares the message's memory
+/// inside a [`OwnedBytes`]: for a type that shares the message's memory
 /// rather than copying out of it.
 pub(crate) fn leaving_to_visitor<R>(deserialize: impl FnOnce() -> R) -> R {
     /// Puts the flag back as it was, also when `deserialize` panics.
@@ -60,119 +70,71 @@ pub(crate) fn leaving_to_visitor<R>(deserialize: impl FnOnce() -> R) -> R {
     deserialize()
 }
 
-/// `bytes` copied into a `Vec` of their own: into huge-page memory from
-/// [`HUGE_BYTES_MIN`] on, as `to_vec` below. For every copy out of a
-/// received message, decoded or taken from a shared
-/// [`Bytes`](super::Bytes).
+/// `bytes` copied into a `Vec` of their own, aligned
+/// ([`parallel_proto::copy::to_vec`]), into huge-page memory from
+/// [`HUGE_PAGES_MIN`] on. For every copy out of a received message,
+/// decoded or taken from a shared [`Bytes`](super::Bytes).
 pub(crate) fn owned_copy(bytes: &[u8]) -> Vec<u8> {
-    if bytes.len() >= HUGE_BYTES_MIN {
+    if bytes.len() >= HUGE_PAGES_MIN {
         copy_to_huge_pages(bytes)
     } else {
-        bytes.to_vec()
+        parallel_proto::copy::to_vec(bytes)
     }
 }
 
 /// A deserializer, visitor, access or seed of the wrapped format that
-/// decodes large owned byte strings into huge pages (see the module docs).
+/// decodes owned byte strings with [`owned_copy`] (see the module docs).
 /// `owned_bytes` is set on the visitor of a `deserialize_byte_buf` request
 /// only.
-pub(crate) struct HugeBytes<X> {
+pub(crate) struct OwnedBytes<X> {
     inner: X,
     owned_bytes: bool,
 }
 
-impl<X> HugeBytes<X> {
+impl<X> OwnedBytes<X> {
     pub(crate) fn new(inner: X) -> Self {
-        HugeBytes {
+        OwnedBytes {
             inner,
             owned_bytes: false,
         }
     }
 }
 
-/// Forwards `deserialize_*` methods that take only a visitor.
+/// Forwards `deserialize_*` methods: their arguments as they are, the
+/// visitor wrapped.
 macro_rules! forward_deserialize {
-    ($($method:ident)*) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-            self.inner.$method(HugeBytes::new(visitor))
+    ($($method:ident($($arg:ident: $ty:ty),*))*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.$method($($arg,)* OwnedBytes::new(visitor))
         }
     )*};
 }
 
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for HugeBytes<D> {
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for OwnedBytes<D> {
     type Error = D::Error;
 
     forward_deserialize! {
-        deserialize_any deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32
-        deserialize_i64 deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32
-        deserialize_u64 deserialize_u128 deserialize_f32 deserialize_f64 deserialize_char
-        deserialize_str deserialize_string deserialize_bytes deserialize_option
-        deserialize_unit deserialize_seq deserialize_map deserialize_identifier
-        deserialize_ignored_any
+        deserialize_any() deserialize_bool() deserialize_i8() deserialize_i16()
+        deserialize_i32() deserialize_i64() deserialize_i128() deserialize_u8()
+        deserialize_u16() deserialize_u32() deserialize_u64() deserialize_u128()
+        deserialize_f32() deserialize_f64() deserialize_char() deserialize_str()
+        deserialize_string() deserialize_bytes() deserialize_option() deserialize_unit()
+        deserialize_seq() deserialize_map() deserialize_identifier()
+        deserialize_ignored_any()
+        deserialize_unit_struct(name: &'static str)
+        deserialize_newtype_struct(name: &'static str)
+        deserialize_tuple(len: usize)
+        deserialize_tuple_struct(name: &'static str, len: usize)
+        deserialize_struct(name: &'static str, fields: &'static [&'static str])
+        deserialize_enum(name: &'static str, variants: &'static [&'static str])
     }
 
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         let owned_bytes = !LEAVE_TO_VISITOR.with(Cell::get);
-        self.inner.deserialize_byte_buf(HugeBytes {
+        self.inner.deserialize_byte_buf(OwnedBytes {
             inner: visitor,
             owned_bytes,
         })
-    }
-
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
-        self.inner
-            .deserialize_unit_struct(name, HugeBytes::new(visitor))
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
-        self.inner
-            .deserialize_newtype_struct(name, HugeBytes::new(visitor))
-    }
-
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_tuple(len, HugeBytes::new(visitor))
-    }
-
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
-        self.inner
-            .deserialize_tuple_struct(name, len, HugeBytes::new(visitor))
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
-        self.inner
-            .deserialize_struct(name, fields, HugeBytes::new(visitor))
-    }
-
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, D::Error> {
-        self.inner
-            .deserialize_enum(name, variants, HugeBytes::new(visitor))
     }
 
     fn is_human_readable(&self) -> bool {
@@ -189,7 +151,7 @@ macro_rules! forward_visit {
     )*};
 }
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for HugeBytes<V> {
+impl<'de, V: Visitor<'de>> Visitor<'de> for OwnedBytes<V> {
     type Value = V::Value;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -205,14 +167,14 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for HugeBytes<V> {
     }
 
     fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<V::Value, E> {
-        if self.owned_bytes && bytes.len() >= HUGE_BYTES_MIN {
+        if self.owned_bytes && bytes.len() >= OWNED_COPY_MIN {
             return self.inner.visit_byte_buf(owned_copy(bytes));
         }
         self.inner.visit_bytes(bytes)
     }
 
     fn visit_borrowed_bytes<E: serde::de::Error>(self, bytes: &'de [u8]) -> Result<V::Value, E> {
-        if self.owned_bytes && bytes.len() >= HUGE_BYTES_MIN {
+        if self.owned_bytes && bytes.len() >= OWNED_COPY_MIN {
             return self.inner.visit_byte_buf(owned_copy(bytes));
         }
         self.inner.visit_borrowed_bytes(bytes)
@@ -227,7 +189,7 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for HugeBytes<V> {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<V::Value, D::Error> {
-        self.inner.visit_some(HugeBytes::new(deserializer))
+        self.inner.visit_some(OwnedBytes::new(deserializer))
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(
@@ -235,38 +197,38 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for HugeBytes<V> {
         deserializer: D,
     ) -> Result<V::Value, D::Error> {
         self.inner
-            .visit_newtype_struct(HugeBytes::new(deserializer))
+            .visit_newtype_struct(OwnedBytes::new(deserializer))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
-        self.inner.visit_seq(HugeBytes::new(seq))
+        self.inner.visit_seq(OwnedBytes::new(seq))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
-        self.inner.visit_map(HugeBytes::new(map))
+        self.inner.visit_map(OwnedBytes::new(map))
     }
 
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
-        self.inner.visit_enum(HugeBytes::new(data))
+        self.inner.visit_enum(OwnedBytes::new(data))
     }
 }
 
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for HugeBytes<S> {
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for OwnedBytes<S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<S::Value, D::Error> {
-        self.inner.deserialize(HugeBytes::new(deserializer))
+        self.inner.deserialize(OwnedBytes::new(deserializer))
     }
 }
 
-impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for HugeBytes<A> {
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for OwnedBytes<A> {
     type Error = A::Error;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, A::Error> {
-        self.inner.next_element_seed(HugeBytes::new(seed))
+        self.inner.next_element_seed(OwnedBytes::new(seed))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -274,18 +236,18 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for HugeBytes<A> {
     }
 }
 
-impl<'de, A: MapAccess<'de>> MapAccess<'de> for HugeBytes<A> {
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for OwnedBytes<A> {
     type Error = A::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
-        self.inner.next_key_seed(HugeBytes::new(seed))
+        self.inner.next_key_seed(OwnedBytes::new(seed))
     }
 
     fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, A::Error> {
-        self.inner.next_value_seed(HugeBytes::new(seed))
+        self.inner.next_value_seed(OwnedBytes::new(seed))
     }
 
     fn next_entry_seed<K: DeserializeSeed<'de>, T: DeserializeSeed<'de>>(
@@ -294,7 +256,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for HugeBytes<A> {
         value: T,
     ) -> Result<Option<(K::Value, T::Value)>, A::Error> {
         self.inner
-            .next_entry_seed(HugeBytes::new(key), HugeBytes::new(value))
+            .next_entry_seed(OwnedBytes::new(key), OwnedBytes::new(value))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -302,20 +264,20 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for HugeBytes<A> {
     }
 }
 
-impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for HugeBytes<A> {
+impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for OwnedBytes<A> {
     type Error = A::Error;
-    type Variant = HugeBytes<A::Variant>;
+    type Variant = OwnedBytes<A::Variant>;
 
     fn variant_seed<T: DeserializeSeed<'de>>(
         self,
         seed: T,
     ) -> Result<(T::Value, Self::Variant), A::Error> {
-        let (value, variant) = self.inner.variant_seed(HugeBytes::new(seed))?;
-        Ok((value, HugeBytes::new(variant)))
+        let (value, variant) = self.inner.variant_seed(OwnedBytes::new(seed))?;
+        Ok((value, OwnedBytes::new(variant)))
     }
 }
 
-impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for HugeBytes<A> {
+impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for OwnedBytes<A> {
     type Error = A::Error;
 
     fn unit_variant(self) -> Result<(), A::Error> {
@@ -323,11 +285,11 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for HugeBytes<A> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
-        self.inner.newtype_variant_seed(HugeBytes::new(seed))
+        self.inner.newtype_variant_seed(OwnedBytes::new(seed))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
-        self.inner.tuple_variant(len, HugeBytes::new(visitor))
+        self.inner.tuple_variant(len, OwnedBytes::new(visitor))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -335,7 +297,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for HugeBytes<A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        self.inner.struct_variant(fields, HugeBytes::new(visitor))
+        self.inner.struct_variant(fields, OwnedBytes::new(visitor))
     }
 }
 
@@ -353,7 +315,7 @@ mod tests {
     use crate::async_core::{Bytes, Codec, Postcard};
     use crate::shm::{sealed_memfd, smaps_field_at, SharedBytes};
 
-    const LARGE: usize = HUGE_BYTES_MIN + (3 << 20);
+    const LARGE: usize = HUGE_PAGES_MIN + (3 << 20);
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Unit;
@@ -457,7 +419,7 @@ mod tests {
     fn large_owned_byte_strings_decode_into_huge_pages_and_all_else_as_before() {
         let sent = everything();
         let encoded = Postcard::encode(&sent).unwrap();
-        assert!(encoded.len() >= HUGE_BYTES_MIN);
+        assert!(encoded.len() >= HUGE_PAGES_MIN);
         let decoded: Everything = Postcard::decode(&encoded).unwrap();
         assert_eq!(decoded, sent);
         let plain: Everything = postcard::from_bytes(&encoded).unwrap();
