@@ -657,7 +657,7 @@ impl<H: Host> Adapter for HostAdapter<H> {
                 for index in 0..count {
                     match messages.get(index) {
                         Some(message) if writes.copies() => {
-                            // Copied as the library copies (aligned: see
+                            // Copied as the library copies (see
                             // `parallel_proto::copy`), not slower.
                             let copy = parallel_proto::copy::to_vec(message);
                             stream.write_all(&copy).await.expect("write");

@@ -114,8 +114,8 @@ impl Codec for Postcard {
     }
 
     /// A message of 2 KiB and up decodes its owned byte strings
-    /// (serde_bytes) with a copy that keeps to memory speed whatever their
-    /// alignment, into memory backed by huge pages from 4 MiB: the same
+    /// (serde_bytes) with a copy that keeps to memory speed wherever the
+    /// buffers lie, into memory backed by huge pages from 4 MiB: the same
     /// values, built faster (see BENCHMARKS.md, session 19).
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         if bytes.len() < OWNED_COPY_MIN {

@@ -6,10 +6,11 @@
 //! than it should in two cases:
 //!
 //! - From 2 KiB, glibc before 2.40 copies with `rep movsb`, which on AMD
-//!   Zen runs 15-20 times slower when the destination lies 1 to 31 bytes
-//!   ahead of the source modulo 64 (see [`parallel_proto::copy`]). A byte
-//!   string's place in a message is arbitrary, so half of all alignments
-//!   hit it: a 64 KiB field took 22-35 µs to copy instead of 1.3-2.2 µs.
+//!   Zen runs about 20 times slower when the destination lies 1 to 31
+//!   bytes ahead of the source modulo 4096 (see [`parallel_proto::copy`]).
+//!   Where the allocator puts a decode's new buffer and the received one
+//!   decides it, message after message: a 64 KiB field took 31-37 µs to
+//!   copy instead of 1.6-3.0 µs, 45 % of a worker's time.
 //! - At 64 MiB the new allocation is fresh memory from the kernel, and with
 //!   4 KiB pages its faults and zeroing cost four times the copy itself
 //!   (16 384 faults: 44 ms against 11 ms for the same copy into memory
@@ -20,8 +21,9 @@
 //! thing: when a type asks for an owned byte buffer
 //! (`deserialize_byte_buf`, which serde_bytes' `Vec<u8>` and `ByteBuf`
 //! do) and the format hands out a slice of at least [`OWNED_COPY_MIN`], the
-//! slice is copied by [`owned_copy`] (aligned, and into huge pages from
-//! [`HUGE_PAGES_MIN`]) and given to the visitor as that owned buffer.
+//! slice is copied by [`owned_copy`] (clear of that slow case, and into
+//! huge pages from [`HUGE_PAGES_MIN`]) and given to the visitor as that
+//! owned buffer.
 //! Everything else is passed through untouched. The crate's own
 //! [`Bytes`](super::Bytes) is left alone (see [`leaving_to_visitor`]):
 //! it shares the message's memory instead of copying, and copies through
@@ -70,10 +72,11 @@ pub(crate) fn leaving_to_visitor<R>(deserialize: impl FnOnce() -> R) -> R {
     deserialize()
 }
 
-/// `bytes` copied into a `Vec` of their own, aligned
-/// ([`parallel_proto::copy::to_vec`]), into huge-page memory from
-/// [`HUGE_PAGES_MIN`] on. For every copy out of a received message,
-/// decoded or taken from a shared [`Bytes`](super::Bytes).
+/// `bytes` copied into a `Vec` of their own, at memory speed whatever the
+/// two buffers' addresses ([`parallel_proto::copy::to_vec`]), into
+/// huge-page memory from [`HUGE_PAGES_MIN`] on. For every copy out of a
+/// received message, decoded or taken from a shared
+/// [`Bytes`](super::Bytes).
 pub(crate) fn owned_copy(bytes: &[u8]) -> Vec<u8> {
     if bytes.len() >= HUGE_PAGES_MIN {
         copy_to_huge_pages(bytes)
@@ -346,6 +349,8 @@ mod tests {
         large: Vec<u8>,
         #[serde(with = "serde_bytes")]
         small: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        middle: Vec<u8>,
         signed: (bool, i8, i16, i32, i64, i128),
         unsigned: (u8, u16, u32, u64, u128, f32, f64),
         text: (char, String),
@@ -372,6 +377,7 @@ mod tests {
         Everything {
             large: pattern(LARGE, 1),
             small: pattern(1000, 2),
+            middle: pattern(70_000, 13),
             signed: (true, -8, -16, -32, -64, -128),
             unsigned: (8, 16, 32, 64, 128, 1.5, -2.25),
             text: ('é', "text".into()),
