@@ -133,7 +133,7 @@ impl Codec for Postcard {
         value: &T,
         writer: &mut dyn std::io::Write,
     ) -> Result<(), CodecError> {
-        postcard::to_io(value, writer)?;
+        super::pieces::to_writer(value, writer)?;
         Ok(())
     }
 }

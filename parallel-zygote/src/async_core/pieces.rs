@@ -208,6 +208,99 @@ impl io::Write for Pieces {
     }
 }
 
+/// Bytes that [`to_writer`] gathers before handing them to its writer:
+/// well below [`LEND_MIN`], so that a write the writer sees is at least
+/// `LEND_MIN` long only when it is one byte string (which `Pieces` may
+/// lend, `streamed` writes from the message, `Shape` counts as large).
+const GATHER: usize = 512;
+
+/// postcard's output to `writer`, as `postcard::to_io` writes it, except
+/// that small writes reach `writer` gathered: postcard writes every integer,
+/// tag and sequence element on its own (a plain `Vec<u8>` one byte at a
+/// time), and one call of `writer` per byte made a 1 MiB `Vec<u8>` field
+/// take 9 ns per byte to encode. A write of [`GATHER`] bytes or more (a
+/// byte string's, a string's) goes to `writer` as it is, after what was
+/// gathered before it.
+///
+/// # Errors
+/// postcard's (the value cannot be serialized), and
+/// `SerializeBufferFull` when `writer` fails, as `to_io`'s.
+pub(crate) fn to_writer<T, W>(value: &T, writer: W) -> postcard::Result<W>
+where
+    T: Serialize + ?Sized,
+    W: io::Write,
+{
+    // The bytes apart from the count: a byte stored through this reference
+    // is known not to change `len`, which then stays in a register from
+    // one byte to the next (in one struct, the count was stored and loaded
+    // again around every byte: 1.4 ns per byte).
+    let mut gathered = [0; GATHER];
+    postcard::serialize_with_flavor(
+        value,
+        Gathered {
+            writer,
+            gathered: &mut gathered,
+            len: 0,
+        },
+    )
+}
+
+/// The flavor behind [`to_writer`].
+struct Gathered<'a, W> {
+    writer: W,
+    gathered: &'a mut [u8; GATHER],
+    len: usize,
+}
+
+impl<W: io::Write> Gathered<'_, W> {
+    fn hand_over(&mut self) -> postcard::Result<()> {
+        if self.len > 0 {
+            let gathered = &self.gathered[..self.len];
+            self.len = 0;
+            self.writer
+                .write_all(gathered)
+                .map_err(|_| postcard::Error::SerializeBufferFull)?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: io::Write> postcard::ser_flavors::Flavor for Gathered<'_, W> {
+    type Output = W;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.len == GATHER {
+            self.hand_over()?;
+        }
+        self.gathered[self.len] = byte;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        if bytes.len() <= GATHER - self.len {
+            self.gathered[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+            return Ok(());
+        }
+        self.hand_over()?;
+        if bytes.len() < GATHER {
+            self.gathered[..bytes.len()].copy_from_slice(bytes);
+            self.len = bytes.len();
+            return Ok(());
+        }
+        self.writer
+            .write_all(bytes)
+            .map_err(|_| postcard::Error::SerializeBufferFull)
+    }
+
+    fn finalize(mut self) -> postcard::Result<W> {
+        self.hand_over()?;
+        Ok(self.writer)
+    }
+}
+
 /// Runs `pass` (a pass over a message that serializes it, such as the
 /// codec's sizing) and counts the bytes its large heap `Bytes` would lend
 /// to an encode in pieces with `C` (0 for a codec not encoded in pieces).
@@ -238,7 +331,7 @@ pub(crate) fn encode<C: Codec, T: Serialize>(
     let previous = LENDING.with(|lending| lending.replace(Some(Vec::new())));
     buffer.clear();
     let mut pieces = Pieces::from(buffer);
-    let result = postcard::to_io(value, &mut pieces);
+    let result = to_writer(value, &mut pieces);
     LENDING.with(|lending| *lending.borrow_mut() = previous);
     result?;
     Ok(pieces)
@@ -309,6 +402,88 @@ mod tests {
         assert_eq!(size, Some(Postcard::encode(&message).unwrap().len()));
         assert_eq!(lent, 100_000, "only the large one");
         LENDING.with(|lending| assert!(lending.borrow().is_none(), "put back"));
+    }
+
+    /// Every way a write can meet the gathered bytes: single bytes that
+    /// fill them many times over (a plain `Vec<u8>`), short runs that fit,
+    /// that overflow them, and that are longer than they are, byte strings
+    /// just under and over `LEND_MIN`, and a lent `Bytes` right after a
+    /// gathered tail.
+    #[test]
+    fn small_writes_are_gathered_and_the_encoding_is_postcards() {
+        let lent = Bytes::from(vec![9u8; LEND_MIN]);
+        let message = (
+            7u16,
+            (0..3 * GATHER + 5).map(|i| i as u8).collect::<Vec<u8>>(),
+            "a".repeat(GATHER - 10),
+            "b".repeat(20),
+            "c".repeat(GATHER + 1),
+            serde_bytes::ByteBuf::from(vec![1u8; LEND_MIN - 1]),
+            serde_bytes::ByteBuf::from(vec![2u8; LEND_MIN]),
+            vec![3u8; 77],
+            lent.clone(),
+            -1i64,
+        );
+        let expected = postcard::to_stdvec(&message).unwrap();
+        let pieces = encode::<Postcard, _>(&message, Vec::new()).unwrap();
+        assert_eq!(pieces.lent(), LEND_MIN, "the Bytes is still lent");
+        assert_eq!(pieces.len(), expected.len());
+        assert_eq!(joined(pieces), expected);
+        // The same bytes through any writer, and a writer's writes: none is
+        // longer than the gathered bytes unless it is one string.
+        let mut writes = Vec::new();
+        to_writer(&message, Recorder(&mut writes)).unwrap();
+        assert_eq!(writes.concat(), expected);
+        let long: Vec<usize> = writes
+            .iter()
+            .map(Vec::len)
+            .filter(|&n| n > GATHER)
+            .collect();
+        assert_eq!(long, [GATHER + 1, LEND_MIN - 1, LEND_MIN, LEND_MIN]);
+        // And the sizing pass, which keeps only lengths.
+        let shape = super::super::streamed::shape(&message).unwrap();
+        assert_eq!(shape.len, expected.len());
+        assert_eq!(
+            shape.large,
+            2 * LEND_MIN,
+            "the ByteBuf and the Bytes of LEND_MIN"
+        );
+    }
+
+    #[test]
+    fn a_failing_writer_fails_the_encode_as_postcards_own_does() {
+        struct Refuses;
+        impl io::Write for Refuses {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let small = (1u8, "short");
+        assert!(matches!(
+            to_writer(&small, Refuses),
+            Err(postcard::Error::SerializeBufferFull)
+        ));
+        let long = vec![5u8; 4 * GATHER];
+        assert!(matches!(
+            to_writer(&long, Refuses),
+            Err(postcard::Error::SerializeBufferFull)
+        ));
+    }
+
+    /// Keeps each write apart.
+    struct Recorder<'a>(&'a mut Vec<Vec<u8>>);
+
+    impl io::Write for Recorder<'_> {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.push(bytes.to_vec());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

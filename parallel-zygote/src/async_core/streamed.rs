@@ -49,26 +49,35 @@ pub(crate) struct Shape {
     pub(crate) large: usize,
 }
 
-impl io::Write for Shape {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+/// A sizing pass is a postcard encode that keeps only lengths: every
+/// write is counted where it is made, with no writer behind (a plain
+/// `Vec<u8>` is serialized one byte at a time).
+impl postcard::ser_flavors::Flavor for Shape {
+    type Output = Shape;
+
+    #[inline]
+    fn try_push(&mut self, _byte: u8) -> postcard::Result<()> {
+        self.len += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         self.len += bytes.len();
         if bytes.len() >= LEND_MIN {
             self.large += bytes.len();
         }
-        Ok(bytes.len())
+        Ok(())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    fn finalize(self) -> postcard::Result<Shape> {
+        Ok(self)
     }
 }
 
 /// Sizes `value`'s postcard encoding, copying no bytes; `None` when it
 /// cannot be encoded.
 pub(crate) fn shape<T: Serialize>(value: &T) -> Option<Shape> {
-    let mut shape = Shape::default();
-    postcard::to_io(value, &mut shape).ok()?;
-    Some(shape)
+    postcard::serialize_with_flavor(value, Shape::default()).ok()
 }
 
 /// A message waiting for its turn on the socket, encoded then.
@@ -108,7 +117,7 @@ impl<T: Serialize + Send> Streamed for Message<T> {
         // The sizing pass found no descriptors to pass; any the encode
         // collects now (it should not) are dropped with the list.
         let encoded = encode_with_fds(self.attach, || {
-            postcard::to_io(&self.message, writer).map(|_| ())
+            super::pieces::to_writer(&self.message, writer).map(|_| ())
         });
         encoded.map(|((), _fds)| ())
     }
