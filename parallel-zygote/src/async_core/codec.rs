@@ -59,7 +59,7 @@ pub trait Codec: 'static {
     /// reads either one as the other. When true, a `process` message whose
     /// type is a plain `Vec<u8>` is encoded and decoded as a byte string:
     /// one copy, where serde hands a `Vec<u8>` to the format one element at
-    /// a time (about thirty times slower for 1 MiB messages with postcard,
+    /// a time (about five times slower for 1 MiB messages with postcard,
     /// end to end). The wire does not change, so either side may take
     /// either path.
     ///

@@ -246,7 +246,7 @@ impl<T: Serialize + Send + 'static, C: Codec> MessageSender<T, C> {
     /// [`encode`](Self::encode), where a plain `Vec<u8>` goes as a byte
     /// string when the codec writes both alike (see
     /// [`Codec::BYTE_STRINGS_ARE_SEQUENCES`]): serde hands a `Vec<u8>` over
-    /// one element at a time, which made 1 MiB messages about thirty times
+    /// one element at a time, which makes 1 MiB messages about five times
     /// slower than as a byte string (and a large one is lent to the socket
     /// as a [`Bytes`] is, not copied at all). A message with large byte
     /// strings of its own (`serde_bytes`) goes to the driver whole, to be
