@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use std::borrow::Cow;
 
-use crate::codec::{decode_body, encode_body, encode_body_into, expect_empty};
+use crate::codec::{decode_body, encode_body, encode_body_into, expect_empty, take_tail};
 use crate::entry::WireEntry;
 use crate::frame::{owned_payload, PayloadAlloc};
 use crate::RemoteError;
@@ -79,6 +79,17 @@ pub enum Outcome {
     Err(#[serde(with = "crate::copy::bytes")] Vec<u8>),
     /// It panicked.
     Panic(PanicReport),
+}
+
+impl Outcome {
+    /// `Ok` (postcard's variant 0) or `Err` (1) holding `bytes`: what
+    /// [`take_tail`] found after a variant of one of the two.
+    fn with_bytes(variant: u32, bytes: Vec<u8>) -> Outcome {
+        match variant {
+            0 => Outcome::Ok(bytes),
+            _ => Outcome::Err(bytes),
+        }
+    }
 }
 
 /// Parent → worker.
@@ -253,7 +264,7 @@ impl ToWorker {
     /// when it has one).
     pub(crate) fn decode_frame(
         kind: u8,
-        payload: Cow<'_, [u8]>,
+        mut payload: Cow<'_, [u8]>,
         alloc: Option<PayloadAlloc>,
     ) -> Result<ToWorker, RemoteError> {
         Ok(match kind {
@@ -276,6 +287,9 @@ impl ToWorker {
                 ToWorker::End
             }
             0x15 => {
+                if let Some((call, args)) = take_tail::<CallId>(&mut payload, |_| true) {
+                    return Ok(ToWorker::Call { call, args });
+                }
                 let body: CallBody = decode_body("Call", &payload)?;
                 ToWorker::Call {
                     call: body.call,
@@ -382,7 +396,7 @@ impl FromWorker {
     /// when it has one).
     pub(crate) fn decode_frame(
         kind: u8,
-        payload: Cow<'_, [u8]>,
+        mut payload: Cow<'_, [u8]>,
         alloc: Option<PayloadAlloc>,
     ) -> Result<FromWorker, RemoteError> {
         Ok(match kind {
@@ -399,13 +413,24 @@ impl FromWorker {
                 FromWorker::End
             }
             0x95 => {
+                if let Some(((call, variant), bytes)) =
+                    take_tail::<(CallId, u32)>(&mut payload, |(_, variant)| *variant <= 1)
+                {
+                    let outcome = Outcome::with_bytes(variant, bytes);
+                    return Ok(FromWorker::Reply { call, outcome });
+                }
                 let body: ReplyBody = decode_body("Reply", &payload)?;
                 FromWorker::Reply {
                     call: body.call,
                     outcome: body.outcome,
                 }
             }
-            0x96 => FromWorker::Return(decode_body("Return", &payload)?),
+            0x96 => {
+                if let Some((variant, bytes)) = take_tail::<u32>(&mut payload, |v| *v <= 1) {
+                    return Ok(FromWorker::Return(Outcome::with_bytes(variant, bytes)));
+                }
+                FromWorker::Return(decode_body("Return", &payload)?)
+            }
             0x97 => {
                 let body: SharedBody = decode_body("SharedData", &payload)?;
                 FromWorker::SharedData { len: body.len }
@@ -417,5 +442,155 @@ impl FromWorker {
                 })
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::TAIL_IN_PLACE_MIN;
+
+    fn bulk(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// The payload decoded both ways: owned (its bulk bytes may be taken in
+    /// place) and borrowed (always decoded by serde). Also whether the
+    /// owned decode kept the payload's buffer.
+    fn both_ways<M: PartialEq + std::fmt::Debug>(
+        payload: &[u8],
+        decode: impl Fn(Cow<'_, [u8]>) -> Result<M, RemoteError>,
+        bulk_of: impl Fn(&M) -> Option<*const u8>,
+    ) -> (Result<M, RemoteError>, bool) {
+        let owned = payload.to_vec();
+        let buffer = owned.as_ptr();
+        let from_owned = decode(Cow::Owned(owned));
+        let from_borrowed = decode(Cow::Borrowed(payload));
+        assert_eq!(
+            format!("{from_owned:?}"),
+            format!("{from_borrowed:?}"),
+            "the same message or error either way"
+        );
+        let kept = from_owned
+            .as_ref()
+            .ok()
+            .and_then(&bulk_of)
+            .is_some_and(|bytes| bytes == buffer);
+        (from_owned, kept)
+    }
+
+    fn call_args(message: &ToWorker) -> Option<*const u8> {
+        match message {
+            ToWorker::Call { args, .. } => Some(args.as_ptr()),
+            _ => None,
+        }
+    }
+
+    fn outcome_bytes(message: &FromWorker) -> Option<*const u8> {
+        match message {
+            FromWorker::Reply { outcome, .. } | FromWorker::Return(outcome) => match outcome {
+                Outcome::Ok(bytes) | Outcome::Err(bytes) => Some(bytes.as_ptr()),
+                Outcome::Panic(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn large_arguments_and_results_stay_in_the_payloads_buffer() {
+        let to_worker = |payload: Cow<'_, [u8]>| ToWorker::decode_frame(0x15, payload, None);
+        let from_worker = |kind| move |p: Cow<'_, [u8]>| FromWorker::decode_frame(kind, p, None);
+        for len in [TAIL_IN_PLACE_MIN, 1 << 20] {
+            let call = ToWorker::Call {
+                call: u64::MAX - 3,
+                args: bulk(len),
+            };
+            let (decoded, kept) = both_ways(&call.clone().into_payload(), to_worker, call_args);
+            assert_eq!(decoded.unwrap(), call);
+            assert!(kept, "{len} B of arguments: no new buffer");
+            for outcome in [Outcome::Ok(bulk(len)), Outcome::Err(bulk(len + 1))] {
+                let reply = FromWorker::Reply {
+                    call: 300,
+                    outcome: outcome.clone(),
+                };
+                let (decoded, kept) = both_ways(
+                    &reply.clone().into_payload(),
+                    from_worker(0x95),
+                    outcome_bytes,
+                );
+                assert_eq!(decoded.unwrap(), reply);
+                assert!(kept, "{len} B of a reply's outcome: no new buffer");
+                let returned = FromWorker::Return(outcome);
+                let (decoded, kept) = both_ways(
+                    &returned.clone().into_payload(),
+                    from_worker(0x96),
+                    outcome_bytes,
+                );
+                assert_eq!(decoded.unwrap(), returned);
+                assert!(kept, "{len} B of a returned outcome: no new buffer");
+            }
+        }
+    }
+
+    #[test]
+    fn other_payloads_decode_as_before() {
+        let from_worker = |kind| move |p: Cow<'_, [u8]>| FromWorker::decode_frame(kind, p, None);
+        // Small: copied, as before.
+        let call = ToWorker::Call {
+            call: 1,
+            args: bulk(TAIL_IN_PLACE_MIN - 100),
+        };
+        let to_worker = |payload: Cow<'_, [u8]>| ToWorker::decode_frame(0x15, payload, None);
+        let (decoded, kept) = both_ways(&call.clone().into_payload(), to_worker, call_args);
+        assert_eq!(decoded.unwrap(), call);
+        assert!(!kept);
+        // A panic whose report is a large message, then nothing: its
+        // variant is not one of bytes, whatever its shape.
+        let panicked = FromWorker::Reply {
+            call: 2,
+            outcome: Outcome::Panic(PanicReport {
+                message: "x".repeat(2 * TAIL_IN_PLACE_MIN),
+                location: None,
+                backtrace: None,
+            }),
+        };
+        let (decoded, _) = both_ways(
+            &panicked.clone().into_payload(),
+            from_worker(0x95),
+            outcome_bytes,
+        );
+        assert_eq!(decoded.unwrap(), panicked);
+        // Trailing bytes, and a length past the end: the same errors.
+        let reply = FromWorker::Reply {
+            call: 3,
+            outcome: Outcome::Ok(bulk(TAIL_IN_PLACE_MIN)),
+        };
+        let mut trailing = reply.into_payload();
+        trailing.extend_from_slice(&[0; 5]);
+        let (decoded, _) = both_ways(&trailing, from_worker(0x95), outcome_bytes);
+        assert!(
+            matches!(&decoded, Err(RemoteError::Malformed { reason, .. }) if reason.contains("5 trailing bytes")),
+            "{decoded:?}"
+        );
+        // Another variant followed by exactly one byte string: not a
+        // result of bytes (a panic report is more than one string), so the
+        // error the whole decode finds.
+        for variant in [2u8, 7] {
+            let mut forged = vec![3, variant];
+            forged.extend_from_slice(
+                &postcard::to_stdvec(&serde_bytes::Bytes::new(&bulk(TAIL_IN_PLACE_MIN))).unwrap(),
+            );
+            let (decoded, _) = both_ways(&forged, from_worker(0x95), outcome_bytes);
+            assert!(
+                matches!(decoded, Err(RemoteError::Malformed { .. })),
+                "{decoded:?}"
+            );
+        }
+        trailing.truncate(trailing.len() - 6);
+        let (decoded, _) = both_ways(&trailing, from_worker(0x95), outcome_bytes);
+        assert!(
+            matches!(decoded, Err(RemoteError::Malformed { .. })),
+            "{decoded:?}"
+        );
     }
 }
