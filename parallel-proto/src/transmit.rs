@@ -107,6 +107,37 @@ impl TransmitQueue {
         Ok(())
     }
 
+    /// [`push`](Self::push) for a payload that is `prefix` (a few bytes of
+    /// fields) then `bulk` (a call's arguments, a result): the prefix is
+    /// copied after the header and `bulk` is moved in as the body, so the
+    /// bulk bytes are not copied into a payload buffer first (a fresh
+    /// buffer of their size, faulted in page by page). Fails with nothing
+    /// queued, as `push` does.
+    pub(crate) fn push_split(
+        &mut self,
+        limits: &Limits,
+        kind: u8,
+        fds: usize,
+        prefix: &[u8],
+        bulk: Vec<u8>,
+    ) -> Result<(), LocalError> {
+        let len = prefix.len() + bulk.len();
+        let header = checked_header(kind, fds, len, limits)?;
+        let adding = crate::frame::HEADER_LEN + len;
+        check_room(self.queued, limits, adding)?;
+        self.queued += adding;
+        let mut head = std::mem::take(&mut self.spare);
+        head.extend_from_slice(&header.to_bytes());
+        head.extend_from_slice(prefix);
+        self.queue.push_back(Transmit {
+            head,
+            body: bulk,
+            fds,
+            external: 0,
+        });
+        Ok(())
+    }
+
     /// [`push`](Self::push) for a payload that `encode` appends to a `Vec`:
     /// it is encoded straight after its header in the run it joins (or a
     /// new one), rather than into a buffer of its own that is then copied

@@ -95,6 +95,18 @@ impl Wire {
         self.out.push(&self.limits, kind, fds, payload)
     }
 
+    /// Queues a frame whose payload is `prefix` then `bulk`, moved in (see
+    /// [`TransmitQueue::push_split`]).
+    pub(crate) fn queue_split(
+        &mut self,
+        kind: u8,
+        fds: usize,
+        prefix: &[u8],
+        bulk: Vec<u8>,
+    ) -> Result<(), LocalError> {
+        self.out.push_split(&self.limits, kind, fds, prefix, bulk)
+    }
+
     /// Queues a frame whose payload `encode` appends in place (see
     /// [`TransmitQueue::push_encoded`]).
     pub(crate) fn queue_encoded(

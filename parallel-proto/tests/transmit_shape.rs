@@ -4,7 +4,7 @@
 mod support;
 
 use parallel_proto::channel::{
-    Outcome, ParentChannel, ToWorker, WorkerChannel, CHANNEL_PROTOCOL_VERSION,
+    Outcome, ParentChannel, ToWorker, WorkerChannel, WorkerEvent, CHANNEL_PROTOCOL_VERSION,
 };
 use parallel_proto::frame::{FrameHeader, HEADER_LEN, MAGIC};
 use parallel_proto::{EntryKey, Limits, Transmit, WireEntry};
@@ -165,12 +165,45 @@ fn large_data_gets_its_own_transmit_and_the_next_frame_a_new_one() {
 #[test]
 fn large_encoded_messages_also_go_into_body() {
     let mut worker = WorkerChannel::new(Limits::default(), 1);
-    worker.finish(Outcome::Ok(vec![9; 20_000])).unwrap();
+    let result = vec![9; 20_000];
+    let at = result.as_ptr();
+    worker.finish(Outcome::Ok(result)).unwrap();
     let transmits = drain(&mut worker);
     assert_eq!(transmits.len(), 2, "hello, then the large Return");
-    assert_eq!(transmits[1].head.len(), HEADER_LEN);
+    // The header, then the outcome's variant (0) and the bytes' length
+    // (20 000 as a varint): the bytes themselves are the body, moved in.
+    assert_eq!(transmits[1].head.len(), HEADER_LEN + 4);
     assert_eq!(transmits[1].head[1], 0x96);
-    assert!(transmits[1].body.len() > 20_000);
+    assert_eq!(transmits[1].head[HEADER_LEN..], [0, 0xa0, 0x9c, 0x01]);
+    assert_eq!(transmits[1].body, vec![9; 20_000]);
+    assert_eq!(transmits[1].body.as_ptr(), at, "not copied");
+}
+
+#[test]
+fn a_large_calls_arguments_are_the_body_and_decode_on_the_other_side() {
+    let mut parent = ParentChannel::new(Limits::default());
+    parent.start(entry(), vec![0; 10]).unwrap();
+    let args: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let sent = args.clone();
+    let at = sent.as_ptr();
+    let call = parent.call(sent).unwrap();
+    let transmits = drain(&mut parent);
+    let last = transmits.last().unwrap();
+    assert_eq!(last.body.as_ptr(), at, "the arguments moved in, not copied");
+    let mut worker = WorkerChannel::new(Limits::default(), 1);
+    let mut input = &wire(&transmits)[..];
+    let mut events = Vec::new();
+    while let Some(event) = worker.handle_input(&mut input).unwrap() {
+        events.push(event);
+    }
+    assert!(
+        events.contains(&WorkerEvent::Call { call, args }),
+        "{:?}",
+        events
+            .iter()
+            .map(std::mem::discriminant)
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]

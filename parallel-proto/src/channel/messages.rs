@@ -90,6 +90,16 @@ impl Outcome {
             _ => Outcome::Err(bytes),
         }
     }
+
+    /// The other way: the variant and bytes of `Ok` or `Err`; a panic
+    /// comes back.
+    fn into_variant_bytes(self) -> Result<(u32, Vec<u8>), Outcome> {
+        match self {
+            Outcome::Ok(bytes) => Ok((0, bytes)),
+            Outcome::Err(bytes) => Ok((1, bytes)),
+            panic => Err(panic),
+        }
+    }
 }
 
 /// Parent → worker.
@@ -249,6 +259,17 @@ impl ToWorker {
         }
     }
 
+    /// A call as the first bytes of its payload (its id, its arguments'
+    /// length) and its arguments, which end the payload: written as they
+    /// are, they are not copied into a payload buffer. Any other message
+    /// comes back.
+    pub(crate) fn split_bulk(self) -> Result<(Vec<u8>, Vec<u8>), ToWorker> {
+        match self {
+            ToWorker::Call { call, args } => Ok((encode_body(&(call, args.len())), args)),
+            message => Err(message),
+        }
+    }
+
     /// Decodes a frame's kind and payload.
     ///
     /// # Errors
@@ -378,6 +399,24 @@ impl FromWorker {
                 encode_body_into(&ReplyBody { call, outcome }, out)
             }
             FromWorker::Return(outcome) => encode_body_into(&outcome, out),
+        }
+    }
+
+    /// A reply or returned outcome of bytes as the first bytes of its
+    /// payload (ids, the variant, the bytes' length) and its bytes, which
+    /// end the payload (see [`ToWorker::split_bulk`]). Any other message
+    /// (a panic report among them) comes back.
+    pub(crate) fn split_bulk(self) -> Result<(Vec<u8>, Vec<u8>), FromWorker> {
+        match self {
+            FromWorker::Reply { call, outcome } => match outcome.into_variant_bytes() {
+                Ok((variant, bytes)) => Ok((encode_body(&(call, variant, bytes.len())), bytes)),
+                Err(outcome) => Err(FromWorker::Reply { call, outcome }),
+            },
+            FromWorker::Return(outcome) => match outcome.into_variant_bytes() {
+                Ok((variant, bytes)) => Ok((encode_body(&(variant, bytes.len())), bytes)),
+                Err(outcome) => Err(FromWorker::Return(outcome)),
+            },
+            message => Err(message),
         }
     }
 
@@ -530,6 +569,52 @@ mod tests {
                 assert!(kept, "{len} B of a returned outcome: no new buffer");
             }
         }
+    }
+
+    #[test]
+    fn a_split_message_is_its_payload_cut_before_the_bulk_bytes() {
+        let bytes = bulk(70_000);
+        let calls = [ToWorker::Call {
+            call: 1 << 40,
+            args: bytes.clone(),
+        }];
+        for message in calls {
+            let payload = message.clone().into_payload();
+            let (prefix, bulk) = message.split_bulk().unwrap();
+            assert_eq!([prefix, bulk].concat(), payload);
+        }
+        let answers = [
+            FromWorker::Reply {
+                call: 5,
+                outcome: Outcome::Ok(bytes.clone()),
+            },
+            FromWorker::Reply {
+                call: u64::MAX,
+                outcome: Outcome::Err(Vec::new()),
+            },
+            FromWorker::Return(Outcome::Ok(bytes.clone())),
+            FromWorker::Return(Outcome::Err(bytes.clone())),
+        ];
+        for message in answers {
+            let payload = message.clone().into_payload();
+            let original = match &message {
+                FromWorker::Reply { outcome, .. } | FromWorker::Return(outcome) => match outcome {
+                    Outcome::Ok(b) | Outcome::Err(b) => b.as_ptr(),
+                    Outcome::Panic(_) => unreachable!(),
+                },
+                _ => unreachable!(),
+            };
+            let (prefix, bulk) = message.split_bulk().unwrap();
+            assert_eq!(bulk.as_ptr(), original, "moved, not copied");
+            assert_eq!([prefix, bulk].concat(), payload);
+        }
+        let panicked = FromWorker::Return(Outcome::Panic(PanicReport {
+            message: "boom".into(),
+            location: None,
+            backtrace: None,
+        }));
+        assert_eq!(panicked.clone().split_bulk(), Err(panicked));
+        assert_eq!(ToWorker::End.split_bulk(), Err(ToWorker::End));
     }
 
     #[test]

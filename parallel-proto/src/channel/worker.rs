@@ -356,7 +356,13 @@ impl WorkerChannel {
                 self.wire
                     .queue_encoded(kind, fds, size_hint, |out| message.encode_into(out))
             }
-            message => self.wire.queue(kind, fds, message.into_payload()),
+            // The bulk bytes that end a call or an answer are moved in
+            // after the few bytes before them; anything else is encoded
+            // into a buffer moved in as a whole.
+            message => match message.split_bulk() {
+                Ok((prefix, bulk)) => self.wire.queue_split(kind, fds, &prefix, bulk),
+                Err(message) => self.wire.queue(kind, fds, message.into_payload()),
+            },
         }
     }
 }
