@@ -548,25 +548,20 @@ mod tests {
             assert_eq!(decoded.unwrap(), call);
             assert!(kept, "{len} B of arguments: no new buffer");
             for outcome in [Outcome::Ok(bulk(len)), Outcome::Err(bulk(len + 1))] {
-                let reply = FromWorker::Reply {
-                    call: 300,
-                    outcome: outcome.clone(),
-                };
-                let (decoded, kept) = both_ways(
-                    &reply.clone().into_payload(),
-                    from_worker(0x95),
-                    outcome_bytes,
-                );
-                assert_eq!(decoded.unwrap(), reply);
-                assert!(kept, "{len} B of a reply's outcome: no new buffer");
-                let returned = FromWorker::Return(outcome);
-                let (decoded, kept) = both_ways(
-                    &returned.clone().into_payload(),
-                    from_worker(0x96),
-                    outcome_bytes,
-                );
-                assert_eq!(decoded.unwrap(), returned);
-                assert!(kept, "{len} B of a returned outcome: no new buffer");
+                let answers = [
+                    FromWorker::Reply {
+                        call: 300,
+                        outcome: outcome.clone(),
+                    },
+                    FromWorker::Return(outcome),
+                ];
+                for answer in answers {
+                    let payload = answer.clone().into_payload();
+                    let (decoded, kept) =
+                        both_ways(&payload, from_worker(answer.kind()), outcome_bytes);
+                    assert!(kept, "{len} B in a {}: no new buffer", answer.name());
+                    assert_eq!(decoded.unwrap(), answer);
+                }
             }
         }
     }
