@@ -210,8 +210,9 @@ impl io::Write for Pieces {
 
 /// Bytes that [`to_writer`] gathers before handing them to its writer:
 /// well below [`LEND_MIN`], so that a write the writer sees is at least
-/// `LEND_MIN` long only when it is one byte string (which `Pieces` may
-/// lend, `streamed` writes from the message, `Shape` counts as large).
+/// `LEND_MIN` long only when it is one string or byte string, as with
+/// `to_io` (which `Pieces` may lend, `streamed` writes from the message,
+/// `Shape` counts as large).
 const GATHER: usize = 512;
 
 /// postcard's output to `writer`, as `postcard::to_io` writes it, except
