@@ -117,9 +117,10 @@
 //! Put bulk bytes in a [`Bytes`] (or a `Vec<u8>` marked
 //! `#[serde(with = "serde_bytes")]`), not a plain `Vec<u8>`: serde hands a
 //! `Vec<u8>` to the codec one element at a time, about five times
-//! slower (its decode alone runs at about 1.2 GB/s). (A `process` message that *is* a `Vec<u8>`, nothing around it,
-//! goes as a byte string with the default codec: as fast as `Bytes`.) With
-//! the default codec, the bytes of a large `Bytes` (16 KiB and up) in a
+//! slower (its decode alone runs at about 1.2 GB/s). (A `process`
+//! message, an argument or a result that *is* a `Vec<u8>`, nothing around
+//! it, goes as a byte string with the default codec: as fast as `Bytes`.)
+//! With the default codec, the bytes of a large `Bytes` (16 KiB and up) in a
 //! `process` message go to the socket from their own buffer, not copied
 //! into a frame first; so do those of `serde_bytes` fields (16 KiB and up)
 //! in a message that holds 256 KiB or more of them. A `process` message whose encoding reaches 4 MiB travels through

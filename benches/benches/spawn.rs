@@ -1269,6 +1269,7 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "call-main" => adapter.run_round_trip(Place::Main, budget),
         "call-64kib" => adapter.run_bytes_round_trip(64 * KIB, budget),
         "call-1mib" => adapter.run_bytes_round_trip(MIB, budget),
+        "call-1mib-plain" => adapter.run_plain_round_trip(MIB, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "ping-pong-main" => adapter.raw_ping_pong_main(raw, budget),
         "relay" => adapter.raw_relayed(raw, Place::Task, budget),

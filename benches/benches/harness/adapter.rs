@@ -98,6 +98,31 @@ pub async fn echo_bytes(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
     bytes
 }
 
+/// [`bytes_round_trip`] with a plain `Vec<u8>` each way (no serde_bytes).
+pub async fn plain_round_trip<R: Runtime>(
+    parallel: Parallel<R>,
+    size: usize,
+    budget: Budget,
+) -> Vec<Duration> {
+    let run = parallel.run(echo_plain).expect("run");
+    let template = vec![3u8; size];
+    run.call(template.clone()).await.expect("first call");
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        let argument = template.clone();
+        let start = Instant::now();
+        let answer = run.call(argument).await.expect("call");
+        sampler.record(start.elapsed());
+        assert_eq!(answer.len(), size);
+    }
+    sampler.finish()
+}
+
+/// [`plain_round_trip`]'s function: its bytes back.
+pub async fn echo_plain(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
+
 /// `Run::call`s on a `Run` started outside the clock; with `churn`, each
 /// made 5 ms after that process churn.
 async fn timed_calls<R: Runtime>(
@@ -649,6 +674,8 @@ pub trait Adapter {
     fn run_round_trip(&self, place: Place, budget: Budget) -> Vec<Duration>;
     /// [`bytes_round_trip`]: `Run::call`s with `size` bytes each way.
     fn run_bytes_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration>;
+    /// The same with a plain `Vec<u8>` each way.
+    fn run_plain_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration>;
     /// Time for `calls` raw 8-byte ping-pongs with `in_flight` outstanding.
     fn raw_pipelined(
         &self,

@@ -13,8 +13,9 @@ use tokio::sync::Semaphore;
 
 use super::adapter::{
     bytes_round_trip, calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos,
-    pipelined_calls, pool_call, raw_messages, round_trip, shared_throughput, sink, Adapter, Churn,
-    Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot, ReplySlots, SharedMemory,
+    pipelined_calls, plain_round_trip, pool_call, raw_messages, round_trip, shared_throughput,
+    sink, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot, ReplySlots,
+    SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::proto::ProtoCaller;
@@ -355,6 +356,10 @@ impl Adapter for TokioAdapter {
 
     fn run_bytes_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration> {
         self.on_runtime(bytes_round_trip(self.parallel.clone(), size, budget))
+    }
+
+    fn run_plain_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration> {
+        self.on_runtime(plain_round_trip(self.parallel.clone(), size, budget))
     }
 
     fn raw_pipelined(

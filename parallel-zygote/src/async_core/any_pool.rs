@@ -119,7 +119,7 @@ impl<C: Codec, Rt: Runtime> AnyPool<C, Rt> {
         let () = F::ASSERT_ZERO_SIZED;
         let call = (|| {
             let entry = worker::call_entry::<F, A, Fut, T, C>(function)?;
-            let args = C::encode(&argument).map_err(Error::encode::<A>)?;
+            let args = super::codec::encode_value::<C, A>(&argument).map_err(Error::encode::<A>)?;
             Ok::<_, Error>(
                 postcard::to_stdvec(&AnyCall { entry, args }).expect("postcard encodes a call"),
             )
@@ -130,7 +130,13 @@ impl<C: Codec, Rt: Runtime> AnyPool<C, Rt> {
         PoolTask::new(
             async move {
                 let (outcome, pid) = core.call(call?, NO_ENCODER, &mine).await?;
-                outcome_into::<T, C>(outcome, pid, None, std::any::type_name::<A>())
+                outcome_into(
+                    outcome,
+                    super::codec::decode_value::<C, T>,
+                    pid,
+                    None,
+                    std::any::type_name::<A>(),
+                )
             },
             control,
         )

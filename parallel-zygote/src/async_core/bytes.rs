@@ -24,9 +24,10 @@ use crate::shm::SharedBytes;
 /// serde sees a plain `Vec<u8>` as a sequence of `u8`s, which the default
 /// codec ([`Postcard`](super::Postcard)) encodes and decodes one element at
 /// a time: a 1 MiB `Vec<u8>` moves about five times slower than the same
-/// bytes as `Bytes` (see BENCHMARKS.md, issue 13). Only a `process`
-/// message that is a `Vec<u8>` and nothing else is sent as a byte string
-/// (where the codec writes both alike, as the default one does). `Bytes` serializes
+/// bytes as `Bytes` (see BENCHMARKS.md, issue 13). Only a value that is a
+/// `Vec<u8>` and nothing else (a `process` message, a call's or spawn's
+/// argument, a function's result) is sent as a byte string (where the
+/// codec writes both alike, as the default one does). `Bytes` serializes
 /// through serde's `serialize_bytes` (a length, then the bytes, copied as a
 /// block), which is what `#[serde(with = "serde_bytes")]` does too, without
 /// the attribute; in JSON it is still an array of numbers, so every codec

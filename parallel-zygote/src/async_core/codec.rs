@@ -3,6 +3,8 @@
 //! CBOR, bincode, each behind a cargo feature), or any serializer you plug
 //! in (the original library's `Io.define`).
 
+use std::any::{Any, TypeId};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -56,8 +58,9 @@ pub trait Codec: 'static {
     /// Whether the format writes a byte string (serde's `serialize_bytes`,
     /// what [`Bytes`](super::Bytes) and `serde_bytes` use) byte for byte as
     /// it writes a sequence of `u8` (what serde makes of a `Vec<u8>`), and
-    /// reads either one as the other. When true, a `process` message whose
-    /// type is a plain `Vec<u8>` is encoded and decoded as a byte string:
+    /// reads either one as the other. When true, a `process` message, a
+    /// call's or spawn's argument and a function's result whose type is a
+    /// plain `Vec<u8>` are encoded and decoded as byte strings:
     /// one copy, where serde hands a `Vec<u8>` to the format one element at
     /// a time (about five times slower for 1 MiB messages with postcard,
     /// end to end). The wire does not change, so either side may take
@@ -135,5 +138,83 @@ impl Codec for Postcard {
     ) -> Result<(), CodecError> {
         super::pieces::to_writer(value, writer)?;
         Ok(())
+    }
+}
+
+/// `C::encode(value)`, where a plain `Vec<u8>` (a call's argument or
+/// result) is encoded as a byte string when the codec writes both alike
+/// ([`Codec::BYTE_STRINGS_ARE_SEQUENCES`]): the same bytes, in one copy
+/// rather than a call per byte.
+///
+/// # Errors
+/// The codec's.
+pub(crate) fn encode_value<C: Codec, T: Serialize + 'static>(
+    value: &T,
+) -> Result<Vec<u8>, CodecError> {
+    if C::BYTE_STRINGS_ARE_SEQUENCES {
+        if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+            return C::encode(&serde_bytes::Bytes::new(bytes));
+        }
+    }
+    C::encode(value)
+}
+
+/// A value's decoding, chosen where its type is known to be `'static`
+/// ([`decode_value`] for a codec), for handles whose own bounds do not say
+/// so.
+pub(crate) type Decode<T> = fn(&[u8]) -> Result<T, CodecError>;
+
+/// `C::decode(bytes)`, where a plain `Vec<u8>` is decoded as a byte
+/// string when the codec writes both alike (see [`encode_value`]).
+///
+/// # Errors
+/// The codec's.
+pub(crate) fn decode_value<C: Codec, T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    if C::BYTE_STRINGS_ARE_SEQUENCES && TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        let mut slot = Some(C::decode::<serde_bytes::ByteBuf>(bytes)?.into_vec());
+        if let Some(value) = (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<T>>()
+            .and_then(Option::take)
+        {
+            return Ok(value);
+        }
+    }
+    C::decode::<T>(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::async_core::codecs::{Cbor, Json};
+
+    fn plain() -> Vec<u8> {
+        (0..70_000u32).map(|i| (i % 253) as u8).collect()
+    }
+
+    #[test]
+    fn a_plain_vec_takes_the_byte_path_with_the_same_bytes() {
+        let value = plain();
+        // The same encoding as the element-by-element one, either way
+        // round: a peer on the other path reads it.
+        let encoded = encode_value::<Postcard, _>(&value).unwrap();
+        assert_eq!(encoded, Postcard::encode(&value).unwrap());
+        assert_eq!(decode_value::<Postcard, Vec<u8>>(&encoded).unwrap(), value);
+        let json = encode_value::<Json, _>(&value).unwrap();
+        assert_eq!(json, Json::encode(&value).unwrap());
+        assert_eq!(decode_value::<Json, Vec<u8>>(&json).unwrap(), value);
+        // A codec whose byte strings differ from sequences keeps its own.
+        let cbor = encode_value::<Cbor, _>(&value).unwrap();
+        assert_eq!(cbor, Cbor::encode(&value).unwrap());
+        assert_eq!(decode_value::<Cbor, Vec<u8>>(&cbor).unwrap(), value);
+        // Other types, and errors, as the codec's own.
+        let other = (7u8, vec![1u16, 2, 3]);
+        assert_eq!(
+            encode_value::<Postcard, _>(&other).unwrap(),
+            Postcard::encode(&other).unwrap()
+        );
+        let truncated = &encoded[..encoded.len() - 1];
+        assert!(decode_value::<Postcard, Vec<u8>>(truncated).is_err());
     }
 }

@@ -113,7 +113,9 @@ impl<T: DeserializeOwned + 'static, C: Codec> MessageStream<T, C> {
                 match payload {
                     Payload::Mapped(mapping) => decode_with_fds(fds, || {
                         decode_from_mapping(&mapping, || {
-                            decode_within(budget, || decode_message::<T, C>(mapping.as_slice()))
+                            decode_within(budget, || {
+                                super::codec::decode_value::<C, T>(mapping.as_slice())
+                            })
                         })
                     }),
                     // Received into a buffer of its own, which goes back
@@ -123,7 +125,9 @@ impl<T: DeserializeOwned + 'static, C: Codec> MessageStream<T, C> {
                         let buffer = Arc::new(HeapBuffer::received(bytes));
                         decode_with_fds(fds, || {
                             decode_from_received(&buffer, || {
-                                decode_within(budget, || decode_message::<T, C>(&buffer))
+                                decode_within(budget, || {
+                                    super::codec::decode_value::<C, T>(&buffer)
+                                })
                             })
                         })
                     }
@@ -131,7 +135,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> MessageStream<T, C> {
                     // streamed; nothing decodes them.
                     Payload::Sealed { .. } | Payload::Pieces(_) | Payload::Streamed(_) => {
                         decode_with_fds(fds, || {
-                            decode_within(budget, || decode_message::<T, C>(&[]))
+                            decode_within(budget, || super::codec::decode_value::<C, T>(&[]))
                         })
                     }
                 }
@@ -447,24 +451,6 @@ impl<T: Serialize + Send + 'static, C: Codec> futures_sink::Sink<T> for MessageS
         // The other side sees the end once every clone is dropped.
         self.get_mut().poll_pending(cx)
     }
-}
-
-/// Decodes one message; a plain `Vec<u8>` as a byte string where the codec
-/// writes both alike (see [`MessageSender`]'s `encode_owned`): one copy
-/// instead of a call per byte.
-fn decode_message<T: DeserializeOwned + 'static, C: Codec>(
-    bytes: &[u8],
-) -> Result<T, super::CodecError> {
-    if C::BYTE_STRINGS_ARE_SEQUENCES && TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
-        let mut slot = Some(C::decode::<serde_bytes::ByteBuf>(bytes)?.into_vec());
-        if let Some(message) = (&mut slot as &mut dyn Any)
-            .downcast_mut::<Option<T>>()
-            .and_then(Option::take)
-        {
-            return Ok(message);
-        }
-    }
-    C::decode::<T>(bytes)
 }
 
 impl<T, C: Codec> std::fmt::Debug for MessageSender<T, C> {

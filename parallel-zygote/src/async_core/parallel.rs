@@ -20,7 +20,7 @@ use super::messages::{MessageSender, MessageStream};
 use super::output::{Captured, Output, OutputConfig};
 use super::pool_core::ScopedPool;
 use super::process::Process;
-use super::run::Run;
+use super::run::{Run, Values};
 use super::runtime::{Runtime, WorkerRuntime};
 use super::spawn::JoinHandle;
 use super::warm::{Registered, Taken, WarmConfig, WarmSet};
@@ -505,10 +505,14 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             let task = worker::task_entry(move |context| {
                 worker::spawn_task::<F, A, Fut, T, C>(function, context)
             })?;
-            let args = C::encode(&argument).map_err(Error::encode::<A>)?;
+            let args = super::codec::encode_value::<C, A>(&argument).map_err(Error::encode::<A>)?;
             self.launch_one_shot(task, args)
         })();
-        JoinHandle::new(started, std::any::type_name::<A>())
+        JoinHandle::new(
+            started,
+            std::any::type_name::<A>(),
+            super::codec::decode_value::<C, T>,
+        )
     }
 
     /// Starts a persistent worker running `function`; every
@@ -534,10 +538,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
 
     pub(crate) fn run_entry<A, T>(&self, task: WireEntry) -> Result<Run<A, T, C, R>, Error>
     where
-        A: Serialize,
-        T: DeserializeOwned,
+        A: Serialize + 'static,
+        T: DeserializeOwned + 'static,
     {
-        Ok(Run::new(self.launch(task, Vec::new())?))
+        Ok(Run::new(self.launch(task, Vec::new())?, Values::of::<C>()))
     }
 
     /// Starts a worker running `function` with a typed, bidirectional channel:

@@ -295,14 +295,20 @@ where
     /// The handle resolves as [`call`](Self::call) does, plus
     /// [`Error::Cancelled`] for a call withdrawn by [`PoolTask::kill`].
     pub fn submit(&self, argument: A) -> PoolTask<impl Future<Output = Result<R, Error>>> {
-        let encoded = C::encode(&argument).map_err(Error::encode::<A>);
+        let encoded = super::codec::encode_value::<C, A>(&argument).map_err(Error::encode::<A>);
         let control = Arc::new(Control::new());
         let core = Arc::clone(&self.core);
         let mine = Arc::clone(&control);
         PoolTask::new(
             async move {
                 let (outcome, pid) = core.call(encoded?, NO_ENCODER, &mine).await?;
-                outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>())
+                outcome_into(
+                    outcome,
+                    super::codec::decode_value::<C, R>,
+                    pid,
+                    None,
+                    std::any::type_name::<A>(),
+                )
             },
             control,
         )
@@ -323,11 +329,18 @@ where
     pub async fn call(&self, argument: A) -> Result<R, Error> {
         // The argument stays with the call (as it did as a parameter): a
         // retry encodes it again rather than every call keeping a copy.
-        let encode = move || C::encode(&argument).map_err(Error::encode::<A>);
+        let encode =
+            move || super::codec::encode_value::<C, A>(&argument).map_err(Error::encode::<A>);
         let args = encode()?;
         let control = Control::unwatched();
         let (outcome, pid) = self.core.call(args, Some(encode), &control).await?;
-        outcome_into::<R, C>(outcome, pid, None, std::any::type_name::<A>())
+        outcome_into(
+            outcome,
+            super::codec::decode_value::<C, R>,
+            pid,
+            None,
+            std::any::type_name::<A>(),
+        )
     }
 
     /// Maps `inputs` through the pool, `size` calls at a time, yielding the

@@ -76,7 +76,13 @@ impl ProcessHandle {
         let pid = self.killer.pid();
         match outcome {
             Ok(Ok(Outcome::Ok(_))) => Ok(()),
-            Ok(Ok(outcome)) => outcome_into::<(), Postcard>(outcome, pid, None, "()"),
+            Ok(Ok(outcome)) => outcome_into(
+                outcome,
+                super::codec::decode_value::<Postcard, ()>,
+                pid,
+                None,
+                "()",
+            ),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(self.killer.death(None)),
         }

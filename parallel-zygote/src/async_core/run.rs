@@ -12,7 +12,7 @@ use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::codec::Codec;
+use super::codec::{decode_value, encode_value, Codec, CodecError, Decode};
 use std::any::type_name;
 
 use super::driver::{CallFailed, Command, Link, Served, Submit};
@@ -32,9 +32,40 @@ pub struct Run<A, T, C: Codec, R: Runtime> {
     commands: async_channel::Sender<Command>,
     submit: Submit<R>,
     killer: Arc<Killer>,
+    /// The argument's encoding and the result's decoding (see
+    /// [`Values`]).
+    values: Values<A, T>,
     _types: PhantomData<fn(A) -> T>,
     _codec: PhantomData<fn() -> (C, R)>,
 }
+
+/// How a [`Run`] encodes its argument and decodes its result, chosen by
+/// [`Parallel::run`](super::Parallel::run), where both types are known to
+/// be `'static`: a plain `Vec<u8>` then takes the byte path
+/// ([`encode_value`], [`decode_value`]), which `Run`'s own bounds could not
+/// tell.
+pub(crate) struct Values<A, T> {
+    encode: fn(&A) -> Result<Vec<u8>, CodecError>,
+    decode: Decode<T>,
+}
+
+impl<A: Serialize + 'static, T: DeserializeOwned + 'static> Values<A, T> {
+    /// The codec `C`'s.
+    pub(crate) fn of<C: Codec>() -> Self {
+        Values {
+            encode: encode_value::<C, A>,
+            decode: decode_value::<C, T>,
+        }
+    }
+}
+
+impl<A, T> Clone for Values<A, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A, T> Copy for Values<A, T> {}
 
 impl<A, T, C: Codec, R: Runtime> Clone for Run<A, T, C, R> {
     fn clone(&self) -> Self {
@@ -42,6 +73,7 @@ impl<A, T, C: Codec, R: Runtime> Clone for Run<A, T, C, R> {
             commands: self.commands.clone(),
             submit: self.submit.clone(),
             killer: Arc::clone(&self.killer),
+            values: self.values,
             _types: PhantomData,
             _codec: PhantomData,
         }
@@ -57,7 +89,7 @@ impl<A, T, C: Codec, R: Runtime> std::fmt::Debug for Run<A, T, C, R> {
 }
 
 impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
-    pub(crate) fn new(link: Link<R>) -> Self {
+    pub(crate) fn new(link: Link<R>, values: Values<A, T>) -> Self {
         // `run` sends no stream data: close that direction now, so that
         // dropping the last `Run` is what ends the worker's input.
         drop(link.outgoing);
@@ -65,6 +97,7 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
             commands: link.commands,
             submit: link.submit,
             killer: link.killer,
+            values,
             _types: PhantomData,
             _codec: PhantomData,
         }
@@ -81,12 +114,18 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     /// [`Error::WorkerDied`] when the worker died, [`Error::Codec`] when the
     /// argument or result could not be encoded or decoded.
     pub async fn call(&self, argument: A) -> Result<T, Error> {
-        let args = C::encode(&argument).map_err(Error::encode::<A>)?;
+        let args = (self.values.encode)(&argument).map_err(Error::encode::<A>)?;
         let (call, outcome) = self
             .call_encoded(args)
             .await
             .map_err(|failed| failed.error)?;
-        outcome_into::<T, C>(outcome, self.killer.pid(), Some(call), type_name::<A>())
+        outcome_into(
+            outcome,
+            self.values.decode,
+            self.killer.pid(),
+            Some(call),
+            type_name::<A>(),
+        )
     }
 
     /// Sends encoded arguments and waits for the outcome, saying on failure
@@ -244,8 +283,9 @@ impl<R: Runtime> Drop for Reading<'_, R> {
 
 /// Turns a worker's outcome into the caller's value; `arguments` names the
 /// type of the arguments it was sent, for a decode failure in the worker.
-pub(crate) fn outcome_into<T, C: Codec>(
+pub(crate) fn outcome_into<T>(
     outcome: Outcome,
+    decode: Decode<T>,
     pid: Option<i32>,
     call: Option<u64>,
     arguments: &'static str,
@@ -254,7 +294,7 @@ where
     T: DeserializeOwned,
 {
     match outcome {
-        Outcome::Ok(bytes) => C::decode::<T>(&bytes).map_err(Error::decode::<T>),
+        Outcome::Ok(bytes) => decode(&bytes).map_err(Error::decode::<T>),
         Outcome::Err(bytes) => Err(match WorkerFailure::from_bytes(&bytes) {
             WorkerFailure::DecodeArguments(message) => Error::Codec {
                 action: "decode",

@@ -11,7 +11,7 @@ use futures_channel::oneshot;
 use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 
-use super::codec::Codec;
+use super::codec::{Codec, Decode};
 use super::driver::{Held, OneShot};
 use super::kill::Killer;
 use super::run::outcome_into;
@@ -28,6 +28,8 @@ use super::Error;
 #[must_use = "dropping a JoinHandle kills its worker at once: await it, or call .detach()"]
 pub struct JoinHandle<T, C: Codec, R: Runtime> {
     state: Result<Running<R>, Option<Error>>,
+    /// The result's decoding, chosen by `spawn` (see [`Decode`]).
+    decode: Decode<T>,
     _types: PhantomData<fn() -> T>,
     _codec: PhantomData<fn() -> (C, R)>,
 }
@@ -44,8 +46,13 @@ struct Running<R: Runtime> {
 }
 
 impl<T: DeserializeOwned, C: Codec, R: Runtime> JoinHandle<T, C, R> {
-    pub(crate) fn new(started: Result<OneShot<R>, Error>, arguments: &'static str) -> Self {
+    pub(crate) fn new(
+        started: Result<OneShot<R>, Error>,
+        arguments: &'static str,
+        decode: Decode<T>,
+    ) -> Self {
         JoinHandle {
+            decode,
             state: match started {
                 Ok(link) => Ok(Running {
                     killer: link.killer,
@@ -106,7 +113,9 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> Future for JoinHandle<T, C, R> {
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let running = match &mut self.get_mut().state {
+        let this = self.get_mut();
+        let decode = this.decode;
+        let running = match &mut this.state {
             Ok(running) => running,
             Err(error) => return Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
         };
@@ -123,7 +132,7 @@ impl<T: DeserializeOwned, C: Codec, R: Runtime> Future for JoinHandle<T, C, R> {
         running.detached = true; // finished: nothing left to kill
         let pid = running.killer.pid();
         Poll::Ready(
-            outcome.and_then(|outcome| outcome_into::<T, C>(outcome, pid, None, running.arguments)),
+            outcome.and_then(|outcome| outcome_into(outcome, decode, pid, None, running.arguments)),
         )
     }
 }

@@ -551,12 +551,12 @@ where
     T: Serialize + 'static,
     C: Codec,
 {
-    let argument = match C::decode::<A>(&args) {
+    let argument = match super::codec::decode_value::<C, A>(&args) {
         Ok(argument) => argument,
         Err(error) => return WorkerFailure::DecodeArguments(error.to_string()).into_outcome(),
     };
     match catching(function(argument)).await {
-        Ok(result) => match C::encode(&result) {
+        Ok(result) => match super::codec::encode_value::<C, T>(&result) {
             Ok(bytes) => Outcome::Ok(bytes),
             Err(error) => WorkerFailure::EncodeResult(error.to_string()).into_outcome(),
         },

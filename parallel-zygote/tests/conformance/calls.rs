@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use libtest_mimic::Failed;
-use parallel_zygote::async_core::{Codec, CodecError, Error, Parallel, Runtime};
+use parallel_zygote::async_core::{Codec, CodecError, Error, Parallel, Pool, PoolConfig, Runtime};
 
 use super::{check, within};
 
@@ -186,6 +186,46 @@ pub async fn custom_codec_is_used_both_ways<R: Runtime>(
     check(value == 7, format!("{value}"))?;
     let run = scrambled.run(|x: i64| async move { -x })?;
     check(run.call(5).await? == -5, "run with custom codec")
+}
+
+/// Plain `Vec<u8>` arguments and results (which take the byte-string path
+/// with the default codec, and serde's sequence with another), through a
+/// `Run`, a `Pool` and a spawn: every byte arrives, in order, both ways.
+pub async fn plain_byte_vectors_cross_both_ways<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let long: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let expected: Vec<u8> = long.iter().rev().copied().collect();
+    let default = reversed_everywhere(parallel.clone(), &long).await?;
+    let scrambled = reversed_everywhere(parallel.with_codec::<Scrambled>(), &long).await?;
+    for (codec, answers) in [("default", default), ("scrambled", scrambled)] {
+        let [from_run, empty, from_pool, spawned] = answers;
+        check(from_run == expected, format!("{codec}: Run::call's bytes"))?;
+        check(empty.is_empty(), format!("{codec}: an empty Vec<u8>"))?;
+        check(
+            from_pool == expected,
+            format!("{codec}: Pool::call's bytes"),
+        )?;
+        check(spawned == expected, format!("{codec}: spawn's bytes"))?;
+    }
+    Ok(())
+}
+
+/// `bytes` reversed by a `Run` (and an empty `Vec<u8>`), a `Pool` and a
+/// spawn with codec `C`.
+async fn reversed_everywhere<R: Runtime, C: Codec>(
+    parallel: Parallel<R, C>,
+    bytes: &[u8],
+) -> Result<[Vec<u8>; 4], Failed> {
+    let reversed = |bytes: Vec<u8>| async move { bytes.into_iter().rev().collect::<Vec<u8>>() };
+    let run = parallel.run(reversed)?;
+    let pool = Pool::new(&parallel, reversed, PoolConfig::default().size(2))?;
+    Ok([
+        run.call(bytes.to_vec()).await?,
+        run.call(Vec::new()).await?,
+        pool.call(bytes.to_vec()).await?,
+        parallel.spawn(reversed, bytes.to_vec()).await?,
+    ])
 }
 
 static TABLE: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
