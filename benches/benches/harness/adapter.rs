@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use parallel_zygote::async_core::{
-    MessageSender, MessageStream, Parallel, Pool, PoolConfig, Runtime, WarmConfig,
+    MessageSender, MessageStream, Parallel, Pool, PoolConfig, Postcard, Run, Runtime, WarmConfig,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::os::{minor_faults, monotonic_ns, wait_exit};
 use super::raw::{RawKind, RawZygote};
@@ -80,7 +82,20 @@ pub async fn bytes_round_trip<R: Runtime>(
     budget: Budget,
 ) -> Vec<Duration> {
     let run = parallel.run(echo_bytes).expect("run");
-    let template = serde_bytes::ByteBuf::from(vec![3u8; size]);
+    timed_echoes(run, serde_bytes::ByteBuf::from(vec![3u8; size]), budget).await
+}
+
+/// Calls of `run`, a function that sends its argument back, each with a
+/// copy of `template` (made outside the clock), after one untimed call.
+async fn timed_echoes<R, B>(
+    run: Run<B, B, Postcard, R>,
+    template: B,
+    budget: Budget,
+) -> Vec<Duration>
+where
+    R: Runtime,
+    B: Clone + Serialize + DeserializeOwned + AsRef<[u8]> + 'static,
+{
     run.call(template.clone()).await.expect("first call");
     let mut sampler = Sampler::new(budget);
     while sampler.next() {
@@ -88,7 +103,7 @@ pub async fn bytes_round_trip<R: Runtime>(
         let start = Instant::now();
         let answer = run.call(argument).await.expect("call");
         sampler.record(start.elapsed());
-        assert_eq!(answer.len(), size);
+        assert_eq!(answer.as_ref().len(), template.as_ref().len());
     }
     sampler.finish()
 }
@@ -105,17 +120,7 @@ pub async fn plain_round_trip<R: Runtime>(
     budget: Budget,
 ) -> Vec<Duration> {
     let run = parallel.run(echo_plain).expect("run");
-    let template = vec![3u8; size];
-    run.call(template.clone()).await.expect("first call");
-    let mut sampler = Sampler::new(budget);
-    while sampler.next() {
-        let argument = template.clone();
-        let start = Instant::now();
-        let answer = run.call(argument).await.expect("call");
-        sampler.record(start.elapsed());
-        assert_eq!(answer.len(), size);
-    }
-    sampler.finish()
+    timed_echoes(run, vec![3u8; size], budget).await
 }
 
 /// [`plain_round_trip`]'s function: its bytes back.

@@ -11,7 +11,7 @@ use super::codec::Codec;
 use super::parallel::Parallel;
 use super::pool::{PoolConfig, PoolStats};
 use super::pool_core::{Control, PoolCore, PoolTask, WorkerOptions, NO_ENCODER};
-use super::run::outcome_into;
+use super::run::pooled_outcome;
 use super::runtime::Runtime;
 use super::worker::{self, AnyCall};
 use super::Error;
@@ -130,13 +130,7 @@ impl<C: Codec, Rt: Runtime> AnyPool<C, Rt> {
         PoolTask::new(
             async move {
                 let (outcome, pid) = core.call(call?, NO_ENCODER, &mine).await?;
-                outcome_into(
-                    outcome,
-                    super::codec::decode_value::<C, T>,
-                    pid,
-                    None,
-                    std::any::type_name::<A>(),
-                )
+                pooled_outcome::<A, T, C>(outcome, pid)
             },
             control,
         )

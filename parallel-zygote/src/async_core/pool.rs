@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::codec::Codec;
 use super::parallel::{run_entry, Parallel};
 use super::pool_core::{Control, PoolCore, PoolTask, WorkerOptions, NO_ENCODER};
-use super::run::outcome_into;
+use super::run::pooled_outcome;
 use super::runtime::Runtime;
 use super::Error;
 use crate::SpawnOptions;
@@ -302,13 +302,7 @@ where
         PoolTask::new(
             async move {
                 let (outcome, pid) = core.call(encoded?, NO_ENCODER, &mine).await?;
-                outcome_into(
-                    outcome,
-                    super::codec::decode_value::<C, R>,
-                    pid,
-                    None,
-                    std::any::type_name::<A>(),
-                )
+                pooled_outcome::<A, R, C>(outcome, pid)
             },
             control,
         )
@@ -334,13 +328,7 @@ where
         let args = encode()?;
         let control = Control::unwatched();
         let (outcome, pid) = self.core.call(args, Some(encode), &control).await?;
-        outcome_into(
-            outcome,
-            super::codec::decode_value::<C, R>,
-            pid,
-            None,
-            std::any::type_name::<A>(),
-        )
+        pooled_outcome::<A, R, C>(outcome, pid)
     }
 
     /// Maps `inputs` through the pool, `size` calls at a time, yielding the

@@ -281,6 +281,17 @@ impl<R: Runtime> Drop for Reading<'_, R> {
     }
 }
 
+/// [`outcome_into`] for a pooled call of a function taking `A` and
+/// returning `T` with codec `C` (a plain `Vec<u8>` decoded as a byte
+/// string, see [`decode_value`]); no call number, as in a pool it would be
+/// the worker's, not the caller's.
+pub(crate) fn pooled_outcome<A, T: DeserializeOwned + 'static, C: Codec>(
+    outcome: Outcome,
+    pid: Option<i32>,
+) -> Result<T, Error> {
+    outcome_into(outcome, decode_value::<C, T>, pid, None, type_name::<A>())
+}
+
 /// Turns a worker's outcome into the caller's value; `arguments` names the
 /// type of the arguments it was sent, for a decode failure in the worker.
 pub(crate) fn outcome_into<T>(
