@@ -207,6 +207,61 @@ fn a_large_calls_arguments_are_the_body_and_decode_on_the_other_side() {
 }
 
 #[test]
+fn start_with_a_tail_is_starts_frame_with_the_tail_moved_in() {
+    for (head_len, tail_len) in [(0, 0), (9, 100), (9, 20_000), (0, 70_000), (300, 1 << 20)] {
+        let head: Vec<u8> = (0..head_len).map(|i| (i % 7) as u8).collect();
+        let tail: Vec<u8> = (0..tail_len).map(|i| (i % 251) as u8).collect();
+        let args = [&head[..], &tail[..]].concat();
+        let mut whole = ParentChannel::new(Limits::default());
+        whole.start(entry(), args.clone()).unwrap();
+        let expected = wire(&drain(&mut whole));
+
+        let mut split = ParentChannel::new(Limits::default());
+        let at = tail.as_ptr();
+        split.start_with_tail(entry(), &head, tail).unwrap();
+        let transmits = drain(&mut split);
+        assert_eq!(wire(&transmits), expected, "{head_len} + {tail_len} B");
+        let moved = transmits
+            .iter()
+            .any(|t| !t.body.is_empty() && t.body.as_ptr() == at);
+        assert_eq!(
+            moved,
+            head_len + tail_len >= MOVE_THRESHOLD,
+            "{head_len} + {tail_len} B: the tail moved in exactly when large"
+        );
+        // Twice: refused, as `start` is.
+        assert!(split.start_with_tail(entry(), &head, Vec::new()).is_err());
+        // And the worker reads those arguments, whole.
+        let mut worker = WorkerChannel::new(Limits::default(), 1);
+        let mut input = &expected[..];
+        let event = worker.handle_input(&mut input).unwrap();
+        assert_eq!(
+            event,
+            Some(WorkerEvent::Start {
+                task: entry(),
+                args
+            })
+        );
+    }
+    // Past the frame limit: refused, and nothing queued.
+    let limits = Limits::default().with_max_frame_len(1000).unwrap();
+    let mut parent = ParentChannel::new(limits);
+    assert!(parent
+        .start_with_tail(entry(), &[1; 10], vec![2; 1000])
+        .is_err());
+    assert!(parent
+        .start_with_tail(entry(), &[1; 1], vec![2; 30_000])
+        .is_err());
+    assert_eq!(
+        parent.queued_bytes(),
+        drain(&mut parent).iter().map(Transmit::len).sum()
+    );
+    parent
+        .start_with_tail(entry(), &[1; 10], vec![2; 100])
+        .unwrap();
+}
+
+#[test]
 fn queued_bytes_counts_exactly_what_poll_transmit_hands_out() {
     let mut parent = ParentChannel::new(Limits::default());
     parent.start(entry(), vec![0; 100]).unwrap();

@@ -123,6 +123,37 @@ pub async fn plain_round_trip<R: Runtime>(
     timed_echoes(run, vec![3u8; size], budget).await
 }
 
+/// Warm `spawn(echo_bytes, x)`s with `size` bytes each way (a
+/// `serde_bytes` buffer), from pre-forked workers (`config`), each after the
+/// previous worker exited and 5 ms passed, as in the warm-spawn rows: what
+/// bulk arguments and results add to a one-shot spawn.
+pub async fn warm_spawn_bytes<R: Runtime>(
+    parallel: Parallel<R>,
+    config: WarmConfig,
+    size: usize,
+    budget: Budget,
+) -> Vec<Duration> {
+    let parallel = parallel.warm_workers(config).expect("warm workers");
+    let template = serde_bytes::ByteBuf::from(vec![3u8; size]);
+    let mut sampler = Sampler::new(budget);
+    while sampler.next() {
+        let argument = template.clone();
+        let start = Instant::now();
+        let mut handle = parallel.spawn(echo_bytes, argument);
+        let answer = (&mut handle).await.expect("spawn");
+        let elapsed = start.elapsed();
+        assert_eq!(answer.len(), size);
+        // Outside the clock: the worker's exit and the refill's forks.
+        if let Some(pid) = handle.pid() {
+            wait_exit(pid, Duration::from_secs(5));
+        }
+        drop(handle);
+        R::sleep(Duration::from_millis(5)).await;
+        sampler.record(elapsed);
+    }
+    sampler.finish()
+}
+
 /// [`plain_round_trip`]'s function: its bytes back.
 pub async fn echo_plain(bytes: Vec<u8>) -> Vec<u8> {
     bytes
@@ -681,6 +712,8 @@ pub trait Adapter {
     fn run_bytes_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration>;
     /// The same with a plain `Vec<u8>` each way.
     fn run_plain_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration>;
+    /// [`warm_spawn_bytes`]: warm spawns with `size` bytes each way.
+    fn warm_spawn_bytes(&self, config: WarmConfig, size: usize, budget: Budget) -> Vec<Duration>;
     /// Time for `calls` raw 8-byte ping-pongs with `in_flight` outstanding.
     fn raw_pipelined(
         &self,

@@ -259,13 +259,14 @@ impl ToWorker {
         }
     }
 
-    /// A call as the first bytes of its payload (its id, its arguments'
-    /// length) and its arguments, which end the payload: written as they
-    /// are, they are not copied into a payload buffer. Any other message
-    /// comes back.
+    /// A call or Start as the first bytes of its payload (the call's id or
+    /// the task, the arguments' length) and its arguments, which end the
+    /// payload: written as they are, they are not copied into a payload
+    /// buffer. Any other message comes back.
     pub(crate) fn split_bulk(self) -> Result<(Vec<u8>, Vec<u8>), ToWorker> {
         match self {
             ToWorker::Call { call, args } => Ok((encode_body(&(call, args.len())), args)),
+            ToWorker::Start { task, args } => Ok((encode_body(&(task, args.len())), args)),
             message => Err(message),
         }
     }
@@ -296,6 +297,9 @@ impl ToWorker {
                 }
             }
             0x12 => {
+                if let Some((task, args)) = take_tail::<WireEntry>(&mut payload, |_| true) {
+                    return Ok(ToWorker::Start { task, args });
+                }
                 let body: StartBody = decode_body("Start", &payload)?;
                 ToWorker::Start {
                     task: body.task,
@@ -525,6 +529,13 @@ mod tests {
         }
     }
 
+    fn start_args(message: &ToWorker) -> Option<*const u8> {
+        match message {
+            ToWorker::Start { args, .. } => Some(args.as_ptr()),
+            _ => None,
+        }
+    }
+
     fn outcome_bytes(message: &FromWorker) -> Option<*const u8> {
         match message {
             FromWorker::Reply { outcome, .. } | FromWorker::Return(outcome) => match outcome {
@@ -547,6 +558,17 @@ mod tests {
             let (decoded, kept) = both_ways(&call.clone().into_payload(), to_worker, call_args);
             assert_eq!(decoded.unwrap(), call);
             assert!(kept, "{len} B of arguments: no new buffer");
+            let start = ToWorker::Start {
+                task: WireEntry {
+                    offset: -40,
+                    tag: [7; 16],
+                },
+                args: bulk(len + 3),
+            };
+            let starts = |payload: Cow<'_, [u8]>| ToWorker::decode_frame(0x12, payload, None);
+            let (decoded, kept) = both_ways(&start.clone().into_payload(), starts, start_args);
+            assert_eq!(decoded.unwrap(), start);
+            assert!(kept, "{len} B of Start arguments: no new buffer");
             for outcome in [Outcome::Ok(bulk(len)), Outcome::Err(bulk(len + 1))] {
                 let answers = [
                     FromWorker::Reply {
@@ -569,10 +591,19 @@ mod tests {
     #[test]
     fn a_split_message_is_its_payload_cut_before_the_bulk_bytes() {
         let bytes = bulk(70_000);
-        let calls = [ToWorker::Call {
-            call: 1 << 40,
-            args: bytes.clone(),
-        }];
+        let calls = [
+            ToWorker::Call {
+                call: 1 << 40,
+                args: bytes.clone(),
+            },
+            ToWorker::Start {
+                task: WireEntry {
+                    offset: i64::MAX,
+                    tag: [0xff; 16],
+                },
+                args: bytes.clone(),
+            },
+        ];
         for message in calls {
             let payload = message.clone().into_payload();
             let (prefix, bulk) = message.split_bulk().unwrap();

@@ -1,6 +1,7 @@
 //! The parent's side of a worker channel.
 
 use super::messages::*;
+use crate::codec::encode_body;
 use crate::entry::WireEntry;
 use crate::transmit::{Transmit, MOVE_THRESHOLD};
 use crate::wire::Wire;
@@ -135,6 +136,47 @@ impl ParentChannel {
             return Err(invalid("start the task", "it was already started").into());
         }
         self.queue(ToWorker::Start { task, args }, 0)?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// [`start`](Self::start) with arguments in two parts, `head` then
+    /// `tail`: the frame is the one `start` makes of their concatenation,
+    /// but a large `tail` (the encoded value a task is spawned with, after
+    /// a few bytes of the transport's own) is moved into the transmit as
+    /// its body instead of being copied into a payload buffer, and a
+    /// receiver that reads the payload into its own buffer keeps that
+    /// buffer for the arguments.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start), for arguments of `head.len() +
+    /// tail.len()` bytes.
+    pub fn start_with_tail(
+        &mut self,
+        task: WireEntry,
+        head: &[u8],
+        tail: Vec<u8>,
+    ) -> Result<(), Error> {
+        self.wire.check_failed()?;
+        if self.started {
+            return Err(invalid("start the task", "it was already started").into());
+        }
+        let len = head.len() + tail.len();
+        if len < MOVE_THRESHOLD {
+            let mut args = Vec::with_capacity(len);
+            args.extend_from_slice(head);
+            args.extend_from_slice(&tail);
+            self.queue(ToWorker::Start { task, args }, 0)?;
+        } else {
+            let kind = ToWorker::Start {
+                task,
+                args: Vec::new(),
+            }
+            .kind();
+            let mut prefix = encode_body(&(task, len));
+            prefix.extend_from_slice(head);
+            self.wire.queue_split(kind, 0, &prefix, tail)?;
+        }
         self.started = true;
         Ok(())
     }

@@ -646,7 +646,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             Some(warm) if io.is_inherit() => warm.take::<R>(),
             _ => None,
         };
-        let start_args = worker::start_args(&self.worker.options, args, self.backtraces, io);
+        let start_head = worker::start_head(&self.worker.options, self.backtraces, io);
         let (mut conn, fd, pending) = match warm {
             // Registered by a refill, its connection built: Start is all
             // that is left to do before it goes out.
@@ -673,7 +673,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
                 (Conn::new(machine, R::register(stream)?), fd, pending)
             }
         };
-        conn.machine.start(task, start_args)?;
+        conn.machine.start_with_tail(task, &start_head, args)?;
         if ending == Ending::WithStart {
             // In the same write as Start. Should it not fit the send queue
             // (arguments near its limit), the driver sends it once Start

@@ -33,20 +33,26 @@ use super::shared::{self, Payload};
 use crate::io::{Inbox, Outbox};
 use crate::{Entry, WorkerContext};
 
-/// What the Start frame's arguments carry.
+/// What the Start frame's arguments begin with (postcard). The task's
+/// arguments, as the codec encoded them, follow it to the end of the frame:
+/// unwrapped, so that large ones are neither copied into a wrapper on the
+/// way out nor out of one on the way in (see [`start_head`]).
 #[derive(Serialize, Deserialize)]
-struct StartArgs {
+struct StartHead {
     /// The [`WorkerRuntime`] value, encoded.
     #[serde(with = "serde_bytes")]
     runtime: Vec<u8>,
-    /// The task's arguments, encoded by the codec (as bytes: a plain
-    /// `Vec<u8>` would be encoded one element at a time).
-    #[serde(with = "serde_bytes")]
-    args: Vec<u8>,
     /// Whether a panic captures a backtrace (without `RUST_BACKTRACE`).
     backtraces: bool,
     /// Where stdout and stderr go, and whether tracing is forwarded.
     io: WorkerIo,
+}
+
+/// Reads the head of a Start frame's arguments: it, and where the task's
+/// own arguments begin.
+fn read_start_head(start_args: &[u8]) -> Result<(StartHead, usize), postcard::Error> {
+    let (head, rest) = postcard::take_from_bytes::<StartHead>(start_args)?;
+    Ok((head, start_args.len() - rest.len()))
 }
 
 /// Why a worker gives no value, as an `Outcome::Err` carries it (postcard),
@@ -74,11 +80,11 @@ impl WorkerFailure {
     }
 }
 
-/// Encodes a Start frame's arguments.
-pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>, backtraces: bool, io: WorkerIo) -> Vec<u8> {
-    postcard::to_stdvec(&StartArgs {
+/// Encodes the head of a Start frame's arguments: the task's encoded
+/// arguments follow it (`ParentChannel::start_with_tail`).
+pub(crate) fn start_head(runtime: &[u8], backtraces: bool, io: WorkerIo) -> Vec<u8> {
+    postcard::to_stdvec(&StartHead {
         runtime: runtime.to_vec(),
-        args,
         backtraces,
         io,
     })
@@ -88,7 +94,9 @@ pub(crate) fn start_args(runtime: &[u8], args: Vec<u8>, backtraces: bool, io: Wo
 /// What a task entry receives.
 pub(crate) struct TaskContext {
     conn: Conn<WorkerChannel, Box<dyn AsyncSocket>>,
+    /// Start's arguments: the task's own, encoded, begin at `args_at`.
     args: Vec<u8>,
+    args_at: usize,
 }
 
 /// The entry type of every task function.
@@ -193,16 +201,16 @@ fn boot_blocking<W: WorkerRuntime>(stream: UnixStream, fds: Vec<OwnedFd>) {
         unparsed,
         fds,
     };
-    start_task::<W>(booted, task, &start_args);
+    start_task::<W>(booted, task, start_args);
 }
 
 /// Builds the runtime Start asks for and runs its task there.
-fn start_task<W: WorkerRuntime>(booted: Booted, task: WireEntry, start_args: &[u8]) {
-    let decoded = postcard::from_bytes::<StartArgs>(start_args).and_then(|start| {
-        set_capture_backtraces(start.backtraces);
-        postcard::from_bytes::<W>(&start.runtime).map(|runtime| (runtime, start.args, start.io))
+fn start_task<W: WorkerRuntime>(booted: Booted, task: WireEntry, start_args: Vec<u8>) {
+    let decoded = read_start_head(&start_args).and_then(|(head, args_at)| {
+        set_capture_backtraces(head.backtraces);
+        postcard::from_bytes::<W>(&head.runtime).map(|runtime| (runtime, args_at, head.io))
     });
-    let (runtime, args, io) = match decoded {
+    let (runtime, args_at, io) = match decoded {
         Ok(decoded) => decoded,
         Err(error) => {
             let message = format!("bad start arguments for a {} worker: {error}", W::NAME);
@@ -239,7 +247,7 @@ fn start_task<W: WorkerRuntime>(booted: Booted, task: WireEntry, start_args: &[u
         };
         let socket: Box<dyn AsyncSocket> = Box::new(Unregistered::<W>::new(booted.stream));
         let conn = Conn::resume(booted.machine, socket, booted.inbox, &booted.unparsed);
-        run_task(task, conn, args).await;
+        run_task(task, conn, start_args, args_at).await;
     });
     let result = match forwarder {
         // This thread's default subscriber while the task runs (see
@@ -386,13 +394,13 @@ fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
             return;
         };
         let conn = Conn::resume(machine, socket, inbox, &unparsed);
-        let start = postcard::from_bytes::<StartArgs>(&start_args)
+        let start = read_start_head(&start_args)
             .ok()
-            .filter(|start| start.runtime == default && start.io.is_inherit());
+            .filter(|(head, _)| head.runtime == default && head.io.is_inherit());
         match start {
-            Some(start) => {
-                set_capture_backtraces(start.backtraces);
-                run_task(task, conn, start.args).await;
+            Some((head, args_at)) => {
+                set_capture_backtraces(head.backtraces);
+                run_task(task, conn, start_args, args_at).await;
             }
             None => {
                 let (machine, inbox, unparsed) = conn.into_parts();
@@ -410,7 +418,7 @@ fn warm_boot<W: WorkerRuntime + Default>(context: WorkerContext) {
     match result {
         Ok(()) => {
             if let Some((booted, task, start_args)) = handoff.borrow_mut().take() {
-                start_task::<W>(booted, task, &start_args);
+                start_task::<W>(booted, task, start_args);
             }
         }
         // The default runtime cannot be built here: wait for Start as any
@@ -431,24 +439,38 @@ type StartRead = (WorkerChannel, Inbox, Vec<u8>, WireEntry, Vec<u8>);
 /// read, or in `poll` while a non-blocking `stream` is empty); `None` when
 /// the parent went away or sent something else first.
 fn wait_for_start(stream: &UnixStream) -> Option<StartRead> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut machine = WorkerChannel::new(Limits::default(), std::process::id() as i32);
     let mut inbox = Inbox::new();
     // Small: Hello, Start and End are a few dozen bytes, and anything read
     // past them moves on to the connection's own buffer.
     let mut buffer = vec![0u8; 4096];
     loop {
-        let read = match inbox.read(stream, &mut buffer) {
-            Ok(0) => return None,
-            Ok(read) => read,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => return None,
-                }
+        // A Start with bulk arguments: the rest of its payload is read
+        // straight into the payload's own buffer, as much as has arrived at
+        // each read (through the small buffer it took a read, a wake-up of
+        // the parent and a copy per 4 KiB). Only this frame's bytes: the
+        // next frame's descriptors stay in the socket.
+        let direct = machine
+            .payload_buffer()
+            .filter(|payload| payload.remaining() >= START_DIRECT_READ_MIN);
+        if let Some(mut payload) = direct {
+            let want = payload.remaining();
+            match blocking(stream, || {
+                inbox.read_append(stream, payload.as_mut_vec(), want)
+            })? {
+                0 => return None,
+                _ => match machine.handle_input(&mut &[][..]) {
+                    Ok(Some(WorkerEvent::Start { task, args })) => {
+                        return Some((machine, inbox, Vec::new(), task, args));
+                    }
+                    Ok(None) => continue,
+                    Ok(Some(_)) | Err(_) => return None,
+                },
             }
-            Err(_) => return None,
+        }
+        let read = match blocking(stream, || inbox.read(stream, &mut buffer))? {
+            0 => return None,
+            read => read,
         };
         let mut input = &buffer[..read];
         match machine.handle_input(&mut input) {
@@ -458,6 +480,33 @@ fn wait_for_start(stream: &UnixStream) -> Option<StartRead> {
             Ok(None) => {}
             // The state machine only lets Start come first.
             Ok(Some(_)) | Err(_) => return None,
+        }
+    }
+}
+
+/// A Start payload this much short of complete is read into its own buffer
+/// (see [`wait_for_start`]).
+const START_DIRECT_READ_MIN: usize = 16 * 1024;
+
+/// Runs `read` on `stream` until it does not block: in `poll` while a
+/// non-blocking `stream` is empty. `None` on any other error.
+fn blocking(
+    stream: &UnixStream,
+    mut read: impl FnMut() -> std::io::Result<usize>,
+) -> Option<usize> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        match read() {
+            Ok(read) => return Some(read),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return None,
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
         }
     }
 }
@@ -517,9 +566,17 @@ async fn run_task(
     task: WireEntry,
     mut conn: Conn<WorkerChannel, Box<dyn AsyncSocket>>,
     args: Vec<u8>,
+    args_at: usize,
 ) {
     match TaskEntry::verify(task) {
-        Ok(entry) => entry.resolve()(TaskContext { conn, args }).await,
+        Ok(entry) => {
+            entry.resolve()(TaskContext {
+                conn,
+                args,
+                args_at,
+            })
+            .await;
+        }
         Err(error) => {
             let _ = conn
                 .machine
@@ -542,8 +599,9 @@ async fn catching<T>(future: impl Future<Output = T>) -> Result<T, PanicReport> 
     .map_err(take_panic)
 }
 
-/// Calls `function` on encoded arguments; the outcome, encoded.
-async fn call_once<F, A, Fut, T, C>(function: F, args: Vec<u8>) -> Outcome
+/// Calls `function` on the arguments encoded in `args` from `at` on; the
+/// outcome, encoded.
+async fn call_once<F, A, Fut, T, C>(function: F, args: Vec<u8>, at: usize) -> Outcome
 where
     F: Fn(A) -> Fut + Copy + 'static,
     A: DeserializeOwned + 'static,
@@ -551,7 +609,7 @@ where
     T: Serialize + 'static,
     C: Codec,
 {
-    let argument = match super::codec::decode_value::<C, A>(&args) {
+    let argument = match super::codec::decode_value::<C, A>(&args[at..]) {
         Ok(argument) => argument,
         Err(error) => return WorkerFailure::DecodeArguments(error.to_string()).into_outcome(),
     };
@@ -574,8 +632,12 @@ where
     C: Codec,
 {
     Box::pin(async move {
-        let TaskContext { mut conn, args } = context;
-        let outcome = call_once::<F, A, Fut, T, C>(function, args).await;
+        let TaskContext {
+            mut conn,
+            args,
+            args_at,
+        } = context;
+        let outcome = call_once::<F, A, Fut, T, C>(function, args, args_at).await;
         let _ = conn.machine.finish(outcome);
         if conn.flush().await.is_ok() {
             // The answer is out and this process only exits from here on.
@@ -608,7 +670,7 @@ where
     C: Codec,
 {
     Box::pin(serve_calls(context, move |args| {
-        call_once::<F, A, Fut, T, C>(function, args)
+        call_once::<F, A, Fut, T, C>(function, args, 0)
     }))
 }
 
@@ -638,7 +700,7 @@ where
     C: Codec,
 {
     Ok(CallEntry::new(move |args: Vec<u8>| -> CallFuture {
-        Box::pin(call_once::<F, A, Fut, T, C>(function, args))
+        Box::pin(call_once::<F, A, Fut, T, C>(function, args, 0))
     })?
     .wire())
 }

@@ -156,7 +156,7 @@ pub async fn thousand_concurrent_calls_on_one_run_worker<R: Runtime>(
 }
 
 /// A codec that XORs postcard bytes: proves both sides use the plugged codec.
-struct Scrambled;
+pub struct Scrambled;
 
 impl Codec for Scrambled {
     fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {

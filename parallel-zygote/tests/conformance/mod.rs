@@ -335,6 +335,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         warm::warm_spawn_uses_a_preforked_worker_and_the_set_refills,
         warm::warm_workers_that_wait_before_building_their_runtime_serve_too,
         warm::warm_worker_killed_while_idle_is_replaced_not_used,
+        warm::warm_spawns_take_arguments_of_every_size,
         warm::warm_workers_end_with_the_handle_and_at_shutdown,
         warm::deferred_refill_tops_the_set_up_to_its_minimum,
         warm::refill_pending_at_drop_or_shutdown_forks_nothing,

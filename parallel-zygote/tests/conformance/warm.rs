@@ -166,6 +166,61 @@ pub async fn warm_workers_that_wait_before_building_their_runtime_serve_too<R: R
     check(doubled == 42, format!("run call answered {doubled}"))
 }
 
+/// A label, a length and a checksum of the bytes that came with it.
+async fn summary((label, bytes): (String, serde_bytes::ByteBuf)) -> (String, usize, u64) {
+    (label, bytes.len(), checksum(&bytes))
+}
+
+async fn plain_summary(bytes: Vec<u8>) -> (usize, u64) {
+    (bytes.len(), checksum(&bytes))
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().enumerate().fold(0u64, |sum, (i, &b)| {
+        sum.wrapping_mul(31).wrapping_add(b as u64 ^ i as u64)
+    })
+}
+
+/// Spawn arguments of every size (on both sides of the sizes from which a
+/// Start's arguments are moved into their frame rather than copied, read
+/// into a buffer of their own, and kept in it) reach pre-forked workers
+/// whole: on both kinds (the adapter's default runtime, and named options
+/// that wait without one), with the default codec and a plugged one.
+pub async fn warm_spawns_take_arguments_of_every_size<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    let (default, _) = warm_snapshot(&parallel, WarmConfig::new(1, 2))?;
+    let waiting = parallel
+        .scope()
+        .snapshot(nothing, Vec::new())?
+        .worker_runtime(<R::Worker as Default>::default())
+        .warm_workers(WarmConfig::new(1, 2))?;
+    for (kind, warm) in [("default", default), ("waiting", waiting)] {
+        for len in [0, 100, 16 * 1024 - 30, 16 * 1024 + 1, 70_000, (1 << 20) + 3] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let label = format!("{kind} {len}");
+            let expected = (label.clone(), len, checksum(&bytes));
+            let argument = (label.clone(), serde_bytes::ByteBuf::from(bytes.clone()));
+            let got = within::<R, _>(WAIT, warm.spawn(summary, argument))
+                .await
+                .ok_or_else(|| format!("{label}: no answer"))??;
+            check(got == expected, format!("{label}: the worker saw {got:?}"))?;
+            let expected = (len, checksum(&bytes));
+            let plain = warm.spawn(plain_summary, bytes.clone()).await?;
+            check(plain == expected, format!("{label}, plain: {plain:?}"))?;
+            let scrambled = warm
+                .with_codec::<super::calls::Scrambled>()
+                .spawn(plain_summary, bytes)
+                .await?;
+            check(
+                scrambled == expected,
+                format!("{label}, plugged codec: {scrambled:?}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn warm_worker_killed_while_idle_is_replaced_not_used<R: Runtime>(
     parallel: Parallel<R>,
 ) -> Result<(), Failed> {
