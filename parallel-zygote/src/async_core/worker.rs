@@ -613,8 +613,9 @@ where
         Ok(argument) => argument,
         Err(error) => return WorkerFailure::DecodeArguments(error.to_string()).into_outcome(),
     };
+    // (`args` lives as long as this future, whichever way.)
     match catching(function(argument)).await {
-        Ok(result) => match super::codec::encode_value::<C, T>(&result) {
+        Ok(result) => match super::codec::encode_value_reusing::<C, T>(&result, args) {
             Ok(bytes) => Outcome::Ok(bytes),
             Err(error) => WorkerFailure::EncodeResult(error.to_string()).into_outcome(),
         },
