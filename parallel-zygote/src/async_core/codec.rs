@@ -210,10 +210,20 @@ fn plain_bytes<C: Codec, T: 'static>(value: &T) -> Option<&Vec<u8>> {
     }
 }
 
-/// A value's decoding, chosen where its type is known to be `'static`
-/// ([`decode_value`] for a codec), for handles whose own bounds do not say
-/// so.
-pub(crate) type Decode<T> = fn(&[u8]) -> Result<T, CodecError>;
+/// A value's decoding from the buffer it arrived in, chosen where its type
+/// is known to be `'static` ([`decode_owned_value`] for a codec), for
+/// handles whose own bounds do not say so.
+pub(crate) type Decode<T> = fn(Vec<u8>) -> Result<T, CodecError>;
+
+/// [`decode_value_in_place`] of a whole buffer (an answer's bytes).
+///
+/// # Errors
+/// The codec's.
+pub(crate) fn decode_owned_value<C: Codec, T: DeserializeOwned + 'static>(
+    bytes: Vec<u8>,
+) -> Result<T, CodecError> {
+    decode_value_in_place::<C, T>(bytes, 0).map(|(value, _)| value)
+}
 
 /// `C::decode(bytes)`, where a plain `Vec<u8>` is decoded as a byte
 /// string when the codec writes both alike (see [`encode_value`]).
@@ -233,6 +243,99 @@ pub(crate) fn decode_value<C: Codec, T: DeserializeOwned + 'static>(
         }
     }
     C::decode::<T>(bytes)
+}
+
+/// A plain `Vec<u8>` or a `serde_bytes::ByteBuf` as its bytes, when it is
+/// one of the two (`T` says which).
+fn into_byte_vec<T: 'static>(value: T) -> Result<Vec<u8>, T> {
+    let mut slot = Some(value);
+    let any = &mut slot as &mut dyn Any;
+    if let Some(bytes) = any.downcast_mut::<Option<Vec<u8>>>() {
+        return Ok(bytes.take().expect("filled above"));
+    }
+    if let Some(bytes) = any.downcast_mut::<Option<serde_bytes::ByteBuf>>() {
+        return Ok(bytes.take().expect("filled above").into_vec());
+    }
+    Err(slot.expect("taken only when returned"))
+}
+
+/// The reverse of [`into_byte_vec`]: `bytes` as a `T` that is a plain
+/// `Vec<u8>` or a `serde_bytes::ByteBuf`.
+fn from_byte_vec<T: 'static>(bytes: Vec<u8>) -> Option<T> {
+    let is_buf = TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>();
+    let mut slot: Box<dyn Any> = if is_buf {
+        Box::new(Some(serde_bytes::ByteBuf::from(bytes)))
+    } else {
+        Box::new(Some(bytes))
+    };
+    slot.downcast_mut::<Option<T>>().and_then(Option::take)
+}
+
+/// [`decode_value`] of `args[at..]` (a call's or a spawn's arguments, in
+/// the buffer they arrived in), and that buffer back for the result (see
+/// [`encode_value_reusing`]). With the default codec, a plain `Vec<u8>`
+/// or a `serde_bytes::ByteBuf` of 64 KiB and up is that buffer itself, its
+/// first bytes moved out, where a copy would go to fresh memory faulted in
+/// page by page (about 600 µs per MiB in a worker just forked); the
+/// buffer back is then empty. Not when the buffer is more than an eighth
+/// larger than the bytes (a recycled one can be twice their size): the
+/// value would keep that memory. Decodes as `decode_value` in every other
+/// case, errors included.
+///
+/// # Errors
+/// The codec's.
+pub(crate) fn decode_value_in_place<C: Codec, T: DeserializeOwned + 'static>(
+    mut args: Vec<u8>,
+    at: usize,
+) -> Result<(T, Vec<u8>), CodecError> {
+    let bytes_type = TypeId::of::<T>() == TypeId::of::<Vec<u8>>()
+        || TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>();
+    if bytes_type && TypeId::of::<C>() == TypeId::of::<Postcard>() && args.len() - at >= REUSE_MIN {
+        // postcard: the length as a varint, then the bytes.
+        if let Ok((len, rest)) = postcard::take_from_bytes::<usize>(&args[at..]) {
+            if rest.len() == len && args.capacity() - len <= len / 8 {
+                args.drain(..args.len() - len);
+                if let Some(value) = from_byte_vec::<T>(args) {
+                    return Ok((value, Vec::new()));
+                }
+                unreachable!("T is one of the two byte types");
+            }
+        }
+    }
+    let value = decode_value::<C, T>(&args[at..])?;
+    Ok((value, args))
+}
+
+/// [`encode_value_reusing`] of a result the caller owns: with the default
+/// codec, a plain `Vec<u8>` or a `serde_bytes::ByteBuf` of 64 KiB and up
+/// with room for its length becomes its own encoding (the length put
+/// before the bytes, which move up in place), where a copy would go to
+/// fresh memory.
+///
+/// # Errors
+/// The codec's.
+pub(crate) fn encode_owned_value<C: Codec, T: Serialize + 'static>(
+    value: T,
+    spare: Vec<u8>,
+) -> Result<Vec<u8>, CodecError> {
+    if TypeId::of::<C>() == TypeId::of::<Postcard>() {
+        match into_byte_vec(value) {
+            Ok(mut bytes) if bytes.len() >= REUSE_MIN => {
+                let len = postcard::to_stdvec(&bytes.len())?;
+                // Only with room for the length: growing the buffer would
+                // move it (bytes taken in place have the room their own
+                // length took).
+                if bytes.capacity() - bytes.len() >= len.len() {
+                    bytes.splice(0..0, len);
+                    return Ok(bytes);
+                }
+                return encode_value_reusing::<C, Vec<u8>>(&bytes, spare);
+            }
+            Ok(bytes) => return encode_value_reusing::<C, Vec<u8>>(&bytes, spare),
+            Err(value) => return encode_value_reusing::<C, T>(&value, spare),
+        }
+    }
+    encode_value_reusing::<C, T>(&value, spare)
 }
 
 #[cfg(test)]
@@ -294,5 +397,108 @@ mod tests {
         assert!(!reused::<Cbor, _>(&structured, 1 << 20));
         // Small results in a large buffer: in place, the same bytes.
         assert!(reused::<Postcard, _>(&7u64, REUSE_MIN));
+    }
+
+    /// `value` encoded by `C` after a head of `at` bytes, in one buffer.
+    fn arrived<C: Codec, T: Serialize>(value: &T, at: usize) -> Vec<u8> {
+        let mut args = vec![0xAB; at];
+        args.extend_from_slice(&C::encode(value).unwrap());
+        args
+    }
+
+    #[test]
+    fn large_byte_arguments_are_the_buffer_they_arrived_in() {
+        let bytes = plain();
+        for at in [0, 9] {
+            // Both byte types, with the default codec: that buffer.
+            let args = arrived::<Postcard, _>(&bytes, at);
+            let buffer = args.as_ptr();
+            let (value, spare) = decode_value_in_place::<Postcard, Vec<u8>>(args, at).unwrap();
+            assert_eq!(value, bytes);
+            assert_eq!(value.as_ptr(), buffer, "kept, not copied");
+            assert_eq!(spare.capacity(), 0);
+            let args = arrived::<Postcard, _>(&serde_bytes::Bytes::new(&bytes), at);
+            let buffer = args.as_ptr();
+            let (value, _) =
+                decode_value_in_place::<Postcard, serde_bytes::ByteBuf>(args, at).unwrap();
+            assert_eq!(value.as_ptr(), buffer);
+            assert_eq!(value.into_vec(), bytes);
+        }
+        // Anything else decodes as decode_value does, the buffer back.
+        let small = vec![1u8; 100];
+        let args = arrived::<Postcard, _>(&small, 3);
+        let (value, spare) = decode_value_in_place::<Postcard, Vec<u8>>(args.clone(), 3).unwrap();
+        assert_eq!((value, spare), (small, args));
+        let args = arrived::<Json, _>(&bytes, 0);
+        let (value, spare) = decode_value_in_place::<Json, Vec<u8>>(args.clone(), 0).unwrap();
+        assert_eq!((value, spare), (bytes.clone(), args));
+        let pair = (5u32, bytes.clone());
+        let args = arrived::<Postcard, _>(&pair, 0);
+        let (value, _) = decode_value_in_place::<Postcard, (u32, Vec<u8>)>(args, 0).unwrap();
+        assert_eq!(value, pair);
+        // Trailing bytes (postcard ignores them) and a short buffer: as
+        // decode_value, errors included.
+        let mut trailing = arrived::<Postcard, _>(&bytes, 0);
+        trailing.push(1);
+        let (value, _) = decode_value_in_place::<Postcard, Vec<u8>>(trailing, 0).unwrap();
+        assert_eq!(value, bytes);
+        let mut short = arrived::<Postcard, _>(&bytes, 0);
+        short.pop();
+        assert_eq!(
+            decode_value_in_place::<Postcard, Vec<u8>>(short.clone(), 0)
+                .unwrap_err()
+                .to_string(),
+            decode_value::<Postcard, Vec<u8>>(&short)
+                .unwrap_err()
+                .to_string()
+        );
+    }
+
+    #[test]
+    fn large_byte_results_become_their_own_encoding() {
+        let bytes = plain();
+        let expected = encode_value::<Postcard, _>(&bytes).unwrap();
+        // With room for the length (as arguments taken in place have): in
+        // place, for both byte types.
+        let mut roomy = Vec::with_capacity(bytes.len() + 16);
+        roomy.extend_from_slice(&bytes);
+        let buffer = roomy.as_ptr();
+        let encoded = encode_owned_value::<Postcard, _>(roomy.clone(), Vec::new()).unwrap();
+        assert_eq!(encoded, expected);
+        let encoded = encode_owned_value::<Postcard, _>(roomy, Vec::new()).unwrap();
+        assert_eq!(encoded.as_ptr(), buffer, "its own encoding");
+        let mut roomy = Vec::with_capacity(bytes.len() + 16);
+        roomy.extend_from_slice(&bytes);
+        let buffer = roomy.as_ptr();
+        let encoded =
+            encode_owned_value::<Postcard, _>(serde_bytes::ByteBuf::from(roomy), Vec::new())
+                .unwrap();
+        assert_eq!((encoded.as_ptr(), &encoded), (buffer, &expected));
+        // Without room, small, another type or another codec: the bytes
+        // encode_value makes.
+        let exact = bytes.clone();
+        assert_eq!(exact.capacity(), exact.len());
+        assert_eq!(
+            encode_owned_value::<Postcard, _>(exact, Vec::new()).unwrap(),
+            expected
+        );
+        let small = vec![4u8; 10];
+        assert_eq!(
+            encode_owned_value::<Postcard, _>(
+                serde_bytes::ByteBuf::from(small.clone()),
+                Vec::new()
+            )
+            .unwrap(),
+            encode_value::<Postcard, _>(&small).unwrap()
+        );
+        let pair = (5u32, bytes.clone());
+        assert_eq!(
+            encode_owned_value::<Postcard, _>(pair.clone(), Vec::new()).unwrap(),
+            encode_value::<Postcard, _>(&pair).unwrap()
+        );
+        assert_eq!(
+            encode_owned_value::<Json, _>(bytes.clone(), Vec::new()).unwrap(),
+            encode_value::<Json, _>(&bytes).unwrap()
+        );
     }
 }

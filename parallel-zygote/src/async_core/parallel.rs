@@ -511,7 +511,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         JoinHandle::new(
             started,
             std::any::type_name::<A>(),
-            super::codec::decode_value::<C, T>,
+            super::codec::decode_owned_value::<C, T>,
         )
     }
 

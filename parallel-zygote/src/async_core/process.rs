@@ -78,7 +78,7 @@ impl ProcessHandle {
             Ok(Ok(Outcome::Ok(_))) => Ok(()),
             Ok(Ok(outcome)) => outcome_into(
                 outcome,
-                super::codec::decode_value::<Postcard, ()>,
+                super::codec::decode_owned_value::<Postcard, ()>,
                 pid,
                 None,
                 "()",

@@ -12,7 +12,7 @@ use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::codec::{decode_value, encode_value, Codec, CodecError, Decode};
+use super::codec::{decode_owned_value, encode_value, Codec, CodecError, Decode};
 use std::any::type_name;
 
 use super::driver::{CallFailed, Command, Link, Served, Submit};
@@ -42,8 +42,8 @@ pub struct Run<A, T, C: Codec, R: Runtime> {
 /// How a [`Run`] encodes its argument and decodes its result, chosen by
 /// [`Parallel::run`](super::Parallel::run), where both types are known to
 /// be `'static`: a plain `Vec<u8>` then takes the byte path
-/// ([`encode_value`], [`decode_value`]), which `Run`'s own bounds could not
-/// tell.
+/// ([`encode_value`], [`decode_owned_value`]), which `Run`'s own bounds
+/// could not tell.
 pub(crate) struct Values<A, T> {
     encode: fn(&A) -> Result<Vec<u8>, CodecError>,
     decode: Decode<T>,
@@ -54,7 +54,7 @@ impl<A: Serialize + 'static, T: DeserializeOwned + 'static> Values<A, T> {
     pub(crate) fn of<C: Codec>() -> Self {
         Values {
             encode: encode_value::<C, A>,
-            decode: decode_value::<C, T>,
+            decode: decode_owned_value::<C, T>,
         }
     }
 }
@@ -283,13 +283,19 @@ impl<R: Runtime> Drop for Reading<'_, R> {
 
 /// [`outcome_into`] for a pooled call of a function taking `A` and
 /// returning `T` with codec `C` (a plain `Vec<u8>` decoded as a byte
-/// string, see [`decode_value`]); no call number, as in a pool it would be
-/// the worker's, not the caller's.
+/// string, see [`decode_owned_value`]); no call number, as in a pool it
+/// would be the worker's, not the caller's.
 pub(crate) fn pooled_outcome<A, T: DeserializeOwned + 'static, C: Codec>(
     outcome: Outcome,
     pid: Option<i32>,
 ) -> Result<T, Error> {
-    outcome_into(outcome, decode_value::<C, T>, pid, None, type_name::<A>())
+    outcome_into(
+        outcome,
+        decode_owned_value::<C, T>,
+        pid,
+        None,
+        type_name::<A>(),
+    )
 }
 
 /// Turns a worker's outcome into the caller's value; `arguments` names the
@@ -305,7 +311,7 @@ where
     T: DeserializeOwned,
 {
     match outcome {
-        Outcome::Ok(bytes) => decode(&bytes).map_err(Error::decode::<T>),
+        Outcome::Ok(bytes) => decode(bytes).map_err(Error::decode::<T>),
         Outcome::Err(bytes) => Err(match WorkerFailure::from_bytes(&bytes) {
             WorkerFailure::DecodeArguments(message) => Error::Codec {
                 action: "decode",

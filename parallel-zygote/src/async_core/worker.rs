@@ -609,13 +609,12 @@ where
     T: Serialize + 'static,
     C: Codec,
 {
-    let argument = match super::codec::decode_value::<C, A>(&args[at..]) {
-        Ok(argument) => argument,
+    let (argument, spare) = match super::codec::decode_value_in_place::<C, A>(args, at) {
+        Ok(decoded) => decoded,
         Err(error) => return WorkerFailure::DecodeArguments(error.to_string()).into_outcome(),
     };
-    // (`args` lives as long as this future, whichever way.)
     match catching(function(argument)).await {
-        Ok(result) => match super::codec::encode_value_reusing::<C, T>(&result, args) {
+        Ok(result) => match super::codec::encode_owned_value::<C, T>(result, spare) {
             Ok(bytes) => Outcome::Ok(bytes),
             Err(error) => WorkerFailure::EncodeResult(error.to_string()).into_outcome(),
         },
