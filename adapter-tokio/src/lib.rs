@@ -132,6 +132,11 @@
 //! Received, a `serde_bytes` field (or a `Vec<u8>` message) of 4 MiB and
 //! up is decoded into memory the kernel is asked to back with transparent
 //! huge pages: a fresh buffer of that size fills several times faster.
+//! A spawn's or a call's arguments and result are moved into their frames,
+//! not copied, and with the default codec an argument or a result that is a
+//! `Vec<u8>` or a `serde_bytes::ByteBuf` of 64 KiB and up is the very
+//! buffer its frame was read into: a worker just forked, whose every fresh
+//! page costs a fault, touches no more memory than the bytes themselves.
 //!
 //! # Shutting down on SIGTERM
 //!
