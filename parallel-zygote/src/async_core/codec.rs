@@ -338,6 +338,48 @@ pub(crate) fn encode_owned_value<C: Codec, T: Serialize + 'static>(
     encode_value_reusing::<C, T>(&value, spare)
 }
 
+/// A value's encoding in two parts, `head` then `tail`: a frame moves
+/// `tail` in rather than copying it (`ParentChannel::start_with_tail`).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct SplitEncoding {
+    pub(crate) head: Vec<u8>,
+    pub(crate) tail: Vec<u8>,
+}
+
+/// [`encode_value`] of a value the caller gives up (a spawn's argument),
+/// in two parts: with the default codec, a plain `Vec<u8>` or a
+/// `serde_bytes::ByteBuf` of 64 KiB and up is the tail itself, after its
+/// length: not copied at all (a copy goes to fresh memory, faulted in page
+/// by page once the allocator has given the last one back). Otherwise the
+/// whole encoding is the tail.
+///
+/// # Errors
+/// The codec's.
+pub(crate) fn encode_owned_split<C: Codec, T: Serialize + 'static>(
+    value: T,
+) -> Result<SplitEncoding, CodecError> {
+    if TypeId::of::<C>() == TypeId::of::<Postcard>() {
+        return match into_byte_vec(value) {
+            Ok(bytes) if bytes.len() >= REUSE_MIN => Ok(SplitEncoding {
+                head: postcard::to_stdvec(&bytes.len())?,
+                tail: bytes,
+            }),
+            Ok(bytes) => Ok(SplitEncoding {
+                head: Vec::new(),
+                tail: encode_value::<C, Vec<u8>>(&bytes)?,
+            }),
+            Err(value) => Ok(SplitEncoding {
+                head: Vec::new(),
+                tail: encode_value::<C, T>(&value)?,
+            }),
+        };
+    }
+    Ok(SplitEncoding {
+        head: Vec::new(),
+        tail: encode_value::<C, T>(&value)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +540,44 @@ mod tests {
         );
         assert_eq!(
             encode_owned_value::<Json, _>(bytes.clone(), Vec::new()).unwrap(),
+            encode_value::<Json, _>(&bytes).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_large_byte_argument_is_its_encodings_tail() {
+        let bytes = plain();
+        let expected = encode_value::<Postcard, _>(&bytes).unwrap();
+        let owned = bytes.clone();
+        let at = owned.as_ptr();
+        let split = encode_owned_split::<Postcard, _>(owned).unwrap();
+        assert_eq!([&split.head[..], &split.tail[..]].concat(), expected);
+        assert_eq!(
+            (split.head.len(), split.tail.as_ptr()),
+            (3, at),
+            "not copied"
+        );
+        let buf = serde_bytes::ByteBuf::from(bytes.clone());
+        let split = encode_owned_split::<Postcard, _>(buf).unwrap();
+        assert_eq!([&split.head[..], &split.tail[..]].concat(), expected);
+        // Anything else: the whole encoding, as encode_value's.
+        let small = vec![9u8; 100];
+        let pair = (1u8, bytes.clone());
+        assert_eq!(
+            encode_owned_split::<Postcard, _>(small.clone()).unwrap(),
+            SplitEncoding {
+                head: Vec::new(),
+                tail: encode_value::<Postcard, _>(&small).unwrap()
+            }
+        );
+        assert_eq!(
+            encode_owned_split::<Postcard, _>(pair.clone())
+                .unwrap()
+                .tail,
+            encode_value::<Postcard, _>(&pair).unwrap()
+        );
+        assert_eq!(
+            encode_owned_split::<Json, _>(bytes.clone()).unwrap().tail,
             encode_value::<Json, _>(&bytes).unwrap()
         );
     }

@@ -12,7 +12,7 @@ use parallel_proto::{Limits, WireEntry};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::codec::{Codec, Postcard};
+use super::codec::{Codec, Postcard, SplitEncoding};
 use super::conn::Conn;
 use super::driver::{launch, launch_one_shot, Link, OneShot};
 use super::kill::Killer;
@@ -505,7 +505,8 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             let task = worker::task_entry(move |context| {
                 worker::spawn_task::<F, A, Fut, T, C>(function, context)
             })?;
-            let args = super::codec::encode_value::<C, A>(&argument).map_err(Error::encode::<A>)?;
+            let args =
+                super::codec::encode_owned_split::<C, A>(argument).map_err(Error::encode::<A>)?;
             self.launch_one_shot(task, args)
         })();
         JoinHandle::new(
@@ -541,7 +542,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         A: Serialize + 'static,
         T: DeserializeOwned + 'static,
     {
-        Ok(Run::new(self.launch(task, Vec::new())?, Values::of::<C>()))
+        Ok(Run::new(
+            self.launch(task, SplitEncoding::default())?,
+            Values::of::<C>(),
+        ))
     }
 
     /// Starts a worker running `function` with a typed, bidirectional channel:
@@ -564,7 +568,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
         let task = worker::task_entry(move |context| {
             worker::process_task::<F, In, Out, Fut, C>(function, context)
         })?;
-        Ok(Process::new(self.launch(task, Vec::new())?))
+        Ok(Process::new(self.launch(task, SplitEncoding::default())?))
     }
 
     /// Puts a pool made from this handle in its shutdown scope.
@@ -580,7 +584,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
 
     /// Sends the spawn request and the task in one go (zero round trips) and
     /// starts the driver that owns the channel.
-    fn launch(&self, task: WireEntry, args: Vec<u8>) -> Result<Link<R>, Error> {
+    fn launch(&self, task: WireEntry, args: SplitEncoding) -> Result<Link<R>, Error> {
         let (conn, pending, span, captured) = self.connect(task, args, Ending::ByDriver)?;
         let link = launch::<R>(conn, pending, span, captured);
         self.started(&link.killer);
@@ -589,7 +593,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
 
     /// [`launch`](Self::launch) for a `spawn`: End goes with Start, and the
     /// driver gets no channels from handles (a `JoinHandle` has none).
-    fn launch_one_shot(&self, task: WireEntry, args: Vec<u8>) -> Result<OneShot<R>, Error> {
+    fn launch_one_shot(&self, task: WireEntry, args: SplitEncoding) -> Result<OneShot<R>, Error> {
         let (conn, pending, span, captured) = self.connect(task, args, Ending::WithStart)?;
         let one_shot = launch_one_shot::<R>(conn, pending, span, captured);
         self.started(&one_shot.killer);
@@ -614,7 +618,7 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
     fn connect(
         &self,
         task: WireEntry,
-        args: Vec<u8>,
+        args: SplitEncoding,
         ending: Ending,
     ) -> Result<
         (
@@ -673,7 +677,9 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
                 (Conn::new(machine, R::register(stream)?), fd, pending)
             }
         };
-        conn.machine.start_with_tail(task, &start_head, args)?;
+        let mut start_head = start_head;
+        start_head.extend_from_slice(&args.head);
+        conn.machine.start_with_tail(task, &start_head, args.tail)?;
         if ending == Ending::WithStart {
             // In the same write as Start. Should it not fit the send queue
             // (arguments near its limit), the driver sends it once Start
