@@ -157,9 +157,12 @@ pub(crate) fn encode_value<C: Codec, T: Serialize + 'static>(
     }
 }
 
-/// Buffers from this capacity on are worth keeping for an encode (see
-/// [`encode_value_reusing`]).
-const REUSE_MIN: usize = 64 * 1024;
+/// Byte values and buffers from this size on are kept where they are
+/// rather than copied: an argument's buffer for its result
+/// ([`encode_value_reusing`]), a byte argument or result in the buffer it
+/// arrived in or leaves from ([`decode_value_in_place`],
+/// [`encode_owned_value`], [`encode_owned_split`]).
+const IN_PLACE_MIN: usize = 64 * 1024;
 
 /// [`encode_value`] into `spare` (its bytes dropped) when it is large and
 /// has room, and the codec can size the encoding without encoding
@@ -180,7 +183,7 @@ pub(crate) fn encode_value_reusing<C: Codec, T: Serialize + 'static>(
     value: &T,
     spare: Vec<u8>,
 ) -> Result<Vec<u8>, CodecError> {
-    if spare.capacity() < REUSE_MIN {
+    if spare.capacity() < IN_PLACE_MIN {
         return encode_value::<C, T>(value);
     }
     let plain = plain_bytes::<C, T>(value);
@@ -290,7 +293,10 @@ pub(crate) fn decode_value_in_place<C: Codec, T: DeserializeOwned + 'static>(
 ) -> Result<(T, Vec<u8>), CodecError> {
     let bytes_type = TypeId::of::<T>() == TypeId::of::<Vec<u8>>()
         || TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>();
-    if bytes_type && TypeId::of::<C>() == TypeId::of::<Postcard>() && args.len() - at >= REUSE_MIN {
+    if bytes_type
+        && TypeId::of::<C>() == TypeId::of::<Postcard>()
+        && args.len() - at >= IN_PLACE_MIN
+    {
         // postcard: the length as a varint, then the bytes.
         if let Ok((len, rest)) = postcard::take_from_bytes::<usize>(&args[at..]) {
             if rest.len() == len && args.capacity() - len <= len / 8 {
@@ -318,24 +324,21 @@ pub(crate) fn encode_owned_value<C: Codec, T: Serialize + 'static>(
     value: T,
     spare: Vec<u8>,
 ) -> Result<Vec<u8>, CodecError> {
-    if TypeId::of::<C>() == TypeId::of::<Postcard>() {
-        match into_byte_vec(value) {
-            Ok(mut bytes) if bytes.len() >= REUSE_MIN => {
-                let len = postcard::to_stdvec(&bytes.len())?;
-                // Only with room for the length: growing the buffer would
-                // move it (bytes taken in place have the room their own
-                // length took).
-                if bytes.capacity() - bytes.len() >= len.len() {
-                    bytes.splice(0..0, len);
-                    return Ok(bytes);
-                }
-                return encode_value_reusing::<C, Vec<u8>>(&bytes, spare);
-            }
-            Ok(bytes) => return encode_value_reusing::<C, Vec<u8>>(&bytes, spare),
-            Err(value) => return encode_value_reusing::<C, T>(&value, spare),
-        }
+    if TypeId::of::<C>() != TypeId::of::<Postcard>() {
+        return encode_value_reusing::<C, T>(&value, spare);
     }
-    encode_value_reusing::<C, T>(&value, spare)
+    let mut bytes = match into_byte_vec(value) {
+        Ok(bytes) => bytes,
+        Err(value) => return encode_value_reusing::<C, T>(&value, spare),
+    };
+    let len = postcard::to_stdvec(&bytes.len())?;
+    // Only with room for the length: growing the buffer would move it
+    // (bytes taken in place have the room their own length took).
+    if bytes.len() >= IN_PLACE_MIN && bytes.capacity() - bytes.len() >= len.len() {
+        bytes.splice(0..0, len);
+        return Ok(bytes);
+    }
+    encode_value_reusing::<C, Vec<u8>>(&bytes, spare)
 }
 
 /// A value's encoding in two parts, `head` then `tail`: a frame moves
@@ -344,6 +347,16 @@ pub(crate) fn encode_owned_value<C: Codec, T: Serialize + 'static>(
 pub(crate) struct SplitEncoding {
     pub(crate) head: Vec<u8>,
     pub(crate) tail: Vec<u8>,
+}
+
+impl SplitEncoding {
+    /// A whole encoding, as the tail.
+    fn whole(tail: Vec<u8>) -> SplitEncoding {
+        SplitEncoding {
+            head: Vec::new(),
+            tail,
+        }
+    }
 }
 
 /// [`encode_value`] of a value the caller gives up (a spawn's argument),
@@ -358,26 +371,17 @@ pub(crate) struct SplitEncoding {
 pub(crate) fn encode_owned_split<C: Codec, T: Serialize + 'static>(
     value: T,
 ) -> Result<SplitEncoding, CodecError> {
-    if TypeId::of::<C>() == TypeId::of::<Postcard>() {
-        return match into_byte_vec(value) {
-            Ok(bytes) if bytes.len() >= REUSE_MIN => Ok(SplitEncoding {
-                head: postcard::to_stdvec(&bytes.len())?,
-                tail: bytes,
-            }),
-            Ok(bytes) => Ok(SplitEncoding {
-                head: Vec::new(),
-                tail: encode_value::<C, Vec<u8>>(&bytes)?,
-            }),
-            Err(value) => Ok(SplitEncoding {
-                head: Vec::new(),
-                tail: encode_value::<C, T>(&value)?,
-            }),
-        };
+    if TypeId::of::<C>() != TypeId::of::<Postcard>() {
+        return encode_value::<C, T>(&value).map(SplitEncoding::whole);
     }
-    Ok(SplitEncoding {
-        head: Vec::new(),
-        tail: encode_value::<C, T>(&value)?,
-    })
+    match into_byte_vec(value) {
+        Ok(bytes) if bytes.len() >= IN_PLACE_MIN => Ok(SplitEncoding {
+            head: postcard::to_stdvec(&bytes.len())?,
+            tail: bytes,
+        }),
+        Ok(bytes) => encode_value::<C, Vec<u8>>(&bytes).map(SplitEncoding::whole),
+        Err(value) => encode_value::<C, T>(&value).map(SplitEncoding::whole),
+    }
 }
 
 #[cfg(test)]
@@ -434,11 +438,11 @@ mod tests {
         assert!(reused::<Postcard, _>(&structured, 100_000));
         // No room, a small buffer, or a codec that cannot size: a new one.
         assert!(!reused::<Postcard, _>(&bytes, 70_001));
-        assert!(!reused::<Postcard, _>(&7u64, REUSE_MIN - 1));
+        assert!(!reused::<Postcard, _>(&7u64, IN_PLACE_MIN - 1));
         assert!(!reused::<Json, _>(&bytes, 1 << 20));
         assert!(!reused::<Cbor, _>(&structured, 1 << 20));
         // Small results in a large buffer: in place, the same bytes.
-        assert!(reused::<Postcard, _>(&7u64, REUSE_MIN));
+        assert!(reused::<Postcard, _>(&7u64, IN_PLACE_MIN));
     }
 
     /// `value` encoded by `C` after a head of `at` bytes, in one buffer.

@@ -650,7 +650,10 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
             Some(warm) if io.is_inherit() => warm.take::<R>(),
             _ => None,
         };
-        let start_head = worker::start_head(&self.worker.options, self.backtraces, io);
+        // Start's arguments: the worker's head, then the task's argument,
+        // whose large bytes are moved in (`args.tail`).
+        let mut start_head = worker::start_head(&self.worker.options, self.backtraces, io);
+        start_head.extend_from_slice(&args.head);
         let (mut conn, fd, pending) = match warm {
             // Registered by a refill, its connection built: Start is all
             // that is left to do before it goes out.
@@ -677,8 +680,6 @@ impl<R: Runtime, C: Codec> Parallel<R, C> {
                 (Conn::new(machine, R::register(stream)?), fd, pending)
             }
         };
-        let mut start_head = start_head;
-        start_head.extend_from_slice(&args.head);
         conn.machine.start_with_tail(task, &start_head, args.tail)?;
         if ending == Ending::WithStart {
             // In the same write as Start. Should it not fit the send queue
