@@ -492,6 +492,7 @@ impl FromWorker {
 mod tests {
     use super::*;
     use crate::codec::TAIL_IN_PLACE_MIN;
+    use proptest::prelude::*;
 
     fn bulk(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -641,6 +642,55 @@ mod tests {
         }));
         assert_eq!(panicked.clone().split_bulk(), Err(panicked));
         assert_eq!(ToWorker::End.split_bulk(), Err(ToWorker::End));
+    }
+
+    /// The few bytes before a large payload's bulk: random, or the head
+    /// its kind has (so that most cases reach the length check).
+    fn large_payload_head(kind: u8) -> impl Strategy<Value = Vec<u8>> {
+        let shaped = match kind {
+            0x12 => (any::<i64>(), any::<[u8; 16]>())
+                .prop_map(|(offset, tag)| postcard::to_stdvec(&WireEntry { offset, tag }).unwrap())
+                .boxed(),
+            0x15 => any::<u64>()
+                .prop_map(|call| postcard::to_stdvec(&call).unwrap())
+                .boxed(),
+            0x95 => (any::<u64>(), 0u32..4)
+                .prop_map(|head| postcard::to_stdvec(&head).unwrap())
+                .boxed(),
+            _ => (0u32..4)
+                .prop_map(|variant| postcard::to_stdvec(&variant).unwrap())
+                .boxed(),
+        };
+        prop_oneof![3 => shaped, 1 => prop::collection::vec(any::<u8>(), 0..24)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever a large payload holds, decoding it owned (where its
+        /// bulk may be taken in place) gives what decoding it borrowed gives:
+        /// the same message or the same error.
+        #[test]
+        fn large_payloads_decode_alike_owned_and_borrowed(
+            (kind, head) in prop::sample::select(vec![0x12u8, 0x15, 0x95, 0x96])
+                .prop_flat_map(|kind| (Just(kind), large_payload_head(kind))),
+            bulk_len in TAIL_IN_PLACE_MIN..TAIL_IN_PLACE_MIN + 300,
+            declared_off in -1i64..=1,
+        ) {
+            let declared = (bulk_len as i64 + declared_off) as usize;
+            let mut payload = head;
+            payload.extend_from_slice(&postcard::to_stdvec(&declared).unwrap());
+            payload.extend_from_slice(&bulk(bulk_len));
+            let owned = payload.clone();
+            let (from_owned, from_borrowed) = if kind < 0x80 {
+                let decode = |p| format!("{:?}", ToWorker::decode_frame(kind, p, None));
+                (decode(Cow::Owned(owned)), decode(Cow::Borrowed(&payload[..])))
+            } else {
+                let decode = |p| format!("{:?}", FromWorker::decode_frame(kind, p, None));
+                (decode(Cow::Owned(owned)), decode(Cow::Borrowed(&payload[..])))
+            };
+            prop_assert_eq!(from_owned, from_borrowed);
+        }
     }
 
     #[test]
