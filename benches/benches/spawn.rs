@@ -1224,7 +1224,7 @@ fn memory_table(
 
 /// `--profile WHAT`: one operation, over and over for 5 s, for a profiler.
 /// WHAT is `<adapter key>/<operation>`, e.g. `tokio-mt/spawn`; operations:
-/// `spawn`, `spawn-task`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `raw-floor-main` (the raw floor awaited in the `block_on` future), `raw-floor-task` (in a spawned task), `call`, `call-main`, `call-64kib` and `call-1mib` (`Run::call` with that many bytes each way, a `serde_bytes` buffer), `call-1mib-plain` (the same with a plain `Vec<u8>`), `warm-spawn-64kib` and `warm-spawn-1mib` (a warm spawn with that many bytes each way), `ping-pong`, `ping-pong-main` (the raw ping-pong in the `block_on` future), `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
+/// `spawn`, `spawn-task`, `warm-spawn`, `warm-spawn-at-once`, `warm-spawn-quiet`, `raw-warm`, `fresh-pool`, `call-after-spawn`, `call-after-exec`, `raw-after-exec`, `pipe`, `pipe-task`, `raw-pipe`, `relay-pipe`, `peeked`, `raw-floor`, `raw-floor-main` (the raw floor awaited in the `block_on` future), `raw-floor-task` (in a spawned task), `call`, `call-main`, `call-64kib` and `call-1mib` (`Run::call` with that many bytes each way, a `serde_bytes` buffer), `call-1mib-plain` (the same with a plain `Vec<u8>`), `warm-spawn-64kib` and `warm-spawn-1mib` (a warm spawn with that many bytes each way), `spawn-1mib` (the same, cold), `ping-pong`, `ping-pong-main` (the raw ping-pong in the `block_on` future), `relay`, `relay-main`, `pool`, `pool-main`, `process-1mib`, `raw-1mib`,
 /// `process-1mib-inline` (socket only), `process-1mib-ours` (`Bytes`),
 /// `process-1mib-ours-inline` (`Bytes`, socket only), `raw-1mib-prebuilt`,
 /// `process-64mib-ours`, `process-64mib-ours-inline` (socket only), `raw-64mib`,
@@ -1270,8 +1270,9 @@ fn profile(what: &str, raw: &Arc<RawZygote>, adapters: &[Box<dyn Adapter>]) {
         "call-64kib" => adapter.run_bytes_round_trip(64 * KIB, budget),
         "call-1mib" => adapter.run_bytes_round_trip(MIB, budget),
         "call-1mib-plain" => adapter.run_plain_round_trip(MIB, budget),
-        "warm-spawn-64kib" => adapter.warm_spawn_bytes(WARM_DEFAULT, 64 * KIB, budget),
-        "warm-spawn-1mib" => adapter.warm_spawn_bytes(WARM_DEFAULT, MIB, budget),
+        "warm-spawn-64kib" => adapter.spawn_bytes(Some(WARM_DEFAULT), 64 * KIB, budget),
+        "warm-spawn-1mib" => adapter.spawn_bytes(Some(WARM_DEFAULT), MIB, budget),
+        "spawn-1mib" => adapter.spawn_bytes(None, MIB, budget),
         "ping-pong" => adapter.raw_ping_pong(raw, budget),
         "ping-pong-main" => adapter.raw_ping_pong_main(raw, budget),
         "relay" => adapter.raw_relayed(raw, Place::Task, budget),

@@ -123,17 +123,20 @@ pub async fn plain_round_trip<R: Runtime>(
     timed_echoes(run, vec![3u8; size], budget).await
 }
 
-/// Warm `spawn(echo_bytes, x)`s with `size` bytes each way (a
-/// `serde_bytes` buffer), from pre-forked workers (`config`), each after the
+/// `spawn(echo_bytes, x)`s with `size` bytes each way (a `serde_bytes`
+/// buffer), from pre-forked workers (`warm`) or cold, each after the
 /// previous worker exited and 5 ms passed, as in the warm-spawn rows: what
 /// bulk arguments and results add to a one-shot spawn.
-pub async fn warm_spawn_bytes<R: Runtime>(
+pub async fn spawn_bytes<R: Runtime>(
     parallel: Parallel<R>,
-    config: WarmConfig,
+    warm: Option<WarmConfig>,
     size: usize,
     budget: Budget,
 ) -> Vec<Duration> {
-    let parallel = parallel.warm_workers(config).expect("warm workers");
+    let parallel = match warm {
+        Some(config) => parallel.warm_workers(config).expect("warm workers"),
+        None => parallel,
+    };
     let template = serde_bytes::ByteBuf::from(vec![3u8; size]);
     let mut sampler = Sampler::new(budget);
     while sampler.next() {
@@ -712,8 +715,8 @@ pub trait Adapter {
     fn run_bytes_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration>;
     /// The same with a plain `Vec<u8>` each way.
     fn run_plain_round_trip(&self, size: usize, budget: Budget) -> Vec<Duration>;
-    /// [`warm_spawn_bytes`]: warm spawns with `size` bytes each way.
-    fn warm_spawn_bytes(&self, config: WarmConfig, size: usize, budget: Budget) -> Vec<Duration>;
+    /// [`spawn_bytes`]: spawns (warm with `warm`) with `size` bytes each way.
+    fn spawn_bytes(&self, warm: Option<WarmConfig>, size: usize, budget: Budget) -> Vec<Duration>;
     /// Time for `calls` raw 8-byte ping-pongs with `in_flight` outstanding.
     fn raw_pipelined(
         &self,

@@ -22,7 +22,7 @@ use smol::lock::Semaphore;
 use super::adapter::{
     bytes_round_trip, calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos,
     pipelined_calls, plain_round_trip, pool_call, raw_messages, round_trip, shared_throughput,
-    sink, warm_spawn_bytes, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites,
+    sink, spawn_bytes, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites,
     ReplyReader, ReplySlot, SharedMemory,
 };
 use super::os::{self, monotonic_ns, wait_exit};
@@ -580,13 +580,8 @@ impl<H: Host> Adapter for HostAdapter<H> {
         self.on_runtime(plain_round_trip(self.parallel.clone(), size, budget))
     }
 
-    fn warm_spawn_bytes(&self, config: WarmConfig, size: usize, budget: Budget) -> Vec<Duration> {
-        self.on_runtime(warm_spawn_bytes(
-            self.parallel.clone(),
-            config,
-            size,
-            budget,
-        ))
+    fn spawn_bytes(&self, warm: Option<WarmConfig>, size: usize, budget: Budget) -> Vec<Duration> {
+        self.on_runtime(spawn_bytes(self.parallel.clone(), warm, size, budget))
     }
 
     fn raw_pipelined(

@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use super::adapter::{
     bytes_round_trip, calls_after_churn, clock, cold_spawns, echo, echo_pid, nanos,
     pipelined_calls, plain_round_trip, pool_call, raw_messages, round_trip, shared_throughput,
-    sink, warm_spawn_bytes, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites,
-    ReplySlot, ReplySlots, SharedMemory,
+    sink, spawn_bytes, Adapter, Churn, Encoding, IdleWorkers, Phases, Place, RawWrites, ReplySlot,
+    ReplySlots, SharedMemory,
 };
 use super::os::{monotonic_ns, wait_exit};
 use super::proto::ProtoCaller;
@@ -362,13 +362,8 @@ impl Adapter for TokioAdapter {
         self.on_runtime(plain_round_trip(self.parallel.clone(), size, budget))
     }
 
-    fn warm_spawn_bytes(&self, config: WarmConfig, size: usize, budget: Budget) -> Vec<Duration> {
-        self.on_runtime(warm_spawn_bytes(
-            self.parallel.clone(),
-            config,
-            size,
-            budget,
-        ))
+    fn spawn_bytes(&self, warm: Option<WarmConfig>, size: usize, budget: Budget) -> Vec<Duration> {
+        self.on_runtime(spawn_bytes(self.parallel.clone(), warm, size, budget))
     }
 
     fn raw_pipelined(
