@@ -248,6 +248,15 @@ pub(crate) fn decode_value<C: Codec, T: DeserializeOwned + 'static>(
     C::decode::<T>(bytes)
 }
 
+/// Whether `C` is the default codec, whose byte string is known byte for
+/// byte (its length as a varint, then the bytes), so that the in-place
+/// paths below can find the bytes in an encoding, or put a length before
+/// them, without the codec. Another codec's layout is its own: its values
+/// take the copying paths.
+fn is_postcard<C: Codec>() -> bool {
+    TypeId::of::<C>() == TypeId::of::<Postcard>()
+}
+
 /// A plain `Vec<u8>` or a `serde_bytes::ByteBuf` as its bytes, when it is
 /// one of the two (`T` says which).
 fn into_byte_vec<T: 'static>(value: T) -> Result<Vec<u8>, T> {
@@ -293,10 +302,7 @@ pub(crate) fn decode_value_in_place<C: Codec, T: DeserializeOwned + 'static>(
 ) -> Result<(T, Vec<u8>), CodecError> {
     let bytes_type = TypeId::of::<T>() == TypeId::of::<Vec<u8>>()
         || TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>();
-    if bytes_type
-        && TypeId::of::<C>() == TypeId::of::<Postcard>()
-        && args.len() - at >= IN_PLACE_MIN
-    {
+    if bytes_type && is_postcard::<C>() && args.len() - at >= IN_PLACE_MIN {
         // postcard: the length as a varint, then the bytes.
         if let Ok((len, rest)) = postcard::take_from_bytes::<usize>(&args[at..]) {
             if rest.len() == len && args.capacity() - len <= len / 8 {
@@ -324,7 +330,7 @@ pub(crate) fn encode_owned_value<C: Codec, T: Serialize + 'static>(
     value: T,
     spare: Vec<u8>,
 ) -> Result<Vec<u8>, CodecError> {
-    if TypeId::of::<C>() != TypeId::of::<Postcard>() {
+    if !is_postcard::<C>() {
         return encode_value_reusing::<C, T>(&value, spare);
     }
     let mut bytes = match into_byte_vec(value) {
@@ -371,7 +377,7 @@ impl SplitEncoding {
 pub(crate) fn encode_owned_split<C: Codec, T: Serialize + 'static>(
     value: T,
 ) -> Result<SplitEncoding, CodecError> {
-    if TypeId::of::<C>() != TypeId::of::<Postcard>() {
+    if !is_postcard::<C>() {
         return encode_value::<C, T>(&value).map(SplitEncoding::whole);
     }
     match into_byte_vec(value) {
