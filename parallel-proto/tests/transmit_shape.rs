@@ -262,6 +262,54 @@ fn start_with_a_tail_is_starts_frame_with_the_tail_moved_in() {
 }
 
 #[test]
+fn a_call_with_a_tail_is_calls_frame_with_the_tail_moved_in() {
+    for (head_len, tail_len) in [(0, 0), (3, 100), (3, 20_000), (0, 70_000), (5, 1 << 20)] {
+        let head: Vec<u8> = (0..head_len).map(|i| (i % 7) as u8).collect();
+        let tail: Vec<u8> = (0..tail_len).map(|i| (i % 251) as u8).collect();
+        let args = [&head[..], &tail[..]].concat();
+        let mut whole = started_parent();
+        let _ = drain(&mut whole);
+        let expected_call = whole.call(args.clone()).unwrap();
+        let expected = wire(&drain(&mut whole));
+
+        let mut split = started_parent();
+        let _ = drain(&mut split);
+        let at = tail.as_ptr();
+        let call = split.call_with_tail(&head, tail).unwrap();
+        assert_eq!(call, expected_call);
+        let transmits = drain(&mut split);
+        assert_eq!(wire(&transmits), expected, "{head_len} + {tail_len} B");
+        let moved = transmits
+            .iter()
+            .any(|t| !t.body.is_empty() && t.body.as_ptr() == at);
+        assert_eq!(
+            moved,
+            head_len + tail_len >= MOVE_THRESHOLD,
+            "{head_len} + {tail_len} B: the tail moved in exactly when large"
+        );
+        assert_eq!(split.calls_in_flight(), 1);
+    }
+    // Refused as `call` is: past the frame limit, or past max_in_flight,
+    // with nothing queued and no id used.
+    let limits = Limits::default()
+        .with_max_frame_len(1000)
+        .unwrap()
+        .with_max_in_flight(1)
+        .unwrap();
+    let mut parent = ParentChannel::new(limits);
+    parent.start(entry(), Vec::new()).unwrap();
+    let queued = parent.queued_bytes();
+    assert!(parent.call_with_tail(&[1; 1], vec![2; 30_000]).is_err());
+    assert_eq!(parent.queued_bytes(), queued);
+    assert_eq!(
+        parent.call_with_tail(&[1; 3], vec![2; 10]).unwrap(),
+        1,
+        "the first id"
+    );
+    assert!(parent.call_with_tail(&[1; 3], vec![2; 10]).is_err());
+}
+
+#[test]
 fn queued_bytes_counts_exactly_what_poll_transmit_hands_out() {
     let mut parent = ParentChannel::new(Limits::default());
     parent.start(entry(), vec![0; 100]).unwrap();

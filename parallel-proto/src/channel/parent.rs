@@ -131,13 +131,7 @@ impl ParentChannel {
     /// [`LocalError::SendQueueFull`] if the frame would take a non-empty queue
     /// past `max_buffered_bytes`; on a local error nothing was queued.
     pub fn start(&mut self, task: WireEntry, args: Vec<u8>) -> Result<(), Error> {
-        self.wire.check_failed()?;
-        if self.started {
-            return Err(invalid("start the task", "it was already started").into());
-        }
-        self.queue(ToWorker::Start { task, args }, 0)?;
-        self.started = true;
-        Ok(())
+        self.start_with_tail(task, &[], args)
     }
 
     /// [`start`](Self::start) with arguments in two parts, `head` then
@@ -161,21 +155,19 @@ impl ParentChannel {
         if self.started {
             return Err(invalid("start the task", "it was already started").into());
         }
-        let len = head.len() + tail.len();
-        if len < MOVE_THRESHOLD {
-            let mut args = Vec::with_capacity(len);
-            args.extend_from_slice(head);
-            args.extend_from_slice(&tail);
-            self.queue(ToWorker::Start { task, args }, 0)?;
-        } else {
-            let kind = ToWorker::Start {
-                task,
-                args: Vec::new(),
+        match joined(head, tail) {
+            Ok(args) => self.queue(ToWorker::Start { task, args }, 0)?,
+            Err(tail) => {
+                let len = head.len() + tail.len();
+                let mut prefix = encode_body(&(task, len));
+                prefix.extend_from_slice(head);
+                let kind = ToWorker::Start {
+                    task,
+                    args: Vec::new(),
+                }
+                .kind();
+                self.wire.queue_split(kind, 0, &prefix, tail)?;
             }
-            .kind();
-            let mut prefix = encode_body(&(task, len));
-            prefix.extend_from_slice(head);
-            self.wire.queue_split(kind, 0, &prefix, tail)?;
         }
         self.started = true;
         Ok(())
@@ -243,6 +235,18 @@ impl ParentChannel {
     /// [`LocalError::SendQueueFull`] if the frame would take a non-empty queue
     /// past `max_buffered_bytes`; on a local error nothing was queued.
     pub fn call(&mut self, args: Vec<u8>) -> Result<CallId, Error> {
+        self.call_with_tail(&[], args)
+    }
+
+    /// [`call`](Self::call) with arguments in two parts, `head` then
+    /// `tail`, as [`start_with_tail`](Self::start_with_tail) is to `start`:
+    /// the frame `call` makes of their concatenation, with a large `tail`
+    /// moved in rather than copied.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call), for arguments of `head.len() + tail.len()`
+    /// bytes.
+    pub fn call_with_tail(&mut self, head: &[u8], tail: Vec<u8>) -> Result<CallId, Error> {
         self.check_sendable("start a call")?;
         if self.calls.len() >= self.wire.limits.max_in_flight() {
             return Err(LocalError::TooManyInFlight {
@@ -251,7 +255,20 @@ impl ParentChannel {
             .into());
         }
         let call = self.next_call;
-        self.queue(ToWorker::Call { call, args }, 0)?;
+        match joined(head, tail) {
+            Ok(args) => self.queue(ToWorker::Call { call, args }, 0)?,
+            Err(tail) => {
+                let len = head.len() + tail.len();
+                let mut prefix = encode_body(&(call, len));
+                prefix.extend_from_slice(head);
+                let kind = ToWorker::Call {
+                    call,
+                    args: Vec::new(),
+                }
+                .kind();
+                self.wire.queue_split(kind, 0, &prefix, tail)?;
+            }
+        }
         self.next_call += 1;
         self.calls.insert(call);
         Ok(call)
@@ -443,6 +460,23 @@ impl ParentChannel {
             },
         }
     }
+}
+
+/// Arguments given as `head` then `tail`, as one buffer (`Ok`) when the
+/// head is empty (the tail is the arguments) or the whole is small
+/// (copied, as small messages are: encoded after their header); else the
+/// tail back (`Err`), to be moved into the frame after the head.
+fn joined(head: &[u8], tail: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+    if head.is_empty() {
+        return Ok(tail);
+    }
+    if head.len() + tail.len() >= MOVE_THRESHOLD {
+        return Err(tail);
+    }
+    let mut args = Vec::with_capacity(head.len() + tail.len());
+    args.extend_from_slice(head);
+    args.extend_from_slice(&tail);
+    Ok(args)
 }
 
 fn invalid(operation: &'static str, reason: &'static str) -> LocalError {

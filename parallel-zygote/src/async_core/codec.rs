@@ -357,7 +357,7 @@ pub(crate) struct SplitEncoding {
 
 impl SplitEncoding {
     /// A whole encoding, as the tail.
-    fn whole(tail: Vec<u8>) -> SplitEncoding {
+    pub(crate) fn whole(tail: Vec<u8>) -> SplitEncoding {
         SplitEncoding {
             head: Vec::new(),
             tail,

@@ -21,6 +21,7 @@ use futures_core::Stream;
 use parallel_proto::channel::{CallId, CallIdHasher, Outcome, ParentChannel, ParentEvent};
 
 use super::alarm;
+use super::codec::SplitEncoding;
 use super::conn::{Conn, MessageBatch};
 use super::kill::{Death, Killer};
 use super::messages::{RawMessage, QUEUE_DEPTH};
@@ -82,7 +83,8 @@ const READER_WRITE_CHUNK: usize = 32;
 
 /// What handles ask of the driver.
 pub(crate) enum Command {
-    Call { args: Vec<u8>, reply: Reply },
+    /// A call, its large byte argument moved in (see `SplitEncoding`).
+    Call { args: SplitEncoding, reply: Reply },
 }
 
 /// Where a call's answer goes: the call's id with the worker's outcome, or
@@ -1423,7 +1425,7 @@ impl<R: Runtime> DriverState<R> {
 
     fn command(&mut self, command: Command) {
         let Command::Call { args, reply } = command;
-        match self.conn.machine.call(args) {
+        match self.conn.machine.call_with_tail(&args.head, args.tail) {
             Ok(call) => {
                 tracing::trace!(call, "call sent");
                 self.calls.insert(call, reply);

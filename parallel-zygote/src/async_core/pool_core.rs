@@ -13,7 +13,7 @@ use event_listener::{Event, EventListener, IntoNotification};
 use parallel_proto::channel::Outcome;
 use parallel_proto::WireEntry;
 
-use super::codec::Codec;
+use super::codec::{Codec, SplitEncoding};
 use super::driver::Command;
 use super::kill::Killer;
 use super::parallel::Parallel;
@@ -466,7 +466,7 @@ impl<C: Codec, Rt: Runtime> PoolCore<C, Rt> {
                 Some(_) => std::mem::take(&mut args),
                 None => args.clone(),
             };
-            let call = slot.run.call_encoded(attempt);
+            let call = slot.run.call_encoded(SplitEncoding::whole(attempt));
             let result = match self.config.call_timeout {
                 None => Some(call.await),
                 Some(limit) => timeout::<Rt, _>(limit, call).await,

@@ -12,7 +12,9 @@ use parallel_proto::channel::Outcome;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::codec::{decode_owned_value, encode_value, Codec, CodecError, Decode};
+use super::codec::{
+    decode_owned_value, encode_owned_split, Codec, CodecError, Decode, SplitEncoding,
+};
 use std::any::type_name;
 
 use super::driver::{CallFailed, Command, Link, Served, Submit};
@@ -42,10 +44,10 @@ pub struct Run<A, T, C: Codec, R: Runtime> {
 /// How a [`Run`] encodes its argument and decodes its result, chosen by
 /// [`Parallel::run`](super::Parallel::run), where both types are known to
 /// be `'static`: a plain `Vec<u8>` then takes the byte path
-/// ([`encode_value`], [`decode_owned_value`]), which `Run`'s own bounds
-/// could not tell.
+/// ([`encode_owned_split`], [`decode_owned_value`]), which `Run`'s own
+/// bounds could not tell.
 pub(crate) struct Values<A, T> {
-    encode: fn(&A) -> Result<Vec<u8>, CodecError>,
+    encode: fn(A) -> Result<SplitEncoding, CodecError>,
     decode: Decode<T>,
 }
 
@@ -53,7 +55,7 @@ impl<A: Serialize + 'static, T: DeserializeOwned + 'static> Values<A, T> {
     /// The codec `C`'s.
     pub(crate) fn of<C: Codec>() -> Self {
         Values {
-            encode: encode_value::<C, A>,
+            encode: encode_owned_split::<C, A>,
             decode: decode_owned_value::<C, T>,
         }
     }
@@ -114,7 +116,7 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
     /// [`Error::WorkerDied`] when the worker died, [`Error::Codec`] when the
     /// argument or result could not be encoded or decoded.
     pub async fn call(&self, argument: A) -> Result<T, Error> {
-        let args = (self.values.encode)(&argument).map_err(Error::encode::<A>)?;
+        let args = (self.values.encode)(argument).map_err(Error::encode::<A>)?;
         let (call, outcome) = self
             .call_encoded(args)
             .await
@@ -130,7 +132,10 @@ impl<A: Serialize, T: DeserializeOwned, C: Codec, R: Runtime> Run<A, T, C, R> {
 
     /// Sends encoded arguments and waits for the outcome, saying on failure
     /// whether the call reached the worker.
-    pub(crate) async fn call_encoded(&self, args: Vec<u8>) -> Result<(u64, Outcome), CallFailed> {
+    pub(crate) async fn call_encoded(
+        &self,
+        args: SplitEncoding,
+    ) -> Result<(u64, Outcome), CallFailed> {
         // The kill may not have landed yet (it goes through the zygote):
         // a call sent now could still be answered by a worker its caller
         // already killed.

@@ -228,6 +228,50 @@ async fn reversed_everywhere<R: Runtime, C: Codec>(
     ])
 }
 
+/// `serde_bytes::ByteBuf` arguments and results of every size (on both
+/// sides of 64 KiB, from which the default codec's are moved into their
+/// frames and kept in the buffers they arrive in) through a `Run`, a
+/// `Pool` and a spawn, with the default codec and a plugged one: every
+/// byte arrives, in order, both ways.
+pub async fn byte_buffers_cross_calls_and_spawns_whole<R: Runtime>(
+    parallel: Parallel<R>,
+) -> Result<(), Failed> {
+    for len in [0, 100, 64 * 1024 - 1, 70_000, (1 << 20) + 3] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+        let expected: Vec<u8> = bytes.iter().rev().copied().collect();
+        let default = reversed_buffers(parallel.clone(), &bytes).await?;
+        let scrambled = reversed_buffers(parallel.with_codec::<Scrambled>(), &bytes).await?;
+        for (codec, answers) in [("default", default), ("scrambled", scrambled)] {
+            for (path, answer) in ["Run::call", "Pool::call", "spawn"].iter().zip(answers) {
+                check(
+                    answer.as_ref() == expected.as_slice(),
+                    format!("{codec}, {len} B: {path}'s bytes"),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bytes` reversed as a `ByteBuf` by a `Run`, a `Pool` and a spawn with
+/// codec `C`.
+async fn reversed_buffers<R: Runtime, C: Codec>(
+    parallel: Parallel<R, C>,
+    bytes: &[u8],
+) -> Result<[serde_bytes::ByteBuf; 3], Failed> {
+    let reversed = |bytes: serde_bytes::ByteBuf| async move {
+        serde_bytes::ByteBuf::from(bytes.into_iter().rev().collect::<Vec<u8>>())
+    };
+    let run = parallel.run(reversed)?;
+    let pool = Pool::new(&parallel, reversed, PoolConfig::default().size(1))?;
+    let buffer = || serde_bytes::ByteBuf::from(bytes.to_vec());
+    Ok([
+        run.call(buffer()).await?,
+        pool.call(buffer()).await?,
+        parallel.spawn(reversed, buffer()).await?,
+    ])
+}
+
 static TABLE: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
 
 /// Runs in a worker: how many entries the snapshot's init left in `TABLE`.

@@ -249,6 +249,7 @@ pub fn trials<H: Harness>(parallel: Parallel<H::R>) -> Vec<Trial> {
         calls::pipelined_calls_reach_the_worker_while_their_caller_keeps_the_thread,
         calls::custom_codec_is_used_both_ways,
         calls::plain_byte_vectors_cross_both_ways,
+        calls::byte_buffers_cross_calls_and_spawns_whole,
         calls::codec_failures_in_the_worker_are_codec_errors,
         calls::snapshot_workers_see_init_state,
         failures::run_call_panic_reports_message_and_location_and_worker_survives,
