@@ -206,35 +206,53 @@ fn a_large_calls_arguments_are_the_body_and_decode_on_the_other_side() {
     );
 }
 
+/// Arguments of `head_len` then `tail_len` bytes sent both ways from
+/// parents made by `parent`: whole by `whole`, in two parts by `split`
+/// (which gets the same values: the two must agree). The frames must be
+/// the same bytes, with the tail moved in exactly when the whole is large.
+/// Returns the arguments, the frames' bytes and the split parent.
+fn sent_both_ways<T: PartialEq + std::fmt::Debug>(
+    (head_len, tail_len): (usize, usize),
+    parent: impl Fn() -> ParentChannel,
+    whole: impl FnOnce(&mut ParentChannel, Vec<u8>) -> T,
+    split: impl FnOnce(&mut ParentChannel, &[u8], Vec<u8>) -> T,
+) -> (Vec<u8>, Vec<u8>, ParentChannel) {
+    let head: Vec<u8> = (0..head_len).map(|i| (i % 7) as u8).collect();
+    let tail: Vec<u8> = (0..tail_len).map(|i| (i % 251) as u8).collect();
+    let args = [&head[..], &tail[..]].concat();
+    let mut by_whole = parent();
+    let from_whole = whole(&mut by_whole, args.clone());
+    let expected = wire(&drain(&mut by_whole));
+    let mut by_split = parent();
+    let at = tail.as_ptr();
+    assert_eq!(split(&mut by_split, &head, tail), from_whole);
+    let transmits = drain(&mut by_split);
+    assert_eq!(wire(&transmits), expected, "{head_len} + {tail_len} B");
+    let moved = transmits
+        .iter()
+        .any(|t| !t.body.is_empty() && t.body.as_ptr() == at);
+    assert_eq!(
+        moved,
+        head_len + tail_len >= MOVE_THRESHOLD,
+        "{head_len} + {tail_len} B: the tail moved in exactly when large"
+    );
+    (args, expected, by_split)
+}
+
 #[test]
 fn start_with_a_tail_is_starts_frame_with_the_tail_moved_in() {
-    for (head_len, tail_len) in [(0, 0), (9, 100), (9, 20_000), (0, 70_000), (300, 1 << 20)] {
-        let head: Vec<u8> = (0..head_len).map(|i| (i % 7) as u8).collect();
-        let tail: Vec<u8> = (0..tail_len).map(|i| (i % 251) as u8).collect();
-        let args = [&head[..], &tail[..]].concat();
-        let mut whole = ParentChannel::new(Limits::default());
-        whole.start(entry(), args.clone()).unwrap();
-        let expected = wire(&drain(&mut whole));
-
-        let mut split = ParentChannel::new(Limits::default());
-        let at = tail.as_ptr();
-        split.start_with_tail(entry(), &head, tail).unwrap();
-        let transmits = drain(&mut split);
-        assert_eq!(wire(&transmits), expected, "{head_len} + {tail_len} B");
-        let moved = transmits
-            .iter()
-            .any(|t| !t.body.is_empty() && t.body.as_ptr() == at);
-        assert_eq!(
-            moved,
-            head_len + tail_len >= MOVE_THRESHOLD,
-            "{head_len} + {tail_len} B: the tail moved in exactly when large"
+    for lens in [(0, 0), (9, 100), (9, 20_000), (0, 70_000), (300, 1 << 20)] {
+        let (args, frames, mut split) = sent_both_ways(
+            lens,
+            || ParentChannel::new(Limits::default()),
+            |parent, args| parent.start(entry(), args).unwrap(),
+            |parent, head, tail| parent.start_with_tail(entry(), head, tail).unwrap(),
         );
         // Twice: refused, as `start` is.
-        assert!(split.start_with_tail(entry(), &head, Vec::new()).is_err());
+        assert!(split.start_with_tail(entry(), &[1], Vec::new()).is_err());
         // And the worker reads those arguments, whole.
         let mut worker = WorkerChannel::new(Limits::default(), 1);
-        let mut input = &expected[..];
-        let event = worker.handle_input(&mut input).unwrap();
+        let event = worker.handle_input(&mut &frames[..]).unwrap();
         assert_eq!(
             event,
             Some(WorkerEvent::Start {
@@ -263,29 +281,17 @@ fn start_with_a_tail_is_starts_frame_with_the_tail_moved_in() {
 
 #[test]
 fn a_call_with_a_tail_is_calls_frame_with_the_tail_moved_in() {
-    for (head_len, tail_len) in [(0, 0), (3, 100), (3, 20_000), (0, 70_000), (5, 1 << 20)] {
-        let head: Vec<u8> = (0..head_len).map(|i| (i % 7) as u8).collect();
-        let tail: Vec<u8> = (0..tail_len).map(|i| (i % 251) as u8).collect();
-        let args = [&head[..], &tail[..]].concat();
-        let mut whole = started_parent();
-        let _ = drain(&mut whole);
-        let expected_call = whole.call(args.clone()).unwrap();
-        let expected = wire(&drain(&mut whole));
-
-        let mut split = started_parent();
-        let _ = drain(&mut split);
-        let at = tail.as_ptr();
-        let call = split.call_with_tail(&head, tail).unwrap();
-        assert_eq!(call, expected_call);
-        let transmits = drain(&mut split);
-        assert_eq!(wire(&transmits), expected, "{head_len} + {tail_len} B");
-        let moved = transmits
-            .iter()
-            .any(|t| !t.body.is_empty() && t.body.as_ptr() == at);
-        assert_eq!(
-            moved,
-            head_len + tail_len >= MOVE_THRESHOLD,
-            "{head_len} + {tail_len} B: the tail moved in exactly when large"
+    let started = || {
+        let mut parent = started_parent();
+        let _ = drain(&mut parent);
+        parent
+    };
+    for lens in [(0, 0), (3, 100), (3, 20_000), (0, 70_000), (5, 1 << 20)] {
+        let (_, _, split) = sent_both_ways(
+            lens,
+            started,
+            |parent, args| parent.call(args).unwrap(),
+            |parent, head, tail| parent.call_with_tail(head, tail).unwrap(),
         );
         assert_eq!(split.calls_in_flight(), 1);
     }

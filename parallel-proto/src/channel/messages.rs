@@ -264,10 +264,33 @@ impl ToWorker {
     /// payload: written as they are, they are not copied into a payload
     /// buffer. Any other message comes back.
     pub(crate) fn split_bulk(self) -> Result<(Vec<u8>, Vec<u8>), ToWorker> {
+        let Some(prefix) = self.bulk_prefix(self.bulk_len()) else {
+            return Err(self);
+        };
         match self {
-            ToWorker::Call { call, args } => Ok((encode_body(&(call, args.len())), args)),
-            ToWorker::Start { task, args } => Ok((encode_body(&(task, args.len())), args)),
+            ToWorker::Call { args, .. } | ToWorker::Start { args, .. } => Ok((prefix, args)),
             message => Err(message),
+        }
+    }
+
+    /// The first bytes of a call's or a Start's payload (the call's id or
+    /// the task, then the length) before arguments of `len` bytes; `None`
+    /// for any other message.
+    pub(crate) fn bulk_prefix(&self, len: usize) -> Option<Vec<u8>> {
+        match self {
+            ToWorker::Call { call, .. } => Some(encode_body(&(call, len))),
+            ToWorker::Start { task, .. } => Some(encode_body(&(task, len))),
+            _ => None,
+        }
+    }
+
+    /// A call or a Start with `args` as its arguments (any other message
+    /// as it is).
+    pub(crate) fn with_args(self, args: Vec<u8>) -> ToWorker {
+        match self {
+            ToWorker::Call { call, .. } => ToWorker::Call { call, args },
+            ToWorker::Start { task, .. } => ToWorker::Start { task, args },
+            message => message,
         }
     }
 

@@ -1,7 +1,6 @@
 //! The parent's side of a worker channel.
 
 use super::messages::*;
-use crate::codec::encode_body;
 use crate::entry::WireEntry;
 use crate::transmit::{Transmit, MOVE_THRESHOLD};
 use crate::wire::Wire;
@@ -155,20 +154,11 @@ impl ParentChannel {
         if self.started {
             return Err(invalid("start the task", "it was already started").into());
         }
-        match joined(head, tail) {
-            Ok(args) => self.queue(ToWorker::Start { task, args }, 0)?,
-            Err(tail) => {
-                let len = head.len() + tail.len();
-                let mut prefix = encode_body(&(task, len));
-                prefix.extend_from_slice(head);
-                let kind = ToWorker::Start {
-                    task,
-                    args: Vec::new(),
-                }
-                .kind();
-                self.wire.queue_split(kind, 0, &prefix, tail)?;
-            }
-        }
+        let start = ToWorker::Start {
+            task,
+            args: Vec::new(),
+        };
+        self.queue_with_tail(start, head, tail)?;
         self.started = true;
         Ok(())
     }
@@ -255,20 +245,11 @@ impl ParentChannel {
             .into());
         }
         let call = self.next_call;
-        match joined(head, tail) {
-            Ok(args) => self.queue(ToWorker::Call { call, args }, 0)?,
-            Err(tail) => {
-                let len = head.len() + tail.len();
-                let mut prefix = encode_body(&(call, len));
-                prefix.extend_from_slice(head);
-                let kind = ToWorker::Call {
-                    call,
-                    args: Vec::new(),
-                }
-                .kind();
-                self.wire.queue_split(kind, 0, &prefix, tail)?;
-            }
-        }
+        let message = ToWorker::Call {
+            call,
+            args: Vec::new(),
+        };
+        self.queue_with_tail(message, head, tail)?;
         self.next_call += 1;
         self.calls.insert(call);
         Ok(call)
@@ -477,6 +458,29 @@ fn joined(head: &[u8], tail: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
     args.extend_from_slice(head);
     args.extend_from_slice(&tail);
     Ok(args)
+}
+
+impl ParentChannel {
+    /// Queues `message`, a Start or a call with no arguments of its own,
+    /// with arguments `head` then `tail` (see
+    /// [`start_with_tail`](Self::start_with_tail)).
+    fn queue_with_tail(
+        &mut self,
+        message: ToWorker,
+        head: &[u8],
+        tail: Vec<u8>,
+    ) -> Result<(), LocalError> {
+        match joined(head, tail) {
+            Ok(args) => self.queue(message.with_args(args), 0),
+            Err(tail) => {
+                let mut prefix = message
+                    .bulk_prefix(head.len() + tail.len())
+                    .expect("only a Start or a call has arguments to split");
+                prefix.extend_from_slice(head);
+                self.wire.queue_split(message.kind(), 0, &prefix, tail)
+            }
+        }
+    }
 }
 
 fn invalid(operation: &'static str, reason: &'static str) -> LocalError {
