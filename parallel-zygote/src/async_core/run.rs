@@ -43,8 +43,9 @@ pub struct Run<A, T, C: Codec, R: Runtime> {
 
 /// How a [`Run`] encodes its argument and decodes its result, chosen by
 /// [`Parallel::run`](super::Parallel::run), where both types are known to
-/// be `'static`: a plain `Vec<u8>` then takes the byte path
-/// ([`encode_owned_split`], [`decode_owned_value`]), which `Run`'s own
+/// be `'static`: a plain `Vec<u8>` then takes the byte path, and with the
+/// default codec a large `Vec<u8>` or `ByteBuf` is neither copied out nor
+/// in ([`encode_owned_split`], [`decode_owned_value`]), which `Run`'s own
 /// bounds could not tell.
 pub(crate) struct Values<A, T> {
     encode: fn(A) -> Result<SplitEncoding, CodecError>,
